@@ -1,0 +1,201 @@
+"""The one place that reads environment variables.
+
+Every knob of fmnist-faust (Kafka, Pub/Sub, model, web) is read here, so the README's
+configuration table and the code cannot drift apart: ``tests/test_config.py`` checks that
+each variable below is documented.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(ValueError):
+    """An environment variable holds a value we cannot use."""
+
+
+def _get(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name, "")
+    return value if value != "" else default
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = _get(env, name, str(default))
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={value} must be >= {minimum}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
+    raw = _get(env, name, str(default))
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={value} must be >= {minimum}")
+    return value
+
+
+_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+@dataclass(frozen=True)
+class KafkaSecurity:
+    """TLS / SASL settings for Kafka, from ``KAFKA_SECURITY_PROTOCOL`` and friends."""
+
+    protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = "PLAIN"
+    sasl_username: str = ""
+    sasl_password: str = field(default="", repr=False)
+    ssl_cafile: str = ""
+    ssl_certfile: str = ""
+    ssl_keyfile: str = ""
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if "SSL" not in self.protocol:
+            return None
+        context = ssl.create_default_context(cafile=self.ssl_cafile or None)
+        if self.ssl_certfile:
+            context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile or None)
+        return context
+
+    def faust_credentials(self) -> Any:
+        """The ``broker_credentials`` value faust expects, or None for PLAINTEXT."""
+        import faust
+
+        if self.protocol == "PLAINTEXT":
+            return None
+        if self.protocol == "SSL":
+            return faust.SSLCredentials(self.ssl_context())
+        ssl_context = self.ssl_context()
+        if self.sasl_mechanism.startswith("SCRAM"):
+            return faust.auth.SASLCredentials(
+                username=self.sasl_username,
+                password=self.sasl_password,
+                ssl_context=ssl_context,
+                mechanism=self.sasl_mechanism,
+            )
+        return faust.SASLCredentials(
+            username=self.sasl_username,
+            password=self.sasl_password,
+            ssl_context=ssl_context,
+        )
+
+    def aiokafka_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for aiokafka clients (producer/consumer/admin)."""
+        if self.protocol == "PLAINTEXT":
+            return {}
+        kwargs: dict[str, Any] = {"security_protocol": self.protocol}
+        if "SSL" in self.protocol:
+            kwargs["ssl_context"] = self.ssl_context()
+        if self.protocol.startswith("SASL"):
+            kwargs.update(
+                sasl_mechanism=self.sasl_mechanism,
+                sasl_plain_username=self.sasl_username,
+                sasl_plain_password=self.sasl_password,
+            )
+        return kwargs
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All runtime settings; build with :func:`load_settings`."""
+
+    kafka_bootstrap_servers: str
+    kafka_security: KafkaSecurity
+    images_topic: str
+    predictions_topic: str
+    dlq_topic: str
+    partitions: int
+    app_id: str
+    data_dir: Path
+    batch_size: int
+    batch_linger_s: float
+    max_message_bytes: int
+    window_seconds: int
+    web_host: str
+    web_port: int
+    model_path: Path
+    fmnist_data_dir: str
+    log_level: str
+    gcp_project: str
+    pubsub_emulator_host: str
+    images_subscription: str
+    predictions_subscription: str
+    dlq_subscription: str
+    bridge_max_messages: int
+    bridge_max_bytes: int
+    bridge_state_path: Path
+    bridge_web_port: int
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.model_path.with_suffix(".json")
+
+    @property
+    def kafka_broker_url(self) -> str:
+        """Faust's broker URL list: ``kafka://h1:p1;kafka://h2:p2``."""
+        hosts = [h.strip() for h in self.kafka_bootstrap_servers.split(",") if h.strip()]
+        return ";".join(f"kafka://{h}" for h in hosts)
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read every setting from ``env`` (default: ``os.environ``), validating as we go."""
+    env = os.environ if env is None else env
+    protocol = _get(env, "KAFKA_SECURITY_PROTOCOL", "PLAINTEXT").upper()
+    if protocol not in _SECURITY_PROTOCOLS:
+        raise ConfigError(f"KAFKA_SECURITY_PROTOCOL={protocol!r}: use one of {_SECURITY_PROTOCOLS}")
+    mechanism = _get(env, "KAFKA_SASL_MECHANISM", "PLAIN").upper()
+    if mechanism not in _SASL_MECHANISMS:
+        raise ConfigError(f"KAFKA_SASL_MECHANISM={mechanism!r}: use one of {_SASL_MECHANISMS}")
+    security = KafkaSecurity(
+        protocol=protocol,
+        sasl_mechanism=mechanism,
+        sasl_username=_get(env, "KAFKA_SASL_USERNAME", ""),
+        sasl_password=_get(env, "KAFKA_SASL_PASSWORD", ""),
+        ssl_cafile=_get(env, "KAFKA_SSL_CAFILE", ""),
+        ssl_certfile=_get(env, "KAFKA_SSL_CERTFILE", ""),
+        ssl_keyfile=_get(env, "KAFKA_SSL_KEYFILE", ""),
+    )
+    if protocol.startswith("SASL") and not security.sasl_username:
+        raise ConfigError(f"KAFKA_SECURITY_PROTOCOL={protocol} needs KAFKA_SASL_USERNAME")
+    return Settings(
+        kafka_bootstrap_servers=_get(env, "KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
+        kafka_security=security,
+        images_topic=_get(env, "FMNIST_IMAGES_TOPIC", "images"),
+        predictions_topic=_get(env, "FMNIST_PREDICTIONS_TOPIC", "predictions"),
+        dlq_topic=_get(env, "FMNIST_DLQ_TOPIC", "images-dlq"),
+        partitions=_int(env, "FMNIST_PARTITIONS", 4, minimum=1),
+        app_id=_get(env, "FMNIST_APP_ID", "fmnist-faust"),
+        data_dir=Path(_get(env, "FMNIST_WORKER_DATADIR", str(_REPO_ROOT / ".run" / "worker"))),
+        batch_size=_int(env, "FMNIST_BATCH_SIZE", 500, minimum=1),
+        batch_linger_s=_float(env, "FMNIST_BATCH_LINGER", 0.05, minimum=0.001),
+        max_message_bytes=_int(env, "FMNIST_MAX_MESSAGE_BYTES", 1 << 20, minimum=1024),
+        window_seconds=_int(env, "FMNIST_WINDOW_SECONDS", 10, minimum=1),
+        web_host=_get(env, "FMNIST_WEB_HOST", "127.0.0.1"),
+        web_port=_int(env, "FMNIST_WEB_PORT", 6066, minimum=1),
+        model_path=Path(_get(env, "FMNIST_MODEL_PATH", str(_REPO_ROOT / "models" / "fmnist-mlp.joblib"))),
+        fmnist_data_dir=_get(env, "FMNIST_DATA_DIR", ""),
+        log_level=_get(env, "FMNIST_LOG_LEVEL", "info"),
+        gcp_project=_get(env, "GOOGLE_CLOUD_PROJECT", "fmnist-local"),
+        pubsub_emulator_host=_get(env, "PUBSUB_EMULATOR_HOST", ""),
+        images_subscription=_get(env, "PUBSUB_IMAGES_SUBSCRIPTION", "images-sub"),
+        predictions_subscription=_get(env, "PUBSUB_PREDICTIONS_SUBSCRIPTION", "prediction-receiver"),
+        dlq_subscription=_get(env, "PUBSUB_DLQ_SUBSCRIPTION", "images-dlq-sub"),
+        bridge_max_messages=_int(env, "BRIDGE_MAX_MESSAGES", 2000, minimum=1),
+        bridge_max_bytes=_int(env, "BRIDGE_MAX_BYTES", 64 << 20, minimum=1024),
+        bridge_state_path=Path(_get(env, "BRIDGE_STATE_PATH", str(_REPO_ROOT / ".run" / "bridge-state.sqlite3"))),
+        bridge_web_port=_int(env, "BRIDGE_WEB_PORT", 6067, minimum=1),
+    )

@@ -1,0 +1,1 @@
+"""Transport-agnostic core shared by the Faust worker and the Pub/Sub bridge."""
