@@ -1,0 +1,95 @@
+"""The classify agent: a thin Kafka adapter over :func:`core.pipeline.classify_batch`.
+
+Per batch: skip events a table row already covers (replay after a crash), classify the
+rest in one predict call, publish predictions and dead letters and wait for the broker
+to ack them, then write each partition's score row (offset-stamped). Offsets are
+committed by Faust only after that, so nothing is lost and nothing counted twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from functools import lru_cache
+from typing import Any, Awaitable, Iterable
+
+from . import metrics
+from .app import app, settings
+from .core.contract import InvalidMessage
+from .core.model import Classifier, load_classifier
+from .core.pipeline import BatchResult, RawMessage, classify_batch
+from .tables import read_row, write_row
+from .topics import dlq_topic, images_topic, predictions_topic
+
+log = logging.getLogger(__name__)
+
+
+@lru_cache(maxsize=1)
+def get_classifier() -> Classifier:
+    """Load and verify the model once per worker process."""
+    classifier = load_classifier(settings.model_path)
+    log.info("model loaded: version %s (test accuracy %s)", classifier.version,
+             classifier.manifest.get("test_accuracy"))
+    return classifier
+
+
+@app.agent(images_topic)
+async def classify(stream: Any) -> None:
+    for topic in (predictions_topic, dlq_topic):
+        await topic.maybe_declare()  # with the configured partitions, before first use
+    async for events in stream.take_events(settings.batch_size, within=settings.batch_linger_s):
+        await process_events(events)
+
+
+async def process_events(events: list[Any]) -> None:
+    """Classify one batch of Faust events and record it exactly once."""
+    applied = {p: read_row(p) for p in {e.message.partition for e in events}}
+    fresh = [e for e in events if e.message.offset > applied[e.message.partition][0]]
+    if len(fresh) < len(events):
+        log.info("skipped %d replayed events already counted", len(events) - len(fresh))
+    if not fresh:
+        return
+    classifier = get_classifier()
+    messages = [RawMessage(value=e.message.value, key=e.message.key, timestamp=e.message.timestamp) for e in fresh]
+    with metrics.PREDICT_SECONDS.time():
+        result = classify_batch(classifier, messages, settings.max_message_bytes)
+    await _publish(result)
+
+    by_partition: dict[int, list[int]] = defaultdict(list)
+    for index, event in enumerate(fresh):
+        by_partition[event.message.partition].append(index)
+    for partition, indices in by_partition.items():
+        _, scores = applied[partition]
+        wanted = set(indices)
+        result.subset(wanted.__contains__).apply_to(scores, settings.window_seconds)
+        last_offset = max(fresh[i].message.offset for i in indices)
+        write_row(partition, last_offset, scores, classifier.version)
+    metrics.observe_batch(result)
+
+
+async def _publish(result: BatchResult) -> None:
+    """Send one prediction per valid image and each invalid message to the DLQ; await acks."""
+    producer = app.producer
+    predictions = predictions_topic.get_topic_name()
+    dlq = dlq_topic.get_topic_name()
+    pending: list[Awaitable[Any]] = []
+    for message, outcome in zip(result.messages, result.outcomes):
+        if isinstance(outcome, InvalidMessage):
+            log.warning("dead-lettering message: %s", outcome)
+            pending.append(await producer.send(
+                dlq, _as_bytes(message.key), message.value, None, None, _dlq_headers(outcome)))
+        else:
+            pending.append(await producer.send(
+                predictions, outcome.id.encode("utf-8"), outcome.encode(), None, None, None))
+    await asyncio.gather(*pending)
+
+
+def _dlq_headers(error: InvalidMessage) -> list[tuple[str, bytes]]:
+    return [("error_kind", error.kind.encode()), ("error", error.reason.encode("utf-8", "replace"))]
+
+
+def _as_bytes(key: Iterable[int] | str | bytes | None) -> bytes | None:
+    if key is None or isinstance(key, bytes):
+        return key
+    return key.encode("utf-8") if isinstance(key, str) else bytes(key)

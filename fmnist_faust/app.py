@@ -1,0 +1,29 @@
+"""Binds the Faust ``app``; agents, tables, views and commands live in their own modules."""
+
+from __future__ import annotations
+
+import faust
+
+from .config import load_settings
+
+settings = load_settings()
+
+app = faust.App(
+    settings.app_id,
+    broker=settings.kafka_broker_url,
+    broker_credentials=settings.kafka_security.faust_credentials(),
+    store="memory://",
+    datadir=str(settings.data_dir),
+    topic_partitions=settings.partitions,
+    topic_replication_factor=1,
+    web_bind=settings.web_host,
+    web_host=settings.web_host,
+    web_port=settings.web_port,
+    autodiscover=False,
+    origin="fmnist_faust",
+    producer_max_request_size=4 * 1024 * 1024,
+    consumer_max_fetch_size=4 * 1024 * 1024,
+    broker_commit_every=10_000,
+    broker_commit_interval=1.0,
+    stream_buffer_maxsize=max(4096, settings.batch_size * 4),
+)

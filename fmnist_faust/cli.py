@@ -1,0 +1,190 @@
+"""Console scripts: ``fmnist-train``, ``fmnist-produce``, ``fmnist-logger``.
+
+The producer and logger are the old demo's image generator and result logger, done
+properly, on either backend through :class:`~fmnist_faust.client.MainManager`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Sequence
+
+from .config import load_settings
+
+
+def train_main(argv: Sequence[str] | None = None) -> int:
+    """Train the default MLP unless a verified model already exists."""
+    from .core import dataset, model
+
+    settings = load_settings()
+    parser = argparse.ArgumentParser(prog="fmnist-train", description=train_main.__doc__)
+    parser.add_argument("--out", type=Path, default=settings.model_path, help="model path (.joblib)")
+    parser.add_argument("--force", action="store_true", help="retrain even if a valid model exists")
+    parser.add_argument("--hidden", default=",".join(map(str, model.DEFAULT_HIDDEN)),
+                        help="hidden layer sizes, comma separated")
+    parser.add_argument("--max-iter", type=int, default=model.DEFAULT_MAX_ITER, help="max epochs")
+    parser.add_argument("--subset", type=int, default=0, help="train on the first N images only (0 = all)")
+    parser.add_argument("--quiet", action="store_true", help="no per-epoch progress")
+    args = parser.parse_args(argv)
+
+    if not args.force:
+        try:
+            manifest = model.verify(args.out)
+        except model.ModelError as reason:
+            print(f"training a new model: {reason}", file=sys.stderr)
+        else:
+            print(f"verified model {manifest['model_version']} at {args.out}: "
+                  f"test accuracy {manifest['test_accuracy']:.4f} (use --force to retrain)")
+            return 0
+    train = dataset.load_split("train", settings.fmnist_data_dir or None)
+    test = dataset.load_split("test", settings.fmnist_data_dir or None)
+    images, labels = train.images, train.labels
+    if args.subset:
+        images, labels = images[: args.subset], labels[: args.subset]
+    hidden = tuple(int(h) for h in args.hidden.split(",") if h)
+    manifest = model.train(images, labels, test.images, test.labels, args.out, hidden=hidden,
+                           max_iter=args.max_iter, verbose=not args.quiet)
+    print(f"saved {args.out} ({manifest['model_version']}): test accuracy "
+          f"{manifest['test_accuracy']:.4f}, trained in {manifest['train_seconds']:.0f} s")
+    return 0
+
+
+def _progress(done: int, total: int, started: float, label: str) -> None:
+    width = 30
+    filled = int(width * done / total) if total else width
+    rate = done / max(time.perf_counter() - started, 1e-9)
+    sys.stderr.write(f"\r{label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} {rate:,.0f}/s")
+    sys.stderr.flush()
+
+
+def produce_main(argv: Sequence[str] | None = None) -> int:
+    """Replay Fashion-MNIST images with labels onto the images topic."""
+    from .client import MainManager
+    from .core import dataset
+    from .core.contract import encode_image
+
+    settings = load_settings()
+    parser = argparse.ArgumentParser(prog="fmnist-produce", description=produce_main.__doc__)
+    parser.add_argument("--backend", choices=("kafka", "pubsub"), default="kafka")
+    parser.add_argument("--split", choices=("test", "train"), default="test")
+    parser.add_argument("--count", type=int, default=0, help="images to send (0 = the whole split); "
+                        "more than the split cycles through it with fresh ids")
+    parser.add_argument("--rate", type=float, default=0.0, help="images per second (0 = unlimited)")
+    parser.add_argument("--id-prefix", default="", help="prefix for image ids (default: the split name)")
+    parser.add_argument("--topic", default=settings.images_topic)
+    parser.add_argument("--no-labels", action="store_true", help="send images without labels")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+
+    split = dataset.load_split(args.split, settings.fmnist_data_dir or None)
+    total = args.count or len(split)
+    prefix = args.id_prefix or args.split
+    if args.backend == "kafka":
+        from .kafka_admin import ensure_topics_sync
+
+        ensure_topics_sync(settings)
+    producer = MainManager(args.backend, settings).create_producer(args.topic)
+    chunk = 500 if not args.rate else max(1, min(500, int(args.rate / 20)))
+    started = time.perf_counter()
+    sent = 0
+    try:
+        while sent < total:
+            n = min(chunk, total - sent)
+            now = time.time()
+            items = []
+            for i in range(sent, sent + n):
+                j = i % len(split)
+                image_id = f"{prefix}-{i:06d}"
+                label = None if args.no_labels else int(split.labels[j])
+                items.append((encode_image(image_id, split.images[j], label, now), image_id))
+            producer.produce_many(items)
+            sent += n
+            if not args.quiet:
+                _progress(sent, total, started, "producing")
+            if args.rate:
+                ahead = sent / args.rate - (time.perf_counter() - started)
+                if ahead > 0:
+                    time.sleep(ahead)
+        producer.flush()
+    finally:
+        producer.close()
+    elapsed = time.perf_counter() - started
+    if not args.quiet:
+        sys.stderr.write("\n")
+    print(f"sent {sent} images to {args.backend}:{args.topic} in {elapsed:.2f} s ({sent / elapsed:,.0f} images/s)")
+    return 0
+
+
+class AccuracyTally:
+    """Running accuracy over predictions, each image id counted once (thread-safe)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.seen: set[str] = set()
+        self.labeled = 0
+        self.correct = 0
+        self.duplicates = 0
+
+    def add(self, prediction: dict) -> None:
+        with self.lock:
+            if prediction["id"] in self.seen:
+                self.duplicates += 1
+                return
+            self.seen.add(prediction["id"])
+            if prediction.get("correct") is not None:
+                self.labeled += 1
+                self.correct += bool(prediction["correct"])
+
+    def line(self) -> str:
+        with self.lock:
+            acc = f"{self.correct / self.labeled:.4f}" if self.labeled else "n/a"
+            return (f"{len(self.seen)} predictions, {self.labeled} labelled, {self.correct} correct, "
+                    f"accuracy {acc}, duplicates {self.duplicates}")
+
+
+def logger_main(argv: Sequence[str] | None = None) -> int:
+    """Follow the predictions topic and print running accuracy live."""
+    from .client import MainManager, Message
+    from .core.contract import decode_prediction
+
+    settings = load_settings()
+    parser = argparse.ArgumentParser(prog="fmnist-logger", description=logger_main.__doc__)
+    parser.add_argument("--backend", choices=("kafka", "pubsub"), default="kafka")
+    parser.add_argument("--topic", default=settings.predictions_topic)
+    parser.add_argument("--subscription", default=settings.predictions_subscription,
+                        help="Pub/Sub subscription to pull from (Kafka: used as consumer group with --group)")
+    parser.add_argument("--count", type=int, default=0, help="stop after N distinct predictions (0 = never)")
+    parser.add_argument("--timeout", type=float, default=0, help="stop after this many seconds (0 = never)")
+    parser.add_argument("--latest", action="store_true", help="Kafka: start at the end, not the beginning")
+    args = parser.parse_args(argv)
+
+    tally = AccuracyTally()
+    enough = threading.Event()
+
+    def on_message(message: Message) -> None:
+        try:
+            tally.add(decode_prediction(message.value))
+        except ValueError as exc:
+            print(f"skipping a message that is not a prediction: {exc}", file=sys.stderr)
+        if args.count and len(tally.seen) >= args.count:
+            enough.set()
+
+    group = args.subscription if args.backend == "pubsub" else None
+    consumer = MainManager(args.backend, settings).create_consumer(
+        args.topic, on_message, group, from_beginning=not args.latest)
+    started = time.monotonic()
+    try:
+        while not enough.wait(1.0):
+            print(tally.line(), flush=True)
+            if args.timeout and time.monotonic() - started > args.timeout:
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        consumer.stop()
+    print("final: " + tally.line(), flush=True)
+    return 0
