@@ -19,10 +19,12 @@ from .app import app, settings
 from .core.contract import InvalidMessage
 from .core.model import Classifier, load_classifier
 from .core.pipeline import BatchResult, RawMessage, classify_batch
+from .core.recent import RecentMistakes
 from .tables import read_row, write_row
 from .topics import dlq_topic, images_topic, predictions_topic
 
 log = logging.getLogger(__name__)
+recent_mistakes = RecentMistakes()
 
 
 @lru_cache(maxsize=1)
@@ -66,6 +68,7 @@ async def process_events(events: list[Any]) -> None:
         last_offset = max(fresh[i].message.offset for i in indices)
         write_row(partition, last_offset, scores, classifier.version)
     metrics.observe_batch(result)
+    recent_mistakes.add_batch(result)
 
 
 async def _publish(result: BatchResult) -> None:

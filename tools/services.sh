@@ -4,6 +4,7 @@
 #   tools/services.sh start   # idempotent; writes .services.env
 #   tools/services.sh stop    # stops exactly the pids we started
 #   tools/services.sh status
+#   tools/services.sh fetch   # only resolve Kafka's jars into .cache/kafka-libs
 # A KAFKA_BOOTSTRAP_SERVERS / PUBSUB_EMULATOR_HOST already in the environment means
 # "use mine": no local broker / emulator is started for it.
 set -euo pipefail
@@ -174,8 +175,9 @@ cmd_status() {
 }
 
 case "${1:-}" in
+  fetch) fetch_kafka ;;
   start) cmd_start ;;
   stop) cmd_stop ;;
   status) cmd_status ;;
-  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+  *) echo "usage: $0 fetch|start|stop|status" >&2; exit 2 ;;
 esac

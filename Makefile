@@ -1,0 +1,35 @@
+# fmnist-faust: the interface everybody relies on. `make demo` and `make test` are the two
+# commands; everything they need is installed and started by these targets.
+.PHONY: install services services-stop model test demo demo-pubsub bench bench-smoke clean
+
+PY := .venv/bin/python
+
+install:
+	tools/install.sh
+
+services:
+	tools/services.sh start
+
+services-stop:
+	tools/services.sh stop
+
+model: install
+	.venv/bin/fmnist-train
+
+test: install
+	tools/run-tests.sh $(PYTEST_ARGS)
+
+demo: install model
+	tools/demo.sh kafka
+
+demo-pubsub: install model
+	tools/demo.sh pubsub
+
+bench: install model
+	tools/bench.sh
+
+bench-smoke: install
+	tools/bench.sh --smoke
+
+clean: services-stop
+	rm -rf .run .cache .venv models bench/results/*.tmp
