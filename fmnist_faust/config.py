@@ -199,3 +199,55 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         bridge_state_path=Path(_get(env, "BRIDGE_STATE_PATH", str(_REPO_ROOT / ".run" / "bridge-state.sqlite3"))),
         bridge_web_port=_int(env, "BRIDGE_WEB_PORT", 6067, minimum=1),
     )
+
+
+# Every environment variable :func:`load_settings` reads, with a one-line meaning.
+# Kept equal to what load_settings actually reads: see :func:`env_var_names` (and the test
+# in tests/test_compose.py that compares the two).
+ENV_VARS: dict[str, str] = {
+    "KAFKA_BOOTSTRAP_SERVERS": "Kafka brokers, host:port[,host:port] (default 127.0.0.1:9092)",
+    "KAFKA_SECURITY_PROTOCOL": "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (default PLAINTEXT)",
+    "KAFKA_SASL_MECHANISM": "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (default PLAIN)",
+    "KAFKA_SASL_USERNAME": "SASL user name (required for SASL_*)",
+    "KAFKA_SASL_PASSWORD": "SASL password",
+    "KAFKA_SSL_CAFILE": "CA bundle for TLS to Kafka",
+    "KAFKA_SSL_CERTFILE": "client certificate for TLS to Kafka",
+    "KAFKA_SSL_KEYFILE": "client key for TLS to Kafka",
+    "FMNIST_IMAGES_TOPIC": "topic of incoming images (default images)",
+    "FMNIST_PREDICTIONS_TOPIC": "topic of predictions (default predictions)",
+    "FMNIST_DLQ_TOPIC": "dead-letter topic for bad messages (default images-dlq)",
+    "FMNIST_PARTITIONS": "partitions of the app's topics (default 4)",
+    "FMNIST_APP_ID": "Faust app id / consumer group (default fmnist-faust)",
+    "FMNIST_WORKER_DATADIR": "Faust worker data directory (default .run/worker)",
+    "FMNIST_BATCH_SIZE": "images per classification batch (default 500)",
+    "FMNIST_BATCH_LINGER": "seconds to wait filling a batch (default 0.05)",
+    "FMNIST_MAX_MESSAGE_BYTES": "largest accepted message in bytes (default 1 MiB)",
+    "FMNIST_WINDOW_SECONDS": "width of the accuracy windows in seconds (default 10)",
+    "FMNIST_WEB_HOST": "address the web views bind to (default 127.0.0.1)",
+    "FMNIST_WEB_PORT": "port of the Faust worker's web views (default 6066)",
+    "FMNIST_MODEL_PATH": "model file (.joblib; manifest beside it as .json)",
+    "FMNIST_DATA_DIR": "folder with the Fashion-MNIST IDX files (default: Debian's package)",
+    "FMNIST_LOG_LEVEL": "log level (default info)",
+    "GOOGLE_CLOUD_PROJECT": "Google Cloud project for Pub/Sub (default fmnist-local)",
+    "PUBSUB_EMULATOR_HOST": "host:port of the Pub/Sub emulator (empty: real Pub/Sub)",
+    "PUBSUB_IMAGES_SUBSCRIPTION": "subscription the bridge pulls images from (default images-sub)",
+    "PUBSUB_PREDICTIONS_SUBSCRIPTION": "subscription for reading predictions (default prediction-receiver)",
+    "PUBSUB_DLQ_SUBSCRIPTION": "subscription on the dead-letter topic (default images-dlq-sub)",
+    "BRIDGE_MAX_MESSAGES": "bridge flow control: messages outstanding (default 2000)",
+    "BRIDGE_MAX_BYTES": "bridge flow control: bytes outstanding (default 64 MiB)",
+    "BRIDGE_STATE_PATH": "bridge state database (default .run/bridge-state.sqlite3)",
+    "BRIDGE_WEB_PORT": "port of the bridge's web views (default 6067)",
+}
+
+
+def env_var_names() -> tuple[str, ...]:
+    """The names :func:`load_settings` reads, in order, found by running it on a recorder."""
+    seen: dict[str, None] = {}
+
+    class _Recorder(dict):
+        def get(self, name: str, default: Any = None) -> Any:
+            seen[name] = None
+            return default
+
+    load_settings(_Recorder())
+    return tuple(seen)
