@@ -139,6 +139,10 @@ class Settings:
     bridge_max_bytes: int
     bridge_state_path: Path
     bridge_web_port: int
+    dead_letter_topic: str = "images-dead-letter"
+    dead_letter_subscription: str = "images-dead-letter-sub"
+    max_delivery_attempts: int = 5
+    ack_deadline_s: int = 60
 
     @property
     def manifest_path(self) -> Path:
@@ -198,7 +202,20 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         bridge_max_bytes=_int(env, "BRIDGE_MAX_BYTES", 64 << 20, minimum=1024),
         bridge_state_path=Path(_get(env, "BRIDGE_STATE_PATH", str(_REPO_ROOT / ".run" / "bridge-state.sqlite3"))),
         bridge_web_port=_int(env, "BRIDGE_WEB_PORT", 6067, minimum=1),
+        dead_letter_topic=_get(env, "PUBSUB_DEAD_LETTER_TOPIC", "images-dead-letter"),
+        dead_letter_subscription=_get(env, "PUBSUB_DEAD_LETTER_SUBSCRIPTION", "images-dead-letter-sub"),
+        max_delivery_attempts=_at_most(
+            "PUBSUB_MAX_DELIVERY_ATTEMPTS", _int(env, "PUBSUB_MAX_DELIVERY_ATTEMPTS", 5, minimum=5), 100),
+        ack_deadline_s=_at_most(
+            "PUBSUB_ACK_DEADLINE_SECONDS", _int(env, "PUBSUB_ACK_DEADLINE_SECONDS", 60, minimum=10), 600),
     )
+
+
+def _at_most(name: str, value: int, maximum: int) -> int:
+    """Pub/Sub rejects values above its limits at setup time; fail earlier, naming the variable."""
+    if value > maximum:
+        raise ConfigError(f"{name}={value} must be <= {maximum}")
+    return value
 
 
 # Every environment variable :func:`load_settings` reads, with a one-line meaning.
@@ -237,6 +254,10 @@ ENV_VARS: dict[str, str] = {
     "BRIDGE_MAX_BYTES": "bridge flow control: bytes outstanding (default 64 MiB)",
     "BRIDGE_STATE_PATH": "bridge state database (default .run/bridge-state.sqlite3)",
     "BRIDGE_WEB_PORT": "port of the bridge's web views (default 6067)",
+    "PUBSUB_DEAD_LETTER_TOPIC": "where images-sub moves a message that failed too often (default images-dead-letter)",
+    "PUBSUB_DEAD_LETTER_SUBSCRIPTION": "subscription keeping those dead letters (default images-dead-letter-sub)",
+    "PUBSUB_MAX_DELIVERY_ATTEMPTS": "deliveries of one message on images-sub before it is dead-lettered, 5-100 (default 5)",
+    "PUBSUB_ACK_DEADLINE_SECONDS": "ack deadline of the subscriptions setup creates, 10-600 (default 60)",
 }
 
 

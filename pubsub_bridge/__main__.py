@@ -1,0 +1,105 @@
+"""``python -m pubsub_bridge setup|run|watch`` (also installed as ``fmnist-bridge``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Sequence
+
+from fmnist_faust.config import ConfigError, Settings, load_settings
+
+ENVIRONMENT = """\
+environment (all optional; see fmnist_faust/config.py):
+  GOOGLE_CLOUD_PROJECT          project (default fmnist-local)
+  PUBSUB_EMULATOR_HOST          host:port of the emulator; unset = real Pub/Sub with
+                                Application Default Credentials (GOOGLE_APPLICATION_CREDENTIALS)
+  FMNIST_IMAGES_TOPIC, FMNIST_PREDICTIONS_TOPIC, FMNIST_DLQ_TOPIC, PUBSUB_DEAD_LETTER_TOPIC
+  PUBSUB_IMAGES_SUBSCRIPTION, PUBSUB_PREDICTIONS_SUBSCRIPTION, PUBSUB_DLQ_SUBSCRIPTION,
+  PUBSUB_DEAD_LETTER_SUBSCRIPTION, PUBSUB_MAX_DELIVERY_ATTEMPTS, PUBSUB_ACK_DEADLINE_SECONDS
+  FMNIST_MODEL_PATH, FMNIST_BATCH_SIZE, FMNIST_BATCH_LINGER, FMNIST_MAX_MESSAGE_BYTES,
+  FMNIST_WINDOW_SECONDS, FMNIST_WEB_HOST, FMNIST_LOG_LEVEL
+  BRIDGE_MAX_MESSAGES, BRIDGE_MAX_BYTES, BRIDGE_STATE_PATH, BRIDGE_WEB_PORT
+"""
+
+
+def _parser(settings: Settings) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pubsub_bridge",
+        description="Classify Fashion-MNIST images on Google Pub/Sub with the same core as the Faust worker.",
+        epilog=ENVIRONMENT, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{setup,run,watch}")
+
+    setup = commands.add_parser(
+        "setup", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=ENVIRONMENT,
+        help="create the topics and subscriptions (idempotent)",
+        description=(
+            f"Create, if missing, the topics {settings.images_topic}, {settings.predictions_topic}, "
+            f"{settings.dlq_topic} and {settings.dead_letter_topic}, and the subscriptions "
+            f"{settings.images_subscription} (on {settings.images_topic}; after "
+            f"{settings.max_delivery_attempts} failed deliveries a message moves to "
+            f"{settings.dead_letter_topic}), {settings.predictions_subscription}, "
+            f"{settings.dlq_subscription} and {settings.dead_letter_subscription}, all with a "
+            f"{settings.ack_deadline_s} s ack deadline. Existing subscriptions whose settings "
+            f"differ are updated; nothing is deleted."))
+    setup.add_argument("--purge", action="store_true",
+                       help=f"also discard the backlog of {settings.images_subscription} and "
+                            f"{settings.predictions_subscription} (seek to now), e.g. before a demo")
+
+    commands.add_parser(
+        "run", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=ENVIRONMENT,
+        help="run the bridge until SIGTERM / Ctrl-C",
+        description=(
+            f"Pull {settings.images_subscription} (flow control: {settings.bridge_max_messages} messages, "
+            f"{settings.bridge_max_bytes} bytes), classify up to {settings.batch_size} images per "
+            f"predict call, publish one prediction per image to {settings.predictions_topic} "
+            f"(attribute id) and each invalid message to {settings.dlq_topic} (attributes error_kind, "
+            f"error), count every image once in {settings.bridge_state_path}, and serve /, /accuracy/, "
+            f"/accuracy/window/, /recent/, /stats/ and /metrics on "
+            f"http://{settings.web_host}:{settings.bridge_web_port}/. A message is acked only after "
+            f"its prediction or dead letter is published and its count is committed. "
+            f"Exits 0 after SIGTERM or Ctrl-C, 1 on an error."))
+
+    watch = commands.add_parser(
+        "watch", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=ENVIRONMENT,
+        help="print running accuracy from the predictions subscription",
+        description=(f"Follow {settings.predictions_subscription} and print running accuracy once a "
+                     f"second (each image id counted once), until Ctrl-C, --count or --timeout."))
+    watch.add_argument("--subscription", default=settings.predictions_subscription,
+                       help="subscription on the predictions topic (default %(default)s)")
+    watch.add_argument("--count", type=int, default=0, help="stop after N distinct predictions (0 = never)")
+    watch.add_argument("--timeout", type=float, default=0, help="stop after this many seconds (0 = never)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    args = _parser(settings).parse_args(argv)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    if args.command == "setup":
+        from .admin import SetupError, setup
+
+        try:
+            for line in setup(settings, purge=args.purge):
+                print(line)
+        except SetupError as exc:
+            print(f"setup failed: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    if args.command == "run":
+        from .bridge import run
+
+        return run(settings)
+    from fmnist_faust.cli import logger_main
+
+    return logger_main(["--backend", "pubsub", "--subscription", args.subscription,
+                        "--count", str(args.count), "--timeout", str(args.timeout)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""``setup``: the topics and subscriptions the bridge uses, created idempotently.
+
+Topics: images, predictions, images-dlq (messages that break the contract, with the
+reason) and images-dead-letter (messages whose handling kept failing: Pub/Sub moves
+them there after ``PUBSUB_MAX_DELIVERY_ATTEMPTS`` deliveries, so a poison message is
+never redelivered forever). Each topic the bridge writes has a subscription, so nothing
+published there is dropped for want of a reader.
+
+Running it again changes nothing, except that an existing subscription whose settings
+differ (ack deadline, dead-letter or retry policy) is updated to the configured ones.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.api_core import exceptions as gexc
+from google.protobuf import field_mask_pb2, timestamp_pb2
+
+from fmnist_faust.config import Settings
+
+# Backoff between redeliveries of a nacked message (Pub/Sub's own defaults when a policy
+# is set); spaces out the attempts of a poison message before it is dead-lettered.
+RETRY_MIN = datetime.timedelta(seconds=10)
+RETRY_MAX = datetime.timedelta(seconds=600)
+_RECONCILED = ("ack_deadline_seconds", "dead_letter_policy", "retry_policy")
+
+
+class SetupError(RuntimeError):
+    """A resource exists in a shape setup cannot fix (e.g. a subscription on another topic)."""
+
+
+@dataclass
+class SubscriptionSpec:
+    name: str
+    topic: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def _clients() -> tuple[Any, Any]:
+    from google.cloud import pubsub_v1
+
+    return pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
+
+
+def plan(settings: Settings) -> tuple[list[str], list[SubscriptionSpec]]:
+    """Topic ids and subscription specs (names relative to the project)."""
+    from google.pubsub_v1 import types
+
+    project = settings.gcp_project
+    topics = [settings.images_topic, settings.predictions_topic, settings.dlq_topic, settings.dead_letter_topic]
+    common = {"ack_deadline_seconds": settings.ack_deadline_s}
+    images = dict(
+        common,
+        dead_letter_policy=types.DeadLetterPolicy(
+            dead_letter_topic=f"projects/{project}/topics/{settings.dead_letter_topic}",
+            max_delivery_attempts=settings.max_delivery_attempts,
+        ),
+        retry_policy=types.RetryPolicy(minimum_backoff=RETRY_MIN, maximum_backoff=RETRY_MAX),
+    )
+    subscriptions = [
+        SubscriptionSpec(settings.images_subscription, settings.images_topic, images),
+        SubscriptionSpec(settings.predictions_subscription, settings.predictions_topic, dict(common)),
+        SubscriptionSpec(settings.dlq_subscription, settings.dlq_topic, dict(common)),
+        SubscriptionSpec(settings.dead_letter_subscription, settings.dead_letter_topic, dict(common)),
+    ]
+    return topics, subscriptions
+
+
+def setup(settings: Settings, purge: bool = False) -> list[str]:
+    """Create what is missing, reconcile what differs; returns one line per resource."""
+    from google.pubsub_v1 import types
+
+    publisher, subscriber = _clients()
+    project = settings.gcp_project
+    topics, subscriptions = plan(settings)
+    lines: list[str] = []
+    with subscriber:
+        for topic in topics:
+            path = publisher.topic_path(project, topic)
+            try:
+                publisher.create_topic(name=path)
+                lines.append(f"created topic {path}")
+            except gexc.AlreadyExists:
+                lines.append(f"exists  topic {path}")
+        for spec in subscriptions:
+            path = subscriber.subscription_path(project, spec.name)
+            wanted = types.Subscription(name=path, topic=publisher.topic_path(project, spec.topic), **spec.options)
+            lines.append(_ensure_subscription(subscriber, wanted))
+        if purge:
+            for name in (settings.images_subscription, settings.predictions_subscription):
+                path = subscriber.subscription_path(project, name)
+                now = timestamp_pb2.Timestamp()
+                now.GetCurrentTime()
+                subscriber.seek(request={"subscription": path, "time": now})
+                lines.append(f"purged  subscription {path} (backlog acknowledged)")
+    publisher.stop()
+    if not settings.pubsub_emulator_host:
+        lines.append(_dead_letter_note(settings))
+    return lines
+
+
+def _ensure_subscription(subscriber: Any, wanted: Any) -> str:
+    try:
+        subscriber.create_subscription(request=wanted)
+        return f"created subscription {wanted.name} (on {wanted.topic})"
+    except gexc.AlreadyExists:
+        pass
+    current = subscriber.get_subscription(subscription=wanted.name)
+    if current.topic != wanted.topic:
+        raise SetupError(f"subscription {wanted.name} exists on {current.topic}, not {wanted.topic}: "
+                         "delete it or configure another name")
+    differ = [f for f in _RECONCILED if f in wanted and getattr(current, f) != getattr(wanted, f)]
+    if not differ:
+        return f"exists  subscription {wanted.name}"
+    subscriber.update_subscription(request={"subscription": wanted,
+                                            "update_mask": field_mask_pb2.FieldMask(paths=differ)})
+    return f"updated subscription {wanted.name} ({', '.join(differ)})"
+
+
+def _dead_letter_note(settings: Settings) -> str:
+    topic = settings.dead_letter_topic
+    sub = settings.images_subscription
+    return (
+        "note: on Google Cloud, dead-lettering needs the Pub/Sub service agent "
+        "(service-PROJECT_NUMBER@gcp-sa-pubsub.iam.gserviceaccount.com) to hold "
+        f"roles/pubsub.publisher on topic {topic} and roles/pubsub.subscriber on subscription {sub}:\n"
+        f"  gcloud pubsub topics add-iam-policy-binding {topic} --member=serviceAccount:SERVICE_AGENT "
+        "--role=roles/pubsub.publisher\n"
+        f"  gcloud pubsub subscriptions add-iam-policy-binding {sub} --member=serviceAccount:SERVICE_AGENT "
+        "--role=roles/pubsub.subscriber"
+    )

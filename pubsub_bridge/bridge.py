@@ -1,0 +1,252 @@
+"""``run``: streaming pull -> one batching thread -> :class:`~.handler.BatchHandler`.
+
+The client library calls back on many threads, one message at a time; the callbacks only
+queue the message. A single batching thread takes up to ``FMNIST_BATCH_SIZE`` messages
+(waiting at most ``FMNIST_BATCH_LINGER`` seconds for more) and hands them to the handler,
+which makes one predict call per batch. Flow control (``BRIDGE_MAX_MESSAGES`` /
+``BRIDGE_MAX_BYTES``) bounds what is outstanding, so the queue cannot grow without limit.
+
+Stopping (SIGTERM, Ctrl-C): the stream is cancelled first, so nothing new arrives (the
+library nacks what it held back), then the messages already queued are handled and acked
+with the unary Acknowledge call (the stream's ack path is gone by then), within
+:data:`DRAIN_SECONDS`; whatever is left is neither acked nor counted, and Pub/Sub
+redelivers it after its ack deadline. A second signal exits at once: the store is
+always consistent, so nothing is lost either way.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from types import FrameType
+from typing import Any, Sequence
+
+from fmnist_faust.config import Settings
+from fmnist_faust.core.model import ModelError, load_classifier
+from fmnist_faust.core.recent import RecentMistakes
+
+from .handler import BatchHandler, Delivery, TransientError
+from .store import StateStore, StoreLocked
+from .web import Views, WebServer
+
+log = logging.getLogger(__name__)
+
+DRAIN_SECONDS = 5.0
+MAX_BACKOFF_SECONDS = 30.0
+_ACK_CHUNK = 1000  # ack ids per unary Acknowledge request (well under its 512 KB limit)
+
+
+class StreamAcker:
+    """Acks through the streaming pull while it is open, with unary calls once it is closed."""
+
+    def __init__(self, subscriber: Any, subscription: str) -> None:
+        self.subscriber = subscriber
+        self.subscription = subscription
+        self._lock = threading.Lock()
+        self._streaming = True
+
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        with self._lock:
+            if self._streaming:
+                for delivery in deliveries:
+                    delivery.ack()
+                return
+        ack_ids = [d.ack_id for d in deliveries]
+        for start in range(0, len(ack_ids), _ACK_CHUNK):
+            self.subscriber.acknowledge(subscription=self.subscription, ack_ids=ack_ids[start:start + _ACK_CHUNK])
+
+    def nack(self, deliveries: Sequence[Delivery]) -> None:
+        """Nack on the stream; once it is closed, leave the messages to their ack deadline
+        (the emulator drops a unary deadline change for a message leased on a closed stream)."""
+        with self._lock:
+            if self._streaming:
+                for delivery in deliveries:
+                    delivery.nack()
+
+    def close_stream(self, future: Any, timeout: float = 30.0) -> BaseException | None:
+        """Cancel the streaming pull and wait for it; returns the error it ended with, if any."""
+        with self._lock:
+            self._streaming = False
+            return stream_error(future, timeout, cancel=True)
+
+
+def stream_error(future: Any, timeout: float, cancel: bool = False) -> BaseException | None:
+    if cancel:
+        future.cancel()
+    try:
+        future.result(timeout=timeout)
+    except concurrent.futures.CancelledError:
+        return None
+    except Exception as exc:  # the stream's own failure, reported by the caller
+        return exc
+    return None
+
+
+class Batcher(threading.Thread):
+    """The one thread that takes batches off the queue and hands them to the handler."""
+
+    def __init__(self, handler: BatchHandler, batch_size: int, linger_s: float) -> None:
+        super().__init__(name="bridge-batcher", daemon=True)
+        self.handler = handler
+        self.batch_size = batch_size
+        self.linger_s = linger_s
+        self.queue: queue.SimpleQueue[Delivery] = queue.SimpleQueue()
+        self.stopping = threading.Event()
+        self.error: BaseException | None = None
+        self._closed = threading.Event()  # no more messages will be queued
+        self._deadline: float | None = None
+
+    def put(self, delivery: Delivery) -> None:
+        """The streaming pull callback: runs on the library's threads, so it only queues."""
+        self.queue.put(delivery)
+
+    def drain(self, seconds: float) -> None:
+        """The stream is closed: handle what is queued within ``seconds``, then end."""
+        self._deadline = time.monotonic() + seconds
+        self.handler.deadline = self._deadline
+        self.stopping.set()
+        self._closed.set()
+
+    def run(self) -> None:
+        try:
+            while True:
+                batch = self._take()
+                if batch:
+                    self._handle(batch)
+                elif self._closed.is_set():
+                    return
+                if self._deadline is not None and time.monotonic() > self._deadline:
+                    left = self.queue.qsize()
+                    if left:
+                        log.warning("stopping with %d messages unhandled: Pub/Sub redelivers them", left)
+                    return
+        except BaseException as exc:  # a bug: the main thread sees it and exits non-zero
+            self.error = exc
+            log.exception("the batching thread failed")
+
+    def _take(self) -> list[Delivery]:
+        try:
+            batch = [self.queue.get(timeout=0.2)]
+        except queue.Empty:
+            return []
+        end = time.monotonic() + self.linger_s
+        while len(batch) < self.batch_size:
+            remaining = end - time.monotonic()
+            try:
+                batch.append(self.queue.get_nowait() if remaining <= 0 else self.queue.get(timeout=remaining))
+            except queue.Empty:
+                break
+        return batch
+
+    def _handle(self, batch: list[Delivery]) -> None:
+        """Retry a transient failure (outage) with backoff, not by nacking: a nack would
+        spend the messages' delivery attempts and dead-letter them during an outage."""
+        delay = 0.5
+        while True:
+            try:
+                self.handler.handle(batch)
+                return
+            except TransientError as exc:
+                if self.stopping.is_set():
+                    log.warning("stopping: %d messages left unacked (%s); Pub/Sub redelivers them", len(batch), exc)
+                    return
+                log.warning("%s; retrying the batch of %d in %.1f s", exc, len(batch), delay)
+                self.stopping.wait(delay)
+                delay = min(delay * 2, MAX_BACKOFF_SECONDS)
+
+
+def run(settings: Settings) -> int:
+    """The bridge's main loop; returns the process exit code."""
+    from google.cloud import pubsub_v1
+
+    stop = _install_signal_handlers()
+    try:
+        classifier = load_classifier(settings.model_path)
+    except ModelError as exc:
+        log.error("%s", exc)
+        return 1
+    try:
+        store = StateStore(settings.bridge_state_path)
+    except StoreLocked as exc:
+        log.error("%s", exc)
+        return 1
+    recent = RecentMistakes()
+    views = Views(scores=lambda: store.scores, model_version=lambda: classifier.version, recent=recent,
+                  window_seconds=settings.window_seconds)
+    try:
+        web = WebServer(views, settings.web_host, settings.bridge_web_port).start()
+    except OSError as exc:
+        log.error("cannot serve on %s:%s: %s (set BRIDGE_WEB_PORT)", settings.web_host, settings.bridge_web_port, exc)
+        store.close()
+        return 1
+
+    publisher = pubsub_v1.PublisherClient(batch_settings=pubsub_v1.types.BatchSettings(
+        max_messages=1000, max_bytes=8 * 1024 * 1024, max_latency=0.005))
+    subscriber = pubsub_v1.SubscriberClient()
+    subscription = subscriber.subscription_path(settings.gcp_project, settings.images_subscription)
+    error: BaseException | None = None
+    with subscriber:
+        acker = StreamAcker(subscriber, subscription)
+        handler = BatchHandler(
+            classifier, store, publisher, acker, settings,
+            predictions_topic=publisher.topic_path(settings.gcp_project, settings.predictions_topic),
+            dlq_topic=publisher.topic_path(settings.gcp_project, settings.dlq_topic),
+            recent=recent)
+        batcher = Batcher(handler, settings.batch_size, settings.batch_linger_s)
+        batcher.start()
+        future = subscriber.subscribe(
+            subscription, batcher.put,
+            flow_control=pubsub_v1.types.FlowControl(max_messages=settings.bridge_max_messages,
+                                                     max_bytes=settings.bridge_max_bytes),
+            await_callbacks_on_shutdown=True)
+        where = f"emulator {settings.pubsub_emulator_host}" if settings.pubsub_emulator_host else "Google Cloud"
+        log.info("bridge running: model %s, pulling %s on %s, scores %s (%d images so far), web %s/",
+                 classifier.version, subscription, where, store.path, store.scores.images, web.url)
+        while not stop.wait(0.5):
+            if future.done() or not batcher.is_alive():
+                break
+        if stop.is_set():
+            log.info("stopping: no more pulls, finishing what is in flight")
+        error = acker.close_stream(future)
+        batcher.drain(DRAIN_SECONDS)
+        batcher.join(DRAIN_SECONDS + 5)
+        error = error or batcher.error
+    publisher.stop()  # flushes anything still batched
+    web.stop()
+    store.close()
+    if error is not None:
+        log.error("the bridge stopped on an error: %s", _explain(error, subscription))
+        return 1
+    log.info("stopped cleanly: %d images counted, accuracy %s", store.scores.images,
+             store.scores.report(classifier.version)["accuracy"])
+    return 0
+
+
+def _install_signal_handlers() -> threading.Event:
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():
+            log.warning("second %s: exiting now; unacked messages will be redelivered",
+                        signal.Signals(signum).name)
+            os._exit(1)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return stop
+
+
+def _explain(error: BaseException, subscription: str) -> str:
+    from google.api_core import exceptions as gexc
+
+    if isinstance(error, gexc.NotFound):
+        return f"{subscription} not found: create it with `python -m pubsub_bridge setup`"
+    if isinstance(error, gexc.PermissionDenied):
+        return f"permission denied on {subscription}: the credentials need roles/pubsub.subscriber ({error})"
+    return repr(error)

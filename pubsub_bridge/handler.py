@@ -1,0 +1,187 @@
+"""One batch of Pub/Sub messages: classify once, publish, count durably, then ack.
+
+The order is what makes the totals exact: predictions and dead letters are published and
+confirmed, then the batch is counted in the store (one transaction), and only then are
+the messages acked. A crash anywhere before the commit redelivers messages that were not
+counted; a crash after it redelivers messages the store already holds, which are acked
+without being counted or published again. So the scores count every image exactly once,
+and ``predictions`` carries each image at least once (exactly once unless the bridge dies
+between publishing and committing).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import sqlite3
+import time
+from datetime import datetime
+from typing import Any, Callable, Mapping, Protocol, Sequence
+
+from google.api_core import exceptions as gexc
+from prometheus_client import Counter
+
+from fmnist_faust import metrics
+from fmnist_faust.config import Settings
+from fmnist_faust.core.contract import InvalidMessage, Prediction
+from fmnist_faust.core.model import Classifier
+from fmnist_faust.core.pipeline import BatchResult, RawMessage, classify_batch
+from fmnist_faust.core.recent import RecentMistakes
+
+from .store import StateStore, image_key, message_key
+
+log = logging.getLogger(__name__)
+
+DUPLICATES = Counter("fmnist_bridge_duplicates_total",
+                     "Messages acked without counting: their image id or message id was counted before")
+ACKED = Counter("fmnist_bridge_acked_total", "Messages acked after being handled")
+NACKED = Counter("fmnist_bridge_nacked_total", "Messages nacked because handling them failed")
+MAX_ATTRIBUTE_BYTES = 1024  # Pub/Sub's limit on one attribute value
+# Publish errors that retrying the same message cannot fix; anything else (unavailable,
+# deadline, missing topic, permissions) is an outage the bridge waits out.
+PERMANENT_PUBLISH_ERRORS = (gexc.InvalidArgument, gexc.FailedPrecondition, gexc.OutOfRange)
+
+
+class Delivery(Protocol):
+    """The parts of a received ``google.cloud.pubsub_v1.subscriber.message.Message`` we use."""
+
+    data: bytes
+    attributes: Mapping[str, str]
+    message_id: str
+    ack_id: str
+    publish_time: datetime
+    delivery_attempt: int | None
+
+    def ack(self) -> None: ...
+
+    def nack(self) -> None: ...
+
+
+class Publisher(Protocol):
+    def publish(self, topic: str, data: bytes, **attrs: str) -> concurrent.futures.Future: ...
+
+
+class Acker(Protocol):
+    def ack(self, deliveries: Sequence[Delivery]) -> None: ...
+
+    def nack(self, deliveries: Sequence[Delivery]) -> None: ...
+
+
+class TransientError(RuntimeError):
+    """Publishing or committing failed in a way that retrying the same batch may fix."""
+
+
+def transport_key(attributes: Mapping[str, str]) -> str | None:
+    """The image id the publisher put in the attributes: ``key`` (our producer) or ``id``."""
+    return attributes.get("key") or attributes.get("id") or None
+
+
+def _attribute(text: str) -> str:
+    return text.encode("utf-8")[:MAX_ATTRIBUTE_BYTES].decode("utf-8", "ignore")
+
+
+class BatchHandler:
+    """Runs on the bridge's single batching thread; see the module docstring for the order."""
+
+    def __init__(self, classifier: Classifier, store: StateStore, publisher: Publisher, acker: Acker,
+                 settings: Settings, predictions_topic: str, dlq_topic: str,
+                 recent: RecentMistakes, publish_timeout_s: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.classifier = classifier
+        self.store = store
+        self.publisher = publisher
+        self.acker = acker
+        self.settings = settings
+        self.predictions_topic = predictions_topic
+        self.dlq_topic = dlq_topic
+        self.recent = recent
+        self.publish_timeout_s = publish_timeout_s
+        self.clock = clock
+        # Set at shutdown: publish waits end by then, so stopping never hangs on an outage.
+        self.deadline: float | None = None
+
+    def handle(self, batch: Sequence[Delivery]) -> None:
+        """Handle ``batch``; raise :class:`TransientError` for the caller to retry it.
+
+        Any other failure (a message that breaks the code, a publish Pub/Sub refuses) is
+        narrowed down by handling each message alone; the ones that still fail are
+        nacked, and the subscription's dead-letter policy stops their redelivery after
+        ``PUBSUB_MAX_DELIVERY_ATTEMPTS``.
+        """
+        try:
+            self._handle(batch)
+        except TransientError:
+            raise
+        except Exception:
+            if len(batch) > 1:
+                log.exception("a batch of %d messages failed; handling them one by one", len(batch))
+                for delivery in batch:
+                    self.handle([delivery])
+                return
+            delivery = batch[0]
+            log.exception("nacking message %s (delivery attempt %s): handling it failed",
+                          delivery.message_id, delivery.delivery_attempt)
+            self.acker.nack(batch)
+            NACKED.inc()
+
+    def _handle(self, batch: Sequence[Delivery]) -> None:
+        messages = [RawMessage(value=d.data, key=transport_key(d.attributes), timestamp=d.publish_time.timestamp())
+                    for d in batch]
+        with metrics.PREDICT_SECONDS.time():
+            result = classify_batch(self.classifier, messages, self.settings.max_message_bytes)
+        keys = [image_key(outcome.id) if isinstance(outcome, Prediction) else message_key(delivery.message_id)
+                for delivery, outcome in zip(batch, result.outcomes)]
+        fresh = self._fresh(keys)
+        if fresh:
+            chosen = set(fresh)
+            new = result.subset(chosen.__contains__)
+            self._publish([batch[i] for i in fresh], new)
+            try:
+                self.store.commit(new, [keys[i] for i in fresh], self.classifier.version,
+                                           self.settings.window_seconds)
+            except sqlite3.OperationalError as exc:  # locked, disk full, I/O error: retry the batch
+                raise TransientError(f"cannot commit to {self.store.path}: {exc}") from exc
+            metrics.observe_batch(new)
+            self.recent.add_batch(new)
+        if len(fresh) < len(batch):
+            DUPLICATES.inc(len(batch) - len(fresh))
+            log.debug("acking %d messages counted before", len(batch) - len(fresh))
+        self.acker.ack(batch)
+        ACKED.inc(len(batch))
+
+    def _fresh(self, keys: list[str]) -> list[int]:
+        """Indices of the first occurrence of each key the store has not counted yet."""
+        counted = self.store.seen(keys)
+        fresh: list[int] = []
+        for index, key in enumerate(keys):
+            if key not in counted:
+                counted.add(key)
+                fresh.append(index)
+        return fresh
+
+    def _publish(self, deliveries: Sequence[Delivery], result: BatchResult) -> None:
+        """One prediction per image (attribute ``id``), each invalid message to the DLQ
+        with its original bytes and attributes plus ``error_kind`` and ``error``; wait for
+        every publish to be confirmed."""
+        futures: list[concurrent.futures.Future] = []
+        for delivery, outcome in zip(deliveries, result.outcomes):
+            if isinstance(outcome, InvalidMessage):
+                log.warning("dead-lettering message %s: %s", delivery.message_id, outcome)
+                attributes: dict[str, Any] = dict(delivery.attributes)
+                attributes.update(error_kind=outcome.kind, error=_attribute(outcome.reason))
+                futures.append(self.publisher.publish(self.dlq_topic, delivery.data, **attributes))
+            else:
+                futures.append(self.publisher.publish(self.predictions_topic, outcome.encode(), id=outcome.id))
+        timeout = self.publish_timeout_s
+        if self.deadline is not None:
+            timeout = max(0.1, min(timeout, self.deadline - self.clock()))
+        done, pending = concurrent.futures.wait(futures, timeout=timeout)
+        if pending:
+            raise TransientError(f"{len(pending)} of {len(futures)} publishes not confirmed within {timeout:.1f} s")
+        errors = [f.exception() for f in done if f.exception() is not None]
+        if not errors:
+            return
+        permanent = [e for e in errors if isinstance(e, PERMANENT_PUBLISH_ERRORS)]
+        if permanent:
+            raise permanent[0]
+        raise TransientError(f"{len(errors)} of {len(futures)} publishes failed; first: {errors[0]!r}")
