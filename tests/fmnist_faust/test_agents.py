@@ -1,0 +1,112 @@
+"""The classify agent through Faust's ``agent.test_context()`` (no broker).
+
+The producer's ``send`` and the table's changelog ``send_changelog`` are replaced by
+recorders: this tests the adapter's logic (batching, DLQ routing, offset-stamped rows,
+replay skipping); the real-broker behaviour is covered by test_pipeline_kafka.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fmnist_faust.core.contract import decode_prediction, encode_image
+from fmnist_faust.core.model import load_classifier
+
+
+@pytest.fixture
+def faust_app(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    from fmnist_faust import agents, tables
+    from fmnist_faust.app import app
+    app.conf.store = "memory://"
+    app.finalize()
+    app.flow_control.resume()
+    classifier = load_classifier(tiny_model)
+    monkeypatch.setattr(agents, "get_classifier", lambda: classifier)
+
+    sent: list[tuple[str, bytes | None, bytes | None, Any]] = []
+
+    async def record_send(topic: str, key: Any, value: Any, partition: Any, timestamp: Any,
+                          headers: Any, **_: Any) -> asyncio.Future:
+        sent.append((topic, key, value, headers))
+        done: asyncio.Future = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    changelog: list[tuple[int, str, dict]] = []
+    monkeypatch.setattr(type(app.producer), "send", lambda self, *a, **k: record_send(*a, **k))
+    monkeypatch.setattr(tables.scores_table, "send_changelog",
+                        lambda partition, key, value, *a: changelog.append((partition, key, value)))
+    if hasattr(tables, "seen_table"):
+        async def acked(*_: Any) -> None:
+            return None
+
+        monkeypatch.setattr(tables.seen_table, "send_changelog", lambda *a: acked())
+        tables.seen_table.data.clear()
+    tables.scores_table.data.clear()
+    app.test_sent, app.test_changelog, app.test_classifier = sent, changelog, classifier
+    return app
+
+
+async def _until(condition: Any, timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "agent did not process the batch"
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.timeout(60)
+def test_agent_classifies_dead_letters_and_skips_replays(faust_app: Any, test_split) -> None:
+    from fmnist_faust import agents
+    from fmnist_faust.tables import total_scores
+
+    images, labels = test_split.images[:20], test_split.labels[:20]
+
+    async def run() -> None:
+        async with agents.classify.test_context() as agent:
+            for i in range(20):
+                await agent.put(encode_image(f"id-{i}", images[i], int(labels[i])), key=f"id-{i}".encode(),
+                                wait=False)  # put(wait=True) waits for a yielded value; we yield none
+            await agent.put(b"{not json", key=b"bad", wait=False)
+            await _until(lambda: len(faust_app.test_sent) >= 21)
+
+    asyncio.run(run())
+    from fmnist_faust.topics import dlq_topic, predictions_topic
+
+    predictions = [s for s in faust_app.test_sent if s[0] == predictions_topic.get_topic_name()]
+    dead = [s for s in faust_app.test_sent if s[0] == dlq_topic.get_topic_name()]
+    assert len(predictions) == 20
+    assert {decode_prediction(p[2])["id"] for p in predictions} == {f"id-{i}" for i in range(20)}
+    assert all(p[1] == decode_prediction(p[2])["id"].encode() for p in predictions)
+    assert len(dead) == 1 and dead[0][1] == b"bad" and dead[0][2] == b"{not json"
+    assert dict(dead[0][3])["error_kind"] == b"not_json"
+
+    offline, _ = faust_app.test_classifier.predict(images)
+    scores, version = total_scores()
+    assert scores.labeled == 20 and scores.correct == int((offline == labels).sum())
+    assert scores.rejected == {"not_json": 1}
+    assert version == faust_app.test_classifier.version
+    partition, key, row = faust_app.test_changelog[-1]
+    assert key == str(partition) and row["offset"] >= 20
+
+
+@pytest.mark.timeout(60)
+def test_replayed_offsets_are_not_counted_again(faust_app: Any, test_split) -> None:
+    from fmnist_faust import agents
+    from fmnist_faust.tables import read_row, write_row
+    from fmnist_faust.core.scores import Scores
+
+    write_row(0, 1_000_000, Scores(), "v")  # row claims every offset up to 1e6 is applied
+
+    async def run() -> None:
+        async with agents.classify.test_context() as agent:
+            await agent.put(encode_image("x", test_split.images[0], 1), key=b"x", wait=False)
+            await asyncio.sleep(1.0)  # several batch lingers: the event was taken and skipped
+
+    asyncio.run(run())
+    assert faust_app.test_sent == []
+    offset, scores = read_row(0)
+    assert offset == 1_000_000 and scores.images == 0
