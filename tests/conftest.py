@@ -2,16 +2,12 @@
 
 Integration tests need ``KAFKA_BOOTSTRAP_SERVERS`` / ``PUBSUB_EMULATOR_HOST`` (set by
 ``make test``). Under ``CI=true`` a missing service fails the test; elsewhere it skips
-with the reason.
+with the reason. Helpers live in ``support.py``.
 """
 
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -19,36 +15,7 @@ from typing import Iterator
 import pytest
 
 from fmnist_faust.core import dataset, model
-
-ROOT = Path(__file__).resolve().parent.parent
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def require_env(name: str, what: str) -> str:
-    value = os.environ.get(name, "")
-    if not value:
-        message = f"{what} not available: {name} is not set (run the suite with `make test`)"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    return value
-
-
-def wait_for_port(host: str, port: int, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return True
-        except OSError:
-            time.sleep(0.1)
-    return False
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from support import IN_CI, Worker, free_port, require_env, wait_for_port
 
 
 @pytest.fixture(scope="session")
@@ -91,58 +58,6 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-class Worker:
-    """A ``faust -A fmnist_faust worker`` subprocess with its own topics, port and data dir."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.env = env
-        self.log_path = log_path
-        self.port = int(env["FMNIST_WEB_PORT"])
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, ready_timeout: float = 60.0) -> "Worker":
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "faust", "-A", "fmnist_faust", "worker", "-l", "info"],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-        import requests
-
-        deadline = time.monotonic() + ready_timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited with {self.proc.returncode}; log: {self.log_path}")
-            try:
-                if requests.get(self.url + "/accuracy/", timeout=1).status_code == 200:
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"worker not ready in {ready_timeout} s; log: {self.log_path}")
-
-    def accuracy(self) -> dict:
-        import requests
-
-        return requests.get(self.url + "/accuracy/", timeout=5).json()
-
-    def stop(self, sig: int = 15, timeout: float = 30.0) -> int:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else 0
-        self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(10)
-
-
 @pytest.fixture
 def worker_env(kafka_bootstrap: str, tiny_model: Path, tmp_path: Path) -> dict[str, str]:
     """Environment for an isolated worker: unique app id and topic names."""
@@ -179,3 +94,4 @@ def start_worker(worker_env: dict[str, str], tmp_path: Path) -> Iterator:
     yield start
     for worker in workers:
         worker.stop()
+

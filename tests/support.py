@@ -1,0 +1,161 @@
+"""Helpers shared by the tests: real-service checks, worker processes, Kafka I/O."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require_env(name: str, what: str) -> str:
+    value = os.environ.get(name, "")
+    if not value:
+        message = f"{what} not available: {name} is not set (run the suite with `make test`)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return value
+
+
+def wait_for_port(host: str, port: int, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+class Worker:
+    """A ``faust -A fmnist_faust worker`` subprocess with its own topics, port and data dir."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.env = env
+        self.log_path = log_path
+        self.port = int(env["FMNIST_WEB_PORT"])
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, ready_timeout: float = 60.0) -> "Worker":
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "faust", "-A", "fmnist_faust", "worker", "-l", "info"],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        import requests
+
+        deadline = time.monotonic() + ready_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.proc.returncode}; log: {self.log_path}")
+            try:
+                if requests.get(self.url + "/accuracy/", timeout=1).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"worker not ready in {ready_timeout} s; log: {self.log_path}")
+
+    def accuracy(self) -> dict:
+        import requests
+
+        return requests.get(self.url + "/accuracy/", timeout=30).json()
+
+    def stop(self, sig: int = 15, timeout: float = 30.0) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(10)
+
+
+def consume_topic(bootstrap: str, topic: str, expected: int, timeout: float = 60.0,
+                  settle: float = 1.0) -> list:
+    """Read ``topic`` from the beginning until ``expected`` records arrived (then ``settle``
+    seconds more, to catch duplicates) or ``timeout``; returns aiokafka ConsumerRecords."""
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer
+
+    async def run() -> list:
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
+                                    auto_offset_reset="earliest", enable_auto_commit=False)
+        await consumer.start()
+        records: list = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        settled_at = None
+        try:
+            while loop.time() < deadline:
+                batches = await consumer.getmany(timeout_ms=200)
+                for batch in batches.values():
+                    records.extend(batch)
+                if len(records) >= expected:
+                    settled_at = settled_at or loop.time() + settle
+                    if loop.time() >= settled_at:
+                        break
+        finally:
+            await consumer.stop()
+        return records
+
+    return asyncio.run(run())
+
+
+def produce_images(bootstrap: str, topic: str, images, labels, prefix: str = "img",
+                   partitions: int = 4) -> list[str]:
+    """Send labelled images in the contract's JSON form, key = id; returns the ids."""
+    from fmnist_faust.client import MainManager
+    from fmnist_faust.config import load_settings
+    from fmnist_faust.core.contract import encode_image
+    from fmnist_faust.kafka_admin import ensure_topics_sync
+
+    settings = load_settings({"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "FMNIST_IMAGES_TOPIC": topic,
+                              "FMNIST_PARTITIONS": str(partitions)})
+    ensure_topics_sync(settings)
+    ids = [f"{prefix}-{i}" for i in range(len(images))]
+    producer = MainManager("kafka", settings).create_producer(topic)
+    try:
+        producer.produce_many((encode_image(i, img, int(lab), time.time()), i)
+                              for i, img, lab in zip(ids, images, labels))
+        producer.flush()
+    finally:
+        producer.close()
+    return ids
+
+
+def wait_until(condition, timeout: float = 60.0, interval: float = 0.25, what: str = "condition"):
+    """Poll ``condition()`` until it returns a truthy value; fail with ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = condition()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
