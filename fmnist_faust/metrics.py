@@ -1,8 +1,18 @@
-"""Prometheus metrics shared by the Faust worker and the Pub/Sub bridge."""
+"""Prometheus metrics and the ``/stats/`` document, shared by the Faust worker and the Pub/Sub bridge.
+
+Both backends call :func:`observe_batch` per classified batch, and serve
+:func:`stats_report` at ``GET /stats/`` and :func:`exposition` at ``GET /metrics``, so
+the dashboard and a Prometheus scraper see the same shapes from either one.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import threading
+import time
+from collections import deque
+from typing import Any, Callable
+
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
 from .core.contract import InvalidMessage
 from .core.pipeline import BatchResult
@@ -14,15 +24,91 @@ BATCH_SIZE = Histogram("fmnist_batch_size", "Messages per predict batch",
 PREDICT_SECONDS = Histogram("fmnist_predict_seconds", "Decode + batched predict time per batch")
 LATENCY_SECONDS = Histogram("fmnist_end_to_end_latency_seconds", "sent_at to prediction",
                             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
-ACCURACY = Gauge("fmnist_accuracy", "Running accuracy over labelled images")
+ACCURACY = Gauge("fmnist_accuracy", "Running accuracy over labelled images (NaN before the first one)")
+LAG = Gauge("fmnist_backlog_messages",
+            "Messages not yet classified: Kafka consumer lag or Pub/Sub backlog (NaN if unknown)")
+
+BACKLOG_KINDS = ("kafka_lag", "pubsub_backlog")
+RATE_WINDOW_S = 10.0
+
+
+class RateMeter:
+    """Events per second over a sliding window; thread-safe."""
+
+    def __init__(self, window_s: float = RATE_WINDOW_S, clock: Callable[[], float] = time.monotonic) -> None:
+        self.window_s = window_s
+        self._clock = clock
+        self._started = clock()
+        self._events: deque[tuple[float, int]] = deque()
+        self._lock = threading.Lock()
+
+    def add(self, count: int) -> None:
+        with self._lock:
+            self._events.append((self._clock(), count))
+
+    def rate(self) -> float:
+        """Mean rate over the window (over the uptime while that is shorter, at least 1 s)."""
+        now = self._clock()
+        with self._lock:
+            while self._events and self._events[0][0] < now - self.window_s:
+                self._events.popleft()
+            total = sum(count for _, count in self._events)
+        return total / min(self.window_s, max(now - self._started, 1.0))
+
+    @property
+    def uptime_s(self) -> float:
+        return self._clock() - self._started
+
+
+IMAGE_RATE = RateMeter()
 
 
 def observe_batch(result: BatchResult) -> None:
+    """Count one classified batch in the Prometheus metrics and the images/s meter."""
     BATCH_SIZE.observe(len(result.outcomes))
+    classified = 0
     for outcome in result.outcomes:
         if isinstance(outcome, InvalidMessage):
             REJECTED.labels(outcome.kind).inc()
         else:
-            IMAGES.inc()
+            classified += 1
             if outcome.latency_ms is not None:
                 LATENCY_SECONDS.observe(outcome.latency_ms / 1000.0)
+    IMAGES.inc(classified)
+    IMAGE_RATE.add(classified)
+
+
+def stats_report(lag: int | None, backlog_kind: str) -> dict[str, Any]:
+    """The ``GET /stats/`` document (same keys on the worker and the bridge)::
+
+        {"images_per_second": float,  # images classified per second over the last rate_window_s
+         "rate_window_s": float,      # 10.0
+         "lag": int | null,           # messages waiting to be classified; null when unknown
+         "backlog_kind": "kafka_lag" | "pubsub_backlog",
+         "uptime_s": float}           # seconds since this process started
+
+    ``kafka_lag`` sums, over the images partitions assigned to this worker, the highwater
+    minus the next offset to classify; ``pubsub_backlog`` is the images subscription's
+    undelivered-message count. Also sets the lag gauge.
+    """
+    if backlog_kind not in BACKLOG_KINDS:
+        raise ValueError(f"backlog_kind {backlog_kind!r} is not one of {BACKLOG_KINDS}")
+    LAG.set(float("nan") if lag is None else lag)
+    return {
+        "images_per_second": round(IMAGE_RATE.rate(), 3),
+        "rate_window_s": IMAGE_RATE.window_s,
+        "lag": lag,
+        "backlog_kind": backlog_kind,
+        "uptime_s": round(IMAGE_RATE.uptime_s, 3),
+    }
+
+
+def exposition(report: dict[str, Any], lag: int | None) -> tuple[bytes, str]:
+    """``GET /metrics`` body and content type; ``report`` is the ``/accuracy/`` document.
+
+    The accuracy and lag gauges are set here, at scrape time, from the caller's totals.
+    """
+    accuracy = report.get("accuracy")
+    ACCURACY.set(float("nan") if accuracy is None else accuracy)
+    LAG.set(float("nan") if lag is None else lag)
+    return generate_latest(), CONTENT_TYPE_LATEST

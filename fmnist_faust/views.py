@@ -1,12 +1,30 @@
-"""HTTP views: running accuracy as JSON (``/accuracy/``, ``/accuracy/window/``)."""
+"""HTTP views: the dashboard (``/``), running accuracy as JSON (``/accuracy/``,
+``/accuracy/window/``, ``/recent/``), throughput and lag (``/stats/``) and Prometheus
+metrics (``/metrics``). The Pub/Sub bridge serves the same paths with the same JSON.
+Also logs one "ready" line (and one per later change of assigned images partitions)."""
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any
 
+from faust.exceptions import ConsumerNotStarted
+
+from . import metrics
 from .app import app, settings
 from .agents import recent_mistakes
-from .tables import total_scores
+from .tables import read_row, total_scores
+from .topics import images_topic
+
+log = logging.getLogger(__name__)
+DASHBOARD = Path(__file__).resolve().parent / "static" / "dashboard.html"
+
+
+@app.page("/")
+async def dashboard(web: Any, request: Any) -> Any:
+    """The live dashboard: one self-contained HTML file that polls the JSON views."""
+    return web.html(DASHBOARD.read_text(encoding="utf-8"))
 
 
 @app.page("/accuracy/")
@@ -26,3 +44,60 @@ async def accuracy_window(web: Any, request: Any) -> Any:
 async def recent(web: Any, request: Any) -> Any:
     """The latest misclassified images (base64 pixels), newest first."""
     return web.json({"misclassified": recent_mistakes.to_list()})
+
+
+@app.page("/stats/")
+async def stats(web: Any, request: Any) -> Any:
+    """Images/s and Kafka consumer lag; the shape is documented in :func:`metrics.stats_report`."""
+    return web.json(metrics.stats_report(consumer_lag(), "kafka_lag"))
+
+
+@app.page("/metrics")
+async def prometheus_metrics(web: Any, request: Any) -> Any:
+    """Prometheus text exposition; accuracy and lag gauges are set from the table at scrape time."""
+    scores, version = total_scores()
+    body, content_type = metrics.exposition(scores.report(version), consumer_lag())
+    return web.bytes(body, headers={"Content-Type": content_type})  # aiohttp rejects charset in content_type
+
+
+def consumer_lag() -> int | None:
+    """Images waiting on this worker: over its assigned images partitions, the highwater
+    (as of the consumer's last fetch) minus the next offset the score table has not yet
+    applied. None before the consumer has started or fetched."""
+    topic = images_topic.get_topic_name()
+    try:
+        consumer = app.consumer
+        partitions = [tp for tp in consumer.assignment() if tp.topic == topic]
+        highwaters = {tp: consumer.highwater(tp) for tp in partitions}
+    except (ConsumerNotStarted, AssertionError):  # not started, or partition revoked meanwhile
+        return None
+    known = {tp: hw for tp, hw in highwaters.items() if hw is not None}
+    if partitions and not known:
+        return None
+    return sum(max(0, hw - (read_row(tp.partition)[0] + 1)) for tp, hw in known.items())
+
+
+class AssignmentLog:
+    """Rebalance-complete receiver: logs "ready" once, then one line per assignment change.
+
+    Faust sends the signal more than once per rebalance; unchanged assignments are not logged.
+    """
+
+    def __init__(self) -> None:
+        self.partitions: frozenset[int] | None = None
+
+    async def __call__(self, sender: Any, **kwargs: Any) -> None:
+        topic = images_topic.get_topic_name()
+        partitions = frozenset(tp.partition for tp in app.consumer.assignment() if tp.topic == topic)
+        if partitions == self.partitions:
+            return
+        first, self.partitions = self.partitions is None, partitions
+        if first:
+            url = f"http://{settings.web_host}:{settings.web_port}"
+            log.info("ready: classifying %s partitions %s; dashboard %s/ metrics %s/metrics",
+                     topic, sorted(partitions), url, url)
+        else:
+            log.info("rebalanced: now classifying %s partitions %s", topic, sorted(partitions))
+
+
+app.on_rebalance_complete.connect(AssignmentLog())

@@ -1,0 +1,165 @@
+"""The dashboard in a real browser: Debian's headless Chromium driven by Selenium.
+
+A worker on real Kafka serves ``/``; images stream in two waves while the page is open.
+The page must show exactly what ``/accuracy/`` says, draw its SVG charts, and update
+without a reload. The final state is saved to ``docs/dashboard.png`` (shown by the README).
+Without ``/usr/bin/chromium`` + ``/usr/bin/chromedriver`` (Debian packages ``chromium``
+and ``chromium-driver``) the test skips, or fails under ``CI=true``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+import requests
+
+from fmnist_faust.client import MainManager, Producer
+from fmnist_faust.config import load_settings
+from fmnist_faust.core.contract import encode_image
+from support import IN_CI, wait_until
+
+pytestmark = [pytest.mark.browser, pytest.mark.kafka, pytest.mark.timeout(120)]
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars")
+SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "dashboard.png"
+WIDTH = 1440
+
+# One snapshot of every number the page shows, read in a single script call.
+READ_PAGE = """
+const value = (id) => document.getElementById(id).dataset.value;
+const text = (id) => document.getElementById(id).textContent;
+return {
+  polls: Number(document.body.dataset.polls),
+  images: value("kpi-images"), labeled: value("kpi-labeled"), correct: value("kpi-correct"),
+  accuracy: value("kpi-accuracy"), rejected: value("kpi-rejected"), rate: value("kpi-rate"),
+  lag: value("kpi-lag"), lag_kind: document.getElementById("kpi-lag").dataset.kind,
+  images_text: text("kpi-images"), correct_text: text("kpi-correct"),
+  accuracy_text: text("kpi-accuracy"), rejected_text: text("kpi-rejected"),
+  model_version: value("model-version"),
+  accuracy_points: document.querySelectorAll("#chart-accuracy circle.point").length,
+  accuracy_line: (document.querySelector("#chart-accuracy path.line") || {getAttribute: () => ""}).getAttribute("d"),
+  recall_bars: Array.from(document.querySelectorAll("#chart-recall rect.bar"),
+                          (r) => [r.dataset.class, r.dataset.value]),
+  cells: Array.from(document.querySelectorAll("#confusion rect.cell"),
+                    (r) => [Number(r.dataset.true), Number(r.dataset.pred), Number(r.dataset.count)]),
+  rejected_kinds: Object.fromEntries(Array.from(document.querySelectorAll("#rejected-list li[data-kind]"),
+                                                (li) => [li.dataset.kind, Number(li.dataset.count)])),
+  thumbs: Array.from(document.querySelectorAll("#mistakes canvas.thumb"),
+                     (c) => [c.dataset.label, c.dataset.predicted, c.width, c.height]),
+  rate_line: document.querySelectorAll("#chart-rate polyline").length,
+  same_load: window.sameLoad === true,
+};
+"""
+
+
+def unavailable(reason: str) -> None:
+    if IN_CI:
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Any]:
+    """Headless Chromium with a fresh profile, driven through Debian's chromedriver."""
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        unavailable("selenium is not installed (pip install -e '.[test]')")
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
+    if missing:
+        unavailable(f"{', '.join(missing)} missing: apt-get install chromium chromium-driver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in (*FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}", f"--window-size={WIDTH},1000"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def stream_wave(producer: Producer, split: Any, start: int, count: int, chunks: int,
+                extra: tuple[tuple[bytes, str], ...] = ()) -> None:
+    """Send ``count`` labelled images (plus ``extra``) in paced chunks, so they span seconds."""
+    size = count // chunks
+    for first in range(start, start + count, size):
+        now = time.time()
+        producer.produce_many([(encode_image(f"img-{i}", split.images[i], int(split.labels[i]), sent_at=now),
+                                f"img-{i}") for i in range(first, first + size)])
+        time.sleep(0.4)
+    if extra:
+        producer.produce_many(list(extra))
+    producer.flush()
+
+
+def wait_page(browser: Any, until: Callable[[dict], bool], what: str, timeout: float = 45) -> dict:
+    """The page's numbers once ``until`` holds for them."""
+    def read() -> dict | None:
+        page = browser.execute_script(READ_PAGE)
+        return page if until(page) else None
+
+    return wait_until(read, timeout, what=f"the page to show {what}")
+
+
+def assert_page_matches(page: dict, report: dict) -> None:
+    """Every number shown equals the ``/accuracy/`` document."""
+    assert int(page["images"]) == report["images"] == int(page["images_text"].replace(",", ""))
+    assert int(page["labeled"]) == report["labeled"]
+    assert int(page["correct"]) == report["correct"] == int(page["correct_text"].replace(",", ""))
+    assert float(page["accuracy"]) == report["accuracy"]
+    assert float(page["accuracy_text"].rstrip(" %")) == pytest.approx(report["accuracy"] * 100, abs=0.005)
+    assert int(page["rejected"]) == report["rejected"] == int(page["rejected_text"].replace(",", ""))
+    assert page["rejected_kinds"] == report["rejected_by_kind"]
+    assert page["model_version"] == report["model_version"]
+    assert sorted(page["cells"]) == [[i, j, report["confusion"][i][j]] for i in range(10) for j in range(10)]
+    recall = {name: c["recall"] for name, c in report["per_class"].items()}
+    assert {name: (float(v) if v else None) for name, v in page["recall_bars"]} == recall
+
+
+def test_dashboard_shows_and_updates_the_live_totals(start_worker: Callable, worker_env: dict[str, str],
+                                                     browser: Any, test_split: Any) -> None:
+    worker = start_worker(FMNIST_WINDOW_SECONDS="1")  # a chart point per second of stream
+    browser.get(worker.url + "/")
+    page = wait_page(browser, lambda p: p["polls"] >= 1, "its first refresh")
+    assert page["images"] == "0" and page["lag_kind"] == "kafka_lag"
+    browser.execute_script("window.sameLoad = true;")  # gone if the page ever reloads
+
+    settings = load_settings(worker_env)
+    with MainManager("kafka", settings).create_producer(settings.images_topic) as producer:
+        stream_wave(producer, test_split, 0, 1500, chunks=6)
+        page = wait_page(browser, lambda p: p["images"] == "1500", "the first wave")
+        first = page
+        assert_page_matches(page, worker.accuracy())
+
+        bad = ((b"{not json", "junk-1"), (b"{not json", "junk-2"),
+               (json.dumps({"id": "no-pixels"}).encode(), "no-pixels"))
+        stream_wave(producer, test_split, 1500, 1500, chunks=6, extra=bad)
+
+    page = wait_page(browser, lambda p: p["images"] == "3000" and p["rejected"] == "3" and p["lag"] == "0",
+                     "both waves, the rejects and zero lag")
+    report = worker.accuracy()
+    assert_page_matches(page, report)
+    assert report["rejected_by_kind"] == {"bad_pixels": 1, "not_json": 2}
+    assert page["same_load"] and page["polls"] > first["polls"]
+    assert page["accuracy_points"] > first["accuracy_points"] >= 1 and page["accuracy_line"].startswith("M")
+    assert len(page["cells"]) == 100 and len(page["recall_bars"]) == 10
+    assert page["thumbs"] and all(label != predicted and (w, h) == (28, 28) for label, predicted, w, h in page["thumbs"])
+    assert float(page["rate"]) > 0 and page["rate_line"] == 1
+    stats = requests.get(worker.url + "/stats/", timeout=5).json()
+    assert stats["backlog_kind"] == "kafka_lag" and stats["lag"] == 0
+
+    height = browser.execute_script("return document.documentElement.scrollHeight + window.outerHeight"
+                                    " - window.innerHeight")
+    browser.set_window_size(WIDTH, height)
+    wait_page(browser, lambda p: p["polls"] > page["polls"], "a refresh at full height")
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    assert browser.save_screenshot(str(SCREENSHOT))

@@ -1,0 +1,128 @@
+"""``/metrics`` and ``/stats/``: the images/s meter, the lag arithmetic, and a real scrape.
+
+The scrape test streams labelled images and malformed messages through a real worker
+on Kafka and checks that every Prometheus counter equals what was sent.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections import Counter
+from typing import Any, Callable
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from fmnist_faust.client import MainManager
+from fmnist_faust.config import load_settings
+from fmnist_faust.core.contract import encode_image
+from fmnist_faust.metrics import RateMeter, stats_report
+from support import wait_until
+
+SampleKey = tuple[str, tuple[tuple[str, str], ...]]
+
+
+def test_rate_meter_averages_over_the_window() -> None:
+    now = [100.0]
+    meter = RateMeter(window_s=10.0, clock=lambda: now[0])
+    assert meter.rate() == 0.0
+    now[0] = 100.5
+    meter.add(50)
+    assert meter.rate() == 50.0  # uptime below 1 s counts as 1 s
+    now[0] = 104.0
+    meter.add(150)
+    assert meter.rate() == 200 / 4.0  # uptime 4 s is shorter than the window
+    now[0] = 112.0
+    assert meter.rate() == 150 / 10.0  # the first add left the window
+    now[0] = 114.5
+    assert meter.rate() == 0.0 and meter.uptime_s == 14.5
+
+
+def test_stats_report_shape() -> None:
+    report = stats_report(7, "pubsub_backlog")
+    assert set(report) == {"images_per_second", "rate_window_s", "lag", "backlog_kind", "uptime_s"}
+    assert report["lag"] == 7 and report["backlog_kind"] == "pubsub_backlog"
+    assert isinstance(report["images_per_second"], float) and report["uptime_s"] >= 0
+    with pytest.raises(ValueError):
+        stats_report(None, "kafka")
+
+
+class FakeConsumer:
+    """Just what :func:`views.consumer_lag` asks of Faust's consumer."""
+
+    def __init__(self, highwaters: dict[Any, int | None]) -> None:
+        self.highwaters = highwaters
+
+    def assignment(self) -> set[Any]:
+        return set(self.highwaters)
+
+    def highwater(self, tp: Any) -> int | None:
+        return self.highwaters[tp]
+
+
+def test_consumer_lag_is_highwater_minus_next_unapplied_offset(monkeypatch: pytest.MonkeyPatch) -> None:
+    from faust.types import TP
+
+    from fmnist_faust import views
+    from fmnist_faust.core.scores import Scores
+
+    applied = {0: 99}  # the score table row of partition 0 covers offsets 0..99
+    monkeypatch.setattr(views, "read_row", lambda partition: (applied.get(partition, -1), Scores()))
+    images = views.images_topic.get_topic_name()
+    consumer = FakeConsumer({TP(images, 0): 110, TP(images, 1): 5, TP("scores-changelog", 0): 1000})
+    monkeypatch.setattr(views.app, "consumer", consumer)
+    assert views.consumer_lag() == 10 + 5  # partition 1 has no row yet: all 5 wait
+
+    consumer.highwaters = {TP(images, 0): None}
+    assert views.consumer_lag() is None  # assigned but not fetched yet
+    consumer.highwaters = {}
+    assert views.consumer_lag() == 0  # nothing assigned to this worker
+
+
+def scrape(url: str) -> dict[SampleKey, float]:
+    """Every sample of a Prometheus text exposition, keyed by (name, sorted labels)."""
+    response = requests.get(url + "/metrics", timeout=5)
+    response.raise_for_status()
+    assert response.headers["Content-Type"].startswith("text/plain")
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(response.text) for s in family.samples}
+
+
+@pytest.mark.kafka
+def test_metrics_scrape_counts_what_was_sent(start_worker: Callable, worker_env: dict[str, str], test_split) -> None:
+    worker = start_worker()
+    assert scrape(worker.url)[("fmnist_images_total", ())] == 0
+
+    sent = 600
+    now = time.time()
+    items = [(encode_image(f"m-{i}", test_split.images[i], int(test_split.labels[i]), sent_at=now), f"m-{i}")
+             for i in range(sent)]
+    short = base64.b64encode(bytes(10)).decode()
+    bad = [(b"{not json", "junk-1"), (b"[1, 2]", "junk-2"),
+           (json.dumps({"id": "s", "pixels": short}).encode(), "s"),
+           (json.dumps({"id": "t", "pixels": short}).encode(), "t")]
+    expected_rejects = Counter({"not_json": 1, "not_object": 1, "bad_pixel_count": 2})
+    with MainManager("kafka", load_settings(worker_env)).create_producer(worker_env["FMNIST_IMAGES_TOPIC"]) as producer:
+        producer.produce_many(items + bad)
+
+    report = wait_until(lambda: (r := worker.accuracy())["images"] + r["rejected"] == sent + len(bad) and r,
+                        60, what="the worker to count every message")
+    assert report["images"] == sent and report["rejected_by_kind"] == dict(sorted(expected_rejects.items()))
+    stats = wait_until(lambda: (s := requests.get(worker.url + "/stats/", timeout=5).json())["lag"] == 0 and s,
+                       15, what="the consumer lag to reach 0")
+    assert stats["backlog_kind"] == "kafka_lag" and stats["images_per_second"] > 0
+
+    samples = scrape(worker.url)
+    assert samples[("fmnist_images_total", ())] == sent
+    for kind, count in expected_rejects.items():
+        assert samples[("fmnist_rejected_total", (("kind", kind),))] == count
+    assert samples[("fmnist_batch_size_sum", ())] == sent + len(bad)
+    batches = samples[("fmnist_batch_size_count", ())]
+    assert 1 <= batches == samples[("fmnist_predict_seconds_count", ())]
+    assert samples[("fmnist_end_to_end_latency_seconds_count", ())] == sent
+    assert samples[("fmnist_end_to_end_latency_seconds_bucket", (("le", "+Inf"),))] == sent
+    assert samples[("fmnist_accuracy", ())] == pytest.approx(report["accuracy"])
+    assert samples[("fmnist_backlog_messages", ())] == 0
