@@ -13,6 +13,7 @@ import base64
 import binascii
 import json
 import math
+import reprlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,7 @@ IMAGE_SIDE = 28
 IMAGE_BYTES = IMAGE_SIDE * IMAGE_SIDE
 MAX_ID_CHARS = 128
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 20
+MAX_REASON_CHARS = 300  # reasons travel in a DLQ header: keep them short whatever the input
 
 # Every error kind the decoder can produce, for docs, metrics and tests.
 ERROR_KINDS: dict[str, str] = {
@@ -43,7 +45,7 @@ ERROR_KINDS: dict[str, str] = {
     "not_utf8": "the bytes are not valid UTF-8",
     "not_json": "the text is not JSON",
     "not_object": "the JSON is not an object",
-    "bad_id": "id is missing, not a string, empty or longer than 128 characters",
+    "bad_id": "id is missing, not a string, empty, longer than 128 characters or not valid Unicode",
     "key_mismatch": "the transport key differs from the id field",
     "bad_pixels": "pixels is missing or of the wrong type",
     "bad_base64": "pixels is not valid standard base64",
@@ -59,6 +61,8 @@ class InvalidMessage(ValueError):
 
     def __init__(self, kind: str, reason: str) -> None:
         assert kind in ERROR_KINDS, kind
+        if len(reason) > MAX_REASON_CHARS:
+            reason = reason[: MAX_REASON_CHARS - 3] + "..."
         super().__init__(f"{kind}: {reason}")
         self.kind = kind
         self.reason = reason
@@ -97,7 +101,7 @@ def _decode_pixels(raw: Any) -> np.ndarray:
         for index, value in enumerate(raw):
             if not _is_int(value) or not 0 <= value <= 255:
                 raise InvalidMessage(
-                    "bad_pixel_value", f"pixels[{index}]={value!r} is not an integer 0-255"
+                    "bad_pixel_value", f"pixels[{index}]={reprlib.repr(value)} is not an integer 0-255"
                 )
         return np.asarray(raw, dtype=np.uint8)
     raise InvalidMessage(
@@ -136,6 +140,10 @@ def decode_image(
     if not isinstance(image_id, str) or not 1 <= len(image_id) <= MAX_ID_CHARS:
         shown = repr(image_id)[:60]
         raise InvalidMessage("bad_id", f"id must be a string of 1-{MAX_ID_CHARS} characters, got {shown}")
+    try:
+        image_id.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate escaped in JSON (\ud800): no UTF-8 form
+        raise InvalidMessage("bad_id", f"id {image_id[:60]!r} is not valid Unicode (lone surrogate)") from None
     if key is not None:
         if isinstance(key, bytes):
             key = key.decode("utf-8", errors="replace")
@@ -146,13 +154,19 @@ def decode_image(
 
     label = obj.get("label")
     if label is not None and (not _is_int(label) or not 0 <= label < NUM_CLASSES):
-        raise InvalidMessage("bad_label", f"label must be an integer 0-9 or null, got {label!r}"[:200])
+        raise InvalidMessage("bad_label", f"label must be an integer 0-9 or null, got {reprlib.repr(label)}")
 
     sent_at = obj.get("sent_at")
     if sent_at is not None:
-        if not isinstance(sent_at, (int, float)) or isinstance(sent_at, bool) or not math.isfinite(sent_at):
-            raise InvalidMessage("bad_sent_at", f"sent_at must be a finite number or null, got {sent_at!r}"[:200])
-        sent_at = float(sent_at)
+        wrong = f"sent_at must be a finite number or null, got {reprlib.repr(sent_at)}"
+        if not isinstance(sent_at, (int, float)) or isinstance(sent_at, bool):
+            raise InvalidMessage("bad_sent_at", wrong)
+        try:
+            sent_at = float(sent_at)  # a JSON integer like 1e400 written out overflows a float
+        except OverflowError:
+            raise InvalidMessage("bad_sent_at", wrong) from None
+        if not math.isfinite(sent_at):
+            raise InvalidMessage("bad_sent_at", wrong)
 
     return ImageMessage(id=image_id, pixels=pixels, label=label, sent_at=sent_at)
 
@@ -199,7 +213,9 @@ class Prediction:
             "label": self.label,
             "correct": self.correct,
             "model_version": self.model_version,
-            "latency_ms": None if self.latency_ms is None else round(self.latency_ms, 3),
+            # a sent_at far in the past makes the latency overflow: JSON has no Infinity
+            "latency_ms": (None if self.latency_ms is None or not math.isfinite(self.latency_ms)
+                           else round(self.latency_ms, 3)),
         }
 
     def encode(self) -> bytes:
@@ -208,7 +224,10 @@ class Prediction:
 
 def decode_prediction(value: bytes) -> dict[str, Any]:
     """Parse a ``predictions`` message (used by loggers and tests)."""
-    obj = json.loads(value.decode("utf-8"))
+    try:
+        obj = json.loads(value.decode("utf-8"))
+    except RecursionError:
+        raise ValueError(f"not a prediction (nested too deeply): {value[:120]!r}") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("id"), str) or not _is_int(obj.get("predicted")):
         raise ValueError(f"not a prediction: {value[:120]!r}")
     return obj
