@@ -73,24 +73,18 @@ class KafkaSecurity:
 
     def faust_credentials(self) -> Any:
         """The ``broker_credentials`` value faust expects, or None for PLAINTEXT."""
-        import faust
+        # Import the submodule: ``faust.auth`` is not an attribute of a fresh ``import faust``.
+        from faust.auth import SASLCredentials, SSLCredentials
 
         if self.protocol == "PLAINTEXT":
             return None
         if self.protocol == "SSL":
-            return faust.SSLCredentials(self.ssl_context())
-        ssl_context = self.ssl_context()
-        if self.sasl_mechanism.startswith("SCRAM"):
-            return faust.auth.SASLCredentials(
-                username=self.sasl_username,
-                password=self.sasl_password,
-                ssl_context=ssl_context,
-                mechanism=self.sasl_mechanism,
-            )
-        return faust.SASLCredentials(
+            return SSLCredentials(self.ssl_context())
+        return SASLCredentials(
             username=self.sasl_username,
             password=self.sasl_password,
-            ssl_context=ssl_context,
+            ssl_context=self.ssl_context(),
+            mechanism=self.sasl_mechanism,
         )
 
     def aiokafka_kwargs(self) -> dict[str, Any]:
@@ -155,6 +149,24 @@ class Settings:
         return ";".join(f"kafka://{h}" for h in hosts)
 
 
+def _check_tls_files(security: KafkaSecurity) -> None:
+    """Unusable TLS files fail here, naming the variables, not deep inside Faust later."""
+    files = {"KAFKA_SSL_CAFILE": security.ssl_cafile, "KAFKA_SSL_CERTFILE": security.ssl_certfile,
+             "KAFKA_SSL_KEYFILE": security.ssl_keyfile}
+    given = ", ".join(name for name, value in files.items() if value)
+    if not given:
+        return
+    if "SSL" not in security.protocol:  # e.g. SASL_PLAINTEXT: a CA set here would protect nothing
+        raise ConfigError(f"{given} set but KAFKA_SECURITY_PROTOCOL={security.protocol} does not use TLS "
+                          "(use SSL or SASL_SSL)")
+    if security.ssl_keyfile and not security.ssl_certfile:
+        raise ConfigError("KAFKA_SSL_KEYFILE needs KAFKA_SSL_CERTFILE")
+    try:
+        security.ssl_context()
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise ConfigError(f"{given}: cannot build a TLS context ({exc})") from None
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read every setting from ``env`` (default: ``os.environ``), validating as we go."""
     env = os.environ if env is None else env
@@ -175,6 +187,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     )
     if protocol.startswith("SASL") and not security.sasl_username:
         raise ConfigError(f"KAFKA_SECURITY_PROTOCOL={protocol} needs KAFKA_SASL_USERNAME")
+    _check_tls_files(security)
     return Settings(
         kafka_bootstrap_servers=_get(env, "KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
         kafka_security=security,

@@ -1,0 +1,218 @@
+"""Configuration from the environment: Kafka TLS/SASL, validation, safe defaults.
+
+For each supported combination, ``KafkaSecurity`` must hand Faust the right credential
+object and aiokafka the right keyword arguments, and both must describe the same
+connection (checked through Faust's own ``credentials_to_aiokafka_auth``). Unusable
+values fail at start-up with :class:`ConfigError`, naming the variable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import faust
+import pytest
+from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
+
+from fmnist_faust.config import ConfigError, KafkaSecurity, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A throw-away CA certificate and a client certificate/key pair (PEM), via openssl."""
+    directory = tmp_path_factory.mktemp("pki")
+    files = {name: directory / f"{name}.pem" for name in ("ca", "ca_key", "cert", "key")}
+    for cert, key, cn in ((files["ca"], files["ca_key"], "fmnist-test-ca"), (files["cert"], files["key"], "client")):
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                        "-subj", f"/CN={cn}", "-keyout", str(key), "-out", str(cert)],
+                       check=True, capture_output=True)
+    files["garbage"] = directory / "garbage.pem"
+    files["garbage"].write_text("-----BEGIN CERTIFICATE-----\nnot a certificate\n-----END CERTIFICATE-----\n")
+    return files
+
+
+def _security(**env: str) -> KafkaSecurity:
+    return load_settings(env).kafka_security
+
+
+def _same_connection(security: KafkaSecurity) -> dict[str, Any]:
+    """Faust's view of our credentials equals our aiokafka kwargs (ssl_context aside)."""
+    ours = security.aiokafka_kwargs()
+    faust_view = dict(credentials_to_aiokafka_auth(security.faust_credentials()))
+    faust_context = faust_view.pop("ssl_context", None)
+    our_context = ours.get("ssl_context")
+    assert {k: v for k, v in ours.items() if k != "ssl_context"} == faust_view
+    assert (faust_context is None) == (our_context is None)
+    return ours
+
+
+def _aiokafka_accepts(kwargs: dict[str, Any]) -> None:
+    """aiokafka validates these arguments in its constructors (no connection is made)."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    async def build() -> None:
+        AIOKafkaProducer(bootstrap_servers="127.0.0.1:9", **kwargs)
+        AIOKafkaConsumer(bootstrap_servers="127.0.0.1:9", **kwargs)
+        AIOKafkaAdminClient(bootstrap_servers="127.0.0.1:9", **kwargs)
+
+    asyncio.run(build())
+
+
+def test_plaintext_is_the_default() -> None:
+    security = _security()
+    assert security.protocol == "PLAINTEXT" and security.ssl_context() is None
+    assert security.faust_credentials() is None
+    assert security.aiokafka_kwargs() == {}
+
+
+def test_sasl_ssl_scram_sha_512(pki: dict[str, Path]) -> None:
+    security = _security(KAFKA_SECURITY_PROTOCOL="SASL_SSL", KAFKA_SASL_MECHANISM="SCRAM-SHA-512",
+                         KAFKA_SASL_USERNAME="fmnist", KAFKA_SASL_PASSWORD="s3cret",
+                         KAFKA_SSL_CAFILE=str(pki["ca"]))
+    credentials = security.faust_credentials()
+    assert isinstance(credentials, faust.auth.SASLCredentials)
+    assert credentials.protocol.value == "SASL_SSL"
+    assert credentials.mechanism.value == "SCRAM-SHA-512"
+    assert (credentials.username, credentials.password) == ("fmnist", "s3cret")
+    context = credentials.ssl_context
+    assert isinstance(context, ssl.SSLContext)
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    assert any(dict(rdn[0] for rdn in ca["subject"]).get("commonName") == "fmnist-test-ca"
+               for ca in context.get_ca_certs())
+
+    kwargs = _same_connection(security)
+    assert {k: v for k, v in kwargs.items() if k != "ssl_context"} == {
+        "security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "fmnist", "sasl_plain_password": "s3cret"}
+    assert isinstance(kwargs["ssl_context"], ssl.SSLContext)
+    _aiokafka_accepts(kwargs)
+
+
+def test_sasl_plaintext_plain() -> None:
+    security = _security(KAFKA_SECURITY_PROTOCOL="SASL_PLAINTEXT", KAFKA_SASL_MECHANISM="PLAIN",
+                         KAFKA_SASL_USERNAME="fmnist", KAFKA_SASL_PASSWORD="s3cret")
+    credentials = security.faust_credentials()
+    assert isinstance(credentials, faust.SASLCredentials)
+    assert credentials.protocol.value == "SASL_PLAINTEXT" and credentials.mechanism.value == "PLAIN"
+    assert credentials.ssl_context is None
+    assert (credentials.username, credentials.password) == ("fmnist", "s3cret")
+    kwargs = _same_connection(security)
+    assert kwargs == {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "PLAIN",
+                      "sasl_plain_username": "fmnist", "sasl_plain_password": "s3cret"}
+    _aiokafka_accepts(kwargs)
+
+
+def test_sasl_plaintext_scram_sha_256_lower_case_values() -> None:
+    security = _security(KAFKA_SECURITY_PROTOCOL="sasl_plaintext", KAFKA_SASL_MECHANISM="scram-sha-256",
+                         KAFKA_SASL_USERNAME="u", KAFKA_SASL_PASSWORD="p")
+    credentials = security.faust_credentials()
+    assert credentials.mechanism.value == "SCRAM-SHA-256" and credentials.protocol.value == "SASL_PLAINTEXT"
+    assert _same_connection(security)["sasl_mechanism"] == "SCRAM-SHA-256"
+
+
+def test_ssl_with_client_certificate(pki: dict[str, Path]) -> None:
+    security = _security(KAFKA_SECURITY_PROTOCOL="SSL", KAFKA_SSL_CAFILE=str(pki["ca"]),
+                         KAFKA_SSL_CERTFILE=str(pki["cert"]), KAFKA_SSL_KEYFILE=str(pki["key"]))
+    credentials = security.faust_credentials()
+    assert isinstance(credentials, faust.SSLCredentials)
+    assert credentials.protocol.value == "SSL"
+    assert isinstance(credentials.context, ssl.SSLContext)
+    assert credentials.context.verify_mode == ssl.CERT_REQUIRED
+    kwargs = _same_connection(security)
+    assert kwargs["security_protocol"] == "SSL" and isinstance(kwargs["ssl_context"], ssl.SSLContext)
+    assert not any(k.startswith("sasl") for k in kwargs)
+    _aiokafka_accepts(kwargs)
+
+
+def test_ssl_without_files_uses_the_system_trust_store() -> None:
+    security = _security(KAFKA_SECURITY_PROTOCOL="SSL")
+    context = security.ssl_context()
+    assert context is not None and context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    assert _same_connection(security)["security_protocol"] == "SSL"
+
+
+@pytest.mark.parametrize(("env", "names"), [
+    ({"KAFKA_SECURITY_PROTOCOL": "TLS"}, ["KAFKA_SECURITY_PROTOCOL", "TLS"]),
+    ({"KAFKA_SECURITY_PROTOCOL": "SASL"}, ["KAFKA_SECURITY_PROTOCOL"]),
+    ({"KAFKA_SASL_MECHANISM": "GSSAPI"}, ["KAFKA_SASL_MECHANISM", "GSSAPI"]),
+    ({"KAFKA_SASL_MECHANISM": "OAUTHBEARER"}, ["KAFKA_SASL_MECHANISM"]),
+    ({"KAFKA_SASL_MECHANISM": "SCRAM-SHA-1"}, ["KAFKA_SASL_MECHANISM"]),
+    ({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, ["KAFKA_SASL_USERNAME"]),
+    ({"KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "KAFKA_SASL_PASSWORD": "p"}, ["KAFKA_SASL_USERNAME"]),
+    ({"FMNIST_PARTITIONS": "0"}, ["FMNIST_PARTITIONS"]),
+    ({"FMNIST_PARTITIONS": "four"}, ["FMNIST_PARTITIONS"]),
+    ({"FMNIST_WEB_PORT": "http"}, ["FMNIST_WEB_PORT"]),
+    ({"FMNIST_BATCH_SIZE": "0"}, ["FMNIST_BATCH_SIZE"]),
+    ({"FMNIST_BATCH_LINGER": "soon"}, ["FMNIST_BATCH_LINGER"]),
+    ({"FMNIST_MAX_MESSAGE_BYTES": "100"}, ["FMNIST_MAX_MESSAGE_BYTES"]),
+])
+def test_bad_values_raise_config_error_naming_the_variable(env: dict[str, str], names: list[str]) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env)
+    for name in names:
+        assert name in str(caught.value)
+
+
+@pytest.mark.parametrize("files", [
+    {"KAFKA_SSL_CAFILE": "/nonexistent/ca.pem"},
+    {"KAFKA_SSL_CAFILE": "garbage"},
+    {"KAFKA_SSL_CERTFILE": "/nonexistent/cert.pem"},
+    {"KAFKA_SSL_CERTFILE": "cert", "KAFKA_SSL_KEYFILE": "ca_key"},  # key of another certificate
+    {"KAFKA_SSL_CERTFILE": "cert", "KAFKA_SSL_KEYFILE": "/nonexistent/key.pem"},
+    {"KAFKA_SSL_KEYFILE": "key"},  # a key without its certificate
+])
+@pytest.mark.parametrize("protocol", ["SSL", "SASL_SSL"])
+def test_unusable_tls_files_raise_config_error(pki: dict[str, Path], files: dict[str, str], protocol: str) -> None:
+    """Caught when the settings are read, not as an ssl/OS error deep inside Faust at start."""
+    env = {"KAFKA_SECURITY_PROTOCOL": protocol, "KAFKA_SASL_USERNAME": "u", "KAFKA_SASL_PASSWORD": "p"}
+    env.update({k: v if v.startswith("/") else str(pki[v]) for k, v in files.items()})
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env)
+    assert any(name in str(caught.value) for name in files)
+
+
+@pytest.mark.parametrize("protocol", ["PLAINTEXT", "SASL_PLAINTEXT"])
+def test_tls_files_with_a_protocol_without_tls_are_refused(pki: dict[str, Path], protocol: str) -> None:
+    """Setting a CA but forgetting SASL_SSL would silently send SASL passwords in clear text."""
+    env = {"KAFKA_SECURITY_PROTOCOL": protocol, "KAFKA_SASL_USERNAME": "u", "KAFKA_SASL_PASSWORD": "p",
+           "KAFKA_SSL_CAFILE": str(pki["ca"])}
+    with pytest.raises(ConfigError, match="KAFKA_SSL_CAFILE"):
+        load_settings(env)
+
+
+def test_password_never_appears_in_reprs() -> None:
+    settings = load_settings({"KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "KAFKA_SASL_USERNAME": "fmnist",
+                              "KAFKA_SASL_PASSWORD": "hunter2-very-secret"})
+    assert "hunter2-very-secret" not in repr(settings)
+    assert "hunter2-very-secret" not in repr(settings.kafka_security)
+    assert "hunter2-very-secret" not in repr(settings.kafka_security.faust_credentials())
+
+
+def test_web_views_bind_loopback_by_default() -> None:
+    settings = load_settings({})
+    assert settings.web_host == "127.0.0.1"
+    assert load_settings({"FMNIST_WEB_HOST": "0.0.0.0"}).web_host == "0.0.0.0"
+    assert load_settings({"FMNIST_WEB_HOST": ""}).web_host == "127.0.0.1"
+
+
+def test_faust_app_gets_loopback_bind_and_the_configured_credentials() -> None:
+    """A fresh interpreter, as the worker starts: the app's conf comes from the environment."""
+    probe = ("from fmnist_faust.app import app\n"
+             "c = app.conf.broker_credentials\n"
+             "print(app.conf.web_bind, app.conf.web_host, type(c).__name__, c.protocol.value, c.mechanism.value,"
+             " c.username)\n")
+    env = {"PATH": "/usr/bin:/bin", "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+           "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512", "KAFKA_SASL_USERNAME": "fmnist", "KAFKA_SASL_PASSWORD": "p"}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["127.0.0.1", "127.0.0.1", "SASLCredentials", "SASL_PLAINTEXT",
+                                  "SCRAM-SHA-512", "fmnist"]
