@@ -4,9 +4,8 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
-started_here=0
-if ! tools/services.sh status | grep -q "kafka: running"; then started_here=1; fi
-cleanup() { if [ "$started_here" = 1 ]; then tools/services.sh stop || true; fi; }
+started_here=$(tools/services.sh missing)
+cleanup() { for name in $started_here; do tools/services.sh stop "$name" || true; done; }
 trap cleanup EXIT
 tools/services.sh start
 # shellcheck disable=SC1091

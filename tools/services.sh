@@ -2,7 +2,8 @@
 # Start/stop a real Apache Kafka broker (KRaft, one node) and Google's Pub/Sub emulator
 # on 127.0.0.1, in the background, for the demo and the tests.
 #   tools/services.sh start   # idempotent; writes .services.env
-#   tools/services.sh stop    # stops exactly the pids we started
+#   tools/services.sh stop    # stops exactly the pids we started (stop kafka|pubsub: one)
+#   tools/services.sh missing # lists the services not running (to stop only what you start)
 #   tools/services.sh status
 #   tools/services.sh fetch   # only resolve Kafka's jars into .cache/kafka-libs
 # A KAFKA_BOOTSTRAP_SERVERS / PUBSUB_EMULATOR_HOST already in the environment means
@@ -129,20 +130,26 @@ wait_pubsub() {
   die "the Pub/Sub emulator did not answer on 127.0.0.1:$port within 60 s; see $RUN/pubsub/emulator.log"
 }
 
-cmd_start() {
+cmd_start() {  # $1: all (default), kafka or pubsub
   mkdir -p "$RUN"
-  local t0=$SECONDS kafka="${KAFKA_BOOTSTRAP_SERVERS:-}" pubsub="${PUBSUB_EMULATOR_HOST:-}"
-  if [ -z "$kafka" ]; then start_kafka; fi
-  if [ -z "$pubsub" ]; then start_pubsub; fi
-  if [ -z "$kafka" ]; then wait_kafka; kafka="127.0.0.1:$(cat "$RUN/kafka/port")"; fi
-  if [ -z "$pubsub" ]; then wait_pubsub; pubsub="127.0.0.1:$(cat "$RUN/pubsub/port")"; fi
-  cat >"$ENV_FILE" <<ENV
-# Written by tools/services.sh; source it to reach the local services.
-export KAFKA_BOOTSTRAP_SERVERS=$kafka
-export PUBSUB_EMULATOR_HOST=$pubsub
-export GOOGLE_CLOUD_PROJECT=$PROJECT
-ENV
-  log "ready in $((SECONDS - t0)) s: Kafka $kafka, Pub/Sub emulator $pubsub (env in .services.env)"
+  local which=${1:-all} t0=$SECONDS kafka="${KAFKA_BOOTSTRAP_SERVERS:-}" pubsub="${PUBSUB_EMULATOR_HOST:-}"
+  local want_kafka=0 want_pubsub=0
+  case "$which" in all) want_kafka=1; want_pubsub=1 ;; kafka) want_kafka=1 ;; pubsub) want_pubsub=1 ;;
+    *) die "start takes all, kafka or pubsub, not '$which'" ;; esac
+  if [ "$want_kafka" = 1 ] && [ -z "$kafka" ]; then start_kafka; fi
+  if [ "$want_pubsub" = 1 ] && [ -z "$pubsub" ]; then start_pubsub; fi
+  if [ "$want_kafka" = 1 ] && [ -z "$kafka" ]; then wait_kafka; kafka="127.0.0.1:$(cat "$RUN/kafka/port")"; fi
+  if [ "$want_pubsub" = 1 ] && [ -z "$pubsub" ]; then wait_pubsub; pubsub="127.0.0.1:$(cat "$RUN/pubsub/port")"; fi
+  # Keep a service this call did not ask for in the file if we started it earlier.
+  if [ -z "$kafka" ] && alive "$RUN/kafka/pid"; then kafka="127.0.0.1:$(cat "$RUN/kafka/port")"; fi
+  if [ -z "$pubsub" ] && alive "$RUN/pubsub/pid"; then pubsub="127.0.0.1:$(cat "$RUN/pubsub/port")"; fi
+  {
+    echo "# Written by tools/services.sh; source it to reach the local services."
+    [ -n "$kafka" ] && echo "export KAFKA_BOOTSTRAP_SERVERS=$kafka"
+    [ -n "$pubsub" ] && echo "export PUBSUB_EMULATOR_HOST=$pubsub"
+    echo "export GOOGLE_CLOUD_PROJECT=$PROJECT"
+  } >"$ENV_FILE"
+  log "ready in $((SECONDS - t0)) s: Kafka ${kafka:-not started}, Pub/Sub emulator ${pubsub:-not started} (env in .services.env)"
 }
 
 stop_one() {
@@ -161,10 +168,17 @@ stop_one() {
   rm -rf "${RUN:?}/$name"
 }
 
-cmd_stop() {
-  stop_one kafka
-  stop_one pubsub
-  rm -f "$ENV_FILE"
+cmd_stop() {  # $1: all (default), kafka or pubsub
+  case "${1:-all}" in
+    all) stop_one kafka; stop_one pubsub; rm -f "$ENV_FILE" ;;
+    kafka|pubsub) stop_one "$1" ;;
+    *) die "stop takes all, kafka or pubsub, not '$1'" ;;
+  esac
+}
+
+# Print the services (kafka, pubsub) that are not running: what a start would launch.
+cmd_missing() {
+  for name in kafka pubsub; do alive "$RUN/$name/pid" || echo "$name"; done
 }
 
 cmd_status() {
@@ -176,8 +190,9 @@ cmd_status() {
 
 case "${1:-}" in
   fetch) fetch_kafka ;;
-  start) cmd_start ;;
-  stop) cmd_stop ;;
+  start) cmd_start "${2:-all}" ;;
+  stop) cmd_stop "${2:-all}" ;;
+  missing) cmd_missing ;;
   status) cmd_status ;;
-  *) echo "usage: $0 fetch|start|stop|status" >&2; exit 2 ;;
+  *) echo "usage: $0 fetch|start [all|kafka|pubsub]|stop [all|kafka|pubsub]|status|missing" >&2; exit 2 ;;
 esac

@@ -1,0 +1,118 @@
+"""``make demo``: stream the 10,000 test images through a real worker and check the result.
+
+Starts a worker (``faust -A fmnist_faust worker``) on fresh, run-specific topics, replays
+the test split with labels, shows progress and running accuracy, then prints the
+streamed accuracy next to the offline accuracy of the same model on the same images
+(they must be identical) and the throughput, and stops the worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from .config import load_settings
+from .core import dataset
+from .core.model import load_classifier
+
+
+def _get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.load(response)
+
+
+def _wait_ready(proc: subprocess.Popen, url: str, timeout: float) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if proc.poll() is not None:
+            raise SystemExit(f"demo: the worker exited with {proc.returncode}")
+        try:
+            _get_json(url)
+            return time.monotonic() - started
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit(f"demo: the worker did not answer {url} within {timeout:.0f} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fmnist_faust.demo", description=__doc__)
+    parser.add_argument("--count", type=int, default=10000, help="test images to stream")
+    parser.add_argument("--keep", action="store_true", help="leave the worker running at the end")
+    args = parser.parse_args(argv)
+
+    run = time.strftime("%Y%m%d-%H%M%S")
+    env = dict(os.environ)
+    env.setdefault("FMNIST_APP_ID", f"fmnist-demo-{run}")
+    for name, default in (("FMNIST_IMAGES_TOPIC", "images"), ("FMNIST_PREDICTIONS_TOPIC", "predictions"),
+                          ("FMNIST_DLQ_TOPIC", "images-dlq")):
+        env.setdefault(name, f"{default}-demo-{run}")  # fresh topics: the totals are this run's only
+    root = Path(__file__).resolve().parent.parent
+    env.setdefault("FMNIST_WORKER_DATADIR", str(root / ".run" / f"demo-{run}"))
+    settings = load_settings(env)
+    base = f"http://{settings.web_host}:{settings.web_port}"
+    log_path = root / ".run" / f"demo-worker-{run}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+
+    classifier = load_classifier(settings.model_path)  # verify before starting anything
+    split = dataset.load_split("test", settings.fmnist_data_dir or None)
+    count = min(args.count, len(split))
+    print(f"model {classifier.version} (test accuracy at training: {classifier.manifest['test_accuracy']:.4f})")
+    print(f"Kafka {settings.kafka_bootstrap_servers}; topics {settings.images_topic} -> "
+          f"{settings.predictions_topic} (+ {settings.dlq_topic}); worker log {log_path}")
+
+    with open(log_path, "ab") as log:
+        worker = subprocess.Popen([sys.executable, "-m", "faust", "-A", "fmnist_faust", "worker", "-l", "info"],
+                                  env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        ready = _wait_ready(worker, base + "/accuracy/", 120)
+        print(f"worker ready in {ready:.1f} s, tables at {base}/accuracy/ (dashboard {base}/)")
+        started = time.monotonic()
+        producer = subprocess.run(
+            [sys.executable, "-c", "from fmnist_faust.cli import produce_main; raise SystemExit(produce_main())",
+             "--count", str(count), "--quiet"], env=env, check=True, capture_output=True, text=True)
+        print(producer.stdout.strip())
+        report = {}
+        while True:
+            report = _get_json(base + "/accuracy/")
+            acc = f"{report['accuracy']:.4f}" if report["accuracy"] is not None else "n/a"
+            sys.stdout.write(f"\rclassified {report['images']:>6}/{count}  running accuracy {acc}  ")
+            sys.stdout.flush()
+            if report["images"] >= count:
+                break
+            if time.monotonic() - started > 600:
+                raise SystemExit("\ndemo: not all images were classified within 10 minutes")
+            time.sleep(0.5)
+        elapsed = time.monotonic() - started
+        print()
+        predicted, _ = classifier.predict(split.images[:count])
+        offline_correct = int((predicted == split.labels[:count]).sum())
+        identical = report["correct"] == offline_correct and report["labeled"] == count
+        print(f"streamed accuracy: {report['accuracy']:.4f} ({report['correct']}/{report['labeled']})")
+        print(f"offline accuracy:  {offline_correct / count:.4f} ({offline_correct}/{count})  "
+              f"-> {'identical' if identical else 'DIFFERENT'}")
+        print(f"throughput: {count / elapsed:,.0f} images/s end to end ({count} images in {elapsed:.1f} s, "
+              "producer start to last prediction counted)")
+        print("per-class recall: " + ", ".join(
+            f"{name} {v['recall']:.2f}" for name, v in report["per_class"].items() if v["recall"] is not None))
+        if args.keep:
+            print(f"worker left running (pid {worker.pid}): {base}/")
+            return 0 if identical else 1
+        return 0 if identical else 1
+    finally:
+        if not args.keep and worker.poll() is None:
+            worker.terminate()
+            try:
+                worker.wait(30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
