@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -26,6 +27,17 @@ from .core.model import load_classifier
 def _get_json(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=10) as response:
         return json.load(response)
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _wait_ready(proc: subprocess.Popen, url: str, timeout: float) -> float:
@@ -55,7 +67,11 @@ def main(argv: list[str] | None = None) -> int:
         env.setdefault(name, f"{default}-demo-{run}")  # fresh topics: the totals are this run's only
     root = Path(__file__).resolve().parent.parent
     env.setdefault("FMNIST_WORKER_DATADIR", str(root / ".run" / f"demo-{run}"))
+    if "FMNIST_WEB_PORT" not in os.environ and not _port_free(6066):
+        env["FMNIST_WEB_PORT"] = str(_free_port())  # 6066 is taken: do not read someone else's tables
     settings = load_settings(env)
+    if not _port_free(settings.web_port):
+        raise SystemExit(f"demo: port {settings.web_port} is taken; set FMNIST_WEB_PORT to a free port")
     base = f"http://{settings.web_host}:{settings.web_port}"
     log_path = root / ".run" / f"demo-worker-{run}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -78,12 +94,14 @@ def main(argv: list[str] | None = None) -> int:
             [sys.executable, "-c", "from fmnist_faust.cli import produce_main; raise SystemExit(produce_main())",
              "--count", str(count), "--quiet"], env=env, check=True, capture_output=True, text=True)
         print(producer.stdout.strip())
-        report = {}
+        report, shown = {}, -1
         while True:
             report = _get_json(base + "/accuracy/")
             acc = f"{report['accuracy']:.4f}" if report["accuracy"] is not None else "n/a"
-            sys.stdout.write(f"\rclassified {report['images']:>6}/{count}  running accuracy {acc}  ")
-            sys.stdout.flush()
+            if report["images"] != shown:
+                shown = report["images"]
+                sys.stdout.write(f"\rclassified {shown:>6}/{count}  running accuracy {acc}  ")
+                sys.stdout.flush()
             if report["images"] >= count:
                 break
             if time.monotonic() - started > 600:
