@@ -4,6 +4,8 @@ Per batch: skip events a table row already covers (replay after a crash), classi
 rest in one predict call, publish predictions and dead letters and wait for the broker
 to ack them, then write each partition's score row (offset-stamped). Offsets are
 committed by Faust only after that, so nothing is lost and nothing counted twice.
+A distinct message re-using an id already counted in its partition is classified and
+its prediction re-sent, but it is not counted again (see ``tables.seen_table``).
 """
 
 from __future__ import annotations
@@ -16,11 +18,11 @@ from typing import Any, Awaitable, Iterable
 
 from . import metrics
 from .app import app, settings
-from .core.contract import InvalidMessage
+from .core.contract import InvalidMessage, Prediction
 from .core.model import Classifier, load_classifier
 from .core.pipeline import BatchResult, RawMessage, classify_batch
 from .core.recent import RecentMistakes
-from .tables import read_row, write_row
+from .tables import counted_at, mark_counted, read_row, write_row
 from .topics import dlq_topic, images_topic, predictions_topic
 
 log = logging.getLogger(__name__)
@@ -36,10 +38,18 @@ def get_classifier() -> Classifier:
     return classifier
 
 
+@app.task
+async def declare_output_topics() -> None:
+    """Create predictions and DLQ with the configured partitions (the agent only reads images).
+
+    Runs at start-up, well before the first partition assignment lets the agent send.
+    """
+    for topic in (predictions_topic, dlq_topic):
+        await topic.maybe_declare()
+
+
 @app.agent(images_topic)
 async def classify(stream: Any) -> None:
-    for topic in (predictions_topic, dlq_topic):
-        await topic.maybe_declare()  # with the configured partitions, before first use
     async for events in stream.take_events(settings.batch_size, within=settings.batch_linger_s):
         await process_events(events)
 
@@ -56,19 +66,46 @@ async def process_events(events: list[Any]) -> None:
     messages = [RawMessage(value=e.message.value, key=e.message.key, timestamp=e.message.timestamp) for e in fresh]
     with metrics.PREDICT_SECONDS.time():
         result = classify_batch(classifier, messages, settings.max_message_bytes)
+    duplicates, marks = await _duplicate_ids(fresh, result, {p: row[0] for p, row in applied.items()})
     await _publish(result)
+    await asyncio.gather(*marks)  # the ids are durable before the rows that count them
 
     by_partition: dict[int, list[int]] = defaultdict(list)
     for index, event in enumerate(fresh):
         by_partition[event.message.partition].append(index)
     for partition, indices in by_partition.items():
         _, scores = applied[partition]
-        wanted = set(indices)
+        wanted = set(indices) - duplicates
         result.subset(wanted.__contains__).apply_to(scores, settings.window_seconds)
         last_offset = max(fresh[i].message.offset for i in indices)
         write_row(partition, last_offset, scores, classifier.version)
     metrics.observe_batch(result)
     recent_mistakes.add_batch(result)
+
+
+async def _duplicate_ids(fresh: list[Any], result: BatchResult,
+                         applied: dict[int, int]) -> tuple[set[int], list[Awaitable[Any]]]:
+    """Indices of images whose id was already counted in their partition; marks the others.
+
+    An earlier mark only counts if its offset is <= the partition's applied offset (older
+    than this batch, so its row was written) or it was made earlier in this batch.
+    """
+    duplicates: set[int] = set()
+    marks: list[Awaitable[Any]] = []
+    in_batch: set[tuple[int, str]] = set()
+    for index, (event, outcome) in enumerate(zip(fresh, result.outcomes)):
+        if not isinstance(outcome, Prediction):
+            continue
+        partition, offset = event.message.partition, event.message.offset
+        earlier = counted_at(partition, outcome.id)
+        if (partition, outcome.id) in in_batch or (earlier is not None and earlier <= applied[partition]):
+            duplicates.add(index)
+            continue
+        in_batch.add((partition, outcome.id))
+        marks.append(await mark_counted(partition, outcome.id, offset))
+    if duplicates:
+        log.info("not counting %d images whose id was already counted", len(duplicates))
+    return duplicates, marks
 
 
 async def _publish(result: BatchResult) -> None:

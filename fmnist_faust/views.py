@@ -14,7 +14,8 @@ from faust.exceptions import ConsumerNotStarted
 from . import metrics
 from .app import app, settings
 from .agents import recent_mistakes
-from .tables import read_row, total_scores
+from .global_scores import global_totals
+from .tables import read_row
 from .topics import images_topic
 
 log = logging.getLogger(__name__)
@@ -29,13 +30,14 @@ async def dashboard(web: Any, request: Any) -> Any:
 
 @app.page("/accuracy/")
 async def accuracy(web: Any, request: Any) -> Any:
-    scores, version = total_scores()
+    """Global totals, exact on any worker of the group (see :mod:`.global_scores`)."""
+    scores, version = await global_totals()
     return web.json(scores.report(version))
 
 
 @app.page("/accuracy/window/")
 async def accuracy_window(web: Any, request: Any) -> Any:
-    scores, _ = total_scores()
+    scores, _ = await global_totals()
     return web.json({"window_seconds": settings.window_seconds,
                      "windows": scores.window_series(settings.window_seconds)})
 
@@ -54,8 +56,8 @@ async def stats(web: Any, request: Any) -> Any:
 
 @app.page("/metrics")
 async def prometheus_metrics(web: Any, request: Any) -> Any:
-    """Prometheus text exposition; accuracy and lag gauges are set from the table at scrape time."""
-    scores, version = total_scores()
+    """Prometheus text exposition; the accuracy gauge (global) and lag are set at scrape time."""
+    scores, version = await global_totals()
     body, content_type = metrics.exposition(scores.report(version), consumer_lag())
     return web.bytes(body, headers={"Content-Type": content_type})  # aiohttp rejects charset in content_type
 

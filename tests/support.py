@@ -128,7 +128,7 @@ def consume_topic(bootstrap: str, topic: str, expected: int, timeout: float = 60
 
 
 def produce_images(bootstrap: str, topic: str, images, labels, prefix: str = "img",
-                   partitions: int = 4) -> list[str]:
+                   partitions: int = 4, first_index: int = 0) -> list[str]:
     """Send labelled images in the contract's JSON form, key = id; returns the ids."""
     from fmnist_faust.client import MainManager
     from fmnist_faust.config import load_settings
@@ -138,7 +138,7 @@ def produce_images(bootstrap: str, topic: str, images, labels, prefix: str = "im
     settings = load_settings({"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "FMNIST_IMAGES_TOPIC": topic,
                               "FMNIST_PARTITIONS": str(partitions)})
     ensure_topics_sync(settings)
-    ids = [f"{prefix}-{i}" for i in range(len(images))]
+    ids = [f"{prefix}-{i}" for i in range(first_index, first_index + len(images))]
     producer = MainManager("kafka", settings).create_producer(topic)
     try:
         producer.produce_many((encode_image(i, img, int(lab), time.time()), i)

@@ -4,6 +4,7 @@
 #   tools/services.sh start   # idempotent; writes .services.env
 #   tools/services.sh stop    # stops exactly the pids we started (stop kafka|pubsub: one)
 #   tools/services.sh missing # lists the services not running (to stop only what you start)
+#   tools/services.sh restart-kafka  # clean stop + start on the same data (chaos tests)
 #   tools/services.sh status
 #   tools/services.sh fetch   # only resolve Kafka's jars into .cache/kafka-libs
 # A KAFKA_BOOTSTRAP_SERVERS / PUBSUB_EMULATOR_HOST already in the environment means
@@ -78,11 +79,30 @@ PROPS
   java -cp "$cp" kafka.tools.StorageTool format -t "$cluster" -c "$dir/server.properties" >"$dir/format.log" 2>&1 \
     || die "formatting KRaft storage failed: $dir/format.log"
   echo "$port" >"$dir/port"
+  launch_kafka
+}
+
+launch_kafka() {  # start the broker on the formatted storage in .run/kafka
+  local dir="$RUN/kafka"
   nohup java -Xms256m -Xmx${FMNIST_KAFKA_HEAP:-768m} -XX:+UseG1GC -Djava.awt.headless=true \
-    -Dorg.slf4j.simpleLogger.defaultLogLevel=warn -cp "$cp" kafka.Kafka "$dir/server.properties" \
-    >"$dir/kafka.log" 2>&1 &
+    -Dorg.slf4j.simpleLogger.defaultLogLevel=warn -cp "$LIBS/*" kafka.Kafka "$dir/server.properties" \
+    >>"$dir/kafka.log" 2>&1 &
   echo $! >"$dir/pid"
-  log "Kafka starting on 127.0.0.1:$port (pid $(cat "$dir/pid"), log $dir/kafka.log)"
+  log "Kafka starting on 127.0.0.1:$(cat "$dir/port") (pid $(cat "$dir/pid"), log $dir/kafka.log)"
+}
+
+# Stop the broker (SIGTERM, a clean shutdown) and start it again on the same data:
+# the chaos tests use it to prove nothing is lost or double-counted across a broker restart.
+cmd_restart_kafka() {
+  local dir="$RUN/kafka"
+  alive "$dir/pid" || die "no Kafka started by this script is running"
+  local pid; pid=$(cat "$dir/pid")
+  kill -TERM "$pid"
+  for _ in $(seq 1 120); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+  kill -0 "$pid" 2>/dev/null && die "Kafka (pid $pid) did not stop within 30 s"
+  launch_kafka
+  wait_kafka
+  log "Kafka restarted on 127.0.0.1:$(cat "$dir/port")"
 }
 
 wait_kafka() {
@@ -193,6 +213,7 @@ case "${1:-}" in
   start) cmd_start "${2:-all}" ;;
   stop) cmd_stop "${2:-all}" ;;
   missing) cmd_missing ;;
+  restart-kafka) cmd_restart_kafka ;;
   status) cmd_status ;;
-  *) echo "usage: $0 fetch|start [all|kafka|pubsub]|stop [all|kafka|pubsub]|status|missing" >&2; exit 2 ;;
+  *) echo "usage: $0 fetch|start [all|kafka|pubsub]|stop [all|kafka|pubsub]|status|missing|restart-kafka" >&2; exit 2 ;;
 esac

@@ -61,7 +61,7 @@ async def _until(condition: Any, timeout: float = 10.0) -> None:
 @pytest.mark.timeout(60)
 def test_agent_classifies_dead_letters_and_skips_replays(faust_app: Any, test_split) -> None:
     from fmnist_faust import agents
-    from fmnist_faust.tables import total_scores
+    from fmnist_faust.tables import local_rows, sum_rows
 
     images, labels = test_split.images[:20], test_split.labels[:20]
 
@@ -85,7 +85,7 @@ def test_agent_classifies_dead_letters_and_skips_replays(faust_app: Any, test_sp
     assert dict(dead[0][3])["error_kind"] == b"not_json"
 
     offline, _ = faust_app.test_classifier.predict(images)
-    scores, version = total_scores()
+    scores, version = sum_rows(local_rows())
     assert scores.labeled == 20 and scores.correct == int((offline == labels).sum())
     assert scores.rejected == {"not_json": 1}
     assert version == faust_app.test_classifier.version

@@ -1,0 +1,104 @@
+"""Exact totals under faults on the real broker (marker ``chaos``).
+
+The worker is SIGKILLed three times at random moments and restarted, and the broker is
+restarted once (``tools/services.sh restart-kafka``, same data) while images stream; at
+the end ``/accuracy/`` equals the offline score exactly. Scale-out: two workers share the
+partitions and either answers the exact global totals. ``CHAOS_IMAGES`` sets the count
+(CI default 3,000; the documented full run uses 10,000).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from fmnist_faust.core.model import load_classifier
+from support import ROOT, consume_topic, produce_images, wait_until
+
+pytestmark = [pytest.mark.kafka, pytest.mark.chaos]
+COUNT = int(os.environ.get("CHAOS_IMAGES", "3000"))
+
+
+def offline_confusion(model_path, images, labels) -> list[list[int]]:
+    predicted, _ = load_classifier(model_path).predict(images)
+    confusion = np.zeros((10, 10), dtype=np.int64)
+    np.add.at(confusion, (labels.astype(int), predicted), 1)
+    return confusion.tolist()
+
+
+def stream_in_background(bootstrap: str, topic: str, images, labels, chunks: int = 20) -> threading.Thread:
+    """Produce the images in ``chunks`` slices over a few seconds, ids unique per image."""
+    def run() -> None:
+        step = -(-len(images) // chunks)
+        for start in range(0, len(images), step):
+            produce_images(bootstrap, topic, images[start:start + step], labels[start:start + step],
+                           prefix="chaos", first_index=start)
+            time.sleep(0.3)
+
+    thread = threading.Thread(target=run, name="chaos-producer", daemon=True)
+    thread.start()
+    return thread
+
+
+def restart_broker() -> None:
+    if not (ROOT / ".run" / "kafka" / "pid").exists():
+        pytest.skip("the broker was not started by tools/services.sh: cannot restart it")
+    subprocess.run([str(ROOT / "tools" / "services.sh"), "restart-kafka"], check=True, timeout=120)
+
+
+def test_sigkill_three_times_and_broker_restart_exact(start_worker, worker_env, kafka_bootstrap,
+                                                      test_split, tiny_model) -> None:
+    images, labels = test_split.images[:COUNT], test_split.labels[:COUNT]
+    rng = random.Random(int(os.environ.get("CHAOS_SEED", "7")))
+    worker = start_worker()
+    port = str(worker.port)
+    producer = stream_in_background(kafka_bootstrap, worker_env["FMNIST_IMAGES_TOPIC"], images, labels)
+    kills = 0
+    for fraction in sorted(rng.uniform(0.1, 0.8) for _ in range(3)):
+        wait_until(lambda: worker.accuracy()["images"] >= fraction * COUNT, timeout=180,
+                   what=f"{fraction:.0%} counted before kill {kills + 1}")
+        worker.stop(signal.SIGKILL)
+        kills += 1
+        if kills == 2:
+            restart_broker()
+        worker = start_worker(FMNIST_WEB_PORT=port)
+    producer.join(timeout=300)
+    report = wait_until(lambda: (r := worker.accuracy())["images"] >= COUNT and r, timeout=300,
+                        what=f"all {COUNT} images counted after {kills} kills")
+    time.sleep(2)  # anything counted twice would show up now
+    report = worker.accuracy()
+    assert kills == 3
+    assert report["images"] == COUNT and report["labeled"] == COUNT
+    assert report["confusion"] == offline_confusion(tiny_model, images, labels)
+    records = consume_topic(kafka_bootstrap, worker_env["FMNIST_PREDICTIONS_TOPIC"], COUNT, timeout=120)
+    ids = {r.key.decode() for r in records}
+    assert ids == {f"chaos-{i}" for i in range(COUNT)}  # every image answered (at least once)
+
+
+def test_two_workers_share_partitions_and_both_report_global_totals(start_worker, worker_env,
+                                                                    kafka_bootstrap, test_split,
+                                                                    tiny_model) -> None:
+    images, labels = test_split.images[:COUNT], test_split.labels[:COUNT]
+    topic = worker_env["FMNIST_IMAGES_TOPIC"]
+    first = start_worker()
+    half = COUNT // 2
+    produce_images(kafka_bootstrap, topic, images[:half], labels[:half], prefix="scale")
+    wait_until(lambda: first.accuracy()["images"] >= half // 2, timeout=120, what="first worker busy")
+    second = start_worker()  # rebalance mid-stream
+    produce_images(kafka_bootstrap, topic, images[half:], labels[half:], prefix="scale", first_index=half)
+    expected = offline_confusion(tiny_model, images, labels)
+    for worker in (first, second):
+        report = wait_until(lambda w=worker: (r := w.accuracy())["images"] >= COUNT and r, timeout=180,
+                            what="global totals on each worker")
+        assert report["images"] == COUNT and report["confusion"] == expected
+    assert first.stop() == 0  # the other takes over every partition
+    time.sleep(3)
+    report = second.accuracy()
+    assert report["images"] == COUNT and report["confusion"] == expected
