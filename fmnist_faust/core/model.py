@@ -13,6 +13,7 @@ import json
 import platform
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
@@ -168,11 +169,19 @@ def verify(model_path: Path) -> dict[str, Any]:
 
 @dataclass
 class Classifier:
-    """A verified model; :meth:`predict` classifies a whole batch in one call."""
+    """A verified model; :meth:`predict` classifies a whole batch in one call.
+
+    ``blas_threads``: BLAS threads per predict call (threadpoolctl), default 1. The worker
+    and the bridge predict from one thread on a small machine they share with the broker;
+    OpenBLAS's extra threads spin for work and, with every core busy, cost far more CPU
+    than they save (``make bench``: about half the worker's CPU per image). ``None``
+    leaves the process's BLAS setting alone.
+    """
 
     estimator: Any
     version: str
     manifest: dict[str, Any]
+    blas_threads: int | None = 1
 
     def predict(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Return (class index, confidence) for an (n, 784) uint8 batch."""
@@ -180,9 +189,21 @@ class Classifier:
             raise ValueError(f"expected (n, {IMAGE_BYTES}) pixels, got {pixels.shape}")
         if len(pixels) == 0:
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64)
-        proba = self.estimator.predict_proba(pixels.astype(np.float32))
+        if self.blas_threads is None:
+            proba = self.estimator.predict_proba(pixels.astype(np.float32))
+        else:
+            with _blas_controller().limit(limits=self.blas_threads, user_api="blas"):
+                proba = self.estimator.predict_proba(pixels.astype(np.float32))
         predicted = proba.argmax(axis=1)
         return predicted, proba[np.arange(len(predicted)), predicted]
+
+
+@lru_cache(maxsize=1)
+def _blas_controller() -> Any:
+    """One threadpoolctl controller (building one scans the loaded libraries: ~ms; using it: ~20 us)."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
 
 
 def load_classifier(model_path: Path) -> Classifier:
