@@ -91,21 +91,23 @@ async def _duplicate_ids(fresh: list[Any], result: BatchResult,
     than this batch, so its row was written) or it was made earlier in this batch.
     """
     duplicates: set[int] = set()
-    marks: list[Awaitable[Any]] = []
-    in_batch: set[tuple[int, str]] = set()
+    marks: dict[int, dict[str, int]] = defaultdict(dict)  # partition -> id -> offset
     for index, (event, outcome) in enumerate(zip(fresh, result.outcomes)):
         if not isinstance(outcome, Prediction):
             continue
         partition, offset = event.message.partition, event.message.offset
         earlier = counted_at(partition, outcome.id)
-        if (partition, outcome.id) in in_batch or (earlier is not None and earlier <= applied[partition]):
+        if outcome.id in marks[partition] or (earlier is not None and earlier <= applied[partition]):
             duplicates.add(index)
-            continue
-        in_batch.add((partition, outcome.id))
-        marks.append(await mark_counted(partition, outcome.id, offset))
+        else:
+            marks[partition][outcome.id] = offset
     if duplicates:
         log.info("not counting %d images whose id was already counted", len(duplicates))
-    return duplicates, marks
+    acks: list[Awaitable[Any]] = []
+    for partition, new in marks.items():
+        if new:
+            acks.extend(await mark_counted(partition, list(new.items())))
+    return duplicates, acks
 
 
 async def _publish(result: BatchResult) -> None:
