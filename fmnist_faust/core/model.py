@@ -9,6 +9,7 @@ anchor: keep it with the model, and never load a model that came from elsewhere.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import platform
 import time
@@ -145,13 +146,21 @@ def read_manifest(model_path: Path) -> dict[str, Any]:
 
 def verify(model_path: Path) -> dict[str, Any]:
     """Check hash and library version against the manifest; return the manifest."""
-    import sklearn
+    return _verify_bytes(Path(model_path), _read_model(Path(model_path)))
 
-    model_path = Path(model_path)
+
+def _read_model(model_path: Path) -> bytes:
     if not model_path.is_file():
         raise ModelError(f"{model_path}: model file missing (run `make model`)")
+    return model_path.read_bytes()
+
+
+def _verify_bytes(model_path: Path, data: bytes) -> dict[str, Any]:
+    """Check ``data`` (the model file's bytes) against the manifest beside ``model_path``."""
+    import sklearn
+
     manifest = read_manifest(model_path)
-    digest = sha256_file(model_path)
+    digest = hashlib.sha256(data).hexdigest()
     if digest != manifest.get("sha256"):
         raise ModelError(
             f"{model_path}: SHA-256 {digest[:16]}... does not match its manifest "
@@ -207,9 +216,11 @@ def _blas_controller() -> Any:
 
 
 def load_classifier(model_path: Path) -> Classifier:
-    """Verify, then load. Raises :class:`ModelError` on any mismatch."""
+    """Verify, then load the very bytes that were verified (no window for a swap between
+    hashing and unpickling). Raises :class:`ModelError` on any mismatch."""
     import joblib
 
-    manifest = verify(model_path)
-    estimator = joblib.load(model_path)
+    data = _read_model(Path(model_path))
+    manifest = _verify_bytes(Path(model_path), data)
+    estimator = joblib.load(io.BytesIO(data))
     return Classifier(estimator=estimator, version=str(manifest["model_version"]), manifest=manifest)

@@ -80,13 +80,13 @@ def test_verified_model_loads_through_joblib_once(model_copy: Path, monkeypatch:
     real_load = joblib.load
     loaded: list[Any] = []
 
-    def spy(path: Any, *args: Any, **kwargs: Any) -> Any:
-        loaded.append(Path(path))
-        return real_load(path, *args, **kwargs)
+    def spy(source: Any, *args: Any, **kwargs: Any) -> Any:
+        loaded.append(source.getvalue())  # the in-memory bytes that were hashed, not a re-read
+        return real_load(source, *args, **kwargs)
 
     monkeypatch.setattr(joblib, "load", spy)
     classifier = load_classifier(model_copy)
-    assert loaded == [model_copy]
+    assert loaded == [model_copy.read_bytes()]
     assert classifier.version == json.loads(manifest_path_for(model_copy).read_text())["model_version"]
     assert classifier.version == f"mlp-{sha256_file(model_copy)[:12]}"
 
