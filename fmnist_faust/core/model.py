@@ -23,7 +23,7 @@ import numpy as np
 from .contract import CLASS_NAMES, IMAGE_BYTES
 
 MANIFEST_FORMAT = 1
-DEFAULT_HIDDEN = (256, 128)
+DEFAULT_HIDDEN = (512, 256)
 DEFAULT_MAX_ITER = 40
 
 
