@@ -39,11 +39,16 @@ def get_classifier() -> Classifier:
 
 
 @app.task
-async def declare_output_topics() -> None:
-    """Create predictions and DLQ with the configured partitions (the agent only reads images).
-
-    Runs at start-up, well before the first partition assignment lets the agent send.
-    """
+async def prepare() -> None:
+    """At start-up: verify and load the model (a bad one stops the worker at once, not at the
+    first image), and create predictions and DLQ with the configured partitions, well
+    before the first partition assignment lets the agent send."""
+    try:
+        get_classifier()
+    except Exception as exc:
+        log.critical("cannot load the model: %s", exc)
+        await app.crash(exc)
+        return
     for topic in (predictions_topic, dlq_topic):
         await topic.maybe_declare()
 
@@ -116,9 +121,11 @@ async def _publish(result: BatchResult) -> None:
     predictions = predictions_topic.get_topic_name()
     dlq = dlq_topic.get_topic_name()
     pending: list[Awaitable[Any]] = []
+    rejected = result.rejections
+    if rejected:  # one line per batch, not per message: a garbage producer must not flood the log
+        log.warning("dead-lettering %d message(s) to %s, first: %s", len(rejected), dlq, rejected[0][1])
     for message, outcome in zip(result.messages, result.outcomes):
         if isinstance(outcome, InvalidMessage):
-            log.warning("dead-lettering message: %s", outcome)
             pending.append(await producer.send(
                 dlq, _as_bytes(message.key), message.value, None, None, _dlq_headers(outcome)))
         else:
