@@ -1,0 +1,90 @@
+"""MainManager (the old demo's API) and the producer / logger commands, on real services."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import uuid
+from typing import Callable
+
+import pytest
+
+from fmnist_faust.client import MainManager, Message
+from fmnist_faust.config import load_settings
+from support import ROOT, wait_until
+
+
+def _collect() -> tuple[list[Message], threading.Lock, Callable[[Message], None]]:
+    got: list[Message] = []
+    lock = threading.Lock()
+
+    def callback(message: Message) -> None:
+        with lock:
+            got.append(message)
+
+    return got, lock, callback
+
+
+@pytest.mark.kafka
+def test_kafka_producer_and_consumer_round_trip(kafka_bootstrap: str) -> None:
+    settings = load_settings({"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap})
+    topic = f"client-{uuid.uuid4().hex[:8]}"
+    manager = MainManager("kafka", settings)
+    with manager.create_producer(topic) as producer:
+        futures = [producer.produce({"n": i}, key=f"k{i}") for i in range(50)]
+        producer.produce(b"raw bytes", key=None)
+        producer.flush()
+    assert all(f.done() and f.exception() is None for f in futures)  # delivered, errors surfaced
+    got, lock, callback = _collect()
+    with manager.create_consumer(topic, callback):  # a real background thread
+        wait_until(lambda: len(got) >= 51, timeout=30, what="51 Kafka messages")
+    keys = {m.key for m in got}
+    assert {f"k{i}" for i in range(50)} <= keys and None in keys
+    assert any(m.value == b'{"n":7}' and m.key == "k7" for m in got)
+
+
+@pytest.mark.pubsub
+def test_pubsub_key_travels_as_attribute(pubsub_emulator: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from google.cloud import pubsub_v1
+
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", pubsub_emulator)
+    settings = load_settings({"PUBSUB_EMULATOR_HOST": pubsub_emulator, "GOOGLE_CLOUD_PROJECT": "fmnist-test"})
+    tag = uuid.uuid4().hex[:8]
+    topic, subscription = f"client-{tag}", f"client-{tag}-sub"
+    publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
+    topic_path = publisher.topic_path(settings.gcp_project, topic)
+    publisher.create_topic(name=topic_path)
+    with subscriber:
+        subscriber.create_subscription(name=subscriber.subscription_path(settings.gcp_project, subscription),
+                                       topic=topic_path)
+    manager = MainManager("pubsub", settings)
+    with manager.create_producer(topic) as producer:
+        for i in range(20):
+            producer.produce(f"value-{i}", key=f"id-{i}")
+    with pytest.raises(ValueError, match="gcp_subscription_id"):
+        manager.create_consumer(topic, lambda m: None)
+    got, lock, callback = _collect()
+    with manager.create_consumer(topic, callback, gcp_subscription_id=subscription):
+        wait_until(lambda: len({m.key for m in got}) >= 20, timeout=60, what="20 Pub/Sub messages")
+    assert {m.key: m.value for m in got} == {f"id-{i}": f"value-{i}".encode() for i in range(20)}
+    assert all(m.attributes.get("key") == m.key for m in got)
+
+
+@pytest.mark.kafka
+def test_produce_and_logger_commands(start_worker, worker_env: dict[str, str]) -> None:
+    worker = start_worker()
+    produced = subprocess.run(
+        [sys.executable, "-c", "from fmnist_faust.cli import produce_main; raise SystemExit(produce_main())",
+         "--count", "300", "--rate", "1000"], env=worker_env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert produced.returncode == 0, produced.stderr
+    assert "sent 300 images to kafka:" in produced.stdout
+    assert "producing [" in produced.stderr  # the progress bar
+    wait_until(lambda: worker.accuracy()["images"] >= 300, timeout=60, what="300 images counted")
+    logged = subprocess.run(
+        [sys.executable, "-c", "from fmnist_faust.cli import logger_main; raise SystemExit(logger_main())",
+         "--count", "300", "--timeout", "60"], env=worker_env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert logged.returncode == 0, logged.stderr
+    final = logged.stdout.strip().splitlines()[-1]
+    report = worker.accuracy()
+    assert final.startswith(f"final: 300 predictions, 300 labelled, {report['correct']} correct")
