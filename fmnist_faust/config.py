@@ -270,7 +270,7 @@ ENV_VARS: dict[str, str] = {
     "PUBSUB_DEAD_LETTER_TOPIC": "where images-sub moves a message that failed too often (default images-dead-letter)",
     "PUBSUB_DEAD_LETTER_SUBSCRIPTION": "subscription keeping those dead letters (default images-dead-letter-sub)",
     "PUBSUB_MAX_DELIVERY_ATTEMPTS": "deliveries of one message on images-sub before it is dead-lettered, 5-100 (default 5)",
-    "PUBSUB_ACK_DEADLINE_SECONDS": "ack deadline of the subscriptions setup creates, 10-600 (default 60)",
+    "PUBSUB_ACK_DEADLINE_SECONDS": "ack deadline of the subscriptions and the bridge's lease renewals, 10-600 (default 60)",
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import textwrap
 from typing import Sequence
 
 from fmnist_faust.config import ConfigError, Settings, load_settings
@@ -23,6 +24,10 @@ environment (all optional; see fmnist_faust/config.py):
 """
 
 
+def _wrap(text: str) -> str:
+    return textwrap.fill(text, 88)
+
+
 def _parser(settings: Settings) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pubsub_bridge",
@@ -33,7 +38,7 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     setup = commands.add_parser(
         "setup", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=ENVIRONMENT,
         help="create the topics and subscriptions (idempotent)",
-        description=(
+        description=_wrap(
             f"Create, if missing, the topics {settings.images_topic}, {settings.predictions_topic}, "
             f"{settings.dlq_topic} and {settings.dead_letter_topic}, and the subscriptions "
             f"{settings.images_subscription} (on {settings.images_topic}; after "
@@ -49,7 +54,7 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     commands.add_parser(
         "run", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=ENVIRONMENT,
         help="run the bridge until SIGTERM / Ctrl-C",
-        description=(
+        description=_wrap(
             f"Pull {settings.images_subscription} (flow control: {settings.bridge_max_messages} messages, "
             f"{settings.bridge_max_bytes} bytes), classify up to {settings.batch_size} images per "
             f"predict call, publish one prediction per image to {settings.predictions_topic} "
@@ -63,7 +68,7 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     watch = commands.add_parser(
         "watch", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=ENVIRONMENT,
         help="print running accuracy from the predictions subscription",
-        description=(f"Follow {settings.predictions_subscription} and print running accuracy once a "
+        description=_wrap(f"Follow {settings.predictions_subscription} and print running accuracy once a "
                      f"second (each image id counted once), until Ctrl-C, --count or --timeout."))
     watch.add_argument("--subscription", default=settings.predictions_subscription,
                        help="subscription on the predictions topic (default %(default)s)")

@@ -7,12 +7,11 @@ never redelivered forever). Each topic the bridge writes has a subscription, so 
 published there is dropped for want of a reader.
 
 Running it again changes nothing, except that an existing subscription whose settings
-differ (ack deadline, dead-letter or retry policy) is updated to the configured ones.
+differ (ack deadline, dead-letter policy) is updated to the configured ones.
 """
 
 from __future__ import annotations
 
-import datetime
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,11 +20,11 @@ from google.protobuf import field_mask_pb2, timestamp_pb2
 
 from fmnist_faust.config import Settings
 
-# Backoff between redeliveries of a nacked message (Pub/Sub's own defaults when a policy
-# is set); spaces out the attempts of a poison message before it is dead-lettered.
-RETRY_MIN = datetime.timedelta(seconds=10)
-RETRY_MAX = datetime.timedelta(seconds=600)
-_RECONCILED = ("ack_deadline_seconds", "dead_letter_policy", "retry_policy")
+# No retry policy: the bridge waits out outages itself (it only nacks a message whose
+# handling fails on its own), so immediate redelivery sends a poison message to the
+# dead-letter topic within seconds; and with a backoff policy the emulator holds back the
+# messages of a crashed bridge for minutes.
+_RECONCILED = ("ack_deadline_seconds", "dead_letter_policy")
 
 
 class SetupError(RuntimeError):
@@ -58,7 +57,6 @@ def plan(settings: Settings) -> tuple[list[str], list[SubscriptionSpec]]:
             dead_letter_topic=f"projects/{project}/topics/{settings.dead_letter_topic}",
             max_delivery_attempts=settings.max_delivery_attempts,
         ),
-        retry_policy=types.RetryPolicy(minimum_backoff=RETRY_MIN, maximum_backoff=RETRY_MAX),
     )
     subscriptions = [
         SubscriptionSpec(settings.images_subscription, settings.images_topic, images),

@@ -201,8 +201,11 @@ def run(settings: Settings) -> int:
         batcher.start()
         future = subscriber.subscribe(
             subscription, batcher.put,
-            flow_control=pubsub_v1.types.FlowControl(max_messages=settings.bridge_max_messages,
-                                                     max_bytes=settings.bridge_max_bytes),
+            flow_control=pubsub_v1.types.FlowControl(
+                max_messages=settings.bridge_max_messages, max_bytes=settings.bridge_max_bytes,
+                # Leases are renewed this far ahead (the library's default is 60 s): after a
+                # crash, the messages this process held are redelivered about this soon.
+                max_duration_per_lease_extension=settings.ack_deadline_s),
             await_callbacks_on_shutdown=True)
         where = f"emulator {settings.pubsub_emulator_host}" if settings.pubsub_emulator_host else "Google Cloud"
         log.info("bridge running: model %s, pulling %s on %s, scores %s (%d images so far), web %s/",

@@ -1,0 +1,229 @@
+"""Batching, dedupe and the publish -> commit -> ack order, without a broker.
+
+The broker's side is played by in-memory stand-ins here; the same paths run against the
+real emulator in test_bridge_integration.py.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from google.api_core import exceptions as gexc
+
+from fmnist_faust.config import Settings, load_settings
+from fmnist_faust.core import dataset
+from fmnist_faust.core.contract import encode_image
+from fmnist_faust.core.model import Classifier, load_classifier
+from fmnist_faust.core.recent import RecentMistakes
+from pubsub_bridge.bridge import Batcher
+from pubsub_bridge.handler import BatchHandler, TransientError
+from pubsub_bridge.store import StateStore
+
+
+@dataclass
+class FakeDelivery:
+    data: bytes
+    attributes: dict[str, str]
+    message_id: str
+    ack_id: str = ""
+    publish_time: datetime = field(default_factory=lambda: datetime(2026, 1, 1, tzinfo=timezone.utc))
+    delivery_attempt: int | None = 1
+    acks: int = 0
+    nacks: int = 0
+
+    def ack(self) -> None:
+        self.acks += 1
+
+    def nack(self) -> None:
+        self.nacks += 1
+
+
+class DirectAcker:
+    def ack(self, deliveries: Any) -> None:
+        for delivery in deliveries:
+            delivery.ack()
+
+    def nack(self, deliveries: Any) -> None:
+        for delivery in deliveries:
+            delivery.nack()
+
+
+class RecordingPublisher:
+    """Confirms every publish unless ``fail`` says otherwise for a payload."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes, dict[str, str]]] = []
+        self.fail: Any = lambda topic, data: None  # -> exception or None
+
+    def publish(self, topic: str, data: bytes, **attrs: str) -> concurrent.futures.Future:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        error = self.fail(topic, data)
+        if error is None:
+            self.sent.append((topic, data, attrs))
+            future.set_result(str(len(self.sent)))
+        else:
+            future.set_exception(error)
+        return future
+
+
+@pytest.fixture(scope="module")
+def classifier(tiny_model: Path) -> Classifier:
+    return load_classifier(tiny_model)
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return load_settings({})
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[StateStore]:
+    store = StateStore(tmp_path / "state.sqlite3")
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def publisher() -> RecordingPublisher:
+    return RecordingPublisher()
+
+
+@pytest.fixture
+def handler(classifier: Classifier, store: StateStore, publisher: RecordingPublisher,
+            settings: Settings) -> BatchHandler:
+    return BatchHandler(classifier, store, publisher, DirectAcker(), settings, "predictions", "dlq",
+                        RecentMistakes(), publish_timeout_s=5)
+
+
+def image(split: dataset.Split, index: int, message_id: str, key: str | None = "same") -> FakeDelivery:
+    image_id = f"img-{index}"
+    attributes = {} if key is None else {"key": image_id if key == "same" else key}
+    return FakeDelivery(encode_image(image_id, split.images[index], int(split.labels[index])),
+                        attributes, message_id)
+
+
+def test_a_batch_is_published_counted_then_acked(handler: BatchHandler, publisher: RecordingPublisher,
+                                                 store: StateStore, test_split: dataset.Split) -> None:
+    batch = [image(test_split, i, f"m{i}") for i in range(10)]
+    batch.append(FakeDelivery(b"\xff", {"key": "x", "origin": "test"}, "m-bad"))
+    handler.handle(batch)
+
+    predictions = [s for s in publisher.sent if s[0] == "predictions"]
+    assert [attrs["id"] for _, _, attrs in predictions] == [f"img-{i}" for i in range(10)]
+    [(topic, data, attrs)] = [s for s in publisher.sent if s[0] == "dlq"]
+    assert data == b"\xff" and attrs["origin"] == "test" and attrs["error_kind"] == "not_utf8" and attrs["error"]
+    assert store.scores.images == 10 and store.scores.rejected == {"not_utf8": 1}
+    assert all(d.acks == 1 and d.nacks == 0 for d in batch)
+
+
+def test_redelivered_and_duplicate_ids_are_acked_not_counted_or_published(
+        handler: BatchHandler, publisher: RecordingPublisher, store: StateStore, test_split: dataset.Split) -> None:
+    first = [image(test_split, i, f"m{i}") for i in range(5)] + [FakeDelivery(b"", {"key": "e"}, "m-empty")]
+    handler.handle(first)
+    sent = len(publisher.sent)
+
+    again = [image(test_split, i, f"m{i}") for i in range(5)] + [FakeDelivery(b"", {"key": "e"}, "m-empty")]
+    new_ids = [image(test_split, 2, "m-new-message-same-image"), image(test_split, 7, "m7"),
+               image(test_split, 7, "m7-duplicate-in-batch", key=None)]
+    handler.handle(again + new_ids)
+
+    assert len(publisher.sent) == sent + 1, "only img-7 is new"
+    assert publisher.sent[-1][2]["id"] == "img-7"
+    assert store.scores.images == 6 and store.scores.rejected == {"empty": 1}
+    assert store.counted() == 7
+    assert all(d.acks == 1 for d in again + new_ids)
+
+
+def test_a_failed_publish_leaves_the_batch_uncounted_and_unacked(
+        handler: BatchHandler, publisher: RecordingPublisher, store: StateStore, test_split: dataset.Split) -> None:
+    publisher.fail = lambda topic, data: gexc.ServiceUnavailable("down")
+    batch = [image(test_split, i, f"m{i}") for i in range(3)]
+    with pytest.raises(TransientError):
+        handler.handle(batch)
+    assert store.counted() == 0 and all(d.acks == d.nacks == 0 for d in batch)
+
+    publisher.fail = lambda topic, data: None
+    handler.handle(batch)
+    assert store.scores.images == 3 and all(d.acks == 1 for d in batch)
+
+
+def test_a_message_that_keeps_failing_is_nacked_alone(
+        handler: BatchHandler, publisher: RecordingPublisher, store: StateStore, test_split: dataset.Split) -> None:
+    poison = image(test_split, 4, "m4")
+    publisher.fail = lambda topic, data: gexc.InvalidArgument("refused") if b'"id":"img-4"' in data else None
+    batch = [image(test_split, i, f"m{i}") for i in range(4)] + [poison]
+    handler.handle(batch)
+    assert poison.nacks == 1 and poison.acks == 0
+    assert all(d.acks == 1 and d.nacks == 0 for d in batch[:4])
+    assert store.scores.images == 4
+
+
+def test_publish_wait_ends_at_the_shutdown_deadline(
+        handler: BatchHandler, store: StateStore, test_split: dataset.Split) -> None:
+    class Hanging:
+        def publish(self, topic: str, data: bytes, **attrs: str) -> concurrent.futures.Future:
+            return concurrent.futures.Future()
+
+    handler.publisher = Hanging()
+    handler.deadline = time.monotonic() + 0.3
+    started = time.monotonic()
+    with pytest.raises(TransientError):
+        handler.handle([image(test_split, 0, "m0")])
+    assert time.monotonic() - started < 2 and store.counted() == 0
+
+
+class RecordingHandler:
+    def __init__(self, fail_times: int = 0) -> None:
+        self.batches: list[list[Any]] = []
+        self.fail_times = fail_times
+        self.deadline: float | None = None
+        self.done = threading.Event()
+
+    def handle(self, batch: list[Any]) -> None:
+        if self.fail_times:
+            self.fail_times -= 1
+            raise TransientError("outage")
+        self.batches.append(batch)
+        if sum(len(b) for b in self.batches) >= 1200:
+            self.done.set()
+
+
+def test_batcher_takes_up_to_batch_size_then_lingers() -> None:
+    recorder = RecordingHandler()
+    batcher = Batcher(recorder, batch_size=500, linger_s=0.05)  # type: ignore[arg-type]
+    for n in range(1200):
+        batcher.put(n)  # type: ignore[arg-type]
+    batcher.start()
+    assert recorder.done.wait(5)
+    assert [len(b) for b in recorder.batches] == [500, 500, 200]
+    assert [n for b in recorder.batches for n in b] == list(range(1200))
+
+    batcher.put("late")  # type: ignore[arg-type]
+    batcher.drain(2.0)
+    batcher.join(5)
+    assert not batcher.is_alive() and recorder.batches[-1] == ["late"] and batcher.error is None
+
+
+def test_batcher_retries_a_transient_failure_then_gives_up_at_shutdown() -> None:
+    recorder = RecordingHandler(fail_times=2)
+    batcher = Batcher(recorder, batch_size=10, linger_s=0.01)  # type: ignore[arg-type]
+    batcher.put("a")  # type: ignore[arg-type]
+    batcher.start()
+    deadline = time.monotonic() + 10
+    while not recorder.batches and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert recorder.batches == [["a"]], "handled after two failed attempts"
+
+    recorder.fail_times = 10**6
+    batcher.put("b")  # type: ignore[arg-type]
+    time.sleep(0.2)
+    batcher.drain(1.0)
+    batcher.join(5)
+    assert not batcher.is_alive() and recorder.batches == [["a"]], "left for redelivery, not handled"
