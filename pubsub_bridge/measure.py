@@ -1,0 +1,188 @@
+"""Bridge throughput next to the raw streaming-pull-and-ack rate, same emulator, same run.
+
+    python -m pubsub_bridge.measure [--count 10000] [--model PATH]
+
+Both sides consume the same backlog (the Fashion-MNIST test images, encoded as the
+producer sends them) from a fresh subscription with the bridge's flow control:
+
+* raw: the client library's streaming pull with a callback that only acks;
+* bridge: ``python -m pubsub_bridge run`` (its own process, as deployed): decode,
+  one predict per batch, publish predictions, commit to SQLite, ack.
+
+Each rate is messages handled between the first and the last one seen, divided by the
+time in between, so process start-up and stream set-up are not counted. Topics and
+subscriptions are created with unique names and deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Sequence
+
+from fmnist_faust.config import Settings, load_settings
+from fmnist_faust.core import dataset
+from fmnist_faust.core.contract import encode_image
+
+from .admin import plan, setup
+
+
+def _names(tag: str) -> dict[str, str]:
+    return {
+        "FMNIST_IMAGES_TOPIC": f"measure-images-{tag}",
+        "FMNIST_PREDICTIONS_TOPIC": f"measure-predictions-{tag}",
+        "FMNIST_DLQ_TOPIC": f"measure-dlq-{tag}",
+        "PUBSUB_DEAD_LETTER_TOPIC": f"measure-dead-letter-{tag}",
+        "PUBSUB_IMAGES_SUBSCRIPTION": f"measure-images-sub-{tag}",
+        "PUBSUB_PREDICTIONS_SUBSCRIPTION": f"measure-predictions-sub-{tag}",
+        "PUBSUB_DLQ_SUBSCRIPTION": f"measure-dlq-sub-{tag}",
+        "PUBSUB_DEAD_LETTER_SUBSCRIPTION": f"measure-dead-letter-sub-{tag}",
+    }
+
+
+def _publish(settings: Settings, payloads: list[tuple[bytes, str]]) -> float:
+    """Publish the backlog; returns messages per second."""
+    from fmnist_faust.client import MainManager
+
+    started = time.perf_counter()
+    producer = MainManager("pubsub", settings).create_producer(settings.images_topic)
+    try:
+        producer.produce_many(payloads)
+        producer.flush()
+    finally:
+        producer.close()
+    return len(payloads) / (time.perf_counter() - started)
+
+
+def raw_rate(settings: Settings, count: int, timeout: float) -> float:
+    """Streaming pull that only acks, with the bridge's flow control."""
+    from google.cloud import pubsub_v1
+
+    lock = threading.Lock()
+    stamps: list[float] = []
+    done = threading.Event()
+
+    def on_message(message: object) -> None:
+        message.ack()  # type: ignore[attr-defined]
+        with lock:
+            stamps.append(time.perf_counter())
+            if len(stamps) >= count:
+                done.set()
+
+    subscriber = pubsub_v1.SubscriberClient()
+    with subscriber:
+        future = subscriber.subscribe(
+            subscriber.subscription_path(settings.gcp_project, settings.images_subscription), on_message,
+            flow_control=pubsub_v1.types.FlowControl(
+                max_messages=settings.bridge_max_messages, max_bytes=settings.bridge_max_bytes,
+                max_duration_per_lease_extension=settings.ack_deadline_s))
+        finished = done.wait(timeout)
+        future.cancel()
+        future.result()
+    if not finished:
+        raise RuntimeError(f"raw pull saw {len(stamps)} of {count} messages in {timeout:.0f} s")
+    return (len(stamps) - 1) / (stamps[-1] - stamps[0])
+
+
+def bridge_rate(env: dict[str, str], count: int, timeout: float, log_path: Path) -> float:
+    """Run the bridge over the backlog; rate from /accuracy/ polled every 20 ms."""
+    url = f"http://127.0.0.1:{env['BRIDGE_WEB_PORT']}/accuracy/"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "pubsub_bridge", "run"], env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
+    first: tuple[float, int] | None = None
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the bridge exited with {proc.returncode}; see {log_path}")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    images = json.load(response)["images"]
+            except OSError:
+                images = 0
+            now = time.perf_counter()
+            if images and first is None:
+                first = (now, images)
+            if images >= count and first is not None:
+                return (images - first[1]) / (now - first[0])
+            time.sleep(0.02)
+        raise RuntimeError(f"the bridge did not count {count} images in {timeout:.0f} s; see {log_path}")
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def _cleanup(settings: Settings) -> None:
+    from google.cloud import pubsub_v1
+
+    topics, subscriptions = plan(settings)
+    publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
+    with subscriber:
+        for spec in subscriptions:
+            subscriber.delete_subscription(subscription=subscriber.subscription_path(settings.gcp_project, spec.name))
+        for topic in topics:
+            publisher.delete_topic(topic=publisher.topic_path(settings.gcp_project, topic))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    base = load_settings()
+    parser = argparse.ArgumentParser(prog="python -m pubsub_bridge.measure", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--count", type=int, default=10000, help="messages per side (default %(default)s)")
+    parser.add_argument("--model", type=Path, default=base.model_path, help="model (default %(default)s)")
+    parser.add_argument("--timeout", type=float, default=300, help="seconds allowed per side")
+    args = parser.parse_args(argv)
+    if not base.pubsub_emulator_host:
+        parser.error("PUBSUB_EMULATOR_HOST is not set: this measures the local emulator only")
+
+    split = dataset.load_split("test", base.fmnist_data_dir or None)
+    payloads = []
+    for i in range(args.count):
+        image_id = f"measure-{i:06d}"
+        j = i % len(split)
+        payloads.append((encode_image(image_id, split.images[j], int(split.labels[j]), time.time()), image_id))
+
+    with tempfile.TemporaryDirectory(prefix="fmnist-measure-") as scratch:
+        raw_env = dict(os.environ, **_names(uuid.uuid4().hex[:8]))
+        bridge_env = dict(os.environ, **_names(uuid.uuid4().hex[:8]), FMNIST_MODEL_PATH=str(args.model),
+                          BRIDGE_STATE_PATH=str(Path(scratch) / "state.sqlite3"),
+                          BRIDGE_WEB_PORT=str(_free_port()))
+        raw_settings, bridge_settings = load_settings(raw_env), load_settings(bridge_env)
+        for settings in (raw_settings, bridge_settings):
+            setup(settings)
+        try:
+            published = _publish(raw_settings, payloads)
+            raw = raw_rate(raw_settings, args.count, args.timeout)
+            _publish(bridge_settings, payloads)
+            bridged = bridge_rate(bridge_env, args.count, args.timeout, Path(scratch) / "bridge.log")
+        finally:
+            for settings in (raw_settings, bridge_settings):
+                _cleanup(settings)
+    print(f"emulator {base.pubsub_emulator_host}, {args.count} messages of {len(payloads[0][0])} bytes, "
+          f"flow control {base.bridge_max_messages} messages, batch {base.batch_size}")
+    print(f"publish (backlog)          {published:8,.0f} messages/s")
+    print(f"raw streaming pull + ack   {raw:8,.0f} messages/s")
+    print(f"bridge (classify+publish+commit+ack) {bridged:8,.0f} images/s  ({bridged / raw:.0%} of raw)")
+    return 0
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
