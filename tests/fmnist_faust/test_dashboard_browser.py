@@ -101,7 +101,7 @@ def stream_wave(producer: Producer, split: Any, start: int, count: int, chunks: 
     producer.flush()
 
 
-def wait_page(browser: Any, until: Callable[[dict], bool], what: str, timeout: float = 45) -> dict:
+def wait_page(browser: Any, until: Callable[[dict], bool], what: str, timeout: float = 120) -> dict:
     """The page's numbers once ``until`` holds for them."""
     def read() -> dict | None:
         page = browser.execute_script(READ_PAGE)
