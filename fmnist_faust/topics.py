@@ -2,35 +2,20 @@
 
 Values are decoded by :mod:`fmnist_faust.core.contract`, never by a Faust codec, so
 that a malformed message reaches the agent and can be dead-lettered instead of
-crashing the stream.
+crashing the stream. ``internal=True`` lets Faust create them with the configured
+partition count.
 """
+
+from typing import Any
 
 from .app import app, settings
 
-images_topic = app.topic(
-    settings.images_topic,
-    key_type=bytes,
-    value_type=bytes,
-    key_serializer="raw",
-    value_serializer="raw",
-    partitions=settings.partitions,
-    internal=True,
-)
-predictions_topic = app.topic(
-    settings.predictions_topic,
-    key_type=bytes,
-    value_type=bytes,
-    key_serializer="raw",
-    value_serializer="raw",
-    partitions=settings.partitions,
-    internal=True,
-)
-dlq_topic = app.topic(
-    settings.dlq_topic,
-    key_type=bytes,
-    value_type=bytes,
-    key_serializer="raw",
-    value_serializer="raw",
-    partitions=settings.partitions,
-    internal=True,
-)
+
+def _raw_topic(name: str) -> Any:
+    return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
+                     partitions=settings.partitions, internal=True)
+
+
+images_topic = _raw_topic(settings.images_topic)
+predictions_topic = _raw_topic(settings.predictions_topic)
+dlq_topic = _raw_topic(settings.dlq_topic)

@@ -15,31 +15,17 @@ from typing import Iterator
 import pytest
 
 from fmnist_faust.core import dataset, model
-from support import IN_CI, Worker, free_port, require_env, wait_for_port
+from support import Worker, free_port, require_service
 
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> str:
-    servers = require_env("KAFKA_BOOTSTRAP_SERVERS", "Kafka")
-    host, _, port = servers.split(",")[0].rpartition(":")
-    if not wait_for_port(host, int(port), 5):
-        message = f"Kafka at {servers} does not answer"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    return servers
+    return require_service("KAFKA_BOOTSTRAP_SERVERS", "Kafka")
 
 
 @pytest.fixture(scope="session")
 def pubsub_emulator() -> str:
-    host = require_env("PUBSUB_EMULATOR_HOST", "the Pub/Sub emulator")
-    name, _, port = host.rpartition(":")
-    if not wait_for_port(name, int(port), 5):
-        message = f"Pub/Sub emulator at {host} does not answer"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    return host
+    return require_service("PUBSUB_EMULATOR_HOST", "the Pub/Sub emulator")
 
 
 @pytest.fixture(scope="session")

@@ -26,6 +26,18 @@ def require_env(name: str, what: str) -> str:
     return value
 
 
+def require_service(name: str, what: str) -> str:
+    """The ``host:port`` in env var ``name``, once it answers (fail in CI, else skip)."""
+    address = require_env(name, what)
+    host, _, port = address.split(",")[0].rpartition(":")
+    if not wait_for_port(host, int(port), 5):
+        message = f"{what} at {address} does not answer"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return address
+
+
 def wait_for_port(host: str, port: int, timeout: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
