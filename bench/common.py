@@ -1,0 +1,366 @@
+"""Helpers shared by the bench stages: processes, Kafka I/O, statistics, memory."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# --------------------------------------------------------------------------- statistics
+
+def percentiles(values_ms: Sequence[float]) -> dict[str, float | int | None]:
+    """p50 / p95 / p99 / max (ms) and the sample count."""
+    if len(values_ms) == 0:
+        return {"n": 0, "p50": None, "p95": None, "p99": None, "max": None}
+    array = np.asarray(values_ms, dtype=np.float64)
+    p50, p95, p99 = np.percentile(array, [50, 95, 99]).tolist()
+    return {"n": int(array.size), "p50": round(p50, 2), "p95": round(p95, 2), "p99": round(p99, 2),
+            "max": round(float(array.max()), 2)}
+
+
+def span_rate(timestamps_ms: Sequence[int]) -> float:
+    """Images/s from record timestamps: records after the first one over the first-to-last span.
+
+    Conservative: the first record's own batch is not credited to the span.
+    """
+    if len(timestamps_ms) < 2:
+        return 0.0
+    first, last = min(timestamps_ms), max(timestamps_ms)
+    after_first = sum(1 for t in timestamps_ms if t > first)
+    return after_first / max((last - first) / 1000.0, 1e-3)
+
+
+# --------------------------------------------------------------------------- processes
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """Peak resident set size (VmHWM from /proc/PID/status) in MiB, None if unreadable."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024.0, 1)
+    except OSError:
+        return None
+    return None
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """utime + stime of a process from /proc/PID/stat, in seconds."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def http_json(url: str, timeout: float = 2.0) -> Any:
+    with urllib.request.urlopen(url, timeout=timeout) as response:  # 127.0.0.1 only
+        return json.loads(response.read())
+
+
+class ServiceProc:
+    """A service subprocess (Faust worker or bridge) with a JSON readiness endpoint."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path, port: int,
+                 ready_path: str) -> None:
+        self.argv = argv
+        self.env = env
+        self.log_path = log_path
+        self.port = port
+        self.ready_path = ready_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0
+        self.ready_s: float | None = None
+        self.peak_rss_mb: float | None = None
+
+    @classmethod
+    def faust(cls, module: str, env: dict[str, str], log_path: Path, port: int, ready_path: str) -> "ServiceProc":
+        argv = [sys.executable, "-m", "faust", "-A", module, "worker", "-l", "warn"]
+        return cls(argv, env, log_path, port, ready_path)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def get(self, path: str) -> Any:
+        return http_json(self.url(path))
+
+    def start(self, ready_timeout: float = 90.0) -> "ServiceProc":
+        """Spawn and wait until ``ready_path`` answers 200 with JSON; sets ``ready_s``."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.started_at = time.perf_counter()
+        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        log.close()
+        deadline = self.started_at + ready_timeout
+        while time.perf_counter() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.argv[-4:]} exited with {self.proc.returncode}; log: {self.log_path}")
+            try:
+                self.get(self.ready_path)
+                self.ready_s = round(time.perf_counter() - self.started_at, 2)
+                return self
+            except (OSError, ValueError):
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"not ready in {ready_timeout} s; log: {self.log_path}")
+
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU time the process (all its threads) has used so far."""
+        if self.proc is None or self.proc.poll() is not None:
+            return None
+        return cpu_seconds(self.proc.pid)
+
+    def sample_rss(self) -> float | None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.peak_rss_mb = peak_rss_mb(self.proc.pid) or self.peak_rss_mb
+        return self.peak_rss_mb
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM (after reading peak RSS), then SIGKILL if it hangs."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.sample_rss()
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+# --------------------------------------------------------------------------- Kafka
+
+def _run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+async def _admin(bootstrap: str) -> Any:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    return admin
+
+
+def create_topics(bootstrap: str, names: Iterable[str], partitions: int) -> None:
+    """Create fresh topics (they must not exist: every bench topic name is unique)."""
+    from aiokafka.admin import NewTopic
+
+    async def go() -> None:
+        admin = await _admin(bootstrap)
+        try:
+            await admin.create_topics([NewTopic(n, partitions, 1) for n in names])
+            for _ in range(100):  # until every partition has a leader (no NotLeader retries)
+                described = await admin.describe_topics(list(names))
+                if all(len(t.get("partitions", [])) == partitions and
+                       all(p.get("leader", -1) >= 0 for p in t["partitions"]) for t in described):
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            await admin.close()
+
+    _run(go())
+
+
+def delete_topics_with_prefix(bootstrap: str, prefix: str) -> list[str]:
+    """Remove every topic this run created (names start with the run's unique tag)."""
+
+    async def go() -> list[str]:
+        admin = await _admin(bootstrap)
+        try:
+            names = [t for t in await admin.list_topics() if t.startswith(prefix)]
+            if names:
+                await admin.delete_topics(names)
+            return names
+        finally:
+            await admin.close()
+
+    return _run(go())
+
+
+async def _consumer(bootstrap: str, topic: str, **kwargs: Any) -> tuple[Any, list[Any]]:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                                **kwargs)
+    await consumer.start()
+    partitions = consumer.partitions_for_topic(topic)
+    deadline = time.monotonic() + 30
+    while not partitions and time.monotonic() < deadline:
+        await consumer._client.force_metadata_update()  # a topic created a moment ago
+        partitions = consumer.partitions_for_topic(topic)
+        await asyncio.sleep(0.1)
+    if not partitions:
+        await consumer.stop()
+        raise RuntimeError(f"topic {topic} has no partitions after 30 s")
+    tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+    consumer.assign(tps)
+    return consumer, tps
+
+
+def count_records(bootstrap: str, topic: str) -> int:
+    """Sum of end offsets (no transactions in bench topics, so = records written)."""
+
+    async def go() -> int:
+        consumer, tps = await _consumer(bootstrap, topic)
+        try:
+            return int(sum((await consumer.end_offsets(tps)).values()))
+        finally:
+            await consumer.stop()
+
+    return _run(go())
+
+
+@dataclass
+class Record:
+    key: bytes | None
+    value: bytes
+    timestamp_ms: int
+
+
+def read_records(bootstrap: str, topic: str, count: int, timeout: float = 120.0) -> list[Record]:
+    """Read ``topic`` from the beginning until ``count`` records (or the timeout)."""
+
+    async def go() -> list[Record]:
+        consumer, tps = await _consumer(bootstrap, topic, max_partition_fetch_bytes=4 << 20)
+        out: list[Record] = []
+        try:
+            await consumer.seek_to_beginning(*tps)
+            deadline = time.monotonic() + timeout
+            while len(out) < count and time.monotonic() < deadline:
+                batches = await consumer.getmany(timeout_ms=500, max_records=5000)
+                for records in batches.values():
+                    out.extend(Record(r.key, r.value, r.timestamp) for r in records)
+            return out
+        finally:
+            await consumer.stop()
+
+    return _run(go())
+
+
+class LiveConsumer:
+    """Follows a topic from its end in a background thread, stamping each record on arrival."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.arrivals: list[tuple[bytes | None, float]] = []
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run(bootstrap, topic)),
+                                        name=f"live-{topic}", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(30):
+            raise RuntimeError(f"live consumer on {topic} did not start: {self.error!r}")
+
+    async def _run(self, bootstrap: str, topic: str) -> None:
+        try:
+            consumer, tps = await _consumer(bootstrap, topic, fetch_max_wait_ms=100)
+        except BaseException as exc:
+            self.error = exc
+            self._ready.set()
+            raise
+        try:
+            await consumer.seek_to_end(*tps)
+            for tp in tps:
+                await consumer.position(tp)
+            self._ready.set()
+            append = self.arrivals.append
+            while not self._stop.is_set():
+                batches = await consumer.getmany(timeout_ms=100, max_records=5000)
+                now = time.time()
+                for records in batches.values():
+                    for record in records:
+                        append((record.key, now))
+        finally:
+            await consumer.stop()
+
+    def stop(self) -> list[tuple[bytes | None, float]]:
+        self._stop.set()
+        self._thread.join(30)
+        return self.arrivals
+
+
+# --------------------------------------------------------------------------- producing
+
+@dataclass
+class Sent:
+    """What a producer run sent: id -> sent_at (epoch s), and its achieved rate."""
+
+    sent_at: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return len(self.sent_at) / self.seconds if self.seconds else 0.0
+
+
+def produce(producer: Any, images: np.ndarray, labels: np.ndarray, count: int, prefix: str,
+            rate: float = 0.0, start_index: int = 0) -> Sent:
+    """Send ``count`` labelled test images through a :class:`fmnist_faust.client.Producer`.
+
+    ``rate`` > 0 paces the sends in 10 ms ticks (offered load); 0 sends as fast as the
+    client goes. Each chunk is stamped with ``sent_at`` just before it is handed over.
+    """
+    from fmnist_faust.core.contract import encode_image
+
+    sent = Sent()
+    chunk = 500 if rate <= 0 else max(1, int(round(rate * 0.01)))
+    started = time.perf_counter()
+    done = 0
+    while done < count:
+        n = min(chunk, count - done)
+        if rate > 0:
+            wait = started + done / rate - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+        now = time.time()
+        items = []
+        for i in range(start_index + done, start_index + done + n):
+            j = i % len(labels)
+            image_id = f"{prefix}-{i:07d}"
+            items.append((encode_image(image_id, images[j], int(labels[j]), now), image_id))
+            sent.sent_at[image_id] = now
+        producer.produce_many(items)
+        done += n
+    producer.flush()
+    sent.seconds = time.perf_counter() - started
+    return sent
+
+
+def wait_until(predicate: Any, timeout: float, interval: float = 0.02) -> float | None:
+    """Poll ``predicate()`` until true; the perf_counter time it became true, or None."""
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        try:
+            if predicate():
+                return time.perf_counter()
+        except (OSError, ValueError):
+            pass
+        time.sleep(interval)
+    return None
+
+
+def env_with(**overrides: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(overrides)
+    return env

@@ -1,0 +1,618 @@
+"""The bench stages. Each takes the run's :class:`Context` and returns a JSON-able dict.
+
+Every stage uses its own app ids / topic names, all prefixed with the run's unique tag,
+so a run never touches another engineer's topics and cleans up after itself.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import statistics
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from fmnist_faust.config import Settings, load_settings
+from fmnist_faust.core import dataset
+from fmnist_faust.core.contract import encode_image
+from fmnist_faust.core.model import Classifier, load_classifier
+from fmnist_faust.core.pipeline import RawMessage, classify_batch
+
+from .common import (ROOT, LiveConsumer, ServiceProc, Sent, create_topics, env_with, free_port,
+                     percentiles, produce, read_records, span_rate, wait_until)
+
+CODE_DEFAULTS = load_settings({})  # the defaults a user gets (batch size, linger, ...)
+
+
+@dataclass
+class Plan:
+    """How much each stage does (full run vs. smoke)."""
+
+    ceiling_images: int = 10_000
+    ceiling_repeats: int = 5
+    single_images: int = 1_000
+    naive_images: int = 5_000
+    e2e_images: int = 50_000
+    batch_sweep: tuple[int, ...] = (100, 250, 500, 1000, 2000)
+    linger_sweep: tuple[float, ...] = (0.005, 0.01, 0.02, 0.05, 0.1)
+    linger_sweep_seconds: float = 5.0
+    rates: tuple[tuple[int, float], ...] = ((1000, 10.0), (5000, 5.0))
+    warmup_images: int = 500
+    concurrent_images: int = 50_000
+    pubsub_images: int = 20_000
+    probe_images: int = 20_000
+    probe_modes: tuple[str, ...] = ("noop", "forward")
+
+    @classmethod
+    def smoke(cls) -> "Plan":
+        return cls(ceiling_images=2_000, ceiling_repeats=1, single_images=50, naive_images=200,
+                   e2e_images=1_000, batch_sweep=(), linger_sweep=(),
+                   rates=((1000, 0.5), (5000, 0.2)), warmup_images=50, concurrent_images=1_000,
+                   pubsub_images=500, probe_images=500, probe_modes=("noop",))
+
+
+@dataclass
+class Context:
+    """Everything the stages share: settings, unique tag, scratch dir, data, model."""
+
+    settings: Settings
+    plan: Plan
+    model_path: Path
+    run_dir: Path
+    tag: str = field(default_factory=lambda: f"perf-{time.strftime('%H%M%S')}-{uuid.uuid4().hex[:6]}")
+    log: Callable[[str], None] = print
+    _split: dataset.Split | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return self.settings.kafka_bootstrap_servers
+
+    @property
+    def split(self) -> dataset.Split:
+        if self._split is None:
+            self._split = dataset.load_split("test", self.settings.fmnist_data_dir or None)
+        return self._split
+
+    def name(self, suffix: str) -> str:
+        return f"{self.tag}-{suffix}"
+
+    def kafka_producer(self, topic: str) -> Any:
+        from fmnist_faust.client import MainManager
+
+        return MainManager("kafka", self.settings).create_producer(topic)
+
+    def produce_kafka(self, topic: str, count: int, prefix: str, rate: float = 0.0) -> Sent:
+        producer = self.kafka_producer(topic)
+        try:
+            return produce(producer, self.split.images, self.split.labels, count, prefix, rate)
+        finally:
+            producer.close()
+
+
+# =========================================================================== 1. model ceiling
+
+def _best_rate(run: Callable[[], int], repeats: int) -> float:
+    best = 0.0
+    for _ in range(repeats):
+        started = time.perf_counter()
+        n = run()
+        best = max(best, n / (time.perf_counter() - started))
+    return best
+
+
+def model_ceiling(ctx: Context) -> dict[str, Any]:
+    """Batched predict, classify_batch (decode + predict) and single-image predict, per BLAS pin."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    classifier: Classifier = load_classifier(ctx.model_path)
+    plan = ctx.plan
+    images = ctx.split.images[: plan.ceiling_images]
+    labels = ctx.split.labels[: plan.ceiling_images]
+    now = time.time()
+    messages = [RawMessage(encode_image(f"c-{i}", images[i], int(labels[i]), now), f"c-{i}".encode())
+                for i in range(len(images))]
+    batch = CODE_DEFAULTS.batch_size
+    blas = [{k: lib.get(k) for k in ("internal_api", "num_threads", "filepath")}
+            for lib in threadpool_info() if lib.get("user_api") == "blas"]
+    out: dict[str, Any] = {"images": len(images), "repeats": plan.ceiling_repeats, "batch_size": batch,
+                           "blas_libraries_default": blas, "by_blas_threads": {}}
+    for threads in (1, 2):
+        classifier.blas_threads = threads  # Classifier.predict pins BLAS itself (default 1)
+        with threadpool_limits(limits=threads, user_api="blas"):
+            classifier.predict(images[:batch])  # warm up
+            whole = _best_rate(lambda: len(classifier.predict(images)[0]), plan.ceiling_repeats)
+
+            def in_batches() -> int:
+                for i in range(0, len(images), batch):
+                    classifier.predict(images[i:i + batch])
+                return len(images)
+
+            def pipeline_batches() -> int:
+                for i in range(0, len(messages), batch):
+                    classify_batch(classifier, messages[i:i + batch])
+                return len(messages)
+
+            def single() -> int:
+                for i in range(plan.single_images):
+                    classifier.predict(images[i:i + 1])
+                return plan.single_images
+
+            out["by_blas_threads"][str(threads)] = {
+                "predict_whole_batch_per_s": round(whole),
+                f"predict_batches_of_{batch}_per_s": round(_best_rate(in_batches, plan.ceiling_repeats)),
+                f"classify_batch_of_{batch}_per_s": round(_best_rate(pipeline_batches, plan.ceiling_repeats)),
+                "single_image_predict_per_s": round(_best_rate(single, max(1, plan.ceiling_repeats // 2))),
+            }
+    classifier.blas_threads = 1
+    one = out["by_blas_threads"]["1"]
+    out["blas_threads_pinned"] = 1
+    out["images_per_s"] = one["predict_whole_batch_per_s"]
+    out["classify_batch_per_s"] = one[f"classify_batch_of_{batch}_per_s"]
+    out["single_image_per_s"] = one["single_image_predict_per_s"]
+    return out
+
+
+# =========================================================================== 2. naive baseline
+
+def naive_baseline(ctx: Context) -> dict[str, Any]:
+    """The per-message agent over a pre-loaded topic: rate from its predictions' timestamps."""
+    n = ctx.plan.naive_images
+    topic_in, topic_out = ctx.name("naive-images"), ctx.name("naive-predictions")
+    create_topics(ctx.bootstrap, [topic_in, topic_out], ctx.settings.partitions)
+    ctx.produce_kafka(topic_in, n, "naive")
+    port = free_port()
+    env = env_with(BENCH_NAIVE_APP_ID=ctx.name("naive"), BENCH_NAIVE_IN=topic_in, BENCH_NAIVE_OUT=topic_out,
+                   BENCH_NAIVE_WEB_PORT=str(port), BENCH_NAIVE_DATADIR=str(ctx.run_dir / "naive"),
+                   FMNIST_MODEL_PATH=str(ctx.model_path))
+    worker = ServiceProc.faust("bench.naive_app", env, ctx.run_dir / "naive.log", port, "/count/").start()
+    try:
+        done = wait_until(lambda: worker.get("/count/")["count"] >= n, timeout=60 + n / 50, interval=0.2)
+        worker.sample_rss()
+    finally:
+        worker.stop()
+    if done is None:
+        raise RuntimeError(f"naive agent did not finish {n} images; log {worker.log_path}")
+    records = read_records(ctx.bootstrap, topic_out, n)
+    return {"images": n, "images_per_s": round(span_rate([r.timestamp_ms for r in records])),
+            "predictions_read": len(records), "ready_s": worker.ready_s, "peak_rss_mb": worker.peak_rss_mb}
+
+
+# =========================================================================== 3. Kafka end to end
+
+def _worker_env(ctx: Context, name: str, images_topic: str, batch: int, linger: float) -> dict[str, str]:
+    return env_with(
+        FMNIST_APP_ID=ctx.name(name),
+        FMNIST_IMAGES_TOPIC=images_topic,
+        FMNIST_PREDICTIONS_TOPIC=ctx.name(f"{name}-predictions"),
+        FMNIST_DLQ_TOPIC=ctx.name(f"{name}-dlq"),
+        FMNIST_WEB_PORT=str(free_port()),
+        FMNIST_WORKER_DATADIR=str(ctx.run_dir / name),
+        FMNIST_MODEL_PATH=str(ctx.model_path),
+        FMNIST_BATCH_SIZE=str(batch),
+        FMNIST_BATCH_LINGER=str(linger),
+        FMNIST_LOG_LEVEL="warning",
+    )
+
+
+def _start_worker(ctx: Context, name: str, env: dict[str, str]) -> ServiceProc:
+    return ServiceProc.faust("fmnist_faust", env, ctx.run_dir / f"{name}.log", int(env["FMNIST_WEB_PORT"]),
+                             "/accuracy/").start()
+
+
+def _wait_counted(worker: ServiceProc, count: int, timeout: float) -> float:
+    """Poll /accuracy/ (every 0.1 s, to stay out of the worker's way) until ``count`` images."""
+    done = wait_until(lambda: worker.get("/accuracy/")["images"] >= count, timeout, interval=0.1)
+    if done is None:
+        images = worker.get("/accuracy/")["images"]
+        raise RuntimeError(f"worker counted {images}/{count} images in {timeout} s; log {worker.log_path}")
+    return time.time()
+
+
+def _drain(worker: ServiceProc, n: int) -> tuple[float, float, int]:
+    """Wait until the worker counted ``n`` images: (wall time then, CPU s since its first
+    counted batch, images counted at that first observation)."""
+    seen_first: list[tuple[int, float]] = []
+
+    def all_counted() -> bool:
+        images = worker.get("/accuracy/")["images"]
+        if images and not seen_first:
+            seen_first.append((images, worker.cpu_seconds() or 0.0))
+        return images >= n
+
+    if wait_until(all_counted, timeout=60 + n / 200, interval=0.1) is None:
+        raise RuntimeError(f"worker did not count {n} images; log {worker.log_path}")
+    counted_at = time.time()
+    return counted_at, (worker.cpu_seconds() or 0.0) - seen_first[0][1], seen_first[0][0]
+
+
+def _preloaded_stats(stamps: list[int], n: int, drained: tuple[float, float, int], spawned: float,
+                     worker: ServiceProc, batch: int, linger: float) -> dict[str, Any]:
+    counted_at, cpu_used, first_images = drained
+    first = min(stamps) / 1000.0
+    return {
+        "batch_size": batch, "linger_s": linger, "images": n, "predictions_read": len(stamps),
+        "images_per_s": round(span_rate(stamps)),
+        "table_confirmed_images_per_s": round(n / max(counted_at - first, 1e-3)),
+        "worker_cpu_ms_per_image": round(cpu_used * 1000.0 / max(n - first_images, 1), 4),
+        "first_prediction_s_from_spawn": round(first - spawned, 2),
+        "seconds_to_all_counted_from_spawn": round(counted_at - spawned, 2),
+        "ready_s": worker.ready_s, "peak_rss_mb": worker.peak_rss_mb,
+    }
+
+
+def preloaded_run(ctx: Context, topic: str, n: int, batch: int, linger: float, name: str) -> dict[str, Any]:
+    """Start a worker on a topic already holding ``n`` images; time until all are counted.
+
+    Also its CPU time per image (user + system, all threads, from the first counted batch
+    to the last, so the one-off model load is left out): less sensitive than wall-clock
+    rates to what else runs on the machine.
+    """
+    env = _worker_env(ctx, name, topic, batch, linger)
+    spawned = time.time()
+    worker = _start_worker(ctx, name, env)
+    try:
+        drained = _drain(worker, n)
+        worker.sample_rss()
+    finally:
+        worker.stop()
+    records = read_records(ctx.bootstrap, env["FMNIST_PREDICTIONS_TOPIC"], n)
+    return _preloaded_stats([r.timestamp_ms for r in records], n, drained, spawned, worker, batch, linger)
+
+
+def probe_run(ctx: Context, topic: str, n: int, mode: str) -> dict[str, Any]:
+    """A diagnostic Faust app (bench/probe_app.py) over the pre-loaded topic: rate and CPU/image."""
+    port = free_port()
+    env = env_with(BENCH_PROBE_MODE=mode, BENCH_PROBE_APP_ID=ctx.name(f"probe-{mode}"), BENCH_PROBE_IN=topic,
+                   BENCH_PROBE_OUT=ctx.name(f"probe-{mode}-out"), BENCH_PROBE_WEB_PORT=str(port),
+                   BENCH_PROBE_DATADIR=str(ctx.run_dir / f"probe-{mode}"),
+                   FMNIST_BATCH_SIZE=str(CODE_DEFAULTS.batch_size), FMNIST_BATCH_LINGER=str(CODE_DEFAULTS.batch_linger_s))
+    worker = ServiceProc.faust("bench.probe_app", env, ctx.run_dir / f"probe-{mode}.log", port, "/count/").start()
+    first: list[tuple[float, int, float]] = []
+
+    def done() -> bool:
+        count = worker.get("/count/")["count"]
+        if count and not first:
+            first.append((time.perf_counter(), count, worker.cpu_seconds() or 0.0))
+        return count >= n
+
+    try:
+        finished = wait_until(done, timeout=60 + n / 200, interval=0.05)
+        cpu = worker.cpu_seconds() or 0.0
+        worker.sample_rss()
+    finally:
+        worker.stop()
+    if finished is None or not first:
+        raise RuntimeError(f"probe {mode} did not reach {n} events; log {worker.log_path}")
+    t0, c0, cpu0 = first[0]
+    return {"mode": mode, "images": n, "images_per_s": round((n - c0) / max(finished - t0, 1e-3)),
+            "cpu_ms_per_image": round((cpu - cpu0) * 1000.0 / max(n - c0, 1), 4), "peak_rss_mb": worker.peak_rss_mb}
+
+
+def raw_kafka_consume(ctx: Context, topic: str, n: int) -> dict[str, Any]:
+    """aiokafka ``getmany`` of the pre-loaded topic in this process, no work: Kafka's client ceiling."""
+    started = time.perf_counter()
+    records = read_records(ctx.bootstrap, topic, n)
+    seconds = time.perf_counter() - started
+    return {"images": len(records), "images_per_s": round(len(records) / seconds)}
+
+
+def _latencies(sent: Sent, by_id: dict[str, tuple[int, float | None]],
+               arrivals: dict[str, float] | None) -> dict[str, Any]:
+    publish, worker_ms, observed = [], [], []
+    for image_id, sent_at in sent.sent_at.items():
+        hit = by_id.get(image_id)
+        if hit is None:
+            continue
+        publish.append(hit[0] - sent_at * 1000.0)
+        if hit[1] is not None:
+            worker_ms.append(hit[1])
+        if arrivals is not None and image_id in arrivals:
+            observed.append((arrivals[image_id] - sent_at) * 1000.0)
+    out = {"sent": len(sent.sent_at), "offered_per_s": round(sent.rate),
+           "to_prediction_published_ms": percentiles(publish),
+           "worker_latency_ms": percentiles(worker_ms)}
+    if arrivals is not None:
+        out["consumer_observed_ms"] = percentiles(observed)
+    return out
+
+
+def latency_run(ctx: Context, batch: int, linger: float, name: str,
+                rates: tuple[tuple[int, float], ...], concurrent: int, live: bool,
+                preloaded: tuple[str, int] | None = None) -> dict[str, Any]:
+    """A worker on an empty topic: cold start, fixed offered rates, then producer-concurrent saturation.
+
+    With ``preloaded=(topic, n)`` (smoke runs: one worker start fewer) the worker starts on
+    that topic instead and first drains its ``n`` images, reported under ``"preloaded"``
+    like :func:`preloaded_run`.
+    """
+    topic = preloaded[0] if preloaded else ctx.name(f"{name}-images")
+    env = _worker_env(ctx, name, topic, batch, linger)
+    predictions = env["FMNIST_PREDICTIONS_TOPIC"]
+    # The agent declares its predictions topic only once it runs: create it first, so the
+    # live consumer can follow it from the start (the agent's declare is then a no-op).
+    create_topics(ctx.bootstrap, [predictions] if preloaded else [topic, predictions], ctx.settings.partitions)
+    spawned = time.time()
+    worker = _start_worker(ctx, name, env)
+    producer = None
+    follower = None
+    phases: dict[str, tuple[Sent, float, float]] = {}
+    counted = 0
+    drained: tuple[float, float, int] | None = None
+    try:
+        producer = ctx.kafka_producer(topic)
+        follower = LiveConsumer(ctx.bootstrap, predictions) if live else None
+        if preloaded:
+            drained = _drain(worker, preloaded[1])
+            counted = preloaded[1]
+        plan = [("warmup", 1000, ctx.plan.warmup_images)] + [(f"rate_{r}", r, int(r * s)) for r, s in rates]
+        if concurrent:
+            plan.append(("saturation", 0, concurrent))
+        for phase, rate, count in plan:
+            begun = time.time()
+            sent = produce(producer, ctx.split.images, ctx.split.labels, count, phase, rate)
+            counted += count
+            _wait_counted(worker, counted, timeout=60 + count / 500)
+            phases[phase] = (sent, begun, time.time())
+        worker.sample_rss()
+    finally:
+        arrivals_list = follower.stop() if follower else []
+        if producer is not None:
+            producer.close()
+        worker.stop()
+    records = read_records(ctx.bootstrap, predictions, counted)
+    by_id: dict[str, tuple[int, float | None]] = {}
+    for record in records:
+        body = json.loads(record.value)
+        by_id[body["id"]] = (record.timestamp_ms, body.get("latency_ms"))
+    arrivals = {k.decode(): t for k, t in arrivals_list if k is not None} if follower else None
+    out: dict[str, Any] = {"batch_size": batch, "linger_s": linger, "ready_s": worker.ready_s,
+                           "peak_rss_mb": worker.peak_rss_mb, "predictions_read": len(records)}
+    if preloaded and drained:
+        stamps = [r.timestamp_ms for r in records if r.key is not None and r.key.startswith(b"pre-")]
+        out["preloaded"] = _preloaded_stats(stamps, preloaded[1], drained, spawned, worker, batch, linger)
+    for phase, (sent, _, _) in phases.items():
+        if phase == "warmup":
+            continue
+        out[phase] = _latencies(sent, by_id, arrivals)
+        stamps = [by_id[i][0] for i in sent.sent_at if i in by_id]
+        out[phase]["images_per_s"] = round(span_rate(stamps))  # predictions' rate in this phase
+        if phase == "saturation":
+            out[phase]["producer_per_s"] = round(sent.rate)
+    return out
+
+
+def kafka_e2e(ctx: Context) -> dict[str, Any]:
+    """Batch-size sweep on a pre-loaded topic, linger sweep at 1k/s, then the latency run."""
+    plan = ctx.plan
+    default_batch, default_linger = CODE_DEFAULTS.batch_size, CODE_DEFAULTS.batch_linger_s
+    topic = ctx.name("e2e-images")
+    create_topics(ctx.bootstrap, [topic], ctx.settings.partitions)
+    loaded = ctx.produce_kafka(topic, plan.e2e_images, "pre")
+    ctx.log(f"  pre-loaded {plan.e2e_images} images at {loaded.rate:,.0f}/s")
+    sweep = []
+    for batch in sorted(set(plan.batch_sweep) | ({default_batch} if plan.batch_sweep else set())):
+        row = preloaded_run(ctx, topic, plan.e2e_images, batch, default_linger, f"pre-b{batch}")
+        ctx.log(f"  preloaded batch={batch}: {row['images_per_s']:,}/s (table {row['table_confirmed_images_per_s']:,}/s, "
+                f"{row['worker_cpu_ms_per_image']} CPU ms/image)")
+        sweep.append(row)
+
+    diagnostics: dict[str, Any] = {"aiokafka_consume": raw_kafka_consume(ctx, topic, plan.e2e_images)}
+    for mode in plan.probe_modes:
+        diagnostics[f"faust_{mode}"] = probe_run(ctx, topic, min(plan.e2e_images, plan.probe_images), mode)
+        ctx.log(f"  faust probe {mode}: {diagnostics[f'faust_{mode}']['images_per_s']:,}/s, "
+                f"{diagnostics[f'faust_{mode}']['cpu_ms_per_image']} CPU ms/image")
+
+    lingers = []
+    for linger in plan.linger_sweep:
+        row = latency_run(ctx, default_batch, linger, f"lin{int(linger * 1000)}",
+                          ((1000, plan.linger_sweep_seconds),), 0, live=False)
+        p99 = row["rate_1000"]["to_prediction_published_ms"]["p99"]
+        ctx.log(f"  linger={linger}: p99 at 1k/s {p99} ms")
+        lingers.append({"linger_s": linger, "rate_1000": row["rate_1000"], "ready_s": row["ready_s"]})
+    best_linger = (min(lingers, key=lambda r: r["rate_1000"]["to_prediction_published_ms"]["p99"])["linger_s"]
+                   if lingers else default_linger)
+
+    lat = latency_run(ctx, default_batch, default_linger, "lat", plan.rates, plan.concurrent_images, live=True,
+                      preloaded=None if sweep else (topic, plan.e2e_images))
+    if not sweep:  # smoke: the latency worker drained the pre-loaded topic first
+        sweep.append(lat.pop("preloaded"))
+    ctx.log(f"  latency run: saturation {lat['saturation']['images_per_s']:,}/s "
+            f"(producer {lat['saturation']['producer_per_s']:,}/s)")
+    headline = next((r for r in sweep if r["batch_size"] == default_batch), sweep[0])
+    best_batch = max(sweep, key=lambda r: r["images_per_s"])
+    ready = [r["ready_s"] for r in sweep] + [lat["ready_s"]] + [r["ready_s"] for r in lingers]
+    return {
+        "images": plan.e2e_images,
+        "preload_producer_per_s": round(loaded.rate),
+        "defaults": {"batch_size": default_batch, "linger_s": default_linger},
+        "images_per_s": headline["images_per_s"],
+        "table_confirmed_images_per_s": headline["table_confirmed_images_per_s"],
+        "concurrent_images_per_s": lat["saturation"]["images_per_s"],
+        "worker_cpu_ms_per_image": headline["worker_cpu_ms_per_image"],
+        "first_prediction_s_from_spawn": headline["first_prediction_s_from_spawn"],
+        "diagnostics": diagnostics,
+        "batch_sweep": sweep,
+        "linger_sweep": lingers,
+        "best_batch_size": best_batch["batch_size"],
+        "best_batch_images_per_s": best_batch["images_per_s"],
+        "best_linger_s": best_linger,
+        "latency": lat,
+        "ready_s_empty_changelog": lat["ready_s"],
+        "ready_s_all_workers": {"min": min(ready), "median": statistics.median(ready), "max": max(ready)},
+        "peak_rss_mb": max(r["peak_rss_mb"] or 0 for r in sweep + [lat]),
+    }
+
+
+# =========================================================================== 4/5. Pub/Sub
+
+class _PubSub:
+    """Admin + publishing on the emulator for one bench topic/subscription pair."""
+
+    def __init__(self, ctx: Context, topic: str, subscription: str) -> None:
+        from google.cloud import pubsub_v1
+
+        self.ctx = ctx
+        self.publisher = pubsub_v1.PublisherClient()
+        self.subscriber = pubsub_v1.SubscriberClient()
+        project = ctx.settings.gcp_project
+        self.topic = topic
+        self.topic_path = self.publisher.topic_path(project, topic)
+        self.sub_path = self.subscriber.subscription_path(project, subscription)
+
+    def create(self, with_subscription: bool = True) -> None:
+        self.publisher.create_topic(name=self.topic_path)
+        if with_subscription:
+            self.subscriber.create_subscription(name=self.sub_path, topic=self.topic_path, ack_deadline_seconds=60)
+
+    def publish(self, count: int, prefix: str) -> Sent:
+        from fmnist_faust.client import MainManager
+
+        producer = MainManager("pubsub", self.ctx.settings).create_producer(self.topic)
+        try:
+            return produce(producer, self.ctx.split.images, self.ctx.split.labels, count, prefix)
+        finally:
+            producer.close()
+
+    def close(self) -> None:
+        self.subscriber.close()
+
+
+def pubsub_raw(ctx: Context) -> dict[str, Any]:
+    """Streaming pull + ack of pre-published images with the bridge's flow control; no work."""
+    from google.cloud import pubsub_v1
+
+    n = ctx.plan.pubsub_images
+    ps = _PubSub(ctx, ctx.name("raw"), ctx.name("raw-sub"))
+    ps.create()
+    try:
+        published = ps.publish(n, "raw")
+        lock = threading.Lock()
+        stamps: list[float] = []
+        finished = threading.Event()
+
+        def on_message(message: Any) -> None:
+            message.ack()
+            with lock:
+                stamps.append(time.time())
+                if len(stamps) >= n:
+                    finished.set()
+
+        flow = pubsub_v1.types.FlowControl(max_messages=ctx.settings.bridge_max_messages,
+                                           max_bytes=ctx.settings.bridge_max_bytes)
+        future = ps.subscriber.subscribe(ps.sub_path, on_message, flow_control=flow)
+        ok = finished.wait(60 + n / 200)
+        future.cancel()
+        try:
+            future.result(timeout=30)
+        except Exception:
+            pass
+        if not ok:
+            raise RuntimeError(f"raw streaming pull received {len(stamps)}/{n} messages")
+        return {"images": n, "images_per_s": round(span_rate([int(t * 1000) for t in stamps])),
+                "publish_per_s": round(published.rate), "received": len(stamps),
+                "flow_control_max_messages": ctx.settings.bridge_max_messages}
+    finally:
+        ps.close()
+
+
+def bridge_available() -> str | None:
+    """None if ``python -m pubsub_bridge`` exists, else why it cannot be measured."""
+    if importlib.util.find_spec("pubsub_bridge.__main__") is None:
+        return "not measured: bridge not available (no pubsub_bridge/__main__.py)"
+    return None
+
+
+def pubsub_bridge(ctx: Context) -> dict[str, Any]:
+    """`python -m pubsub_bridge setup`, pre-publish, then `run`: time until /accuracy/ counts all.
+
+    Rate: from the predictions' publish times (pulled back from the bridge's predictions
+    subscription), like stage 4; also table-confirmed from ready to all counted.
+    """
+    reason = bridge_available()
+    if reason:
+        return {"available": False, "reason": reason}
+    import subprocess
+    import sys
+
+    n = ctx.plan.pubsub_images
+    port = free_port()
+    names = {k: ctx.name(f"br-{k}") for k in ("images", "predictions", "dlq", "dead")}
+    subs = {k: ctx.name(f"br-{k}-sub") for k in names}
+    env = env_with(
+        FMNIST_IMAGES_TOPIC=names["images"], FMNIST_PREDICTIONS_TOPIC=names["predictions"],
+        FMNIST_DLQ_TOPIC=names["dlq"], PUBSUB_DEAD_LETTER_TOPIC=names["dead"],
+        PUBSUB_IMAGES_SUBSCRIPTION=subs["images"], PUBSUB_PREDICTIONS_SUBSCRIPTION=subs["predictions"],
+        PUBSUB_DLQ_SUBSCRIPTION=subs["dlq"], PUBSUB_DEAD_LETTER_SUBSCRIPTION=subs["dead"],
+        BRIDGE_WEB_PORT=str(port), FMNIST_WEB_HOST="127.0.0.1",
+        BRIDGE_STATE_PATH=str(ctx.run_dir / "bridge-state.sqlite3"), FMNIST_MODEL_PATH=str(ctx.model_path),
+        FMNIST_LOG_LEVEL="warning")
+    setup = subprocess.run([sys.executable, "-m", "pubsub_bridge", "setup"], env=env, cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+    if setup.returncode != 0:
+        return {"available": False,
+                "reason": f"not measured: bridge not available (`setup` exited {setup.returncode}: "
+                          f"{(setup.stderr or setup.stdout).strip()[-300:]})"}
+    images = _PubSub(ctx, names["images"], subs["images"])
+    predictions = _PubSub(ctx, names["predictions"], subs["predictions"])
+    try:
+        published = images.publish(n, "br")
+        bridge = ServiceProc([sys.executable, "-m", "pubsub_bridge", "run"], env, ctx.run_dir / "bridge.log",
+                             port, "/accuracy/")
+        try:
+            bridge.start()
+            ready_at = time.time()
+            done = wait_until(lambda: bridge.get("/accuracy/")["images"] >= n, 60 + n / 200, interval=0.1)
+            counted_at = time.time()
+            bridge.sample_rss()
+        finally:
+            bridge.stop()
+        if done is None:
+            raise RuntimeError(f"bridge did not count {n} images; log {bridge.log_path}")
+        stamps = _pull_publish_times(predictions, n)
+        return {"available": True, "images": n, "publish_per_s": round(published.rate),
+                "images_per_s": round(span_rate(stamps)), "predictions_read": len(stamps),
+                "table_confirmed_images_per_s": round(n / max(counted_at - ready_at, 1e-3)),
+                "batch_size": CODE_DEFAULTS.batch_size, "linger_s": CODE_DEFAULTS.batch_linger_s,
+                "ready_s": bridge.ready_s, "peak_rss_mb": bridge.peak_rss_mb}
+    finally:
+        for ps in (images, predictions):
+            ps.close()
+
+
+def _pull_publish_times(ps: _PubSub, n: int, timeout: float = 60.0) -> list[int]:
+    """Publish times (ms) of up to ``n`` messages pulled (and acked) from a subscription."""
+    times: list[int] = []
+    deadline = time.monotonic() + timeout
+    while len(times) < n and time.monotonic() < deadline:
+        response = ps.subscriber.pull(subscription=ps.sub_path, max_messages=1000, timeout=10)
+        received = response.received_messages
+        if not received:
+            continue
+        times += [int(m.message.publish_time.timestamp() * 1000) for m in received]
+        ps.subscriber.acknowledge(subscription=ps.sub_path, ack_ids=[m.ack_id for m in received])
+    return times
+
+
+def delete_pubsub_with_prefix(settings: Settings, prefix: str) -> int:
+    """Remove this run's subscriptions and topics from the emulator; returns how many."""
+    from google.cloud import pubsub_v1
+
+    publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
+    project = f"projects/{settings.gcp_project}"
+    removed = 0
+    with subscriber:
+        for sub in list(subscriber.list_subscriptions(project=project)):
+            if sub.name.rsplit("/", 1)[-1].startswith(prefix):
+                subscriber.delete_subscription(subscription=sub.name)
+                removed += 1
+        for topic in list(publisher.list_topics(project=project)):
+            if topic.name.rsplit("/", 1)[-1].startswith(prefix):
+                publisher.delete_topic(topic=topic.name)
+                removed += 1
+    return removed

@@ -1,0 +1,63 @@
+"""`make bench-smoke` in a test: the harness runs every stage against the real services.
+
+Not a performance test (no figure is compared with a target): it only proves the harness
+still works end to end and writes a complete result, so `make bench` never rots.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from support import ROOT
+
+pytestmark = [pytest.mark.kafka, pytest.mark.pubsub, pytest.mark.timeout(240)]
+
+RATE_STAGES = ("ceiling", "naive", "kafka", "pubsub")
+
+
+def test_bench_smoke_writes_every_stage(kafka_bootstrap: str, pubsub_emulator: str, tiny_model: Path,
+                                        tmp_path: Path) -> None:
+    env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, PUBSUB_EMULATOR_HOST=pubsub_emulator,
+               FMNIST_MODEL_PATH=str(tiny_model))
+    proc = subprocess.run([sys.executable, "-m", "bench.run", "--smoke", "--out", str(tmp_path)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=230)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    result = json.loads((tmp_path / "latest.json").read_text())
+    assert result["mode"] == "smoke"
+    for stage in RATE_STAGES:
+        assert "error" not in result[stage], result[stage].get("traceback")
+        assert result[stage]["images_per_s"] > 0, stage
+    ceiling = result["ceiling"]
+    assert ceiling["single_image_per_s"] > 0 and ceiling["classify_batch_per_s"] > 0
+
+    kafka = result["kafka"]
+    assert kafka["table_confirmed_images_per_s"] > 0 and kafka["concurrent_images_per_s"] > 0
+    assert kafka["peak_rss_mb"] > 0 and kafka["ready_s_empty_changelog"] > 0
+    assert kafka["worker_cpu_ms_per_image"] > 0
+    for probe in kafka["diagnostics"].values():
+        assert probe["images_per_s"] > 0
+    latency = kafka["latency"]
+    for phase in ("rate_1000", "rate_5000", "saturation"):
+        measured = latency[phase]["to_prediction_published_ms"]
+        assert measured["n"] == latency[phase]["sent"], phase  # every image came back
+        assert measured["p50"] > 0 and measured["p99"] >= measured["p50"]
+    assert latency["rate_1000"]["consumer_observed_ms"]["p99"] > 0
+
+    bridge = result["bridge"]
+    if bridge.get("available"):
+        assert bridge["images_per_s"] > 0 and bridge["peak_rss_mb"] > 0 and bridge["ready_s"] > 0
+        assert result["ratios"]["bridge_over_raw"] > 0
+    else:  # only when pubsub_bridge is missing: never a made-up number
+        assert bridge["reason"].startswith("not measured"), bridge
+    assert result["ratios"]["kafka_over_naive"] > 0 and result["ratios"]["kafka_over_ceiling"] > 0
+
+    markdown = (tmp_path / "latest.md").read_text()
+    assert "(3)/(2)" in markdown and "(5)/(4)" in markdown
+    assert (tmp_path / "latest.png").stat().st_size > 10_000
