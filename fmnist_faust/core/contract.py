@@ -158,15 +158,17 @@ def decode_image(
 
     sent_at = obj.get("sent_at")
     if sent_at is not None:
-        wrong = f"sent_at must be a finite number or null, got {reprlib.repr(sent_at)}"
+        def wrong() -> str:  # built only for a bad value: this runs for every image
+            return f"sent_at must be a finite number or null, got {reprlib.repr(sent_at)}"
+
         if not isinstance(sent_at, (int, float)) or isinstance(sent_at, bool):
-            raise InvalidMessage("bad_sent_at", wrong)
+            raise InvalidMessage("bad_sent_at", wrong())
         try:
             sent_at = float(sent_at)  # a JSON integer like 1e400 written out overflows a float
         except OverflowError:
-            raise InvalidMessage("bad_sent_at", wrong) from None
+            raise InvalidMessage("bad_sent_at", wrong()) from None
         if not math.isfinite(sent_at):
-            raise InvalidMessage("bad_sent_at", wrong)
+            raise InvalidMessage("bad_sent_at", wrong())
 
     return ImageMessage(id=image_id, pixels=pixels, label=label, sent_at=sent_at)
 
