@@ -26,6 +26,8 @@ import time
 from types import FrameType
 from typing import Any, Sequence
 
+from google.api_core.exceptions import GoogleAPICallError
+
 from fmnist_faust.config import Settings
 from fmnist_faust.core.model import ModelError, load_classifier
 from fmnist_faust.core.recent import RecentMistakes
@@ -57,8 +59,13 @@ class StreamAcker:
                     delivery.ack()
                 return
         ack_ids = [d.ack_id for d in deliveries]
-        for start in range(0, len(ack_ids), _ACK_CHUNK):
-            self.subscriber.acknowledge(subscription=self.subscription, ack_ids=ack_ids[start:start + _ACK_CHUNK])
+        try:
+            for start in range(0, len(ack_ids), _ACK_CHUNK):
+                self.subscriber.acknowledge(subscription=self.subscription,
+                                            ack_ids=ack_ids[start:start + _ACK_CHUNK])
+        except GoogleAPICallError as exc:  # harmless: counted already, so a redelivery is skipped
+            log.warning("could not ack %d handled messages at shutdown (%s); their redelivery will be skipped",
+                        len(ack_ids), exc)
 
     def nack(self, deliveries: Sequence[Delivery]) -> None:
         """Nack on the stream; once it is closed, leave the messages to their ack deadline
@@ -72,19 +79,14 @@ class StreamAcker:
         """Cancel the streaming pull and wait for it; returns the error it ended with, if any."""
         with self._lock:
             self._streaming = False
-            return stream_error(future, timeout, cancel=True)
-
-
-def stream_error(future: Any, timeout: float, cancel: bool = False) -> BaseException | None:
-    if cancel:
-        future.cancel()
-    try:
-        future.result(timeout=timeout)
-    except concurrent.futures.CancelledError:
-        return None
-    except Exception as exc:  # the stream's own failure, reported by the caller
-        return exc
-    return None
+            future.cancel()
+            try:
+                future.result(timeout=timeout)
+            except concurrent.futures.CancelledError:
+                pass
+            except Exception as exc:  # the stream's own failure, for the caller to report
+                return exc
+            return None
 
 
 class Batcher(threading.Thread):

@@ -5,8 +5,9 @@ confirmed, then the batch is counted in the store (one transaction), and only th
 the messages acked. A crash anywhere before the commit redelivers messages that were not
 counted; a crash after it redelivers messages the store already holds, which are acked
 without being counted or published again. So the scores count every image exactly once,
-and ``predictions`` carries each image at least once (exactly once unless the bridge dies
-between publishing and committing).
+and ``predictions`` carries each image at least once: exactly once, unless a batch is
+handled again after it was published but before it was committed (the bridge died, or the
+commit or one of the batch's publishes failed and the batch was retried).
 """
 
 from __future__ import annotations

@@ -20,9 +20,10 @@ import requests
 from google.cloud import pubsub_v1
 
 from bridge_helpers import ROOT, Bridge, Collector, offline_scores, publish_images
-from fmnist_faust.config import Settings
+from fmnist_faust.config import Settings, load_settings
 from fmnist_faust.core import dataset
 from fmnist_faust.core.contract import decode_prediction, encode_image
+from pubsub_bridge.admin import setup
 
 pytestmark = pytest.mark.pubsub
 
@@ -117,6 +118,22 @@ def test_redelivered_and_duplicate_messages_count_once(
     subscriber.close()
 
 
+def test_sigterm_mid_stream_finishes_what_is_in_flight_and_exits_0(
+        pubsub_setup: Settings, start_bridge: Callable[..., Bridge], test_split: dataset.Split,
+        bridge_env: dict[str, str]) -> None:
+    settings = pubsub_setup
+    publish_images(settings, test_split, range(3000))  # a backlog: the stop lands mid-stream
+    bridge = start_bridge(FMNIST_BATCH_SIZE="100")
+    bridge.wait_for(lambda b: b.accuracy()["images"] >= 300, "the first 300 images")
+    started = time.monotonic()
+    assert bridge.stop(signal.SIGTERM) == 0
+    assert time.monotonic() - started < 8, "a SIGTERM stops the bridge within seconds"
+    counted = _counted(Path(bridge_env["BRIDGE_STATE_PATH"]))
+    assert 300 <= counted < 3000, "stopped mid-stream"
+    assert f"stopped cleanly: {counted} images counted" in bridge.log()
+    assert "unhandled" not in bridge.log() and "unacked" not in bridge.log(), "nothing left half done"
+
+
 def test_sigkill_mid_stream_then_restart_keeps_totals_exact(
         pubsub_setup: Settings, start_bridge: Callable[..., Bridge], collect: Callable[[str], Collector],
         test_split: dataset.Split, tiny_model: Path, bridge_env: dict[str, str]) -> None:
@@ -124,9 +141,11 @@ def test_sigkill_mid_stream_then_restart_keeps_totals_exact(
     settings = pubsub_setup
     predictions = collect(settings.predictions_subscription)
     indices = range(2000)
-    # The emulator keeps a SIGKILLed client's stream registered for tens of seconds and
-    # keeps handing it a share of the messages, which come back only when their lease
-    # expires: keep that share small (few outstanding) and the lease short (10 s).
+    # The emulator keeps a dead client's stream registered for tens of seconds and hands it a
+    # share of the messages, which come back only when their lease expires, each trip
+    # counting as a delivery attempt: keep that share small (few outstanding, 10 s leases)
+    # and allow more attempts than 5, or the emulator dead-letters messages no bridge saw.
+    setup(load_settings(dict(bridge_env, PUBSUB_MAX_DELIVERY_ATTEMPTS="100")))
     small = {"BRIDGE_MAX_MESSAGES": "100", "FMNIST_BATCH_SIZE": "50"}
     first = start_bridge(**small)
     sender = threading.Thread(target=publish_images, args=(settings, test_split, indices),
@@ -203,3 +222,4 @@ def test_a_missing_subscription_is_a_clear_error(bridge_env: dict[str, str]) -> 
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert "not found: create it with `python -m pubsub_bridge setup`" in done.stderr
+
