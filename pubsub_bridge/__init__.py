@@ -8,4 +8,11 @@ SQLite store, and the worker's JSON views served on ``BRIDGE_WEB_PORT``.
     python -m pubsub_bridge setup   # topics and subscriptions, idempotent
     python -m pubsub_bridge run     # the bridge
     python -m pubsub_bridge watch   # running accuracy from the predictions subscription
+
+The same code runs on Google Cloud (Application Default Credentials) and on the emulator
+(``PUBSUB_EMULATOR_HOST``). One emulator behaviour to know: after a client's streaming
+pull ends (even cleanly), the emulator keeps handing that dead stream a share of the
+messages for tens of seconds; they come back when their lease (``PUBSUB_ACK_DEADLINE_SECONDS``)
+expires, each trip counting as a delivery attempt. Totals stay exact (nothing is counted
+that was not handled), but a restart on the emulator can take a minute to catch up.
 """

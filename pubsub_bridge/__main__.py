@@ -49,7 +49,7 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
             f"differ are updated; nothing is deleted."))
     setup.add_argument("--purge", action="store_true",
                        help=f"also discard the backlog of {settings.images_subscription} and "
-                            f"{settings.predictions_subscription} (seek to now), e.g. before a demo")
+                            f"{settings.predictions_subscription} (seek to now), to start from empty subscriptions")
 
     commands.add_parser(
         "run", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=ENVIRONMENT,
