@@ -21,6 +21,7 @@ import logging
 import os
 import queue
 import signal
+import sqlite3
 import threading
 import time
 from types import FrameType
@@ -33,7 +34,7 @@ from fmnist_faust.core.model import ModelError, load_classifier
 from fmnist_faust.core.recent import RecentMistakes
 
 from .handler import BatchHandler, Delivery, TransientError
-from .store import StateStore, StoreLocked
+from .store import StateStore
 from .web import Views, WebServer
 
 log = logging.getLogger(__name__)
@@ -174,8 +175,8 @@ def run(settings: Settings) -> int:
         return 1
     try:
         store = StateStore(settings.bridge_state_path)
-    except StoreLocked as exc:
-        log.error("%s", exc)
+    except sqlite3.Error as exc:
+        log.error("cannot open the state store %s: %s", settings.bridge_state_path, exc)
         return 1
     recent = RecentMistakes()
     views = Views(scores=lambda: store.scores, model_version=lambda: classifier.version, recent=recent,
@@ -223,12 +224,13 @@ def run(settings: Settings) -> int:
         error = error or batcher.error
     publisher.stop()  # flushes anything still batched
     web.stop()
+    totals = store.scores
     store.close()
     if error is not None:
         log.error("the bridge stopped on an error: %s", _explain(error, subscription))
         return 1
-    log.info("stopped cleanly: %d images counted, accuracy %s", store.scores.images,
-             store.scores.report(classifier.version)["accuracy"])
+    log.info("stopped cleanly: %d images counted, accuracy %s", totals.images,
+             totals.report(classifier.version)["accuracy"])
     return 0
 
 

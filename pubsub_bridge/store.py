@@ -7,13 +7,16 @@ the scores row, so the counts and the set of counted keys can never disagree, wh
 kills the process. WAL with ``synchronous=FULL``: a committed batch survives a crash of
 the process and of the machine.
 
-One process owns a store: a lock file beside it (``flock``, released by the kernel even
-on SIGKILL) stops a second bridge from counting into the same totals.
+Replicas: bridges on one machine that share ``images-sub`` also share this file. Each
+commit re-reads the scores and the counted keys inside one ``BEGIN IMMEDIATE``
+transaction (SQLite serialises writers across processes), so a message that two replicas
+both handled (Pub/Sub redelivered it to the other) is counted by whichever commits first
+and skipped by the other; the totals stay exact and global. Bridges on several machines
+would need a shared database instead.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import sqlite3
 import threading
@@ -40,10 +43,6 @@ ROW = "total"
 _QUERY_CHUNK = 500  # well under SQLite's limit on bound parameters
 
 
-class StoreLocked(RuntimeError):
-    """Another process already owns this state store."""
-
-
 def image_key(image_id: str) -> str:
     return f"id:{image_id}"
 
@@ -53,58 +52,66 @@ def message_key(message_id: str) -> str:
 
 
 class StateStore:
-    """Scores and counted keys in one SQLite file; written by one thread, read by any.
+    """Scores and counted keys in one SQLite file, shared by the bridge replicas of a machine.
 
-    :attr:`scores` is replaced, never mutated, on each commit, so readers (the web
-    thread) get a consistent snapshot without taking a lock.
+    :attr:`scores` reads the committed row, so every replica serves the global totals.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock_file = open(self.path.with_name(self.path.name + ".lock"), "a+")
-        try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock_file.close()
-            raise StoreLocked(f"{self.path} is in use by another bridge process") from None
         self._db_lock = threading.Lock()  # one connection, used from more than one thread
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+
+    def _row(self) -> tuple[str | None, Scores]:
         row = self._db.execute("SELECT model_version, scores FROM scores WHERE name = ?", (ROW,)).fetchone()
-        self.model_version: str | None = row[0] if row else None
-        self.scores: Scores = Scores.from_dict(json.loads(row[1])) if row else Scores()
+        return (row[0], Scores.from_dict(json.loads(row[1]))) if row else (None, Scores())
+
+    @property
+    def scores(self) -> Scores:
+        """The committed totals (all replicas' work)."""
+        with self._db_lock:
+            return self._row()[1]
+
+    @property
+    def model_version(self) -> str | None:
+        with self._db_lock:
+            return self._row()[0]
 
     def seen(self, keys: Iterable[str]) -> set[str]:
         """The subset of ``keys`` already counted."""
+        with self._db_lock:
+            return self._seen(keys)
+
+    def _seen(self, keys: Iterable[str]) -> set[str]:
         wanted = list(dict.fromkeys(keys))
         found: set[str] = set()
         for start in range(0, len(wanted), _QUERY_CHUNK):
             chunk = wanted[start:start + _QUERY_CHUNK]
             marks = ",".join("?" * len(chunk))
-            with self._db_lock:
-                rows = self._db.execute(f"SELECT key FROM processed WHERE key IN ({marks})", chunk).fetchall()
+            rows = self._db.execute(f"SELECT key FROM processed WHERE key IN ({marks})", chunk).fetchall()
             found.update(key for (key,) in rows)
         return found
 
     def commit(self, result: BatchResult, keys: Sequence[str], model_version: str, window_seconds: int) -> Scores:
-        """Count ``result`` (whose outcomes are keyed by ``keys``) in one transaction.
-
-        A key counted before makes the whole transaction fail (primary key), so a bug
-        upstream can never count anything twice. Returns the new scores.
-        """
+        """Count the outcomes of ``result`` (keyed by ``keys``) that no one counted yet, in
+        one transaction; a key another replica committed meanwhile is skipped. Returns the
+        new totals."""
         if len(keys) != len(result.outcomes) or len(set(keys)) != len(keys):
             raise ValueError("commit needs exactly one distinct key per outcome")
-        scores = Scores.from_dict(self.scores.to_dict())
-        result.apply_to(scores, window_seconds)
         now = time.time()
         with self._db_lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                counted = self._seen(keys)
+                keep = [i for i, key in enumerate(keys) if key not in counted]
+                _, scores = self._row()
+                result.subset(set(keep).__contains__).apply_to(scores, window_seconds)
                 self._db.executemany("INSERT INTO processed (key, processed_at) VALUES (?, ?)",
-                                     [(key, now) for key in keys])
+                                     [(keys[i], now) for i in keep])
                 self._db.execute(
                     "INSERT INTO scores (name, model_version, scores, updated_at) VALUES (?, ?, ?, ?) "
                     "ON CONFLICT(name) DO UPDATE SET model_version = excluded.model_version, "
@@ -114,8 +121,6 @@ class StateStore:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-            self.scores = scores
-            self.model_version = model_version
         return scores
 
     def counted(self) -> int:
@@ -126,5 +131,4 @@ class StateStore:
     def close(self) -> None:
         with self._db_lock:
             self._db.close()
-        self._lock_file.close()
 

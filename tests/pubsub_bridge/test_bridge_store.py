@@ -1,4 +1,4 @@
-"""The SQLite state store: counts and counted keys change together or not at all."""
+"""The SQLite state store: counts and counted keys change together, once, across replicas."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from fmnist_faust.core.contract import InvalidMessage, Prediction
 from fmnist_faust.core.pipeline import BatchResult, RawMessage
-from pubsub_bridge.store import StateStore, StoreLocked, image_key, message_key
+from pubsub_bridge.store import StateStore, image_key, message_key
 
 
 def batch(labels_and_guesses: list[tuple[int | None, int]], rejected: int = 0) -> BatchResult:
@@ -38,14 +38,21 @@ def test_commit_persists_across_reopen(tmp_path: Path) -> None:
     reopened.close()
 
 
-def test_a_key_counted_before_rolls_the_whole_batch_back(tmp_path: Path) -> None:
+def test_a_key_counted_before_is_skipped_and_the_rest_counted(tmp_path: Path) -> None:
     store = StateStore(tmp_path / "state.sqlite3")
     store.commit(batch([(1, 1)]), [image_key("a")], "v1", 10)
-    before = store.scores
-    with pytest.raises(sqlite3.IntegrityError):
-        store.commit(batch([(2, 2), (3, 3)]), [image_key("b"), image_key("a")], "v1", 10)
-    assert store.scores is before and store.counted() == 1
-    assert store.seen([image_key("b")]) == set()
+    store.commit(batch([(2, 2), (3, 3)]), [image_key("b"), image_key("a")], "v1", 10)
+    assert store.scores.images == 2 and store.counted() == 2
+    assert store.seen([image_key("a"), image_key("b")]) == {image_key("a"), image_key("b")}
+    store.close()
+
+
+def test_a_failed_commit_changes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = StateStore(tmp_path / "state.sqlite3")
+    store.commit(batch([(1, 1)]), [image_key("a")], "v1", 10)
+    with pytest.raises(sqlite3.IntegrityError):  # a NULL key breaks the NOT NULL primary key
+        store.commit(batch([(2, 2), (3, 3)]), [image_key("b"), None], "v1", 10)  # type: ignore[list-item]
+    assert store.scores.images == 1 and store.counted() == 1 and store.seen([image_key("b")]) == set()
     store.close()
 
 
@@ -66,10 +73,16 @@ def test_seen_handles_more_keys_than_one_query_binds(tmp_path: Path) -> None:
     store.close()
 
 
-def test_one_process_owns_a_store(tmp_path: Path) -> None:
+def test_replicas_sharing_a_store_count_each_key_once(tmp_path: Path) -> None:
+    """Two bridges on one file (replicas on images-sub): totals are global and exact."""
     path = tmp_path / "state.sqlite3"
-    store = StateStore(path)
-    with pytest.raises(StoreLocked):
-        StateStore(path)
-    store.close()
-    StateStore(path).close()
+    first, second = StateStore(path), StateStore(path)
+    first.commit(batch([(1, 1), (2, 2)]), [image_key("a"), image_key("b")], "v1", 10)
+    # the second replica was handed "b" again (a redelivery) together with a new "c"
+    second.commit(batch([(2, 2), (3, 0)]), [image_key("b"), image_key("c")], "v1", 10)
+    for store in (first, second):
+        report = store.scores.report(store.model_version)
+        assert (report["images"], report["correct"]) == (3, 2)
+        assert store.counted() == 3
+    first.close()
+    second.close()
