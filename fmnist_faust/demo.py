@@ -24,33 +24,34 @@ from .core import dataset
 from .core.model import load_classifier
 
 
-def _get_json(url: str) -> Any:
+def get_json(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=10) as response:
         return json.load(response)
 
 
-def _port_free(port: int) -> bool:
+def port_free(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) != 0
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-def _wait_ready(proc: subprocess.Popen, url: str, timeout: float) -> float:
+def wait_ready(proc: subprocess.Popen, url: str, what: str, log_path: Path, timeout: float = 120) -> float:
+    """Seconds until ``url`` answers; exits with a pointer to the log if ``proc`` dies or stalls."""
     started = time.monotonic()
     while time.monotonic() - started < timeout:
         if proc.poll() is not None:
-            raise SystemExit(f"demo: the worker exited with {proc.returncode}")
+            raise SystemExit(f"demo: the {what} exited with {proc.returncode}; see {log_path}")
         try:
-            _get_json(url)
+            get_json(url)
             return time.monotonic() - started
         except OSError:
             time.sleep(0.2)
-    raise SystemExit(f"demo: the worker did not answer {url} within {timeout:.0f} s")
+    raise SystemExit(f"demo: the {what} did not answer {url} within {timeout:.0f} s; see {log_path}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,10 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         env.setdefault(name, f"{default}-demo-{run}")  # fresh topics: the totals are this run's only
     root = Path(__file__).resolve().parent.parent
     env.setdefault("FMNIST_WORKER_DATADIR", str(root / ".run" / f"demo-{run}"))
-    if "FMNIST_WEB_PORT" not in os.environ and not _port_free(6066):
-        env["FMNIST_WEB_PORT"] = str(_free_port())  # 6066 is taken: do not read someone else's tables
+    if "FMNIST_WEB_PORT" not in os.environ and not port_free(6066):
+        env["FMNIST_WEB_PORT"] = str(free_port())  # 6066 is taken: do not read someone else's tables
     settings = load_settings(env)
-    if not _port_free(settings.web_port):
+    if not port_free(settings.web_port):
         raise SystemExit(f"demo: port {settings.web_port} is taken; set FMNIST_WEB_PORT to a free port")
     base = f"http://{settings.web_host}:{settings.web_port}"
     log_path = root / ".run" / f"demo-worker-{run}.log"
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         worker = subprocess.Popen([sys.executable, "-m", "faust", "-A", "fmnist_faust", "worker", "-l", "info"],
                                   env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        ready = _wait_ready(worker, base + "/accuracy/", 120)
+        ready = wait_ready(worker, base + "/accuracy/", "worker", log_path)
         print(f"worker ready in {ready:.1f} s, tables at {base}/accuracy/ (dashboard {base}/)")
         started = time.monotonic()
         producer = subprocess.run(
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         print(producer.stdout.strip())
         report, shown = {}, -1
         while True:
-            report = _get_json(base + "/accuracy/")
+            report = get_json(base + "/accuracy/")
             acc = f"{report['accuracy']:.4f}" if report["accuracy"] is not None else "n/a"
             if report["images"] != shown:
                 shown = report["images"]

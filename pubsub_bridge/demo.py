@@ -12,15 +12,12 @@ the bridge with SIGTERM and checks that it exits 0. Exit status 0 only if all of
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -30,24 +27,9 @@ from fmnist_faust.config import Settings, load_settings
 from fmnist_faust.core import dataset
 from fmnist_faust.core.model import load_classifier
 from fmnist_faust.core.scores import Scores
+from fmnist_faust.demo import free_port, get_json, port_free, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return json.load(response)
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) != 0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _demo_env(run: str, workdir: Path) -> dict[str, str]:
@@ -60,8 +42,8 @@ def _demo_env(run: str, workdir: Path) -> dict[str, str]:
                           ("PUBSUB_DEAD_LETTER_SUBSCRIPTION", "images-dead-letter-sub")):
         env.setdefault(name, f"{default}-demo-{run}")
     env.setdefault("BRIDGE_STATE_PATH", str(workdir / "bridge-state.sqlite3"))
-    if "BRIDGE_WEB_PORT" not in os.environ and not _port_free(6067):
-        env["BRIDGE_WEB_PORT"] = str(_free_port())  # 6067 is taken (another bridge?): use a free port
+    if "BRIDGE_WEB_PORT" not in os.environ and not port_free(6067):
+        env["BRIDGE_WEB_PORT"] = str(free_port())  # 6067 is taken (another bridge?): use a free port
     return env
 
 
@@ -73,19 +55,6 @@ def _echo(stream: Any, prefix: str) -> threading.Thread:
     thread = threading.Thread(target=pump, daemon=True)
     thread.start()
     return thread
-
-
-def _wait_ready(proc: subprocess.Popen, url: str, log_path: Path, timeout: float = 120) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if proc.poll() is not None:
-            raise SystemExit(f"demo: the bridge exited with {proc.returncode}; see {log_path}")
-        try:
-            _get_json(url)
-            return time.monotonic() - started
-        except OSError:
-            time.sleep(0.2)
-    raise SystemExit(f"demo: the bridge did not answer {url} within {timeout:.0f} s; see {log_path}")
 
 
 def _offline(settings: Settings, split: dataset.Split, count: int) -> Scores:
@@ -136,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                                   stderr=subprocess.STDOUT)
     watch: subprocess.Popen | None = None
     try:
-        ready = _wait_ready(bridge, base + "/accuracy/", bridge_log)
+        ready = wait_ready(bridge, base + "/accuracy/", "bridge", bridge_log)
         print(f"bridge ready in {ready:.1f} s: {base}/ (dashboard), {base}/accuracy/; log {bridge_log}")
         watch = subprocess.Popen([python, "-m", "pubsub_bridge", "watch", "--count", str(count), "--timeout", "600"],
                                  env=dict(env, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE,
@@ -150,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                                   env=env, check=True, capture_output=True, text=True)
         print("producer: " + produced.stdout.strip())
         while True:
-            report = _get_json(base + "/accuracy/")
+            report = get_json(base + "/accuracy/")
             if report["images"] + report["rejected"] >= count:
                 break
             if bridge.poll() is not None:
