@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 BACKENDS = ("kafka", "pubsub")
 
 
+class DeliveryError(RuntimeError):
+    """Some sends were not delivered (raised by ``flush``/``close``)."""
+
+
 @dataclass(frozen=True)
 class Message:
     """What a consumer callback receives, whatever the backend."""
@@ -143,9 +147,11 @@ class KafkaProducer(Producer):
         return [self._track(self._loop.submit(self._send_all(batch)))]
 
     def flush(self, timeout: float = 60.0) -> None:
-        concurrent.futures.wait(list(self._pending), timeout=timeout)
+        _, pending = concurrent.futures.wait(list(self._pending), timeout=timeout)
         if self._errors:
-            raise RuntimeError(f"{len(self._errors)} Kafka send(s) failed; first: {self._errors[0]!r}")
+            raise DeliveryError(f"{len(self._errors)} Kafka send(s) failed; first: {self._errors[0]!r}")
+        if pending:
+            raise DeliveryError(f"{len(pending)} Kafka send batch(es) still unconfirmed after {timeout} s")
 
     def close(self) -> None:
         try:
@@ -191,9 +197,11 @@ class PubSubProducer(Producer):
     def flush(self, timeout: float = 60.0) -> None:
         with self._lock:
             pending = list(self._pending)
-        concurrent.futures.wait(pending, timeout=timeout)
+        _, unconfirmed = concurrent.futures.wait(pending, timeout=timeout)
         if self._errors:
-            raise RuntimeError(f"{len(self._errors)} Pub/Sub publish(es) failed; first: {self._errors[0]!r}")
+            raise DeliveryError(f"{len(self._errors)} Pub/Sub publish(es) failed; first: {self._errors[0]!r}")
+        if unconfirmed:
+            raise DeliveryError(f"{len(unconfirmed)} Pub/Sub publish(es) still unconfirmed after {timeout} s")
 
     def close(self) -> None:
         try:

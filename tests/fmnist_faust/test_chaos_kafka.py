@@ -19,6 +19,10 @@ import time
 import numpy as np
 import pytest
 
+from fmnist_faust.client import MainManager
+from fmnist_faust.config import load_settings
+from fmnist_faust.core.contract import encode_image
+from fmnist_faust.kafka_admin import ensure_topics_sync
 from fmnist_faust.core.model import load_classifier
 from support import ROOT, consume_topic, produce_images, wait_until
 
@@ -34,15 +38,29 @@ def offline_confusion(model_path, images, labels) -> list[list[int]]:
 
 
 def stream_in_background(bootstrap: str, topic: str, images, labels, chunks: int = 20) -> threading.Thread:
-    """Produce the images in ``chunks`` slices over a few seconds, ids unique per image."""
+    """Produce the images in ``chunks`` slices over a few seconds, ids unique per image, with
+    one long-lived producer: across the broker restart aiokafka reconnects and retries."""
     def run() -> None:
-        step = -(-len(images) // chunks)
-        for start in range(0, len(images), step):
-            produce_images(bootstrap, topic, images[start:start + step], labels[start:start + step],
-                           prefix="chaos", first_index=start)
-            time.sleep(0.3)
+        try:
+            settings = load_settings({"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "FMNIST_IMAGES_TOPIC": topic})
+            ensure_topics_sync(settings)
+            producer = MainManager("kafka", settings).create_producer(topic)
+            try:
+                step = -(-len(images) // chunks)
+                for start in range(0, len(images), step):
+                    producer.produce_many(
+                        (encode_image(f"chaos-{i}", images[i], int(labels[i]), time.time()), f"chaos-{i}")
+                        for i in range(start, min(start + step, len(images))))
+                    time.sleep(0.3)
+                producer.flush(timeout=180)
+            finally:
+                producer.close()
+        except BaseException as exc:  # reported by the test, not lost with the thread
+            thread.error = exc
+            raise
 
     thread = threading.Thread(target=run, name="chaos-producer", daemon=True)
+    thread.error = None  # type: ignore[attr-defined]
     thread.start()
     return thread
 
@@ -70,6 +88,7 @@ def test_sigkill_three_times_and_broker_restart_exact(start_worker, worker_env, 
             restart_broker()
         worker = start_worker(FMNIST_WEB_PORT=port)
     producer.join(timeout=300)
+    assert not producer.is_alive() and producer.error is None, f"the producer failed: {producer.error!r}"
     report = wait_until(lambda: (r := worker.accuracy())["images"] >= COUNT and r, timeout=300,
                         what=f"all {COUNT} images counted after {kills} kills")
     time.sleep(2)  # anything counted twice would show up now
