@@ -107,28 +107,28 @@ class Worker:
             return self.proc.wait(10)
 
 
-def consume_topic(bootstrap: str, topic: str, expected: int, timeout: float = 60.0,
-                  settle: float = 1.0) -> list:
-    """Read ``topic`` from the beginning until ``expected`` records arrived (then ``settle``
-    seconds more, to catch duplicates) or ``timeout``; returns aiokafka ConsumerRecords."""
+def consume_topics(bootstrap: str, expected: dict[str, int], timeout: float = 60.0, settle: float = 1.0,
+                   fetch_bytes: int = 1 << 20) -> dict[str, list]:
+    """Read each topic from the beginning until it has its ``expected`` count (then ``settle``
+    seconds more, to catch anything extra) or ``timeout``; returns topic -> ConsumerRecords.
+    ``fetch_bytes`` must exceed the largest record (oversize-message tests)."""
     import asyncio
 
     from aiokafka import AIOKafkaConsumer
 
-    async def run() -> list:
-        consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
-                                    auto_offset_reset="earliest", enable_auto_commit=False)
+    async def run() -> dict[str, list]:
+        consumer = AIOKafkaConsumer(*expected, bootstrap_servers=bootstrap, group_id=None,
+                                    auto_offset_reset="earliest", enable_auto_commit=False,
+                                    max_partition_fetch_bytes=fetch_bytes, fetch_max_bytes=max(fetch_bytes, 50 << 20))
         await consumer.start()
-        records: list = []
+        records: dict[str, list] = {topic: [] for topic in expected}
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        settled_at = None
+        deadline, settled_at = loop.time() + timeout, None
         try:
             while loop.time() < deadline:
-                batches = await consumer.getmany(timeout_ms=200)
-                for batch in batches.values():
-                    records.extend(batch)
-                if len(records) >= expected:
+                for tp, batch in (await consumer.getmany(timeout_ms=200)).items():
+                    records[tp.topic].extend(batch)
+                if all(len(records[t]) >= n for t, n in expected.items()):
                     settled_at = settled_at or loop.time() + settle
                     if loop.time() >= settled_at:
                         break
@@ -137,6 +137,12 @@ def consume_topic(bootstrap: str, topic: str, expected: int, timeout: float = 60
         return records
 
     return asyncio.run(run())
+
+
+def consume_topic(bootstrap: str, topic: str, expected: int, timeout: float = 60.0,
+                  settle: float = 1.0) -> list:
+    """:func:`consume_topics` for one topic."""
+    return consume_topics(bootstrap, {topic: expected}, timeout, settle)[topic]
 
 
 def produce_images(bootstrap: str, topic: str, images, labels, prefix: str = "img",

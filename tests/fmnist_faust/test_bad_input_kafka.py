@@ -23,7 +23,7 @@ from fmnist_faust.core.contract import InvalidMessage, decode_image, decode_pred
 from fmnist_faust.core.model import load_classifier
 from fmnist_faust.kafka_admin import ensure_topics_sync
 from malformed_catalogue import Case, catalogue
-from support import wait_until
+from support import consume_topics, wait_until
 
 pytestmark = pytest.mark.kafka
 
@@ -42,31 +42,6 @@ async def _produce(bootstrap: str, topic: str, messages: list[tuple[bytes | None
         await asyncio.gather(*pending)
     finally:
         await producer.stop()
-
-
-async def _consume(bootstrap: str, topics: dict[str, int], timeout: float, settle: float = 1.5) -> dict[str, list]:
-    """Read each topic from the start until it has its expected count, then ``settle`` more
-    seconds (to catch anything extra)."""
-    from aiokafka import AIOKafkaConsumer
-
-    consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, group_id=None,
-                                auto_offset_reset="earliest", enable_auto_commit=False,
-                                max_partition_fetch_bytes=BIG, fetch_max_bytes=BIG * 4)
-    await consumer.start()
-    records: dict[str, list] = {topic: [] for topic in topics}
-    loop = asyncio.get_running_loop()
-    deadline, settled_at = loop.time() + timeout, None
-    try:
-        while loop.time() < deadline:
-            for tp, batch in (await consumer.getmany(timeout_ms=200)).items():
-                records[tp.topic].extend(batch)
-            if all(len(records[t]) >= n for t, n in topics.items()):
-                settled_at = settled_at or loop.time() + settle
-                if loop.time() >= settled_at:
-                    break
-    finally:
-        await consumer.stop()
-    return records
 
 
 def _expected_error(case: Case) -> InvalidMessage:
@@ -111,8 +86,9 @@ def test_catalogue_is_dead_lettered_counted_and_harmless(start_worker: Any, work
     report = wait_until(
         lambda: (r := worker.accuracy())["images"] >= GOOD and r["rejected"] >= len(cases) and r,
         timeout=60, what="every good image and every bad message counted")
-    records = asyncio.run(_consume(kafka_bootstrap, {settings.dlq_topic: len(cases),
-                                                     settings.predictions_topic: GOOD + DUPLICATES}, timeout=30))
+    records = consume_topics(kafka_bootstrap, {settings.dlq_topic: len(cases),
+                                               settings.predictions_topic: GOOD + DUPLICATES},
+                             timeout=30, settle=1.5, fetch_bytes=BIG)
     report = worker.accuracy()  # after the settle time: nothing counted late or twice
 
     # --- every bad message is on the DLQ, untouched, with precise headers ---
