@@ -1,9 +1,11 @@
 """The classify agent: a thin Kafka adapter over :func:`core.pipeline.classify_batch`.
 
-Per batch: skip events a table row already covers (replay after a crash), classify the
+Per batch: keep the events this worker still owns (its current assignment and
+generation), skip events a table row already covers (replay after a crash), classify the
 rest in one predict call, publish predictions and dead letters and wait for the broker
-to ack them, then write each partition's score row (offset-stamped). Offsets are
-committed by Faust only after that, so nothing is lost and nothing counted twice.
+to ack them, then write each partition's score row (offset-stamped). The consumer
+commits and resumes at each row's offset + 1 (:mod:`.offsets`), so an image whose batch
+failed or was cut short by a rebalance is read again, and nothing is counted twice.
 A distinct message re-using an id already counted in its partition is classified and
 its prediction re-sent, but it is not counted again (see ``tables.seen_table``).
 """
@@ -16,17 +18,43 @@ from collections import defaultdict
 from functools import lru_cache
 from typing import Any, Awaitable, Iterable
 
+from faust.exceptions import ConsumerNotStarted
+from faust.types import TP
+
 from . import metrics
 from .app import app, settings
 from .core.contract import InvalidMessage, Prediction
 from .core.model import Classifier, load_classifier
 from .core.pipeline import BatchResult, RawMessage, classify_batch
 from .core.recent import RecentMistakes
+from .progress import Progress
+from .kafka_admin import ensure_topics
 from .tables import counted_at, mark_counted, read_row, write_row
 from .topics import dlq_topic, images_topic, predictions_topic
 
 log = logging.getLogger(__name__)
 recent_mistakes = RecentMistakes()
+# How long a batch waits for the broker to confirm its sends before it gives up and is read
+# again: under the consumer session timeout, so a hung broker cannot hold a batch (and the
+# rebalance waiting for it) for the producer's 20-minute request timeout.
+PUBLISH_TIMEOUT_S = 30.0
+RETRY_PAUSE_S = 1.0
+
+
+class Readiness:
+    """Set once the model is verified, the output topics exist and partitions are assigned."""
+
+    def __init__(self) -> None:
+        self.prepared = False
+        self.assigned = False
+
+    @property
+    def ready(self) -> bool:
+        return self.prepared and self.assigned
+
+
+readiness = Readiness()
+progress = Progress(settings.stall_seconds)
 
 
 @lru_cache(maxsize=1)
@@ -41,40 +69,175 @@ def get_classifier() -> Classifier:
 @app.task
 async def prepare() -> None:
     """At start-up: verify and load the model (a bad one stops the worker at once, not at the
-    first image), and create predictions and DLQ with the configured partitions, well
-    before the first partition assignment lets the agent send."""
+    first image), and create images, predictions and DLQ with the configured partitions
+    before the worker reports ready (retrying while the broker does not answer)."""
     try:
         get_classifier()
     except Exception as exc:
         log.critical("cannot load the model: %s", exc)
         await app.crash(exc)
         return
-    for topic in (predictions_topic, dlq_topic):
-        await topic.maybe_declare()
+    while True:
+        try:
+            await ensure_topics(settings)
+            break
+        except Exception as exc:
+            log.warning("creating the topics failed (%r); retrying in 2 s", exc)
+            await asyncio.sleep(2.0)
+    readiness.prepared = True
 
 
 @app.agent(images_topic)
 async def classify(stream: Any) -> None:
     async for events in stream.take_events(settings.batch_size, within=settings.batch_linger_s):
-        await process_events(events)
+        try:
+            await process_events(events)
+        except Exception as exc:  # the broker hung or failed: read the batch again, never skip it
+            log.error("a batch of %d images failed (%r); reading it again from the last counted offsets",
+                      len(events), exc)
+            await rewind({e.message.tp for e in events}, f"batch failed: {exc!r}")
+            await asyncio.sleep(RETRY_PAUSE_S)
+
+
+@app.timer(5.0)
+async def watch_progress() -> None:
+    """Log and re-read every assigned partition where images wait and none is counted."""
+    lags = partition_lags()
+    if lags is None:
+        return
+    for partition in progress.check(lags):
+        log.warning("partition %d: %d images waiting, none counted for %.0f s; reading again from offset %d",
+                    partition, lags[partition], progress.bound_s, read_row(partition)[0] + 1)
+        await rewind([TP(images_topic.get_topic_name(), partition)], "stalled")
+    metrics.STALLED.set(len(progress.stalled))
+
+
+def partition_lags() -> dict[int, int] | None:
+    """Images waiting per assigned images partition: the highwater (as of the consumer's last
+    fetch) minus the next offset the score table has not applied. None before the consumer
+    has started or fetched."""
+    topic = images_topic.get_topic_name()
+    try:
+        consumer = app.consumer
+        partitions = [tp for tp in consumer.assignment() if tp.topic == topic]
+        highwaters = {tp: consumer.highwater(tp) for tp in partitions}
+    except (ConsumerNotStarted, AssertionError):  # not started, or partition revoked meanwhile
+        return None
+    known = {tp: hw for tp, hw in highwaters.items() if hw is not None}
+    if partitions and not known:
+        return None
+    return {tp.partition: max(0, hw - (read_row(tp.partition)[0] + 1)) for tp, hw in known.items()}
+
+
+async def rewind(tps: Iterable[TP], why: str) -> None:
+    """Seek each partition back to its first uncounted offset (see :mod:`.offsets`)."""
+    consumer = app.consumer
+    assigned = _assigned()
+    for tp in tps:
+        if assigned is None or tp in assigned:
+            await consumer.rewind(tp, why)
+
+
+def _assigned() -> set[TP] | None:
+    """This worker's assigned partitions; None when no consumer runs (agent test context)."""
+    try:
+        return set(app.consumer.assignment())
+    except ConsumerNotStarted:
+        return None
+
+
+def owned_partitions() -> set[int]:
+    """The images partitions this worker is assigned (empty when no consumer runs)."""
+    topic = images_topic.get_topic_name()
+    return {tp.partition for tp in _assigned() or () if tp.topic == topic}
+
+
+def _owned(events: list[Any], generation: int) -> list[Any]:
+    """The events of partitions this worker owns in ``generation``.
+
+    Events fetched in an earlier generation, or of a partition since revoked, are not ours
+    to count: the owner reads them from its row's offset (fencing a zombie's batch).
+    """
+    assigned = _assigned()
+    return [e for e in events if e.message.generation_id == generation
+            and (assigned is None or e.message.tp in assigned)]
+
+
+class GapGuard:
+    """Stops a batch from counting past input offsets it never saw.
+
+    A partition's events must continue from its row's offset + 1 without holes. A hole can
+    be images the consumer dropped (then the partition is read again from the hole) or
+    offsets that hold no image records (transaction markers, compaction): those come back
+    the same after the re-read, and are accepted the second time.
+    """
+
+    def __init__(self) -> None:
+        self._rewound: dict[int, set[tuple[int, int]]] = defaultdict(set)
+
+    def contiguous(self, partition: int, applied: int, offsets: list[int]) -> int:
+        """How many of ``offsets`` (sorted) can be counted after ``applied``."""
+        expected = applied + 1
+        for index, offset in enumerate(offsets):
+            if offset != expected and (expected, offset) not in self._rewound[partition]:
+                self._rewound[partition].add((expected, offset))
+                log.warning("partition %d: offsets %d..%d were not received; reading again from %d",
+                            partition, expected, offset - 1, expected)
+                return index
+            expected = offset + 1
+        self._rewound.pop(partition, None)
+        return len(offsets)
+
+
+gap_guard = GapGuard()
 
 
 async def process_events(events: list[Any]) -> None:
     """Classify one batch of Faust events and record it exactly once."""
-    applied = {p: read_row(p) for p in {e.message.partition for e in events}}
-    fresh = [e for e in events if e.message.offset > applied[e.message.partition][0]]
-    if len(fresh) < len(events):
-        log.info("skipped %d replayed events already counted", len(events) - len(fresh))
-    if not fresh:
-        return
+    generation = app.consumer_generation_id
+    owned = _owned(events, generation)
+    if len(owned) < len(events):
+        log.info("dropped %d events of an older assignment: their partitions' owners read them again",
+                 len(events) - len(owned))
+    applied = {p: read_row(p) for p in {e.message.partition for e in owned}}
+    fresh = [e for e in owned if e.message.offset > applied[e.message.partition][0]]
+    if len(fresh) < len(owned):
+        log.info("skipped %d replayed events already counted", len(owned) - len(fresh))
+    fresh, gaps = _without_gaps(fresh, applied)
+    if fresh:
+        await _count(fresh, applied, generation)
+    if gaps:
+        await rewind(gaps, "hole in the received offsets")
+
+
+def _without_gaps(fresh: list[Any], applied: dict[int, tuple[int, Any]]) -> tuple[list[Any], set[TP]]:
+    """The events that continue each partition's row without a hole, and the partitions cut short."""
+    by_partition: dict[int, list[Any]] = defaultdict(list)
+    for event in fresh:
+        by_partition[event.message.partition].append(event)
+    kept: set[int] = set()
+    cut: set[TP] = set()
+    for partition, items in by_partition.items():
+        items.sort(key=lambda e: e.message.offset)
+        count = gap_guard.contiguous(partition, applied[partition][0], [e.message.offset for e in items])
+        kept.update(id(e) for e in items[:count])
+        if count < len(items):
+            cut.add(items[0].message.tp)
+    return [e for e in fresh if id(e) in kept], cut
+
+
+async def _count(fresh: list[Any], applied: dict[int, tuple[int, Any]], generation: int) -> None:
     classifier = get_classifier()
     messages = [RawMessage(value=e.message.value, key=e.message.key, timestamp=e.message.timestamp) for e in fresh]
     with metrics.PREDICT_SECONDS.time():
         result = classify_batch(classifier, messages, settings.max_message_bytes)
     duplicates, marks = await _duplicate_ids(fresh, result, {p: row[0] for p, row in applied.items()})
-    await _publish(result)
-    await asyncio.gather(*marks)  # the ids are durable before the rows that count them
+    await asyncio.wait_for(_publish(result), PUBLISH_TIMEOUT_S)
+    await asyncio.wait_for(asyncio.gather(*marks), PUBLISH_TIMEOUT_S)  # ids durable before the rows
 
+    if app.consumer_generation_id != generation:  # revoked while publishing: the owner counts them
+        log.warning("partitions were reassigned during a batch of %d images: not counting it here", len(fresh))
+        return
     by_partition: dict[int, list[int]] = defaultdict(list)
     for index, event in enumerate(fresh):
         by_partition[event.message.partition].append(index)
@@ -84,6 +247,7 @@ async def process_events(events: list[Any]) -> None:
         result.subset(wanted.__contains__).apply_to(scores, settings.window_seconds)
         last_offset = max(fresh[i].message.offset for i in indices)
         write_row(partition, last_offset, scores, classifier.version)
+        progress.advanced(partition)
     metrics.observe_batch(result)
     recent_mistakes.add_batch(result)
 

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import faust
 
 from .config import load_settings
+from .offsets import RowOffsetTransport
 
 settings = load_settings()
 
-app = faust.App(
+
+class App(faust.App):
+    """A Faust App whose consumer commits and resumes by the score rows (see :mod:`.offsets`)."""
+
+    def _new_transport(self) -> Any:
+        return RowOffsetTransport(self.conf.broker_consumer, self)
+
+
+app = App(
     settings.app_id,
     broker=settings.kafka_broker_url,
     broker_credentials=settings.kafka_security.faust_credentials(),

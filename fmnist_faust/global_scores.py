@@ -1,11 +1,13 @@
-"""Global totals on any worker: the newest score row of every changelog partition.
+"""Global totals on any worker: the highest-offset score row of every changelog partition.
 
 Each worker's table only holds the partitions it is active (or standby) for, so after
 a scale-out one worker alone would report part of the stream. Every score row, though,
 is written to the changelog partition of the same number and is the only key there, so
-the last record of changelog partition ``p`` is partition ``p``'s newest row. Reading
-those N records answers the exact global totals from any worker; a local row is used
-instead where it is newer (a partition this worker is processing right now).
+the tail of changelog partition ``p`` holds partition ``p``'s newest rows. The row with the
+highest input offset among the last :data:`TAIL` records wins (a zombie worker, frozen
+past its session, may append an older row after the owner's), and a local row wins where
+it is newer. The owner of a partition repairs such a tail by writing its row again
+(:func:`repair_tails`), so compaction, which keeps the last record, keeps the right one.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from mode import Service
 
 from .app import app, settings
 from .core.scores import Scores
-from .tables import local_rows, scores_table, sum_rows
+from .tables import local_rows, scores_table, sum_rows, write_row
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +43,8 @@ class ChangelogRows:
         consumer.assign([TopicPartition(topic, p) for p in range(settings.partitions)])
         return consumer
 
-    async def read(self, timeout: float = 5.0) -> dict[int, dict[str, Any]]:
-        """partition -> newest row found in the changelog."""
+    async def read(self, timeout: float = 5.0) -> dict[int, list[dict[str, Any]]]:
+        """partition -> its last (up to :data:`TAIL`) rows in the changelog, oldest first."""
         async with self._lock:
             if self._consumer is None:
                 self._consumer = await self._start()
@@ -51,16 +53,17 @@ class ChangelogRows:
             ends = await consumer.end_offsets(partitions)
             waiting = {tp for tp, end in ends.items() if end > 0}
             for tp in waiting:
-                consumer.seek(tp, ends[tp] - 1)
-            rows: dict[int, dict[str, Any]] = {}
+                consumer.seek(tp, max(0, ends[tp] - TAIL))
+            rows: dict[int, list[dict[str, Any]]] = {}
             loop = asyncio.get_running_loop()
             deadline = loop.time() + timeout
             while waiting and loop.time() < deadline:
                 batches = await consumer.getmany(*waiting, timeout_ms=200)
                 for tp, records in batches.items():
                     for record in records:
-                        if record.offset == ends[tp] - 1 and record.value is not None:
-                            rows[tp.partition] = json.loads(record.value)
+                        if record.value is not None:
+                            rows.setdefault(tp.partition, []).append(json.loads(record.value))
+                        if record.offset >= ends[tp] - 1:
                             waiting.discard(tp)
             if waiting:
                 raise TimeoutError(f"no newest row from changelog partitions {sorted(t.partition for t in waiting)}")
@@ -73,6 +76,7 @@ class ChangelogRows:
 
 
 changelog_rows = ChangelogRows()
+TAIL = 16  # rows read per changelog partition: far more than a zombie's in-flight batches
 
 
 @app.service
@@ -86,11 +90,40 @@ class ChangelogReaderService(Service):
 async def global_totals() -> tuple[Scores, str | None]:
     """Sum over every partition of the newest row, local or from the changelog."""
     try:
-        rows = await changelog_rows.read()
+        tails = await changelog_rows.read()
     except Exception as exc:  # the broker may be briefly unreachable: say so, serve local rows
         log.warning("reading the scores changelog failed (%r); serving this worker's rows only", exc)
-        rows = {}
+        tails = {}
+    rows = {partition: max(tail, key=lambda row: int(row["offset"])) for partition, tail in tails.items() if tail}
     for partition, row in local_rows().items():
         if partition not in rows or row["offset"] > rows[partition]["offset"]:
             rows[partition] = row
     return sum_rows(rows)
+
+
+_idle_rows: dict[int, int] = {}  # partition -> this worker's row offset at the previous tick
+
+
+@app.timer(5.0)
+async def repair_tails() -> None:
+    """Rewrite this worker's row of each partition it owns where the changelog ends on an
+    older row (written by a zombie after this worker's last one). Only rows unchanged since
+    the previous tick are compared: a row just sent may not be readable yet."""
+    from .agents import owned_partitions
+
+    local = local_rows()
+    owned = {p for p in owned_partitions() if p in local and _idle_rows.get(p) == int(local[p]["offset"])}
+    _idle_rows.clear()
+    _idle_rows.update({p: int(row["offset"]) for p, row in local.items()})
+    if not owned:
+        return
+    try:
+        tails = await changelog_rows.read()
+    except Exception:  # reported by global_totals; the next tick retries
+        return
+    for partition in owned:
+        row, tail = local.get(partition), tails.get(partition)
+        if row is not None and tail and int(tail[-1]["offset"]) < int(row["offset"]):
+            log.warning("partition %d: the scores changelog ends on an older row (offset %s < %s); rewriting ours",
+                        partition, tail[-1]["offset"], row["offset"])
+            write_row(partition, int(row["offset"]), Scores.from_dict(row["scores"]), row.get("model_version") or "")

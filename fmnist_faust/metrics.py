@@ -27,6 +27,8 @@ LATENCY_SECONDS = Histogram("fmnist_end_to_end_latency_seconds", "sent_at to pre
 ACCURACY = Gauge("fmnist_accuracy", "Running accuracy over labelled images (NaN before the first one)")
 LAG = Gauge("fmnist_backlog_messages",
             "Messages not yet classified: Kafka consumer lag or Pub/Sub backlog (NaN if unknown)")
+STALLED = Gauge("fmnist_stalled_partitions",
+                "Assigned partitions with images waiting and none counted for FMNIST_STALL_SECONDS")
 
 BACKLOG_KINDS = ("kafka_lag", "pubsub_backlog")
 RATE_WINDOW_S = 10.0
@@ -78,14 +80,16 @@ def observe_batch(result: BatchResult) -> None:
     IMAGE_RATE.add(classified)
 
 
-def stats_report(lag: int | None, backlog_kind: str) -> dict[str, Any]:
+def stats_report(lag: int | None, backlog_kind: str, stalled: list[int] | None = None) -> dict[str, Any]:
     """The ``GET /stats/`` document (same keys on the worker and the bridge)::
 
         {"images_per_second": float,  # images classified per second over the last rate_window_s
          "rate_window_s": float,      # 10.0
          "lag": int | null,           # messages waiting to be classified; null when unknown
          "backlog_kind": "kafka_lag" | "pubsub_backlog",
-         "uptime_s": float}           # seconds since this process started
+         "uptime_s": float,           # seconds since this process started
+         "stalled_partitions": [int]} # Kafka partitions with images waiting and none counted
+                                      # for FMNIST_STALL_SECONDS (always [] on the bridge)
 
     ``kafka_lag`` sums, over the images partitions assigned to this worker, the highwater
     minus the next offset to classify; ``pubsub_backlog`` is the images subscription's
@@ -100,6 +104,7 @@ def stats_report(lag: int | None, backlog_kind: str) -> dict[str, Any]:
         "lag": lag,
         "backlog_kind": backlog_kind,
         "uptime_s": round(IMAGE_RATE.uptime_s, 3),
+        "stalled_partitions": sorted(stalled or []),
     }
 
 

@@ -25,18 +25,38 @@ import json
 from typing import Any, Awaitable, Iterable
 
 import faust
-from faust.types import EventT
+from faust.types import TP, EventT
 
 from .app import app, settings
+from .offsets import use_row_offsets
 from .core.scores import Scores
 
-scores_table = app.Table(
-    "scores",
+class ScoresTable(faust.Table):
+    """Recovery keeps the row with the highest offset, not the last one written.
+
+    A worker frozen past its session timeout (a zombie) can still write a row for a
+    partition another worker now owns; that row is exact for its own offset but older than
+    the owner's. Every row holds the counts up to its offset, so the highest offset wins.
+    """
+
+    def apply_changelog_batch(self, batch: Iterable[EventT]) -> None:
+        for event in batch:
+            key, row = event.key, event.value
+            if row is None:
+                self.data.pop(key, None)
+            elif key not in self.data or int(row["offset"]) >= int(self.data[key]["offset"]):
+                self.data[key] = row
+
+
+scores_table = app.tables.add(ScoresTable(
+    app,
+    name="scores",
     default=None,
     key_type=str,
     partitions=settings.partitions,
+    beacon=app.tables.beacon,
     help="Per-partition running accuracy, stamped with the last applied offset.",
-)
+))
 
 
 def read_row(partition: int) -> tuple[int, Scores]:
@@ -45,6 +65,16 @@ def read_row(partition: int) -> tuple[int, Scores]:
     if row is None:
         return -1, Scores()
     return int(row["offset"]), Scores.from_dict(row["scores"])
+
+
+def next_offset(tp: TP) -> int | None:
+    """First input offset of ``tp`` not yet counted: where the consumer commits and resumes."""
+    if tp.topic != settings.images_topic:
+        return None
+    return read_row(tp.partition)[0] + 1
+
+
+use_row_offsets(next_offset)
 
 
 def write_row(partition: int, offset: int, scores: Scores, model_version: str) -> None:

@@ -1,7 +1,9 @@
 """HTTP views: the dashboard (``/``), running accuracy as JSON (``/accuracy/``,
 ``/accuracy/window/``, ``/recent/``), throughput and lag (``/stats/``) and Prometheus
 metrics (``/metrics``). The Pub/Sub bridge serves the same paths with the same JSON.
-Also logs one "ready" line (and one per later change of assigned images partitions)."""
+Until the worker is ready (model verified, output topics created, partitions assigned) the
+JSON views answer 503, so "it answers /accuracy/" means "it is classifying". Also logs
+one "ready" line (and one per later change of assigned images partitions)."""
 
 from __future__ import annotations
 
@@ -9,13 +11,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from faust.exceptions import ConsumerNotStarted
-
 from . import metrics
 from .app import app, settings
-from .agents import recent_mistakes
+from .agents import partition_lags, progress, readiness, recent_mistakes
 from .global_scores import global_totals
-from .tables import read_row
 from .topics import images_topic
 
 log = logging.getLogger(__name__)
@@ -28,15 +27,27 @@ async def dashboard(web: Any, request: Any) -> Any:
     return web.html(DASHBOARD.read_text(encoding="utf-8"))
 
 
+def starting(web: Any) -> Any:
+    """The 503 answer of a JSON view before the worker is ready, or None once it is."""
+    if readiness.ready:
+        return None
+    return web.json({"status": "starting", "model_verified_and_topics_created": readiness.prepared,
+                     "partitions_assigned": readiness.assigned}, status=503)
+
+
 @app.page("/accuracy/")
 async def accuracy(web: Any, request: Any) -> Any:
     """Global totals, exact on any worker of the group (see :mod:`.global_scores`)."""
+    if (not_ready := starting(web)) is not None:
+        return not_ready
     scores, version = await global_totals()
     return web.json(scores.report(version))
 
 
 @app.page("/accuracy/window/")
 async def accuracy_window(web: Any, request: Any) -> Any:
+    if (not_ready := starting(web)) is not None:
+        return not_ready
     scores, _ = await global_totals()
     return web.json({"window_seconds": settings.window_seconds,
                      "windows": scores.window_series(settings.window_seconds)})
@@ -45,13 +56,17 @@ async def accuracy_window(web: Any, request: Any) -> Any:
 @app.page("/recent/")
 async def recent(web: Any, request: Any) -> Any:
     """The latest misclassified images (base64 pixels), newest first."""
+    if (not_ready := starting(web)) is not None:
+        return not_ready
     return web.json({"misclassified": recent_mistakes.to_list()})
 
 
 @app.page("/stats/")
 async def stats(web: Any, request: Any) -> Any:
     """Images/s and Kafka consumer lag; the shape is documented in :func:`metrics.stats_report`."""
-    return web.json(metrics.stats_report(consumer_lag(), "kafka_lag"))
+    if (not_ready := starting(web)) is not None:
+        return not_ready
+    return web.json(metrics.stats_report(consumer_lag(), "kafka_lag", sorted(progress.stalled)))
 
 
 @app.page("/metrics")
@@ -63,20 +78,9 @@ async def prometheus_metrics(web: Any, request: Any) -> Any:
 
 
 def consumer_lag() -> int | None:
-    """Images waiting on this worker: over its assigned images partitions, the highwater
-    (as of the consumer's last fetch) minus the next offset the score table has not yet
-    applied. None before the consumer has started or fetched."""
-    topic = images_topic.get_topic_name()
-    try:
-        consumer = app.consumer
-        partitions = [tp for tp in consumer.assignment() if tp.topic == topic]
-        highwaters = {tp: consumer.highwater(tp) for tp in partitions}
-    except (ConsumerNotStarted, AssertionError):  # not started, or partition revoked meanwhile
-        return None
-    known = {tp: hw for tp, hw in highwaters.items() if hw is not None}
-    if partitions and not known:
-        return None
-    return sum(max(0, hw - (read_row(tp.partition)[0] + 1)) for tp, hw in known.items())
+    """Images waiting on this worker, over its assigned images partitions (None if unknown)."""
+    lags = partition_lags()
+    return None if lags is None else sum(lags.values())
 
 
 class AssignmentLog:
@@ -94,6 +98,7 @@ class AssignmentLog:
         if partitions == self.partitions:
             return
         first, self.partitions = self.partitions is None, partitions
+        readiness.assigned = True
         if first:
             url = f"http://{settings.web_host}:{settings.web_port}"
             log.info("ready: classifying %s partitions %s; dashboard %s/ metrics %s/metrics",

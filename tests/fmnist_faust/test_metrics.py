@@ -43,7 +43,10 @@ def test_rate_meter_averages_over_the_window() -> None:
 
 def test_stats_report_shape() -> None:
     report = stats_report(7, "pubsub_backlog")
-    assert set(report) == {"images_per_second", "rate_window_s", "lag", "backlog_kind", "uptime_s"}
+    assert set(report) == {"images_per_second", "rate_window_s", "lag", "backlog_kind", "uptime_s",
+                           "stalled_partitions"}
+    assert report["stalled_partitions"] == []
+    assert stats_report(0, "kafka_lag", [3, 1])["stalled_partitions"] == [1, 3]
     assert report["lag"] == 7 and report["backlog_kind"] == "pubsub_backlog"
     assert isinstance(report["images_per_second"], float) and report["uptime_s"] >= 0
     with pytest.raises(ValueError):
@@ -51,7 +54,7 @@ def test_stats_report_shape() -> None:
 
 
 class FakeConsumer:
-    """Just what :func:`views.consumer_lag` asks of Faust's consumer."""
+    """Just what :func:`agents.partition_lags` asks of Faust's consumer."""
 
     def __init__(self, highwaters: dict[Any, int | None]) -> None:
         self.highwaters = highwaters
@@ -66,15 +69,16 @@ class FakeConsumer:
 def test_consumer_lag_is_highwater_minus_next_unapplied_offset(monkeypatch: pytest.MonkeyPatch) -> None:
     from faust.types import TP
 
-    from fmnist_faust import views
+    from fmnist_faust import agents, views
     from fmnist_faust.core.scores import Scores
 
     applied = {0: 99}  # the score table row of partition 0 covers offsets 0..99
-    monkeypatch.setattr(views, "read_row", lambda partition: (applied.get(partition, -1), Scores()))
+    monkeypatch.setattr(agents, "read_row", lambda partition: (applied.get(partition, -1), Scores()))
     images = views.images_topic.get_topic_name()
     consumer = FakeConsumer({TP(images, 0): 110, TP(images, 1): 5, TP("scores-changelog", 0): 1000})
     monkeypatch.setattr(views.app, "consumer", consumer)
-    assert views.consumer_lag() == 10 + 5  # partition 1 has no row yet: all 5 wait
+    assert agents.partition_lags() == {0: 10, 1: 5}  # partition 1 has no row yet: all 5 wait
+    assert views.consumer_lag() == 10 + 5
 
     consumer.highwaters = {TP(images, 0): None}
     assert views.consumer_lag() is None  # assigned but not fetched yet

@@ -1,0 +1,76 @@
+"""Consumer offsets follow the score rows: commit and resume where the counting is.
+
+Faust commits an input partition up to its highest run of *acked* offsets, and resumes a
+re-assigned partition at the group's committed offset. Both can skip images that were
+never counted when the broker hangs mid-batch (issue 14, measured here):
+
+- ``Stream.take_events`` acks a batch's events in a ``finally``, so a batch that failed
+  (its sends timed out, the agent crashed) is acked as if it had been processed;
+- events dropped during a rebalance (Faust clears the agents' queues, the stream skips
+  events of an older generation) are only read again if the consumer seeks back, but
+  aiokafka's ``seek_to_committed`` does not seek a partition with no committed offset
+  (or offset 0), so the fetcher goes on past them;
+- ``Consumer._new_offset`` lets a commit jump a one-offset hole at the head of the acked
+  offsets (``min(acked) - committed > 1``), and records a read-offset jump as a "gap"
+  that counts as acked.
+
+The score row of a partition (``tables.scores_table``) says exactly which input offsets
+are counted: every offset up to ``row.offset``. So this consumer commits ``row.offset + 1``
+and, after every assignment, seeks each images partition to ``row.offset + 1``: an image
+is never committed past before its batch was counted, and whatever a rebalance dropped is
+read again (the rows skip what was already counted).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, Dict, Iterable, Optional
+
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+
+log = logging.getLogger(__name__)
+
+#: ``tp -> next offset to count`` for partitions whose offsets follow score rows, else None.
+NextOffset = Callable[[TP], Optional[int]]
+
+
+class RowOffsetConsumer(faust_aiokafka.Consumer):
+    """aiokafka consumer whose commit and resume position come from ``next_offset``."""
+
+    next_offset: NextOffset = staticmethod(lambda tp: None)  # set by ``use_row_offsets``
+
+    def _filter_committable_offsets(self, tps: Iterable[TP]) -> Dict[TP, int]:
+        commit: Dict[TP, int] = {}
+        for tp in tps:
+            acked_up_to = self._new_offset(tp)  # also trims Faust's acked-offset bookkeeping
+            wanted = self.next_offset(tp)
+            offset = acked_up_to if wanted is None else wanted
+            if offset is not None and self._should_commit(tp, offset):
+                commit[tp] = offset
+        return commit
+
+    async def perform_seek(self) -> None:
+        await super().perform_seek()
+        for tp in self.assignment():
+            await self.rewind(tp, "assigned")
+
+    async def rewind(self, tp: TP, why: str) -> None:
+        """Read ``tp`` again from its first uncounted offset (no-op for other partitions)."""
+        offset = self.next_offset(tp)
+        if offset is None:
+            return
+        committed = self._committed_offset.get(tp)
+        if why != "assigned" or committed != offset:
+            log.info("partition %s: reading again from offset %d (%s; group committed %s)",
+                     tp.partition, offset, why, committed)
+        await self.seek(tp, offset)  # also resets Faust's "already read" filter for ``tp``
+
+
+class RowOffsetTransport(faust_aiokafka.Transport):
+    Consumer = RowOffsetConsumer
+
+
+def use_row_offsets(next_offset: NextOffset) -> None:
+    """Install the rule mapping a partition to its next uncounted offset."""
+    RowOffsetConsumer.next_offset = staticmethod(next_offset)
