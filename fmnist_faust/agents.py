@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
 from functools import lru_cache
-from typing import Any, Awaitable, Iterable
+from typing import Any, Awaitable, Callable, Iterable
 
 from faust.exceptions import ConsumerNotStarted
 from faust.types import TP
@@ -35,9 +36,9 @@ from .topics import dlq_topic, images_topic, predictions_topic
 log = logging.getLogger(__name__)
 recent_mistakes = RecentMistakes()
 # How long a batch waits for the broker to confirm its sends before it gives up and is read
-# again: under the consumer session timeout, so a hung broker cannot hold a batch (and the
+# again: half the consumer session timeout, so a hung broker cannot hold a batch (and the
 # rebalance waiting for it) for the producer's 20-minute request timeout.
-PUBLISH_TIMEOUT_S = 30.0
+PUBLISH_TIMEOUT_S = settings.session_timeout_s / 2
 RETRY_PAUSE_S = 1.0
 
 
@@ -136,6 +137,7 @@ async def rewind(tps: Iterable[TP], why: str) -> None:
     for tp in tps:
         if assigned is None or tp in assigned:
             await consumer.rewind(tp, why)
+            gap_guard.rewound(tp.partition)
 
 
 def _assigned() -> set[TP] | None:
@@ -169,23 +171,34 @@ class GapGuard:
     A partition's events must continue from its row's offset + 1 without holes. A hole can
     be images the consumer dropped (then the partition is read again from the hole) or
     offsets that hold no image records (transaction markers, compaction): those come back
-    the same after the re-read, and are accepted the second time.
+    the same after the re-read, and are accepted the second time. Right after a re-read
+    (:meth:`rewound`), events fetched before it still arrive and show holes: expected, so
+    those are logged at INFO rather than WARNING.
     """
 
-    def __init__(self) -> None:
-        self._rewound: dict[int, set[tuple[int, int]]] = defaultdict(set)
+    QUIET_AFTER_REWIND_S = 10.0
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._cut: dict[int, set[tuple[int, int]]] = defaultdict(set)
+        self._rewound_at: dict[int, float] = {}
+
+    def rewound(self, partition: int) -> None:
+        self._rewound_at[partition] = self._clock()
 
     def contiguous(self, partition: int, applied: int, offsets: list[int]) -> int:
         """How many of ``offsets`` (sorted) can be counted after ``applied``."""
         expected = applied + 1
         for index, offset in enumerate(offsets):
-            if offset != expected and (expected, offset) not in self._rewound[partition]:
-                self._rewound[partition].add((expected, offset))
-                log.warning("partition %d: offsets %d..%d were not received; reading again from %d",
-                            partition, expected, offset - 1, expected)
+            if offset != expected and (expected, offset) not in self._cut[partition]:
+                self._cut[partition].add((expected, offset))
+                recent = self._clock() - self._rewound_at.get(partition, float("-inf")) < self.QUIET_AFTER_REWIND_S
+                log.log(logging.INFO if recent else logging.WARNING,
+                        "partition %d: offsets %d..%d were not received; reading again from %d",
+                        partition, expected, offset - 1, expected)
                 return index
             expected = offset + 1
-        self._rewound.pop(partition, None)
+        self._cut.pop(partition, None)
         return len(offsets)
 
 

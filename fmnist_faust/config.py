@@ -118,6 +118,7 @@ class Settings:
     max_message_bytes: int
     window_seconds: int
     stall_seconds: float
+    session_timeout_s: float
     web_host: str
     web_port: int
     model_path: Path
@@ -201,6 +202,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_message_bytes=_int(env, "FMNIST_MAX_MESSAGE_BYTES", 1 << 20, minimum=1024),
         window_seconds=_int(env, "FMNIST_WINDOW_SECONDS", 10, minimum=1),
         stall_seconds=_float(env, "FMNIST_STALL_SECONDS", 60.0, minimum=1.0),
+        session_timeout_s=_float(env, "FMNIST_SESSION_TIMEOUT", 60.0, minimum=6.0),
         web_host=_get(env, "FMNIST_WEB_HOST", "127.0.0.1"),
         web_port=_int(env, "FMNIST_WEB_PORT", 6066, minimum=1),
         model_path=Path(_get(env, "FMNIST_MODEL_PATH", str(_REPO_ROOT / "models" / "fmnist-mlp.joblib"))),

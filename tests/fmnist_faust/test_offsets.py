@@ -1,0 +1,86 @@
+"""Where the worker commits and resumes (``offsets``, ``tables.next_offset``), which events
+a batch may count (``agents._owned``, ``agents._without_gaps``) and which score row wins
+recovery (``tables.ScoresTable``): the rules of issue 14, without a broker."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from faust.types import TP
+
+from fmnist_faust.core.scores import Scores
+
+
+@dataclass
+class _Message:
+    tp: TP
+    offset: int
+    generation_id: int = 0
+
+    @property
+    def partition(self) -> int:
+        return self.tp.partition
+
+
+@dataclass
+class _Event:
+    message: _Message
+    key: Any = None
+    value: Any = None
+
+
+def _images(partition: int) -> TP:
+    from fmnist_faust.topics import images_topic
+
+    return TP(images_topic.get_topic_name(), partition)
+
+
+def test_next_offset_is_the_row_offset_plus_one_for_images_partitions_only() -> None:
+    from fmnist_faust import tables
+
+    tables.scores_table.data.clear()
+    assert tables.next_offset(_images(2)) == 0  # nothing counted yet: from the start
+    tables.scores_table.data["2"] = {"offset": 41, "model_version": "v", "scores": Scores().to_dict()}
+    assert tables.next_offset(_images(2)) == 42
+    assert tables.next_offset(TP("some-other-topic", 2)) is None
+    tables.scores_table.data.clear()
+
+
+def test_recovery_keeps_the_row_with_the_highest_offset() -> None:
+    from fmnist_faust import tables
+
+    tables.scores_table.data.clear()
+
+    def row(offset: int) -> dict[str, Any]:
+        scores = Scores()
+        scores.record([1] * offset, [1] * offset, [0.0] * offset, 10)
+        return {"offset": offset, "model_version": "v", "scores": scores.to_dict()}
+
+    # the owner wrote 5 then 9; a zombie appended its older row 7 afterwards
+    events = [_Event(_Message(TP("x", 0), i), key="0", value=row(o)) for i, o in enumerate((5, 9, 7))]
+    tables.scores_table.apply_changelog_batch(events)
+    offset, scores = tables.read_row(0)
+    assert offset == 9 and scores.images == 9
+    tables.scores_table.apply_changelog_batch([_Event(_Message(TP("x", 0), 3), key="0", value=None)])
+    assert tables.read_row(0)[0] == -1  # a tombstone still deletes
+    tables.scores_table.data.clear()
+
+
+def test_events_of_an_older_generation_are_not_counted(monkeypatch: Any) -> None:
+    from fmnist_faust import agents
+
+    monkeypatch.setattr(agents, "_assigned", lambda: {_images(0), _images(1)})
+    events = [_Event(_Message(_images(0), 1, generation_id=3)), _Event(_Message(_images(0), 2, generation_id=4)),
+              _Event(_Message(_images(2), 3, generation_id=4))]  # partition 2 is no longer ours
+    assert agents._owned(events, 4) == [events[1]]
+
+
+def test_a_batch_counts_each_partition_up_to_its_first_hole(monkeypatch: Any) -> None:
+    from fmnist_faust import agents
+
+    monkeypatch.setattr(agents, "gap_guard", agents.GapGuard())
+    events = [_Event(_Message(_images(0), o)) for o in (10, 11, 13)] + [_Event(_Message(_images(1), o)) for o in (5, 6)]
+    kept, cut = agents._without_gaps(events, {0: (9, Scores()), 1: (4, Scores())})
+    assert [(e.message.partition, e.message.offset) for e in kept] == [(0, 10), (0, 11), (1, 5), (1, 6)]
+    assert cut == {_images(0)}
