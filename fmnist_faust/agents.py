@@ -4,8 +4,8 @@ Per batch: skip events a table row already covers (replay after a crash), classi
 rest in one predict call, publish predictions and dead letters and wait for the broker
 to ack them, then write each partition's score row (offset-stamped). Offsets are
 committed by Faust only after that, so nothing is lost and nothing counted twice.
-A distinct message re-using an id already counted in its partition is classified and
-its prediction re-sent, but it is not counted again (see ``tables.seen_table``).
+A distinct message re-using an id already counted in its partition is neither counted
+nor published again (the core's duplicate rule; see ``tables.seen_table``).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from typing import Any, Awaitable, Iterable
 
 from . import metrics
 from .app import app, settings
-from .core.contract import InvalidMessage, Prediction
+from .core.contract import InvalidMessage, Prediction, dead_letter_attributes
 from .core.model import Classifier, load_classifier
-from .core.pipeline import BatchResult, RawMessage, classify_batch
+from .core.pipeline import BatchResult, RawMessage, classify_batch, repeats
 from .core.recent import RecentMistakes
 from .tables import counted_at, mark_counted, read_row, write_row
 from .topics import dlq_topic, images_topic, predictions_topic
@@ -72,7 +72,8 @@ async def process_events(events: list[Any]) -> None:
     with metrics.PREDICT_SECONDS.time():
         result = classify_batch(classifier, messages, settings.max_message_bytes)
     duplicates, marks = await _duplicate_ids(fresh, result, {p: row[0] for p, row in applied.items()})
-    await _publish(result)
+    counted = result.without(duplicates)
+    await _publish(counted)
     await asyncio.gather(*marks)  # the ids are durable before the rows that count them
 
     by_partition: dict[int, list[int]] = defaultdict(list)
@@ -84,8 +85,8 @@ async def process_events(events: list[Any]) -> None:
         result.subset(wanted.__contains__).apply_to(scores, settings.window_seconds)
         last_offset = max(fresh[i].message.offset for i in indices)
         write_row(partition, last_offset, scores, classifier.version)
-    metrics.observe_batch(result)
-    recent_mistakes.add_batch(result)
+    metrics.observe_batch(counted, len(duplicates))
+    recent_mistakes.add_batch(counted)
 
 
 async def _duplicate_ids(fresh: list[Any], result: BatchResult,
@@ -95,17 +96,19 @@ async def _duplicate_ids(fresh: list[Any], result: BatchResult,
     An earlier mark only counts if its offset is <= the partition's applied offset (older
     than this batch, so its row was written) or it was made earlier in this batch.
     """
-    duplicates: set[int] = set()
+    keys = [f"{event.message.partition}/{outcome.id}" if isinstance(outcome, Prediction) else None
+            for event, outcome in zip(fresh, result.outcomes)]
+
+    def counted(index: int, key: str) -> bool:
+        partition = fresh[index].message.partition
+        earlier = counted_at(partition, key.split("/", 1)[1])
+        return earlier is not None and earlier <= applied[partition]
+
+    duplicates = repeats(keys, counted)
     marks: dict[int, dict[str, int]] = defaultdict(dict)  # partition -> id -> offset
     for index, (event, outcome) in enumerate(zip(fresh, result.outcomes)):
-        if not isinstance(outcome, Prediction):
-            continue
-        partition, offset = event.message.partition, event.message.offset
-        earlier = counted_at(partition, outcome.id)
-        if outcome.id in marks[partition] or (earlier is not None and earlier <= applied[partition]):
-            duplicates.add(index)
-        else:
-            marks[partition][outcome.id] = offset
+        if isinstance(outcome, Prediction) and index not in duplicates:
+            marks[event.message.partition][outcome.id] = event.message.offset
     if duplicates:
         log.info("not counting %d images whose id was already counted", len(duplicates))
     acks: list[Awaitable[Any]] = []
@@ -126,16 +129,12 @@ async def _publish(result: BatchResult) -> None:
         log.warning("dead-lettering %d message(s) to %s, first: %s", len(rejected), dlq, rejected[0][1])
     for message, outcome in zip(result.messages, result.outcomes):
         if isinstance(outcome, InvalidMessage):
-            pending.append(await producer.send(
-                dlq, _as_bytes(message.key), message.value, None, None, _dlq_headers(outcome)))
+            headers = [(name, value.encode()) for name, value in dead_letter_attributes(outcome).items()]
+            pending.append(await producer.send(dlq, _as_bytes(message.key), message.value, None, None, headers))
         else:
             pending.append(await producer.send(
                 predictions, outcome.id.encode("utf-8"), outcome.encode(), None, None, None))
     await asyncio.gather(*pending)
-
-
-def _dlq_headers(error: InvalidMessage) -> list[tuple[str, bytes]]:
-    return [("error_kind", error.kind.encode()), ("error", error.reason.encode("utf-8", "replace"))]
 
 
 def _as_bytes(key: Iterable[int] | str | bytes | None) -> bytes | None:

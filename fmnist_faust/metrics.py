@@ -18,6 +18,9 @@ from .core.contract import InvalidMessage
 from .core.pipeline import BatchResult
 
 IMAGES = Counter("fmnist_images_total", "Images classified")
+DUPLICATES = Counter("fmnist_duplicates_total",
+                     "Messages neither counted nor published: their image id (on Pub/Sub, or their "
+                     "message id) was counted before")
 REJECTED = Counter("fmnist_rejected_total", "Messages dead-lettered", ["kind"])
 BATCH_SIZE = Histogram("fmnist_batch_size", "Messages per predict batch",
                        buckets=(1, 8, 32, 64, 128, 256, 512, 1024, 2048))
@@ -63,9 +66,12 @@ class RateMeter:
 IMAGE_RATE = RateMeter()
 
 
-def observe_batch(result: BatchResult) -> None:
-    """Count one classified batch in the Prometheus metrics and the images/s meter."""
-    BATCH_SIZE.observe(len(result.outcomes))
+def observe_batch(counted: BatchResult, duplicates: int) -> None:
+    """Count one batch in the Prometheus metrics and the images/s meter: ``counted`` is the
+    part that counts (:meth:`BatchResult.without`), ``duplicates`` how many were left out."""
+    DUPLICATES.inc(duplicates)
+    result = counted
+    BATCH_SIZE.observe(len(result.outcomes) + duplicates)
     classified = 0
     for outcome in result.outcomes:
         if isinstance(outcome, InvalidMessage):

@@ -196,7 +196,7 @@ def run(settings: Settings) -> int:
     with subscriber:
         acker = StreamAcker(subscriber, subscription)
         handler = BatchHandler(
-            classifier, store, publisher, acker, settings,
+            classifier, store, publisher, acker, settings.max_message_bytes, settings.window_seconds,
             predictions_topic=publisher.topic_path(settings.gcp_project, settings.predictions_topic),
             dlq_topic=publisher.topic_path(settings.gcp_project, settings.dlq_topic),
             recent=recent)

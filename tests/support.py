@@ -96,6 +96,14 @@ class Worker:
 
         return requests.get(self.url + "/accuracy/", timeout=30).json()
 
+    def metric(self, name: str) -> float:
+        import requests
+
+        for line in requests.get(self.url + "/metrics", timeout=30).text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        raise KeyError(name)
+
     def stop(self, sig: int = 15, timeout: float = 30.0) -> int:
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else 0

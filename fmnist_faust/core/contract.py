@@ -37,6 +37,7 @@ IMAGE_BYTES = IMAGE_SIDE * IMAGE_SIDE
 MAX_ID_CHARS = 128
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 20
 MAX_REASON_CHARS = 300  # reasons travel in a DLQ header: keep them short whatever the input
+MAX_ATTRIBUTE_BYTES = 1024  # Pub/Sub's limit on one attribute value
 
 # Every error kind the decoder can produce, for docs, metrics and tests.
 ERROR_KINDS: dict[str, str] = {
@@ -66,6 +67,13 @@ class InvalidMessage(ValueError):
         super().__init__(f"{kind}: {reason}")
         self.kind = kind
         self.reason = reason
+
+
+def dead_letter_attributes(error: InvalidMessage) -> dict[str, str]:
+    """``error_kind`` and ``error`` for the dead letter of ``error``: Kafka headers (UTF-8)
+    and Pub/Sub attributes alike, each value within Pub/Sub's 1,024-byte limit."""
+    reason = error.reason.encode("utf-8", "replace")[:MAX_ATTRIBUTE_BYTES].decode("utf-8", "ignore")
+    return {"error_kind": error.kind, "error": reason}
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from fmnist_faust.core.contract import (
     ImageMessage,
     InvalidMessage,
     Prediction,
+    dead_letter_attributes,
     decode_image,
     decode_prediction,
     encode_image,
@@ -374,3 +375,14 @@ def test_fuzz_decode_prediction_only_raises_value_error(value: bytes) -> None:
     except ValueError:
         return
     assert isinstance(obj["id"], str) and type(obj["predicted"]) is int
+
+
+def test_dead_letter_attributes_are_one_shape_for_both_backends() -> None:
+    """Kafka headers and Pub/Sub attributes come from this one builder: kind and reason,
+    the reason cut to Pub/Sub's 1,024-byte attribute limit on a character boundary."""
+    assert dead_letter_attributes(InvalidMessage("not_json", "not JSON (x)")) == {
+        "error_kind": "not_json", "error": "not JSON (x)"}
+    wide = dead_letter_attributes(InvalidMessage("bad_id", "é" * 290))["error"]
+    assert len(wide.encode("utf-8")) <= 1024 and wide == "é" * 290
+    emoji = dead_letter_attributes(InvalidMessage("bad_id", "\U0001f600" * 290))["error"]
+    assert len(emoji.encode("utf-8")) <= 1024 and set(emoji) == {"\U0001f600"}

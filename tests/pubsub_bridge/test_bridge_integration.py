@@ -105,11 +105,11 @@ def test_redelivered_and_duplicate_messages_count_once(
     expected, _, version = offline_scores(tiny_model, test_split, range(300), settings.window_seconds)
     expected.reject("bad_id")
     assert bridge.accuracy() == expected.report(version)
-    assert bridge.metric("fmnist_bridge_duplicates_total") == 100
+    assert bridge.metric("fmnist_duplicates_total") == 100
 
     subscriber.seek(request={"subscription": subscription, "snapshot": snapshot})  # every ack "lost"
     bridge.wait_for(lambda b: b.metric("fmnist_bridge_acked_total") == 802, "the 401 messages redelivered")
-    assert bridge.metric("fmnist_bridge_duplicates_total") == 100 + 401
+    assert bridge.metric("fmnist_duplicates_total") == 100 + 401
     assert bridge.accuracy() == expected.report(version)
     counts = prediction_ids(predictions.wait(300))
     assert set(counts) == set(ids) and set(counts.values()) == {1}, "nothing published twice"

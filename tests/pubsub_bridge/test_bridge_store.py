@@ -17,7 +17,7 @@ def batch(labels_and_guesses: list[tuple[int | None, int]], rejected: int = 0) -
                                  model_version="m", latency_ms=None)
                       for n, (label, guess) in enumerate(labels_and_guesses)]
     outcomes += [InvalidMessage("not_json", "bad") for _ in range(rejected)]
-    return BatchResult([RawMessage(b"x", timestamp=100.0) for _ in outcomes], outcomes)
+    return BatchResult([RawMessage(b"x", timestamp=100.0) for _ in outcomes], outcomes, [None] * len(outcomes))
 
 
 def test_commit_persists_across_reopen(tmp_path: Path) -> None:
