@@ -17,7 +17,7 @@ from functools import lru_cache
 from typing import Any, Awaitable, Iterable
 
 from . import metrics
-from .app import app, settings
+from .faust_app import app, settings
 from .core.contract import InvalidMessage, Prediction, dead_letter_attributes
 from .core.model import Classifier, load_classifier
 from .core.pipeline import BatchResult, RawMessage, classify_batch, repeats

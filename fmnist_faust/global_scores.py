@@ -17,7 +17,7 @@ from typing import Any
 
 from mode import Service
 
-from .app import app, settings
+from .faust_app import app, settings
 from .core.scores import Scores
 from .tables import local_rows, scores_table, sum_rows
 

@@ -27,7 +27,7 @@ from typing import Any, Awaitable, Iterable
 import faust
 from faust.types import EventT
 
-from .app import app, settings
+from .faust_app import app, settings
 from .core.scores import Scores
 
 scores_table = app.Table(

@@ -8,7 +8,7 @@ partition count.
 
 from typing import Any
 
-from .app import app, settings
+from .faust_app import app, settings
 
 
 def _raw_topic(name: str) -> Any:

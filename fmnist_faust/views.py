@@ -12,7 +12,7 @@ from typing import Any
 from faust.exceptions import ConsumerNotStarted
 
 from . import metrics
-from .app import app, settings
+from .faust_app import app, settings
 from .agents import recent_mistakes
 from .global_scores import global_totals
 from .tables import read_row

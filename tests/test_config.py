@@ -205,7 +205,7 @@ def test_web_views_bind_loopback_by_default() -> None:
 
 def test_faust_app_gets_loopback_bind_and_the_configured_credentials() -> None:
     """A fresh interpreter, as the worker starts: the app's conf comes from the environment."""
-    probe = ("from fmnist_faust.app import app\n"
+    probe = ("from fmnist_faust.faust_app import app\n"
              "c = app.conf.broker_credentials\n"
              "print(app.conf.web_bind, app.conf.web_host, type(c).__name__, c.protocol.value, c.mechanism.value,"
              " c.username)\n")

@@ -211,7 +211,7 @@ def _joblib_load_line() -> int:
 def test_faust_topics_and_tables_use_no_pickle_codec() -> None:
     """Faust can decode values with a pickle codec; our topics carry raw bytes, tables JSON."""
     from fmnist_faust import tables, topics
-    from fmnist_faust.app import app
+    from fmnist_faust.faust_app import app
 
     for topic in (topics.images_topic, topics.predictions_topic, topics.dlq_topic):
         assert topic.key_serializer == "raw" and topic.value_serializer == "raw", topic

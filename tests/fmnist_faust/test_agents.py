@@ -20,7 +20,7 @@ from fmnist_faust.core.model import load_classifier
 @pytest.fixture
 def faust_app(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     from fmnist_faust import agents, tables
-    from fmnist_faust.app import app
+    from fmnist_faust.faust_app import app
     app.conf.store = "memory://"
     app.finalize()
     app.flow_control.resume()

@@ -156,7 +156,7 @@ def test_marks_are_chunked_into_bounded_changelog_messages(monkeypatch: pytest.M
     import json
 
     from fmnist_faust import tables
-    from fmnist_faust.app import app
+    from fmnist_faust.faust_app import app
 
     sent: list[tuple[str, bytes, bytes, int]] = []
 
