@@ -24,7 +24,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from fmnist_faust.config import load_settings
+from fmnist_faust.config import ModelSettings, load_settings
 from fmnist_faust.core import model
 
 from . import report, stages
@@ -41,11 +41,11 @@ TARGETS = {
 }
 
 
-def ensure_model(settings_model: Path, run_dir: Path, smoke: bool, log: Callable[[str], None]) -> Path:
+def ensure_model(models: ModelSettings, run_dir: Path, smoke: bool, log: Callable[[str], None]) -> Path:
     """The verified model at FMNIST_MODEL_PATH; in smoke mode a tiny one is trained if it is missing."""
     try:
-        model.verify(settings_model)
-        return settings_model
+        model.verify(models.path)
+        return models.path
     except model.ModelError as reason:
         if not smoke:
             raise SystemExit(f"bench: {reason}. Run `make model` first.") from None
@@ -58,7 +58,7 @@ def ensure_model(settings_model: Path, run_dir: Path, smoke: bool, log: Callable
         except model.ModelError:
             pass
         log(f"smoke: no verified model ({reason}); training a tiny one at {path}")
-        train, test = dataset.load_split("train"), dataset.load_split("test")
+        train, test = dataset.load_split("train", models.data_dir), dataset.load_split("test", models.data_dir)
         model.train(train.images[:3000], train.labels[:3000], test.images[:500], test.labels[:500], path,
                     hidden=(32,), max_iter=10, log=lambda _msg: None)
         return path
@@ -147,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     plan = stages.Plan.smoke() if args.smoke else stages.Plan()
     run_dir = ROOT / ".run" / "bench"
-    model_path = ensure_model(settings.model_path, run_dir, args.smoke, log)
+    model_path = ensure_model(settings.model, run_dir, args.smoke, log)
     ctx = stages.Context(settings=settings, plan=plan, model_path=model_path, run_dir=run_dir, log=log)
     ctx.run_dir = run_dir / ctx.tag
     ctx.run_dir.mkdir(parents=True, exist_ok=True)

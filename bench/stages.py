@@ -71,12 +71,12 @@ class Context:
 
     @property
     def bootstrap(self) -> str:
-        return self.settings.kafka_bootstrap_servers
+        return self.settings.kafka.bootstrap_servers
 
     @property
     def split(self) -> dataset.Split:
         if self._split is None:
-            self._split = dataset.load_split("test", self.settings.fmnist_data_dir or None)
+            self._split = dataset.load_split("test", self.settings.model.data_dir)
         return self._split
 
     def name(self, suffix: str) -> str:
@@ -117,7 +117,7 @@ def model_ceiling(ctx: Context) -> dict[str, Any]:
     now = time.time()
     messages = [RawMessage(encode_image(f"c-{i}", images[i], int(labels[i]), now), f"c-{i}".encode())
                 for i in range(len(images))]
-    batch = CODE_DEFAULTS.batch_size
+    batch = CODE_DEFAULTS.pipeline.batch_size
     blas = [{k: lib.get(k) for k in ("internal_api", "num_threads", "filepath")}
             for lib in threadpool_info() if lib.get("user_api") == "blas"]
     out: dict[str, Any] = {"images": len(images), "repeats": plan.ceiling_repeats, "batch_size": batch,
@@ -164,7 +164,7 @@ def naive_baseline(ctx: Context) -> dict[str, Any]:
     """The per-message agent over a pre-loaded topic: rate from its predictions' timestamps."""
     n = ctx.plan.naive_images
     topic_in, topic_out = ctx.name("naive-images"), ctx.name("naive-predictions")
-    create_topics(ctx.bootstrap, [topic_in, topic_out], ctx.settings.partitions)
+    create_topics(ctx.bootstrap, [topic_in, topic_out], ctx.settings.kafka.partitions)
     ctx.produce_kafka(topic_in, n, "naive")
     port = free_port()
     env = env_with(BENCH_NAIVE_APP_ID=ctx.name("naive"), BENCH_NAIVE_IN=topic_in, BENCH_NAIVE_OUT=topic_out,
@@ -271,7 +271,7 @@ def probe_run(ctx: Context, topic: str, n: int, mode: str) -> dict[str, Any]:
     env = env_with(BENCH_PROBE_MODE=mode, BENCH_PROBE_APP_ID=ctx.name(f"probe-{mode}"), BENCH_PROBE_IN=topic,
                    BENCH_PROBE_OUT=ctx.name(f"probe-{mode}-out"), BENCH_PROBE_WEB_PORT=str(port),
                    BENCH_PROBE_DATADIR=str(ctx.run_dir / f"probe-{mode}"),
-                   FMNIST_BATCH_SIZE=str(CODE_DEFAULTS.batch_size), FMNIST_BATCH_LINGER=str(CODE_DEFAULTS.batch_linger_s))
+                   FMNIST_BATCH_SIZE=str(CODE_DEFAULTS.pipeline.batch_size), FMNIST_BATCH_LINGER=str(CODE_DEFAULTS.pipeline.batch_linger_s))
     worker = ServiceProc.faust("bench.probe_app", env, ctx.run_dir / f"probe-{mode}.log", port, "/count/").start()
     first: list[tuple[float, int, float]] = []
 
@@ -336,7 +336,7 @@ def latency_run(ctx: Context, batch: int, linger: float, name: str,
     predictions = env["FMNIST_PREDICTIONS_TOPIC"]
     # The agent declares its predictions topic only once it runs: create it first, so the
     # live consumer can follow it from the start (the agent's declare is then a no-op).
-    create_topics(ctx.bootstrap, [predictions] if preloaded else [topic, predictions], ctx.settings.partitions)
+    create_topics(ctx.bootstrap, [predictions] if preloaded else [topic, predictions], ctx.settings.kafka.partitions)
     spawned = time.time()
     worker = _start_worker(ctx, name, env)
     producer = None
@@ -390,9 +390,9 @@ def latency_run(ctx: Context, batch: int, linger: float, name: str,
 def kafka_e2e(ctx: Context) -> dict[str, Any]:
     """Batch-size sweep on a pre-loaded topic, linger sweep at 1k/s, then the latency run."""
     plan = ctx.plan
-    default_batch, default_linger = CODE_DEFAULTS.batch_size, CODE_DEFAULTS.batch_linger_s
+    default_batch, default_linger = CODE_DEFAULTS.pipeline.batch_size, CODE_DEFAULTS.pipeline.batch_linger_s
     topic = ctx.name("e2e-images")
-    create_topics(ctx.bootstrap, [topic], ctx.settings.partitions)
+    create_topics(ctx.bootstrap, [topic], ctx.settings.kafka.partitions)
     loaded = ctx.produce_kafka(topic, plan.e2e_images, "pre")
     ctx.log(f"  pre-loaded {plan.e2e_images} images at {loaded.rate:,.0f}/s")
     sweep = []
@@ -460,7 +460,7 @@ class _PubSub:
         self.ctx = ctx
         self.publisher = pubsub_v1.PublisherClient()
         self.subscriber = pubsub_v1.SubscriberClient()
-        project = ctx.settings.gcp_project
+        project = ctx.settings.pubsub.project
         self.topic = topic
         self.topic_path = self.publisher.topic_path(project, topic)
         self.sub_path = self.subscriber.subscription_path(project, subscription)
@@ -503,8 +503,8 @@ def pubsub_raw(ctx: Context) -> dict[str, Any]:
                 if len(stamps) >= n:
                     finished.set()
 
-        flow = pubsub_v1.types.FlowControl(max_messages=ctx.settings.bridge_max_messages,
-                                           max_bytes=ctx.settings.bridge_max_bytes)
+        flow = pubsub_v1.types.FlowControl(max_messages=ctx.settings.bridge.max_messages,
+                                           max_bytes=ctx.settings.bridge.max_bytes)
         future = ps.subscriber.subscribe(ps.sub_path, on_message, flow_control=flow)
         ok = finished.wait(60 + n / 200)
         future.cancel()
@@ -516,7 +516,7 @@ def pubsub_raw(ctx: Context) -> dict[str, Any]:
             raise RuntimeError(f"raw streaming pull received {len(stamps)}/{n} messages")
         return {"images": n, "images_per_s": round(span_rate([int(t * 1000) for t in stamps])),
                 "publish_per_s": round(published.rate), "received": len(stamps),
-                "flow_control_max_messages": ctx.settings.bridge_max_messages}
+                "flow_control_max_messages": ctx.settings.bridge.max_messages}
     finally:
         ps.close()
 
@@ -578,7 +578,7 @@ def pubsub_bridge(ctx: Context) -> dict[str, Any]:
         return {"available": True, "images": n, "publish_per_s": round(published.rate),
                 "images_per_s": round(span_rate(stamps)), "predictions_read": len(stamps),
                 "table_confirmed_images_per_s": round(n / max(counted_at - ready_at, 1e-3)),
-                "batch_size": CODE_DEFAULTS.batch_size, "linger_s": CODE_DEFAULTS.batch_linger_s,
+                "batch_size": CODE_DEFAULTS.pipeline.batch_size, "linger_s": CODE_DEFAULTS.pipeline.batch_linger_s,
                 "ready_s": bridge.ready_s, "peak_rss_mb": bridge.peak_rss_mb}
     finally:
         for ps in (images, predictions):
@@ -604,7 +604,7 @@ def delete_pubsub_with_prefix(settings: Settings, prefix: str) -> int:
     from google.cloud import pubsub_v1
 
     publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
-    project = f"projects/{settings.gcp_project}"
+    project = f"projects/{settings.pubsub.project}"
     removed = 0
     with subscriber:
         for sub in list(subscriber.list_subscriptions(project=project)):

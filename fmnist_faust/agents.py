@@ -32,7 +32,7 @@ recent_mistakes = RecentMistakes()
 @lru_cache(maxsize=1)
 def get_classifier() -> Classifier:
     """Load and verify the model once per worker process."""
-    classifier = load_classifier(settings.model_path)
+    classifier = load_classifier(settings.model.path)
     log.info("model loaded: version %s (test accuracy %s)", classifier.version,
              classifier.manifest.get("test_accuracy"))
     return classifier
@@ -55,7 +55,7 @@ async def prepare() -> None:
 
 @app.agent(images_topic)
 async def classify(stream: Any) -> None:
-    async for events in stream.take_events(settings.batch_size, within=settings.batch_linger_s):
+    async for events in stream.take_events(settings.pipeline.batch_size, within=settings.pipeline.batch_linger_s):
         await process_events(events)
 
 
@@ -70,7 +70,7 @@ async def process_events(events: list[Any]) -> None:
     classifier = get_classifier()
     messages = [RawMessage(value=e.message.value, key=e.message.key, timestamp=e.message.timestamp) for e in fresh]
     with metrics.PREDICT_SECONDS.time():
-        result = classify_batch(classifier, messages, settings.max_message_bytes)
+        result = classify_batch(classifier, messages, settings.pipeline.max_message_bytes)
     duplicates, marks = await _duplicate_ids(fresh, result, {p: row[0] for p, row in applied.items()})
     counted = result.without(duplicates)
     await _publish(counted)
@@ -82,7 +82,7 @@ async def process_events(events: list[Any]) -> None:
     for partition, indices in by_partition.items():
         _, scores = applied[partition]
         wanted = set(indices) - duplicates
-        result.subset(wanted.__contains__).apply_to(scores, settings.window_seconds)
+        result.subset(wanted.__contains__).apply_to(scores, settings.pipeline.window_seconds)
         last_offset = max(fresh[i].message.offset for i in indices)
         write_row(partition, last_offset, scores, classifier.version)
     metrics.observe_batch(counted, len(duplicates))

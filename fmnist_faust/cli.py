@@ -22,7 +22,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
 
     settings = load_settings()
     parser = argparse.ArgumentParser(prog="fmnist-train", description=train_main.__doc__)
-    parser.add_argument("--out", type=Path, default=settings.model_path, help="model path (.joblib)")
+    parser.add_argument("--out", type=Path, default=settings.model.path, help="model path (.joblib)")
     parser.add_argument("--force", action="store_true", help="retrain even if a valid model exists")
     parser.add_argument("--hidden", default=",".join(map(str, model.DEFAULT_HIDDEN)),
                         help="hidden layer sizes, comma separated")
@@ -40,8 +40,8 @@ def train_main(argv: Sequence[str] | None = None) -> int:
             print(f"verified model {manifest['model_version']} at {args.out}: "
                   f"test accuracy {manifest['test_accuracy']:.4f} (use --force to retrain)")
             return 0
-    train = dataset.load_split("train", settings.fmnist_data_dir or None)
-    test = dataset.load_split("test", settings.fmnist_data_dir or None)
+    train = dataset.load_split("train", settings.model.data_dir)
+    test = dataset.load_split("test", settings.model.data_dir)
     images, labels = train.images, train.labels
     if args.subset:
         images, labels = images[: args.subset], labels[: args.subset]
@@ -75,12 +75,12 @@ def produce_main(argv: Sequence[str] | None = None) -> int:
                         "more than the split cycles through it with fresh ids")
     parser.add_argument("--rate", type=float, default=0.0, help="images per second (0 = unlimited)")
     parser.add_argument("--id-prefix", default="", help="prefix for image ids (default: the split name)")
-    parser.add_argument("--topic", default=settings.images_topic)
+    parser.add_argument("--topic", default=settings.topics.images)
     parser.add_argument("--no-labels", action="store_true", help="send images without labels")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
-    split = dataset.load_split(args.split, settings.fmnist_data_dir or None)
+    split = dataset.load_split(args.split, settings.model.data_dir)
     total = args.count or len(split)
     prefix = args.id_prefix or args.split
     if args.backend == "kafka":
@@ -154,8 +154,8 @@ def logger_main(argv: Sequence[str] | None = None) -> int:
     settings = load_settings()
     parser = argparse.ArgumentParser(prog="fmnist-logger", description=logger_main.__doc__)
     parser.add_argument("--backend", choices=("kafka", "pubsub"), default="kafka")
-    parser.add_argument("--topic", default=settings.predictions_topic)
-    parser.add_argument("--subscription", default=settings.predictions_subscription,
+    parser.add_argument("--topic", default=settings.topics.predictions)
+    parser.add_argument("--subscription", default=settings.pubsub.predictions_subscription,
                         help="Pub/Sub subscription to pull from (Kafka: used as consumer group with --group)")
     parser.add_argument("--count", type=int, default=0, help="stop after N distinct predictions (0 = never)")
     parser.add_argument("--timeout", type=float, default=0, help="stop after this many seconds (0 = never)")

@@ -107,13 +107,13 @@ class KafkaProducer(Producer):
 
         async def start() -> Any:
             producer = AIOKafkaProducer(
-                bootstrap_servers=settings.kafka_bootstrap_servers,
+                bootstrap_servers=settings.kafka.bootstrap_servers,
                 acks="all",
                 enable_idempotence=True,
                 linger_ms=5,
                 max_batch_size=256 * 1024,
                 max_request_size=4 * 1024 * 1024,
-                **settings.kafka_security.aiokafka_kwargs(),
+                **settings.kafka.security.aiokafka_kwargs(),
             )
             await producer.start()
             return producer
@@ -171,7 +171,7 @@ class PubSubProducer(Producer):
             batch_settings=pubsub_v1.types.BatchSettings(max_messages=1000, max_bytes=8 * 1024 * 1024,
                                                          max_latency=0.01),
         )
-        self.topic_path = self._client.topic_path(settings.gcp_project, topic)
+        self.topic_path = self._client.topic_path(settings.pubsub.project, topic)
         self._pending: set[concurrent.futures.Future] = set()
         self._errors: list[BaseException] = []
         self._lock = threading.Lock()
@@ -237,11 +237,11 @@ class KafkaConsumer(Consumer):
         async def run() -> None:
             consumer = AIOKafkaConsumer(
                 topic,
-                bootstrap_servers=settings.kafka_bootstrap_servers,
+                bootstrap_servers=settings.kafka.bootstrap_servers,
                 group_id=group_id,
                 auto_offset_reset="earliest" if from_beginning else "latest",
                 enable_auto_commit=True,
-                **settings.kafka_security.aiokafka_kwargs(),
+                **settings.kafka.security.aiokafka_kwargs(),
             )
             await consumer.start()
             self._ready.set()
@@ -279,7 +279,7 @@ class PubSubConsumer(Consumer):
         from google.cloud import pubsub_v1
 
         self._client = pubsub_v1.SubscriberClient()
-        path = self._client.subscription_path(settings.gcp_project, subscription)
+        path = self._client.subscription_path(settings.pubsub.project, subscription)
 
         def on_message(message: Any) -> None:
             attributes = dict(message.attributes)

@@ -71,18 +71,18 @@ def main(argv: list[str] | None = None) -> int:
     if "FMNIST_WEB_PORT" not in os.environ and not port_free(6066):
         env["FMNIST_WEB_PORT"] = str(free_port())  # 6066 is taken: do not read someone else's tables
     settings = load_settings(env)
-    if not port_free(settings.web_port):
-        raise SystemExit(f"demo: port {settings.web_port} is taken; set FMNIST_WEB_PORT to a free port")
-    base = f"http://{settings.web_host}:{settings.web_port}"
+    if not port_free(settings.web.port):
+        raise SystemExit(f"demo: port {settings.web.port} is taken; set FMNIST_WEB_PORT to a free port")
+    base = f"http://{settings.web.host}:{settings.web.port}"
     log_path = root / ".run" / f"demo-worker-{run}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
 
-    classifier = load_classifier(settings.model_path)  # verify before starting anything
-    split = dataset.load_split("test", settings.fmnist_data_dir or None)
+    classifier = load_classifier(settings.model.path)  # verify before starting anything
+    split = dataset.load_split("test", settings.model.data_dir)
     count = min(args.count, len(split))
     print(f"model {classifier.version} (test accuracy at training: {classifier.manifest['test_accuracy']:.4f})")
-    print(f"Kafka {settings.kafka_bootstrap_servers}; topics {settings.images_topic} -> "
-          f"{settings.predictions_topic} (+ {settings.dlq_topic}); worker log {log_path}")
+    print(f"Kafka {settings.kafka.bootstrap_servers}; topics {settings.topics.images} -> "
+          f"{settings.topics.predictions} (+ {settings.topics.dlq}); worker log {log_path}")
 
     with open(log_path, "ab") as log:
         worker = subprocess.Popen([sys.executable, "-m", "faust", "-A", "fmnist_faust", "worker", "-l", "info"],

@@ -35,10 +35,10 @@ class ChangelogRows:
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
         topic = scores_table.changelog_topic.get_topic_name()
-        consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None,
-                                    enable_auto_commit=False, **settings.kafka_security.aiokafka_kwargs())
+        consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, group_id=None,
+                                    enable_auto_commit=False, **settings.kafka.security.aiokafka_kwargs())
         await consumer.start()
-        consumer.assign([TopicPartition(topic, p) for p in range(settings.partitions)])
+        consumer.assign([TopicPartition(topic, p) for p in range(settings.kafka.partitions)])
         return consumer
 
     async def read(self, timeout: float = 5.0) -> dict[int, dict[str, Any]]:

@@ -34,7 +34,7 @@ scores_table = app.Table(
     "scores",
     default=None,
     key_type=str,
-    partitions=settings.partitions,
+    partitions=settings.kafka.partitions,
     help="Per-partition running accuracy, stamped with the last applied offset.",
 )
 
@@ -76,7 +76,7 @@ seen_table = app.tables.add(SeenIdsTable(
     name="seen-ids",
     default=None,
     key_type=str,
-    partitions=settings.partitions,
+    partitions=settings.kafka.partitions,
     beacon=app.tables.beacon,
     help="'<partition>/<image id>' -> offset of the message that counted the id.",
 ))

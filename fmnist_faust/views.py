@@ -38,8 +38,8 @@ async def accuracy(web: Any, request: Any) -> Any:
 @app.page("/accuracy/window/")
 async def accuracy_window(web: Any, request: Any) -> Any:
     scores, _ = await global_totals()
-    return web.json({"window_seconds": settings.window_seconds,
-                     "windows": scores.window_series(settings.window_seconds)})
+    return web.json({"window_seconds": settings.pipeline.window_seconds,
+                     "windows": scores.window_series(settings.pipeline.window_seconds)})
 
 
 @app.page("/recent/")
@@ -95,7 +95,7 @@ class AssignmentLog:
             return
         first, self.partitions = self.partitions is None, partitions
         if first:
-            url = f"http://{settings.web_host}:{settings.web_port}"
+            url = f"http://{settings.web.host}:{settings.web.port}"
             log.info("ready: classifying %s partitions %s; dashboard %s/ metrics %s/metrics",
                      topic, sorted(partitions), url, url)
         else:

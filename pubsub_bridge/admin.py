@@ -48,21 +48,21 @@ def plan(settings: Settings) -> tuple[list[str], list[SubscriptionSpec]]:
     """Topic ids and subscription specs (names relative to the project)."""
     from google.pubsub_v1 import types
 
-    project = settings.gcp_project
-    topics = [settings.images_topic, settings.predictions_topic, settings.dlq_topic, settings.dead_letter_topic]
-    common = {"ack_deadline_seconds": settings.ack_deadline_s}
+    project = settings.pubsub.project
+    topics = [settings.topics.images, settings.topics.predictions, settings.topics.dlq, settings.pubsub.dead_letter_topic]
+    common = {"ack_deadline_seconds": settings.pubsub.ack_deadline_s}
     images = dict(
         common,
         dead_letter_policy=types.DeadLetterPolicy(
-            dead_letter_topic=f"projects/{project}/topics/{settings.dead_letter_topic}",
-            max_delivery_attempts=settings.max_delivery_attempts,
+            dead_letter_topic=f"projects/{project}/topics/{settings.pubsub.dead_letter_topic}",
+            max_delivery_attempts=settings.pubsub.max_delivery_attempts,
         ),
     )
     subscriptions = [
-        SubscriptionSpec(settings.images_subscription, settings.images_topic, images),
-        SubscriptionSpec(settings.predictions_subscription, settings.predictions_topic, dict(common)),
-        SubscriptionSpec(settings.dlq_subscription, settings.dlq_topic, dict(common)),
-        SubscriptionSpec(settings.dead_letter_subscription, settings.dead_letter_topic, dict(common)),
+        SubscriptionSpec(settings.pubsub.images_subscription, settings.topics.images, images),
+        SubscriptionSpec(settings.pubsub.predictions_subscription, settings.topics.predictions, dict(common)),
+        SubscriptionSpec(settings.pubsub.dlq_subscription, settings.topics.dlq, dict(common)),
+        SubscriptionSpec(settings.pubsub.dead_letter_subscription, settings.pubsub.dead_letter_topic, dict(common)),
     ]
     return topics, subscriptions
 
@@ -72,7 +72,7 @@ def setup(settings: Settings, purge: bool = False) -> list[str]:
     from google.pubsub_v1 import types
 
     publisher, subscriber = _clients()
-    project = settings.gcp_project
+    project = settings.pubsub.project
     topics, subscriptions = plan(settings)
     lines: list[str] = []
     with subscriber:
@@ -88,14 +88,14 @@ def setup(settings: Settings, purge: bool = False) -> list[str]:
             wanted = types.Subscription(name=path, topic=publisher.topic_path(project, spec.topic), **spec.options)
             lines.append(_ensure_subscription(subscriber, wanted))
         if purge:
-            for name in (settings.images_subscription, settings.predictions_subscription):
+            for name in (settings.pubsub.images_subscription, settings.pubsub.predictions_subscription):
                 path = subscriber.subscription_path(project, name)
                 now = timestamp_pb2.Timestamp()
                 now.GetCurrentTime()
                 subscriber.seek(request={"subscription": path, "time": now})
                 lines.append(f"purged  subscription {path} (backlog acknowledged)")
     publisher.stop()
-    if not settings.pubsub_emulator_host:
+    if not settings.pubsub.emulator_host:
         lines.append(_dead_letter_note(settings))
     return lines
 
@@ -119,8 +119,8 @@ def _ensure_subscription(subscriber: Any, wanted: Any) -> str:
 
 
 def _dead_letter_note(settings: Settings) -> str:
-    topic = settings.dead_letter_topic
-    sub = settings.images_subscription
+    topic = settings.pubsub.dead_letter_topic
+    sub = settings.pubsub.images_subscription
     return (
         "note: on Google Cloud, dead-lettering needs the Pub/Sub service agent "
         "(service-PROJECT_NUMBER@gcp-sa-pubsub.iam.gserviceaccount.com) to hold "

@@ -169,48 +169,48 @@ def run(settings: Settings) -> int:
 
     stop = _install_signal_handlers()
     try:
-        classifier = load_classifier(settings.model_path)
+        classifier = load_classifier(settings.model.path)
     except ModelError as exc:
         log.error("%s", exc)
         return 1
     try:
-        store = StateStore(settings.bridge_state_path)
+        store = StateStore(settings.bridge.state_path)
     except sqlite3.Error as exc:
-        log.error("cannot open the state store %s: %s", settings.bridge_state_path, exc)
+        log.error("cannot open the state store %s: %s", settings.bridge.state_path, exc)
         return 1
     recent = RecentMistakes()
     views = Views(scores=lambda: store.scores, model_version=lambda: classifier.version, recent=recent,
-                  window_seconds=settings.window_seconds)
+                  window_seconds=settings.pipeline.window_seconds)
     try:
-        web = WebServer(views, settings.web_host, settings.bridge_web_port).start()
+        web = WebServer(views, settings.web.host, settings.bridge.web_port).start()
     except OSError as exc:
-        log.error("cannot serve on %s:%s: %s (set BRIDGE_WEB_PORT)", settings.web_host, settings.bridge_web_port, exc)
+        log.error("cannot serve on %s:%s: %s (set BRIDGE_WEB_PORT)", settings.web.host, settings.bridge.web_port, exc)
         store.close()
         return 1
 
     publisher = pubsub_v1.PublisherClient(batch_settings=pubsub_v1.types.BatchSettings(
         max_messages=1000, max_bytes=8 * 1024 * 1024, max_latency=0.005))
     subscriber = pubsub_v1.SubscriberClient()
-    subscription = subscriber.subscription_path(settings.gcp_project, settings.images_subscription)
+    subscription = subscriber.subscription_path(settings.pubsub.project, settings.pubsub.images_subscription)
     error: BaseException | None = None
     with subscriber:
         acker = StreamAcker(subscriber, subscription)
         handler = BatchHandler(
-            classifier, store, publisher, acker, settings.max_message_bytes, settings.window_seconds,
-            predictions_topic=publisher.topic_path(settings.gcp_project, settings.predictions_topic),
-            dlq_topic=publisher.topic_path(settings.gcp_project, settings.dlq_topic),
+            classifier, store, publisher, acker, settings.pipeline.max_message_bytes, settings.pipeline.window_seconds,
+            predictions_topic=publisher.topic_path(settings.pubsub.project, settings.topics.predictions),
+            dlq_topic=publisher.topic_path(settings.pubsub.project, settings.topics.dlq),
             recent=recent)
-        batcher = Batcher(handler, settings.batch_size, settings.batch_linger_s)
+        batcher = Batcher(handler, settings.pipeline.batch_size, settings.pipeline.batch_linger_s)
         batcher.start()
         future = subscriber.subscribe(
             subscription, batcher.put,
             flow_control=pubsub_v1.types.FlowControl(
-                max_messages=settings.bridge_max_messages, max_bytes=settings.bridge_max_bytes,
+                max_messages=settings.bridge.max_messages, max_bytes=settings.bridge.max_bytes,
                 # Leases are renewed this far ahead (the library's default is 60 s): after a
                 # crash, the messages this process held are redelivered about this soon.
-                max_duration_per_lease_extension=settings.ack_deadline_s),
+                max_duration_per_lease_extension=settings.pubsub.ack_deadline_s),
             await_callbacks_on_shutdown=True)
-        where = f"emulator {settings.pubsub_emulator_host}" if settings.pubsub_emulator_host else "Google Cloud"
+        where = f"emulator {settings.pubsub.emulator_host}" if settings.pubsub.emulator_host else "Google Cloud"
         log.info("bridge running: model %s, pulling %s on %s, scores %s (%d images so far), web %s/",
                  classifier.version, subscription, where, store.path, store.scores.images, web.url)
         while not stop.wait(0.5):

@@ -58,10 +58,10 @@ def _echo(stream: Any, prefix: str) -> threading.Thread:
 
 
 def _offline(settings: Settings, split: dataset.Split, count: int) -> Scores:
-    classifier = load_classifier(settings.model_path)
+    classifier = load_classifier(settings.model.path)
     predicted, _ = classifier.predict(split.images[:count])
     scores = Scores()
-    scores.record(split.labels[:count].tolist(), predicted.tolist(), [0.0] * count, settings.window_seconds)
+    scores.record(split.labels[:count].tolist(), predicted.tolist(), [0.0] * count, settings.pipeline.window_seconds)
     return scores
 
 
@@ -88,14 +88,14 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     env = _demo_env(run, workdir)
     settings = load_settings(env)
-    if not settings.pubsub_emulator_host:
+    if not settings.pubsub.emulator_host:
         raise SystemExit("demo: PUBSUB_EMULATOR_HOST is not set (tools/demo_pubsub.sh starts the emulator)")
-    classifier = load_classifier(settings.model_path)  # verify before starting anything
-    split = dataset.load_split("test", settings.fmnist_data_dir or None)
+    classifier = load_classifier(settings.model.path)  # verify before starting anything
+    split = dataset.load_split("test", settings.model.data_dir)
     count = min(args.count, len(split))
-    base = f"http://{settings.web_host}:{settings.bridge_web_port}"
+    base = f"http://{settings.web.host}:{settings.bridge.web_port}"
     print(f"model {classifier.version} (test accuracy at training: {classifier.manifest['test_accuracy']:.4f})")
-    print(f"Pub/Sub emulator {settings.pubsub_emulator_host}, project {settings.gcp_project}; run {run}")
+    print(f"Pub/Sub emulator {settings.pubsub.emulator_host}, project {settings.pubsub.project}; run {run}")
 
     python = sys.executable
     subprocess.run([python, "-m", "pubsub_bridge", "setup"], env=env, check=True)

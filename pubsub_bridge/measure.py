@@ -54,7 +54,7 @@ def _publish(settings: Settings, payloads: list[tuple[bytes, str]]) -> float:
     from fmnist_faust.client import MainManager
 
     started = time.perf_counter()
-    producer = MainManager("pubsub", settings).create_producer(settings.images_topic)
+    producer = MainManager("pubsub", settings).create_producer(settings.topics.images)
     try:
         producer.produce_many(payloads)
         producer.flush()
@@ -81,10 +81,10 @@ def raw_rate(settings: Settings, count: int, timeout: float) -> float:
     subscriber = pubsub_v1.SubscriberClient()
     with subscriber:
         future = subscriber.subscribe(
-            subscriber.subscription_path(settings.gcp_project, settings.images_subscription), on_message,
+            subscriber.subscription_path(settings.pubsub.project, settings.pubsub.images_subscription), on_message,
             flow_control=pubsub_v1.types.FlowControl(
-                max_messages=settings.bridge_max_messages, max_bytes=settings.bridge_max_bytes,
-                max_duration_per_lease_extension=settings.ack_deadline_s))
+                max_messages=settings.bridge.max_messages, max_bytes=settings.bridge.max_bytes,
+                max_duration_per_lease_extension=settings.pubsub.ack_deadline_s))
         finished = done.wait(timeout)
         future.cancel()
         future.result()
@@ -129,9 +129,9 @@ def _cleanup(settings: Settings) -> None:
     publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
     with subscriber:
         for spec in subscriptions:
-            subscriber.delete_subscription(subscription=subscriber.subscription_path(settings.gcp_project, spec.name))
+            subscriber.delete_subscription(subscription=subscriber.subscription_path(settings.pubsub.project, spec.name))
         for topic in topics:
-            publisher.delete_topic(topic=publisher.topic_path(settings.gcp_project, topic))
+            publisher.delete_topic(topic=publisher.topic_path(settings.pubsub.project, topic))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -139,13 +139,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pubsub_bridge.measure", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=10000, help="messages per side (default %(default)s)")
-    parser.add_argument("--model", type=Path, default=base.model_path, help="model (default %(default)s)")
+    parser.add_argument("--model", type=Path, default=base.model.path, help="model (default %(default)s)")
     parser.add_argument("--timeout", type=float, default=300, help="seconds allowed per side")
     args = parser.parse_args(argv)
-    if not base.pubsub_emulator_host:
+    if not base.pubsub.emulator_host:
         parser.error("PUBSUB_EMULATOR_HOST is not set: this measures the local emulator only")
 
-    split = dataset.load_split("test", base.fmnist_data_dir or None)
+    split = dataset.load_split("test", base.model.data_dir)
     payloads = []
     for i in range(args.count):
         image_id = f"measure-{i:06d}"
@@ -168,8 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             for settings in (raw_settings, bridge_settings):
                 _cleanup(settings)
-    print(f"emulator {base.pubsub_emulator_host}, {args.count} messages of {len(payloads[0][0])} bytes, "
-          f"flow control {base.bridge_max_messages} messages, batch {base.batch_size}")
+    print(f"emulator {base.pubsub.emulator_host}, {args.count} messages of {len(payloads[0][0])} bytes, "
+          f"flow control {base.bridge.max_messages} messages, batch {base.pipeline.batch_size}")
     print(f"publish (backlog)          {published:8,.0f} messages/s")
     print(f"raw streaming pull + ack   {raw:8,.0f} messages/s")
     print(f"bridge (classify+publish+commit+ack) {bridged:8,.0f} images/s  ({bridged / raw:.0%} of raw)")

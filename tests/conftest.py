@@ -15,7 +15,10 @@ from typing import Iterator
 import pytest
 
 from fmnist_faust.core import dataset, model
+from fmnist_faust.config import load_settings
 from support import Worker, free_port, require_service
+
+DATA_DIR = load_settings().model.data_dir  # FMNIST_DATA_DIR, as the commands read it
 
 
 @pytest.fixture(scope="session")
@@ -30,14 +33,14 @@ def pubsub_emulator() -> str:
 
 @pytest.fixture(scope="session")
 def test_split() -> dataset.Split:
-    return dataset.load_split("test")
+    return dataset.load_split("test", DATA_DIR)
 
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small MLP trained on 3,000 images in a second or two, with its manifest."""
-    train = dataset.load_split("train")
-    test = dataset.load_split("test")
+    train = dataset.load_split("train", DATA_DIR)
+    test = dataset.load_split("test", DATA_DIR)
     path = tmp_path_factory.mktemp("model") / "tiny.joblib"
     model.train(train.images[:3000], train.labels[:3000], test.images[:500], test.labels[:500],
                 path, hidden=(32,), max_iter=10, log=lambda _msg: None)

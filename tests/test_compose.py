@@ -111,7 +111,7 @@ def test_env_var_list_matches_load_settings() -> None:
     assert set(config.ENV_VARS) == set(config.env_var_names())
     # And, independently of running it, the names in load_settings' source.
     source = Path(config.__file__).read_text()
-    in_source = set(re.findall(r'_(?:get|int|float)\(env, "([A-Z0-9_]+)"', source))
+    in_source = set(re.findall(r'_(?:get|int|float|path)\(env, "([A-Z0-9_]+)"', source))
     assert in_source == set(config.ENV_VARS)
     assert all(meaning.strip() and "\n" not in meaning for meaning in config.ENV_VARS.values())
 
@@ -172,7 +172,7 @@ def test_kafka_reachable_from_host(services: dict[str, Any]) -> None:
     assert any((port, bound[name][1]) in ports for name, port in host_listeners), (
         f"no advertised host listener published as PORT:PORT ({host_listeners}, ports {ports})")
     # The app's default bootstrap (127.0.0.1:9092) then works from the host.
-    default_port = int(DEFAULTS.kafka_bootstrap_servers.rpartition(":")[2])
+    default_port = int(DEFAULTS.kafka.bootstrap_servers.rpartition(":")[2])
     assert any(port == default_port for _, port in host_listeners)
 
 
@@ -191,22 +191,22 @@ def test_pubsub_emulator_host_points_at_pubsub(services: dict[str, Any]) -> None
     for name in users:
         env = environment(services[name])
         assert env["PUBSUB_EMULATOR_HOST"] == f"pubsub:{port}", name
-        assert env.get("GOOGLE_CLOUD_PROJECT", DEFAULTS.gcp_project) == project.group(1), name
+        assert env.get("GOOGLE_CLOUD_PROJECT", DEFAULTS.pubsub.project) == project.group(1), name
 
 
 @pytest.mark.parametrize("name, port_var, default", [
-    ("worker", "FMNIST_WEB_PORT", DEFAULTS.web_port),
-    ("bridge", "BRIDGE_WEB_PORT", DEFAULTS.bridge_web_port),
+    ("worker", "FMNIST_WEB_PORT", DEFAULTS.web.port),
+    ("bridge", "BRIDGE_WEB_PORT", DEFAULTS.bridge.web_port),
 ])
 def test_web_ports_match_config_on_loopback(services: dict[str, Any], name: str, port_var: str,
                                             default: int) -> None:
     assert (default, name) in ((6066, "worker"), (6067, "bridge"))
     env = environment(services[name])
     settings = config.load_settings(env)
-    port = settings.bridge_web_port if port_var == "BRIDGE_WEB_PORT" else settings.web_port
+    port = settings.bridge.web_port if port_var == "BRIDGE_WEB_PORT" else settings.web.port
     assert port == default, f"{name}: {port_var}={port}, the config default is {default}"
     # Reachable through the published port: listen on every interface inside the container.
-    assert settings.web_host == "0.0.0.0", f"{name}: FMNIST_WEB_HOST must be 0.0.0.0 in the container"
+    assert settings.web.host == "0.0.0.0", f"{name}: FMNIST_WEB_HOST must be 0.0.0.0 in the container"
     assert ("127.0.0.1", default, default) in published_ports(services[name]), (
         f"{name}: port {default} must be published as 127.0.0.1:{default}:{default}")
 
@@ -236,7 +236,7 @@ def test_healthchecks_and_start_order(services: dict[str, Any]) -> None:
 
 def test_model_volume_is_shared(services: dict[str, Any]) -> None:
     assert command_text(services["model"]).startswith("fmnist-train")
-    model_path = Path(config.load_settings(environment(services["model"])).model_path)
+    model_path = Path(config.load_settings(environment(services["model"])).model.path)
 
     def mount_of(name: str) -> tuple[str, str]:
         for volume in services[name].get("volumes") or []:
@@ -248,7 +248,7 @@ def test_model_volume_is_shared(services: dict[str, Any]) -> None:
 
     trained = mount_of("model")
     for name in ("worker", "bridge"):
-        assert config.load_settings(environment(services[name])).model_path == model_path, name
+        assert config.load_settings(environment(services[name])).model.path == model_path, name
         assert mount_of(name) == trained, name
 
 

@@ -39,7 +39,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _security(**env: str) -> KafkaSecurity:
-    return load_settings(env).kafka_security
+    return load_settings(env).kafka.security
 
 
 def _same_connection(security: KafkaSecurity) -> dict[str, Any]:
@@ -192,15 +192,15 @@ def test_password_never_appears_in_reprs() -> None:
     settings = load_settings({"KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "KAFKA_SASL_USERNAME": "fmnist",
                               "KAFKA_SASL_PASSWORD": "hunter2-very-secret"})
     assert "hunter2-very-secret" not in repr(settings)
-    assert "hunter2-very-secret" not in repr(settings.kafka_security)
-    assert "hunter2-very-secret" not in repr(settings.kafka_security.faust_credentials())
+    assert "hunter2-very-secret" not in repr(settings.kafka.security)
+    assert "hunter2-very-secret" not in repr(settings.kafka.security.faust_credentials())
 
 
 def test_web_views_bind_loopback_by_default() -> None:
     settings = load_settings({})
-    assert settings.web_host == "127.0.0.1"
-    assert load_settings({"FMNIST_WEB_HOST": "0.0.0.0"}).web_host == "0.0.0.0"
-    assert load_settings({"FMNIST_WEB_HOST": ""}).web_host == "127.0.0.1"
+    assert settings.web.host == "127.0.0.1"
+    assert load_settings({"FMNIST_WEB_HOST": "0.0.0.0"}).web.host == "0.0.0.0"
+    assert load_settings({"FMNIST_WEB_HOST": ""}).web.host == "127.0.0.1"
 
 
 def test_faust_app_gets_loopback_bind_and_the_configured_credentials() -> None:
@@ -216,3 +216,25 @@ def test_faust_app_gets_loopback_bind_and_the_configured_credentials() -> None:
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["127.0.0.1", "127.0.0.1", "SASLCredentials", "SASL_PLAINTEXT",
                                   "SCRAM-SHA-512", "fmnist"]
+
+
+def test_each_default_has_one_source() -> None:
+    """An empty environment yields exactly the defaults of VARIABLES, which the README shows."""
+    from fmnist_faust.config import ENV_VARS, VARIABLES
+
+    settings = load_settings({})
+    assert settings.topics.images == VARIABLES["FMNIST_IMAGES_TOPIC"][0] == "images"
+    assert settings.pipeline.max_message_bytes == int(VARIABLES["FMNIST_MAX_MESSAGE_BYTES"][0]) == 1 << 20
+    assert settings.pubsub.ack_deadline_s == 60 and "(default 60)" in ENV_VARS["PUBSUB_ACK_DEADLINE_SECONDS"]
+    assert settings.bridge.state_path == ROOT / ".run" / "bridge-state.sqlite3"
+    assert settings.model.path == ROOT / "models" / "fmnist-mlp.joblib" and settings.model.data_dir is None
+
+
+def test_run_names_rename_every_topic_and_subscription() -> None:
+    from fmnist_faust.config import run_names
+
+    settings = load_settings(run_names("t1"))
+    assert (settings.topics.images, settings.topics.predictions, settings.topics.dlq) == (
+        "images-t1", "predictions-t1", "images-dlq-t1")
+    assert settings.pubsub.images_subscription == "images-sub-t1"
+    assert settings.pubsub.dead_letter_subscription == "images-dead-letter-sub-t1"

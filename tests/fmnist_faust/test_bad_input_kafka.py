@@ -81,18 +81,18 @@ def test_catalogue_is_dead_lettered_counted_and_harmless(start_worker: Any, work
     settings = load_settings({**worker_env, "FMNIST_PARTITIONS": "4"})
     ensure_topics_sync(settings)
     worker = start_worker()
-    asyncio.run(_produce(kafka_bootstrap, settings.images_topic, stream))
+    asyncio.run(_produce(kafka_bootstrap, settings.topics.images, stream))
 
     report = wait_until(
         lambda: (r := worker.accuracy())["images"] >= GOOD and r["rejected"] >= len(cases) and r,
         timeout=60, what="every good image and every bad message counted")
-    records = consume_topics(kafka_bootstrap, {settings.dlq_topic: len(cases),
-                                               settings.predictions_topic: GOOD},
+    records = consume_topics(kafka_bootstrap, {settings.topics.dlq: len(cases),
+                                               settings.topics.predictions: GOOD},
                              timeout=30, settle=1.5, fetch_bytes=BIG)
     report = worker.accuracy()  # after the settle time: nothing counted late or twice
 
     # --- every bad message is on the DLQ, untouched, with precise headers ---
-    dead = records[settings.dlq_topic]
+    dead = records[settings.topics.dlq]
     assert len(dead) == len(cases), f"{len(dead)} dead letters for {len(cases)} bad messages"
     by_message = {(record.key, record.value): record for record in dead}
     assert len(by_message) == len(dead), "a bad message was dead-lettered twice"
@@ -116,7 +116,7 @@ def test_catalogue_is_dead_lettered_counted_and_harmless(start_worker: Any, work
     assert report["correct"] == int((predicted == labels).sum())
 
     # --- one prediction per id: a re-sent id is not published again ---
-    predictions = records[settings.predictions_topic]
+    predictions = records[settings.topics.predictions]
     per_id = Counter(record.key.decode() for record in predictions)
     assert set(per_id) == set(ids) and set(per_id.values()) == {1}
     assert worker.metric("fmnist_duplicates_total") == DUPLICATES

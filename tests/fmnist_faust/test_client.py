@@ -53,10 +53,10 @@ def test_pubsub_key_travels_as_attribute(pubsub_emulator: str, monkeypatch: pyte
     tag = uuid.uuid4().hex[:8]
     topic, subscription = f"client-{tag}", f"client-{tag}-sub"
     publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
-    topic_path = publisher.topic_path(settings.gcp_project, topic)
+    topic_path = publisher.topic_path(settings.pubsub.project, topic)
     publisher.create_topic(name=topic_path)
     with subscriber:
-        subscriber.create_subscription(name=subscriber.subscription_path(settings.gcp_project, subscription),
+        subscriber.create_subscription(name=subscriber.subscription_path(settings.pubsub.project, subscription),
                                        topic=topic_path)
     manager = MainManager("pubsub", settings)
     with manager.create_producer(topic) as producer:

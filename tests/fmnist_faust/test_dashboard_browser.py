@@ -136,7 +136,7 @@ def test_dashboard_shows_and_updates_the_live_totals(start_worker: Callable, wor
     browser.execute_script("window.sameLoad = true;")  # gone if the page ever reloads
 
     settings = load_settings(worker_env)
-    with MainManager("kafka", settings).create_producer(settings.images_topic) as producer:
+    with MainManager("kafka", settings).create_producer(settings.topics.images) as producer:
         stream_wave(producer, test_split, 0, 1500, chunks=6)
         page = wait_page(browser, lambda p: p["images"] == "1500", "the first wave")
         first = page

@@ -108,7 +108,7 @@ def test_duplicate_ids_stay_counted_once_across_a_restart(start_worker: Any, wor
         producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
         await producer.start()
         try:
-            await asyncio.gather(*[await producer.send(settings.images_topic, encode_image(i, img, lab),
+            await asyncio.gather(*[await producer.send(settings.topics.images, encode_image(i, img, lab),
                                                        key=i.encode()) for i, img, lab in items])
         finally:
             await producer.stop()
@@ -124,7 +124,7 @@ def test_duplicate_ids_stay_counted_once_across_a_restart(start_worker: Any, wor
     asyncio.run(produce([(f"d-{n}", images[n], (int(labels[n]) + 1) % 10) for n in range(20)]
                         + [(f"d-{n}", images[n], int(labels[n])) for n in range(50, 60)]))
     # 60 predictions: one per id; the 20 re-sent ids are not published again
-    assert len(consume_topic(kafka_bootstrap, settings.predictions_topic, 60, timeout=60, settle=3)) == 60
+    assert len(consume_topic(kafka_bootstrap, settings.topics.predictions, 60, timeout=60, settle=3)) == 60
     report = wait_until(lambda: (r := again.accuracy())["images"] >= 60 and r, timeout=30, what="60 images")
 
     predicted, _ = load_classifier(tiny_model).predict(images)

@@ -153,7 +153,7 @@ def test_worker_and_clients_over_sasl(sasl_broker: str, worker_env: dict[str, st
     scram: Settings = load_settings(_env(sasl_broker, "SCRAM-SHA-512", SCRAM_USER, SCRAM_PASSWORD, **topics))
 
     # The broker enforces authentication: wrong password, unknown user and no SASL all fail.
-    wait_until(lambda: not _refused(sasl_broker, plain.kafka_security), timeout=60, what="SASL broker ready")
+    wait_until(lambda: not _refused(sasl_broker, plain.kafka.security), timeout=60, what="SASL broker ready")
     assert _refused(sasl_broker, KafkaSecurity("SASL_PLAINTEXT", "PLAIN", PLAIN_USER, "wrong"))
     assert _refused(sasl_broker, KafkaSecurity("SASL_PLAINTEXT", "SCRAM-SHA-512", SCRAM_USER, "wrong"))
     assert _refused(sasl_broker, KafkaSecurity("SASL_PLAINTEXT", "SCRAM-SHA-512", PLAIN_USER, PLAIN_PASSWORD))
@@ -162,7 +162,7 @@ def test_worker_and_clients_over_sasl(sasl_broker: str, worker_env: dict[str, st
     # Topics (admin client) and images (the product's producer) with PLAIN ...
     ensure_topics_sync(plain)
     images, labels = test_split.images[:30], test_split.labels[:30]
-    producer = MainManager("kafka", plain).create_producer(plain.images_topic)
+    producer = MainManager("kafka", plain).create_producer(plain.topics.images)
     try:
         for n in range(30):
             producer.produce(encode_image(f"s-{n}", images[n], int(labels[n])), key=f"s-{n}")
@@ -178,11 +178,11 @@ def test_worker_and_clients_over_sasl(sasl_broker: str, worker_env: dict[str, st
         report = wait_until(lambda: (r := worker.accuracy())["images"] >= 30 and r["rejected"] >= 1 and r,
                             timeout=90, what="30 images and 1 rejection counted over SASL")
         assert report["images"] == 30 and report["rejected_by_kind"] == {"not_json": 1}
-        records = asyncio.run(_consume(sasl_broker, [scram.predictions_topic, scram.dlq_topic], 31,
-                                       scram.kafka_security))
-        predictions = [decode_prediction(r.value) for r in records if r.topic == scram.predictions_topic]
+        records = asyncio.run(_consume(sasl_broker, [scram.topics.predictions, scram.topics.dlq], 31,
+                                       scram.kafka.security))
+        predictions = [decode_prediction(r.value) for r in records if r.topic == scram.topics.predictions]
         assert sorted(p["id"] for p in predictions) == sorted(f"s-{n}" for n in range(30))
-        dead = [r for r in records if r.topic == scram.dlq_topic]
+        dead = [r for r in records if r.topic == scram.topics.dlq]
         assert [(r.key, r.value) for r in dead] == [(b"s-bad", b"not json")]
         assert worker.proc is not None and worker.proc.poll() is None
     finally:

@@ -133,7 +133,7 @@ def publish_images(settings: Settings, split: dataset.Split, indices: range | li
 
     With ``chunk``, waits for each ``chunk`` images to be published, then ``pause`` seconds.
     """
-    producer = MainManager("pubsub", settings).create_producer(settings.images_topic)
+    producer = MainManager("pubsub", settings).create_producer(settings.topics.images)
     ids = []
     try:
         for n, i in enumerate(indices, 1):

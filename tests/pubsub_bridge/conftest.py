@@ -59,10 +59,10 @@ def pubsub_setup(bridge_settings: Settings) -> Iterator[Settings]:
     publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
     with subscriber:
         for spec in subscriptions:
-            subscriber.delete_subscription(subscription=subscriber.subscription_path(bridge_settings.gcp_project,
+            subscriber.delete_subscription(subscription=subscriber.subscription_path(bridge_settings.pubsub.project,
                                                                                      spec.name))
         for topic in topics:
-            publisher.delete_topic(topic=publisher.topic_path(bridge_settings.gcp_project, topic))
+            publisher.delete_topic(topic=publisher.topic_path(bridge_settings.pubsub.project, topic))
 
 
 @pytest.fixture

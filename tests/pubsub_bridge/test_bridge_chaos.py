@@ -31,7 +31,7 @@ def test_three_sigkills_and_two_replicas_keep_totals_exact(
         pubsub_setup: Settings, start_bridge: Callable[..., Bridge], collect: Callable[[str], Collector],
         test_split: dataset.Split, tiny_model: Path, bridge_env: dict[str, str]) -> None:
     settings = pubsub_setup
-    predictions = collect(settings.predictions_subscription)
+    predictions = collect(settings.pubsub.predictions_subscription)
     # The emulator hands a dead client's stream a share of messages until their lease ends,
     # each trip a delivery attempt (see test_bridge_integration): short leases, small flow
     # control, and more attempts than 5 so no message is dead-lettered unseen.
@@ -59,7 +59,7 @@ def test_three_sigkills_and_two_replicas_keep_totals_exact(
     live = [replica(), replica()]
     sender.join(timeout=300)
 
-    expected, _, version = offline_scores(tiny_model, test_split, indices, settings.window_seconds)
+    expected, _, version = offline_scores(tiny_model, test_split, indices, settings.pipeline.window_seconds)
     for bridge in live:
         bridge.wait_for(lambda b: b.accuracy()["images"] >= COUNT, f"all {COUNT} images", timeout=300)
     time.sleep(2.0)  # anything redelivered now must not change the totals

@@ -98,8 +98,8 @@ def publisher() -> RecordingPublisher:
 @pytest.fixture
 def handler(classifier: Classifier, store: StateStore, publisher: RecordingPublisher,
             settings: Settings) -> BatchHandler:
-    return BatchHandler(classifier, store, publisher, DirectAcker(), settings.max_message_bytes,
-                        settings.window_seconds, "predictions", "dlq",
+    return BatchHandler(classifier, store, publisher, DirectAcker(), settings.pipeline.max_message_bytes,
+                        settings.pipeline.window_seconds, "predictions", "dlq",
                         RecentMistakes(), publish_timeout_s=5)
 
 

@@ -42,8 +42,8 @@ def test_every_image_once_and_totals_equal_offline(
         pubsub_setup: Settings, start_bridge: Callable[..., Bridge], collect: Callable[[str], Collector],
         test_split: dataset.Split, tiny_model: Path) -> None:
     settings = pubsub_setup
-    predictions = collect(settings.predictions_subscription)
-    dead_letters = collect(settings.dlq_subscription)
+    predictions = collect(settings.pubsub.predictions_subscription)
+    dead_letters = collect(settings.pubsub.dlq_subscription)
     bridge = start_bridge()
     indices = range(1200)
     invalid = [(b"not json", {"key": "bad-1", "source": "test"}),
@@ -52,7 +52,7 @@ def test_every_image_once_and_totals_equal_offline(
     ids = publish_images(settings, test_split, indices, extra=invalid)
 
     bridge.wait_for(lambda b: b.accuracy()["images"] + b.accuracy()["rejected"] >= 1203, "1,203 messages handled")
-    expected, predicted, version = offline_scores(tiny_model, test_split, indices, settings.window_seconds)
+    expected, predicted, version = offline_scores(tiny_model, test_split, indices, settings.pipeline.window_seconds)
     for kind in ("not_json", "bad_pixel_count", "key_mismatch"):
         expected.reject(kind)
     assert bridge.accuracy() == expected.report(version)
@@ -73,7 +73,7 @@ def test_every_image_once_and_totals_equal_offline(
     assert all(m.attributes["error"] for m in letters.values())
 
     windows = bridge.get("/accuracy/window/").json()
-    assert windows["window_seconds"] == settings.window_seconds
+    assert windows["window_seconds"] == settings.pipeline.window_seconds
     assert sum(w["images"] for w in windows["windows"]) == 1200
     wrong = 1200 - expected.correct
     assert len(bridge.get("/recent/").json()["misclassified"]) == min(24, wrong)
@@ -93,16 +93,16 @@ def test_redelivered_and_duplicate_messages_count_once(
     when acks are lost: a seek back to a snapshot) are acked without being counted again."""
     settings = pubsub_setup
     subscriber = pubsub_v1.SubscriberClient()
-    subscription = subscriber.subscription_path(settings.gcp_project, settings.images_subscription)
-    snapshot = subscriber.snapshot_path(settings.gcp_project, f"before-{settings.images_subscription}")
+    subscription = subscriber.subscription_path(settings.pubsub.project, settings.pubsub.images_subscription)
+    snapshot = subscriber.snapshot_path(settings.pubsub.project, f"before-{settings.pubsub.images_subscription}")
     subscriber.create_snapshot(request={"name": snapshot, "subscription": subscription})
-    predictions = collect(settings.predictions_subscription)
+    predictions = collect(settings.pubsub.predictions_subscription)
     bridge = start_bridge()
 
     ids = publish_images(settings, test_split, range(300), extra=[(b"{}", {"key": "junk"})])
     publish_images(settings, test_split, range(100))  # the same ids again, as new messages
     bridge.wait_for(lambda b: b.metric("fmnist_bridge_acked_total") == 401, "401 acks")
-    expected, _, version = offline_scores(tiny_model, test_split, range(300), settings.window_seconds)
+    expected, _, version = offline_scores(tiny_model, test_split, range(300), settings.pipeline.window_seconds)
     expected.reject("bad_id")
     assert bridge.accuracy() == expected.report(version)
     assert bridge.metric("fmnist_duplicates_total") == 100
@@ -139,7 +139,7 @@ def test_sigkill_mid_stream_then_restart_keeps_totals_exact(
         test_split: dataset.Split, tiny_model: Path, bridge_env: dict[str, str]) -> None:
     """Images keep arriving while the bridge is killed and restarted; each is counted once."""
     settings = pubsub_setup
-    predictions = collect(settings.predictions_subscription)
+    predictions = collect(settings.pubsub.predictions_subscription)
     indices = range(2000)
     # The emulator keeps a dead client's stream registered for tens of seconds and hands it a
     # share of the messages, which come back only when their lease expires, each trip
@@ -159,7 +159,7 @@ def test_sigkill_mid_stream_then_restart_keeps_totals_exact(
     second = start_bridge(**small)
     second.wait_for(lambda b: b.accuracy()["images"] >= 2000, "all 2,000 images", timeout=120)
     sender.join()
-    expected, _, version = offline_scores(tiny_model, test_split, indices, settings.window_seconds)
+    expected, _, version = offline_scores(tiny_model, test_split, indices, settings.pipeline.window_seconds)
     time.sleep(1.0)  # anything still redelivered must not change the totals
     assert second.accuracy() == expected.report(version)
     assert second.stop() == 0
@@ -180,7 +180,7 @@ def test_rest_publisher_interop(pubsub_setup: Settings, start_bridge: Callable[.
     """A client that is not ours: the emulator's REST API publishes images (with an ``id``
     attribute, or none) and garbage, and pulls the predictions back."""
     settings = pubsub_setup
-    base = f"http://{bridge_env['PUBSUB_EMULATOR_HOST']}/v1/projects/{settings.gcp_project}"
+    base = f"http://{bridge_env['PUBSUB_EMULATOR_HOST']}/v1/projects/{settings.pubsub.project}"
     bridge = start_bridge()
 
     def b64(data: bytes) -> str:
@@ -190,7 +190,7 @@ def test_rest_publisher_interop(pubsub_setup: Settings, start_bridge: Callable[.
                  "attributes": {"id": f"rest-{i}"}} for i in range(20)]
     messages += [{"data": b64(encode_image(f"rest-{i}", test_split.images[i], None))} for i in range(20, 25)]
     messages.append({"data": b64(b"\xff\xfe"), "attributes": {"id": "rest-garbage"}})
-    response = requests.post(f"{base}/topics/{settings.images_topic}:publish", json={"messages": messages},
+    response = requests.post(f"{base}/topics/{settings.topics.images}:publish", json={"messages": messages},
                              timeout=10)
     response.raise_for_status()
     assert len(response.json()["messageIds"]) == 26
@@ -202,14 +202,14 @@ def test_rest_publisher_interop(pubsub_setup: Settings, start_bridge: Callable[.
     received: dict[str, dict] = {}
     deadline = time.monotonic() + 30
     while len(received) < 25 and time.monotonic() < deadline:
-        pulled = requests.post(f"{base}/subscriptions/{settings.predictions_subscription}:pull",
+        pulled = requests.post(f"{base}/subscriptions/{settings.pubsub.predictions_subscription}:pull",
                                json={"maxMessages": 100}, timeout=10).json().get("receivedMessages", [])
         for item in pulled:
             prediction = decode_prediction(base64.b64decode(item["message"]["data"]))
             assert item["message"]["attributes"]["id"] == prediction["id"]
             received[prediction["id"]] = prediction
         if pulled:
-            requests.post(f"{base}/subscriptions/{settings.predictions_subscription}:acknowledge",
+            requests.post(f"{base}/subscriptions/{settings.pubsub.predictions_subscription}:acknowledge",
                           json={"ackIds": [item["ackId"] for item in pulled]}, timeout=10).raise_for_status()
     assert sorted(received) == sorted(f"rest-{i}" for i in range(25))
     assert all(received[f"rest-{i}"]["label"] is None for i in range(20, 25))
