@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from fmnist_faust.netutil import NotReady, free_port, get_json, wait_ready
+
+__all__ = ["free_port"]  # the stages take it from here; defined once in the product
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -47,12 +46,6 @@ def span_rate(timestamps_ms: Sequence[int]) -> float:
 
 # --------------------------------------------------------------------------- processes
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def peak_rss_mb(pid: int) -> float | None:
     """Peak resident set size (VmHWM from /proc/PID/status) in MiB, None if unreadable."""
     try:
@@ -71,11 +64,6 @@ def cpu_seconds(pid: int) -> float | None:
     except OSError:
         return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def http_json(url: str, timeout: float = 2.0) -> Any:
-    with urllib.request.urlopen(url, timeout=timeout) as response:  # 127.0.0.1 only
-        return json.loads(response.read())
 
 
 class ServiceProc:
@@ -102,7 +90,7 @@ class ServiceProc:
         return f"http://127.0.0.1:{self.port}{path}"
 
     def get(self, path: str) -> Any:
-        return http_json(self.url(path))
+        return get_json(self.url(path), timeout=2.0)
 
     def start(self, ready_timeout: float = 90.0) -> "ServiceProc":
         """Spawn and wait until ``ready_path`` answers 200 with JSON; sets ``ready_s``."""
@@ -111,18 +99,12 @@ class ServiceProc:
         self.started_at = time.perf_counter()
         self.proc = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         log.close()
-        deadline = self.started_at + ready_timeout
-        while time.perf_counter() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.argv[-4:]} exited with {self.proc.returncode}; log: {self.log_path}")
-            try:
-                self.get(self.ready_path)
-                self.ready_s = round(time.perf_counter() - self.started_at, 2)
-                return self
-            except (OSError, ValueError):
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"not ready in {ready_timeout} s; log: {self.log_path}")
+        try:
+            self.ready_s = round(wait_ready(self.proc, self.url(self.ready_path), self.log_path, ready_timeout), 2)
+        except NotReady:
+            self.stop()
+            raise
+        return self
 
     def cpu_seconds(self) -> float | None:
         """User + system CPU time the process (all its threads) has used so far."""

@@ -185,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 log(f"bench: could not delete topics: {exc!r}")
             if {"pubsub", "bridge"} & set(wanted):
                 try:
-                    log(f"bench: deleted {stages.delete_pubsub_with_prefix(settings, ctx.tag)} Pub/Sub resources")
+                    log(f"bench: deleted {stages.delete_pubsub_tagged(settings, ctx.tag)} Pub/Sub resources")
                 except Exception as exc:
                     log(f"bench: could not delete Pub/Sub resources: {exc!r}")
     results["ratios"] = ratios(results)

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from fmnist_faust.config import Settings, load_settings
+from fmnist_faust.config import Settings, load_settings, run_names
 from fmnist_faust.core import dataset
 from fmnist_faust.core.contract import encode_image
 from fmnist_faust.core.model import Classifier, load_classifier
@@ -542,13 +542,9 @@ def pubsub_bridge(ctx: Context) -> dict[str, Any]:
 
     n = ctx.plan.pubsub_images
     port = free_port()
-    names = {k: ctx.name(f"br-{k}") for k in ("images", "predictions", "dlq", "dead")}
-    subs = {k: ctx.name(f"br-{k}-sub") for k in names}
+    names = run_names(ctx.name("br"))
     env = env_with(
-        FMNIST_IMAGES_TOPIC=names["images"], FMNIST_PREDICTIONS_TOPIC=names["predictions"],
-        FMNIST_DLQ_TOPIC=names["dlq"], PUBSUB_DEAD_LETTER_TOPIC=names["dead"],
-        PUBSUB_IMAGES_SUBSCRIPTION=subs["images"], PUBSUB_PREDICTIONS_SUBSCRIPTION=subs["predictions"],
-        PUBSUB_DLQ_SUBSCRIPTION=subs["dlq"], PUBSUB_DEAD_LETTER_SUBSCRIPTION=subs["dead"],
+        **names,
         BRIDGE_WEB_PORT=str(port), FMNIST_WEB_HOST="127.0.0.1",
         BRIDGE_STATE_PATH=str(ctx.run_dir / "bridge-state.sqlite3"), FMNIST_MODEL_PATH=str(ctx.model_path),
         FMNIST_LOG_LEVEL="warning")
@@ -558,8 +554,8 @@ def pubsub_bridge(ctx: Context) -> dict[str, Any]:
         return {"available": False,
                 "reason": f"not measured: bridge not available (`setup` exited {setup.returncode}: "
                           f"{(setup.stderr or setup.stdout).strip()[-300:]})"}
-    images = _PubSub(ctx, names["images"], subs["images"])
-    predictions = _PubSub(ctx, names["predictions"], subs["predictions"])
+    images = _PubSub(ctx, names["FMNIST_IMAGES_TOPIC"], names["PUBSUB_IMAGES_SUBSCRIPTION"])
+    predictions = _PubSub(ctx, names["FMNIST_PREDICTIONS_TOPIC"], names["PUBSUB_PREDICTIONS_SUBSCRIPTION"])
     try:
         published = images.publish(n, "br")
         bridge = ServiceProc([sys.executable, "-m", "pubsub_bridge", "run"], env, ctx.run_dir / "bridge.log",
@@ -599,7 +595,7 @@ def _pull_publish_times(ps: _PubSub, n: int, timeout: float = 60.0) -> list[int]
     return times
 
 
-def delete_pubsub_with_prefix(settings: Settings, prefix: str) -> int:
+def delete_pubsub_tagged(settings: Settings, tag: str) -> int:
     """Remove this run's subscriptions and topics from the emulator; returns how many."""
     from google.cloud import pubsub_v1
 
@@ -608,11 +604,11 @@ def delete_pubsub_with_prefix(settings: Settings, prefix: str) -> int:
     removed = 0
     with subscriber:
         for sub in list(subscriber.list_subscriptions(project=project)):
-            if sub.name.rsplit("/", 1)[-1].startswith(prefix):
+            if tag in sub.name.rsplit("/", 1)[-1]:
                 subscriber.delete_subscription(subscription=sub.name)
                 removed += 1
         for topic in list(publisher.list_topics(project=project)):
-            if topic.name.rsplit("/", 1)[-1].startswith(prefix):
+            if tag in topic.name.rsplit("/", 1)[-1]:
                 publisher.delete_topic(topic=topic.name)
                 removed += 1
     return removed

@@ -155,8 +155,10 @@ def logger_main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fmnist-logger", description=logger_main.__doc__)
     parser.add_argument("--backend", choices=("kafka", "pubsub"), default="kafka")
     parser.add_argument("--topic", default=settings.topics.predictions)
-    parser.add_argument("--subscription", default=settings.pubsub.predictions_subscription,
-                        help="Pub/Sub subscription to pull from (Kafka: used as consumer group with --group)")
+    parser.add_argument("--subscription",
+                        help="Pub/Sub: subscription to pull from (default "
+                             f"{settings.pubsub.predictions_subscription}); Kafka: consumer group, whose committed "
+                             "offsets say where to resume (default: a fresh group each run)")
     parser.add_argument("--count", type=int, default=0, help="stop after N distinct predictions (0 = never)")
     parser.add_argument("--timeout", type=float, default=0, help="stop after this many seconds (0 = never)")
     parser.add_argument("--latest", action="store_true", help="Kafka: start at the end, not the beginning")
@@ -173,7 +175,9 @@ def logger_main(argv: Sequence[str] | None = None) -> int:
         if args.count and len(tally.seen) >= args.count:
             enough.set()
 
-    group = args.subscription if args.backend == "pubsub" else None
+    group = args.subscription
+    if args.backend == "pubsub" and group is None:
+        group = settings.pubsub.predictions_subscription
     consumer = MainManager(args.backend, settings).create_consumer(
         args.topic, on_message, group, from_beginning=not args.latest)
     started = time.monotonic()

@@ -9,49 +9,16 @@ streamed accuracy next to the offline accuracy of the same model on the same ima
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
-from typing import Any
 
-from .config import load_settings
+from .config import load_settings, run_names
 from .core import dataset
 from .core.model import load_classifier
-
-
-def get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return json.load(response)
-
-
-def port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) != 0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_ready(proc: subprocess.Popen, url: str, what: str, log_path: Path, timeout: float = 120) -> float:
-    """Seconds until ``url`` answers; exits with a pointer to the log if ``proc`` dies or stalls."""
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if proc.poll() is not None:
-            raise SystemExit(f"demo: the {what} exited with {proc.returncode}; see {log_path}")
-        try:
-            get_json(url)
-            return time.monotonic() - started
-        except OSError:
-            time.sleep(0.2)
-    raise SystemExit(f"demo: the {what} did not answer {url} within {timeout:.0f} s; see {log_path}")
+from .netutil import NotReady, free_port, get_json, port_free, wait_ready
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,9 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     run = time.strftime("%Y%m%d-%H%M%S")
     env = dict(os.environ)
     env.setdefault("FMNIST_APP_ID", f"fmnist-demo-{run}")
-    for name, default in (("FMNIST_IMAGES_TOPIC", "images"), ("FMNIST_PREDICTIONS_TOPIC", "predictions"),
-                          ("FMNIST_DLQ_TOPIC", "images-dlq")):
-        env.setdefault(name, f"{default}-demo-{run}")  # fresh topics: the totals are this run's only
+    for name, value in run_names(f"demo-{run}").items():
+        env.setdefault(name, value)  # fresh topics: the totals are this run's only
     root = Path(__file__).resolve().parent.parent
     env.setdefault("FMNIST_WORKER_DATADIR", str(root / ".run" / f"demo-{run}"))
     if "FMNIST_WEB_PORT" not in os.environ and not port_free(6066):
@@ -88,7 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         worker = subprocess.Popen([sys.executable, "-m", "faust", "-A", "fmnist_faust", "worker", "-l", "info"],
                                   env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        ready = wait_ready(worker, base + "/accuracy/", "worker", log_path)
+        try:
+            ready = wait_ready(worker, base + "/accuracy/", log_path)
+        except NotReady as exc:
+            raise SystemExit(f"demo: the worker is not ready: {exc}") from None
         print(f"worker ready in {ready:.1f} s, tables at {base}/accuracy/ (dashboard {base}/)")
         started = time.monotonic()
         producer = subprocess.run(
@@ -122,7 +91,6 @@ def main(argv: list[str] | None = None) -> int:
             f"{name} {v['recall']:.2f}" for name, v in report["per_class"].items() if v["recall"] is not None))
         if args.keep:
             print(f"worker left running (pid {worker.pid}): {base}/")
-            return 0 if identical else 1
         return 0 if identical else 1
     finally:
         if not args.keep and worker.poll() is None:

@@ -20,10 +20,7 @@ from google.protobuf import field_mask_pb2, timestamp_pb2
 
 from fmnist_faust.config import Settings
 
-# No retry policy: the bridge waits out outages itself (it only nacks a message whose
-# handling fails on its own), so immediate redelivery sends a poison message to the
-# dead-letter topic within seconds; and with a backoff policy the emulator holds back the
-# messages of a crashed bridge for minutes.
+# The subscription settings setup brings back to the configured ones.
 _RECONCILED = ("ack_deadline_seconds", "dead_letter_policy")
 
 
@@ -58,6 +55,10 @@ def plan(settings: Settings) -> tuple[list[str], list[SubscriptionSpec]]:
             max_delivery_attempts=settings.pubsub.max_delivery_attempts,
         ),
     )
+    # No retry policy: the bridge waits out outages itself (it only nacks a message whose
+    # handling fails on its own), so immediate redelivery sends a poison message to the
+    # dead-letter topic within seconds; and with a backoff policy the emulator holds back the
+    # messages of a crashed bridge for minutes.
     subscriptions = [
         SubscriptionSpec(settings.pubsub.images_subscription, settings.topics.images, images),
         SubscriptionSpec(settings.pubsub.predictions_subscription, settings.topics.predictions, dict(common)),
@@ -98,6 +99,18 @@ def setup(settings: Settings, purge: bool = False) -> list[str]:
     if not settings.pubsub.emulator_host:
         lines.append(_dead_letter_note(settings))
     return lines
+
+
+def teardown(settings: Settings) -> None:
+    """Delete the subscriptions and topics :func:`plan` names (a test's or a measurement's own)."""
+    publisher, subscriber = _clients()
+    topics, subscriptions = plan(settings)
+    with subscriber:
+        for spec in subscriptions:
+            subscriber.delete_subscription(subscription=subscriber.subscription_path(settings.pubsub.project, spec.name))
+        for topic in topics:
+            publisher.delete_topic(topic=publisher.topic_path(settings.pubsub.project, topic))
+    publisher.stop()
 
 
 def _ensure_subscription(subscriber: Any, wanted: Any) -> str:

@@ -23,24 +23,19 @@ from typing import Any
 
 import numpy as np
 
-from fmnist_faust.config import Settings, load_settings
+from fmnist_faust.config import Settings, load_settings, run_names
 from fmnist_faust.core import dataset
 from fmnist_faust.core.model import load_classifier
 from fmnist_faust.core.scores import Scores
-from fmnist_faust.demo import free_port, get_json, port_free, wait_ready
+from fmnist_faust.netutil import NotReady, free_port, get_json, port_free, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _demo_env(run: str, workdir: Path) -> dict[str, str]:
     env = dict(os.environ)
-    for name, default in (("FMNIST_IMAGES_TOPIC", "images"), ("FMNIST_PREDICTIONS_TOPIC", "predictions"),
-                          ("FMNIST_DLQ_TOPIC", "images-dlq"), ("PUBSUB_DEAD_LETTER_TOPIC", "images-dead-letter"),
-                          ("PUBSUB_IMAGES_SUBSCRIPTION", "images-sub"),
-                          ("PUBSUB_PREDICTIONS_SUBSCRIPTION", "prediction-receiver"),
-                          ("PUBSUB_DLQ_SUBSCRIPTION", "images-dlq-sub"),
-                          ("PUBSUB_DEAD_LETTER_SUBSCRIPTION", "images-dead-letter-sub")):
-        env.setdefault(name, f"{default}-demo-{run}")
+    for name, value in run_names(f"demo-{run}").items():
+        env.setdefault(name, value)
     env.setdefault("BRIDGE_STATE_PATH", str(workdir / "bridge-state.sqlite3"))
     if "BRIDGE_WEB_PORT" not in os.environ and not port_free(6067):
         env["BRIDGE_WEB_PORT"] = str(free_port())  # 6067 is taken (another bridge?): use a free port
@@ -105,7 +100,10 @@ def main(argv: list[str] | None = None) -> int:
                                   stderr=subprocess.STDOUT)
     watch: subprocess.Popen | None = None
     try:
-        ready = wait_ready(bridge, base + "/accuracy/", "bridge", bridge_log)
+        try:
+            ready = wait_ready(bridge, base + "/accuracy/", bridge_log)
+        except NotReady as exc:
+            raise SystemExit(f"demo: the bridge is not ready: {exc}") from None
         print(f"bridge ready in {ready:.1f} s: {base}/ (dashboard), {base}/accuracy/; log {bridge_log}")
         watch = subprocess.Popen([python, "-m", "pubsub_bridge", "watch", "--count", str(count), "--timeout", "600"],
                                  env=dict(env, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE,

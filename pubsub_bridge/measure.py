@@ -29,24 +29,12 @@ import uuid
 from pathlib import Path
 from typing import Sequence
 
-from fmnist_faust.config import Settings, load_settings
+from fmnist_faust.config import Settings, load_settings, run_names
 from fmnist_faust.core import dataset
 from fmnist_faust.core.contract import encode_image
+from fmnist_faust.netutil import free_port
 
-from .admin import plan, setup
-
-
-def _names(tag: str) -> dict[str, str]:
-    return {
-        "FMNIST_IMAGES_TOPIC": f"measure-images-{tag}",
-        "FMNIST_PREDICTIONS_TOPIC": f"measure-predictions-{tag}",
-        "FMNIST_DLQ_TOPIC": f"measure-dlq-{tag}",
-        "PUBSUB_DEAD_LETTER_TOPIC": f"measure-dead-letter-{tag}",
-        "PUBSUB_IMAGES_SUBSCRIPTION": f"measure-images-sub-{tag}",
-        "PUBSUB_PREDICTIONS_SUBSCRIPTION": f"measure-predictions-sub-{tag}",
-        "PUBSUB_DLQ_SUBSCRIPTION": f"measure-dlq-sub-{tag}",
-        "PUBSUB_DEAD_LETTER_SUBSCRIPTION": f"measure-dead-letter-sub-{tag}",
-    }
+from .admin import setup, teardown
 
 
 def _publish(settings: Settings, payloads: list[tuple[bytes, str]]) -> float:
@@ -122,18 +110,6 @@ def bridge_rate(env: dict[str, str], count: int, timeout: float, log_path: Path)
         proc.wait(30)
 
 
-def _cleanup(settings: Settings) -> None:
-    from google.cloud import pubsub_v1
-
-    topics, subscriptions = plan(settings)
-    publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
-    with subscriber:
-        for spec in subscriptions:
-            subscriber.delete_subscription(subscription=subscriber.subscription_path(settings.pubsub.project, spec.name))
-        for topic in topics:
-            publisher.delete_topic(topic=publisher.topic_path(settings.pubsub.project, topic))
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     base = load_settings()
     parser = argparse.ArgumentParser(prog="python -m pubsub_bridge.measure", description=__doc__,
@@ -153,10 +129,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         payloads.append((encode_image(image_id, split.images[j], int(split.labels[j]), time.time()), image_id))
 
     with tempfile.TemporaryDirectory(prefix="fmnist-measure-") as scratch:
-        raw_env = dict(os.environ, **_names(uuid.uuid4().hex[:8]))
-        bridge_env = dict(os.environ, **_names(uuid.uuid4().hex[:8]), FMNIST_MODEL_PATH=str(args.model),
+        raw_env = dict(os.environ, **run_names(f"measure-{uuid.uuid4().hex[:8]}"))
+        bridge_env = dict(os.environ, **run_names(f"measure-{uuid.uuid4().hex[:8]}"), FMNIST_MODEL_PATH=str(args.model),
                           BRIDGE_STATE_PATH=str(Path(scratch) / "state.sqlite3"),
-                          BRIDGE_WEB_PORT=str(_free_port()))
+                          BRIDGE_WEB_PORT=str(free_port()))
         raw_settings, bridge_settings = load_settings(raw_env), load_settings(bridge_env)
         for settings in (raw_settings, bridge_settings):
             setup(settings)
@@ -167,21 +143,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             bridged = bridge_rate(bridge_env, args.count, args.timeout, Path(scratch) / "bridge.log")
         finally:
             for settings in (raw_settings, bridge_settings):
-                _cleanup(settings)
+                teardown(settings)
     print(f"emulator {base.pubsub.emulator_host}, {args.count} messages of {len(payloads[0][0])} bytes, "
           f"flow control {base.bridge.max_messages} messages, batch {base.pipeline.batch_size}")
     print(f"publish (backlog)          {published:8,.0f} messages/s")
     print(f"raw streaming pull + ack   {raw:8,.0f} messages/s")
     print(f"bridge (classify+publish+commit+ack) {bridged:8,.0f} images/s  ({bridged / raw:.0%} of raw)")
     return 0
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from typing import Iterator
 import pytest
 
 from fmnist_faust.core import dataset, model
-from fmnist_faust.config import load_settings
+from fmnist_faust.config import load_settings, run_names
 from support import Worker, free_port, require_service
 
 DATA_DIR = load_settings().model.data_dir  # FMNIST_DATA_DIR, as the commands read it
@@ -51,13 +51,10 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def worker_env(kafka_bootstrap: str, tiny_model: Path, tmp_path: Path) -> dict[str, str]:
     """Environment for an isolated worker: unique app id and topic names."""
     tag = uuid.uuid4().hex[:8]
-    env = dict(os.environ)
+    env = dict(os.environ, **run_names(tag))
     env.update(
         KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap,
         FMNIST_APP_ID=f"fmnist-test-{tag}",
-        FMNIST_IMAGES_TOPIC=f"images-{tag}",
-        FMNIST_PREDICTIONS_TOPIC=f"predictions-{tag}",
-        FMNIST_DLQ_TOPIC=f"images-dlq-{tag}",
         FMNIST_WEB_PORT=str(free_port()),
         FMNIST_WORKER_DATADIR=str(tmp_path / "worker"),
         FMNIST_MODEL_PATH=str(tiny_model),

@@ -7,10 +7,14 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
+import requests
+
+from fmnist_faust.netutil import NotReady, free_port, wait_ready
+
+__all__ = ["free_port"]  # shared by the tests from here, defined once in the product
 
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -49,60 +53,54 @@ def wait_for_port(host: str, port: int, timeout: float = 10.0) -> bool:
     return False
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+class Service:
+    """A product process (``faust ... worker`` or ``python -m pubsub_bridge run``) serving the
+    JSON views on ``port``; :meth:`start` returns once ``/accuracy/`` answers."""
 
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-class Worker:
-    """A ``faust -A fmnist_faust worker`` subprocess with its own topics, port and data dir."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path, port: int) -> None:
+        self.argv = argv
         self.env = env
         self.log_path = log_path
-        self.port = int(env["FMNIST_WEB_PORT"])
+        self.port = port
         self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, ready_timeout: float = 60.0) -> "Worker":
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "faust", "-A", "fmnist_faust", "worker", "-l", "info"],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-        import requests
+    def start(self, ready_timeout: float = 60.0) -> Service:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        try:
+            wait_ready(self.proc, self.url + "/accuracy/", self.log_path, ready_timeout)
+        except NotReady as exc:
+            raise RuntimeError(f"{exc}\n{self.log()}") from None
+        return self
 
-        deadline = time.monotonic() + ready_timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited with {self.proc.returncode}; log: {self.log_path}")
-            try:
-                if requests.get(self.url + "/accuracy/", timeout=1).status_code == 200:
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"worker not ready in {ready_timeout} s; log: {self.log_path}")
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def get(self, path: str) -> requests.Response:
+        response = requests.get(self.url + path, timeout=30)
+        response.raise_for_status()
+        return response
 
     def accuracy(self) -> dict:
-        import requests
-
-        return requests.get(self.url + "/accuracy/", timeout=30).json()
+        return self.get("/accuracy/").json()
 
     def metric(self, name: str) -> float:
-        import requests
-
-        for line in requests.get(self.url + "/metrics", timeout=30).text.splitlines():
+        for line in self.get("/metrics").text.splitlines():
             if line.startswith(name + " "):
                 return float(line.split()[1])
         raise KeyError(name)
+
+
+class Worker(Service):
+    """A ``faust -A fmnist_faust worker`` subprocess with its own topics, port and data dir."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        super().__init__([sys.executable, "-m", "faust", "-A", "fmnist_faust", "worker", "-l", "info"], env,
+                         log_path, int(env["FMNIST_WEB_PORT"]))
 
     def stop(self, sig: int = 15, timeout: float = 30.0) -> int:
         if self.proc is None or self.proc.poll() is not None:

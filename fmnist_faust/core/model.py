@@ -45,7 +45,7 @@ def manifest_path_for(model_path: Path) -> Path:
 
 def build_pipeline(
     hidden: tuple[int, ...] = DEFAULT_HIDDEN,
-    max_iter: int = 30,
+    max_iter: int = DEFAULT_MAX_ITER,
     seed: int = 0,
     early_stopping: bool = True,
     verbose: bool = False,
@@ -77,7 +77,7 @@ def train(
     test_labels: np.ndarray,
     out_path: Path,
     hidden: tuple[int, ...] = DEFAULT_HIDDEN,
-    max_iter: int = 30,
+    max_iter: int = DEFAULT_MAX_ITER,
     seed: int = 0,
     verbose: bool = False,
     log: Callable[[str], None] = print,

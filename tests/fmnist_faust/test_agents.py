@@ -1,7 +1,7 @@
 """The classify agent through Faust's ``agent.test_context()`` (no broker).
 
-The producer's ``send`` and the table's changelog ``send_changelog`` are replaced by
-recorders: this tests the adapter's logic (batching, DLQ routing, offset-stamped rows,
+The producer's ``send`` (predictions, dead letters, seen-id marks) and the scores table's
+``send_changelog`` are replaced by recorders: this tests the adapter's logic (batching, DLQ routing, offset-stamped rows,
 replay skipping); the real-broker behaviour is covered by test_pipeline_kafka.py.
 """
 
@@ -40,12 +40,7 @@ def faust_app(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setattr(type(app.producer), "send", lambda self, *a, **k: record_send(*a, **k))
     monkeypatch.setattr(tables.scores_table, "send_changelog",
                         lambda partition, key, value, *a: changelog.append((partition, key, value)))
-    if hasattr(tables, "seen_table"):
-        async def acked(*_: Any) -> None:
-            return None
-
-        monkeypatch.setattr(tables.seen_table, "send_changelog", lambda *a: acked())
-        tables.seen_table.data.clear()
+    tables.seen_table.data.clear()  # marks go through app.producer.send, recorded above
     tables.scores_table.data.clear()
     app.test_sent, app.test_changelog, app.test_classifier = sent, changelog, classifier
     return app

@@ -18,7 +18,8 @@ from typing import Callable
 
 import pytest
 
-from bridge_helpers import Bridge, Collector, free_port, offline_scores, publish_images
+from bridge_helpers import Bridge, Collector, offline_scores, publish_images
+from support import free_port
 from fmnist_faust.config import Settings, load_settings
 from fmnist_faust.core import dataset
 from pubsub_bridge.admin import setup

@@ -19,7 +19,8 @@ import pytest
 import requests
 from google.cloud import pubsub_v1
 
-from bridge_helpers import ROOT, Bridge, Collector, offline_scores, publish_images
+from bridge_helpers import Bridge, Collector, offline_scores, publish_images
+from support import ROOT
 from fmnist_faust.config import Settings, load_settings
 from fmnist_faust.core import dataset
 from fmnist_faust.core.contract import decode_prediction, encode_image

@@ -8,7 +8,7 @@ from typing import Iterator
 import pytest
 import requests
 
-from bridge_helpers import free_port
+from support import free_port
 from fmnist_faust.core.recent import RecentMistakes
 from fmnist_faust.core.scores import Scores
 from pubsub_bridge.web import Views, WebServer
