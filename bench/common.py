@@ -8,9 +8,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -82,7 +83,7 @@ class ServiceProc:
         self.peak_rss_mb: float | None = None
 
     @classmethod
-    def faust(cls, module: str, env: dict[str, str], log_path: Path, port: int, ready_path: str) -> "ServiceProc":
+    def faust(cls, module: str, env: dict[str, str], log_path: Path, port: int, ready_path: str) -> ServiceProc:
         argv = [sys.executable, "-m", "faust", "-A", module, "worker", "-l", "warn"]
         return cls(argv, env, log_path, port, ready_path)
 
@@ -92,7 +93,7 @@ class ServiceProc:
     def get(self, path: str) -> Any:
         return get_json(self.url(path), timeout=2.0)
 
-    def start(self, ready_timeout: float = 90.0) -> "ServiceProc":
+    def start(self, ready_timeout: float = 90.0) -> ServiceProc:
         """Spawn and wait until ``ready_path`` answers 200 with JSON; sets ``ready_s``."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")

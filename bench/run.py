@@ -21,8 +21,9 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from fmnist_faust.config import ModelSettings, load_settings
 from fmnist_faust.core import model

@@ -12,11 +12,10 @@ import statistics
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
-
-import numpy as np
+from typing import Any
 
 from fmnist_faust.config import Settings, load_settings, run_names
 from fmnist_faust.core import dataset
@@ -24,8 +23,20 @@ from fmnist_faust.core.contract import encode_image
 from fmnist_faust.core.model import Classifier, load_classifier
 from fmnist_faust.core.pipeline import RawMessage, classify_batch
 
-from .common import (ROOT, LiveConsumer, ServiceProc, Sent, create_topics, env_with, free_port,
-                     percentiles, produce, read_records, span_rate, wait_until)
+from .common import (
+    ROOT,
+    LiveConsumer,
+    Sent,
+    ServiceProc,
+    create_topics,
+    env_with,
+    free_port,
+    percentiles,
+    produce,
+    read_records,
+    span_rate,
+    wait_until,
+)
 
 CODE_DEFAULTS = load_settings({})  # the defaults a user gets (batch size, linger, ...)
 
@@ -50,7 +61,7 @@ class Plan:
     probe_modes: tuple[str, ...] = ("noop", "forward")
 
     @classmethod
-    def smoke(cls) -> "Plan":
+    def smoke(cls) -> Plan:
         return cls(ceiling_images=2_000, ceiling_repeats=1, single_images=50, naive_images=200,
                    e2e_images=1_000, batch_sweep=(), linger_sweep=(),
                    rates=((1000, 0.5), (5000, 0.2)), warmup_images=50, concurrent_images=1_000,

@@ -13,15 +13,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from collections.abc import Awaitable, Iterable
 from functools import lru_cache
-from typing import Any, Awaitable, Iterable
+from typing import Any
 
 from . import metrics
-from .faust_app import app, settings
 from .core.contract import InvalidMessage, Prediction, dead_letter_attributes
 from .core.model import Classifier, load_classifier
 from .core.pipeline import BatchResult, RawMessage, classify_batch, repeats
 from .core.recent import RecentMistakes
+from .faust_app import app, settings
 from .tables import counted_at, mark_counted, read_row, write_row
 from .topics import dlq_topic, images_topic, predictions_topic
 

@@ -10,8 +10,8 @@ import argparse
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .config import load_settings
 

@@ -20,8 +20,9 @@ import json
 import logging
 import threading
 import uuid
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 from .config import Settings, load_settings
 
@@ -88,7 +89,7 @@ class Producer:
     def close(self) -> None:
         raise NotImplementedError
 
-    def __enter__(self) -> "Producer":
+    def __enter__(self) -> Producer:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -239,7 +240,7 @@ class Consumer:
     def stop(self) -> None:
         raise NotImplementedError
 
-    def __enter__(self) -> "Consumer":
+    def __enter__(self) -> Consumer:
         return self
 
     def __exit__(self, *exc: object) -> None:

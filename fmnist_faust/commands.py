@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .faust_app import app
 from . import cli
+from .faust_app import app
 
 
 @app.command()

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import os
 import ssl
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -17,8 +17,8 @@ from typing import Any
 
 from mode import Service
 
-from .faust_app import app, settings
 from .core.scores import Scores
+from .faust_app import app, settings
 from .tables import local_rows, scores_table, sum_rows
 
 log = logging.getLogger(__name__)

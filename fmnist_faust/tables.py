@@ -22,13 +22,14 @@ only within the partition it landed in. Memory: one small entry per distinct cou
 from __future__ import annotations
 
 import json
-from typing import Any, Awaitable, Iterable
+from collections.abc import Awaitable, Iterable
+from typing import Any
 
 import faust
 from faust.types import EventT
 
-from .faust_app import app, settings
 from .core.scores import Scores
+from .faust_app import app, settings
 
 scores_table = app.Table(
     "scores",

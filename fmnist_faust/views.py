@@ -12,8 +12,8 @@ from typing import Any
 from faust.exceptions import ConsumerNotStarted
 
 from . import metrics
-from .faust_app import app, settings
 from .agents import recent_mistakes
+from .faust_app import app, settings
 from .global_scores import global_totals
 from .tables import read_row
 from .topics import images_topic

@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 import textwrap
-from typing import Sequence
+from collections.abc import Sequence
 
 from fmnist_faust.config import ConfigError, Settings, load_settings
 

@@ -24,8 +24,9 @@ import signal
 import sqlite3
 import threading
 import time
+from collections.abc import Sequence
 from types import FrameType
-from typing import Any, Sequence
+from typing import Any
 
 from google.api_core.exceptions import GoogleAPICallError
 

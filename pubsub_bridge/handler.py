@@ -17,8 +17,9 @@ import concurrent.futures
 import logging
 import sqlite3
 import time
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 from google.api_core import exceptions as gexc
 from prometheus_client import Counter

@@ -26,8 +26,8 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from fmnist_faust.config import Settings, load_settings, run_names
 from fmnist_faust.core import dataset

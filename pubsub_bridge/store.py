@@ -21,8 +21,8 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from fmnist_faust.core.pipeline import BatchResult
 from fmnist_faust.core.scores import Scores

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from aiohttp import web
 
@@ -92,7 +92,7 @@ class WebServer:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def start(self) -> "WebServer":
+    def start(self) -> WebServer:
         """Bind and serve; raises OSError (port in use) in the caller's thread."""
         self._thread.start()
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-from fmnist_faust.core import dataset, model
 from fmnist_faust.config import load_settings, run_names
+from fmnist_faust.core import dataset, model
 from support import Worker, free_port, require_service
 
 DATA_DIR = load_settings().model.data_dir  # FMNIST_DATA_DIR, as the commands read it

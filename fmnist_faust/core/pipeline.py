@@ -12,8 +12,8 @@ The duplicate rule of the wire contract lives here too (:func:`repeats` and
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from typing import Callable, Collection, Sequence, Union
 
 import numpy as np
 
@@ -21,7 +21,7 @@ from .contract import DEFAULT_MAX_MESSAGE_BYTES, ImageMessage, InvalidMessage, P
 from .model import Classifier
 from .scores import Scores
 
-Outcome = Union[Prediction, InvalidMessage]
+Outcome = Prediction | InvalidMessage
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ Pub/Sub bridge only catch ``InvalidMessage``: anything else would crash them).
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 from pathlib import Path

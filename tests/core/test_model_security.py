@@ -12,14 +12,14 @@ import ast
 import json
 import pickle
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import joblib
 import pytest
 import sklearn
 
-from fmnist_faust.core import model
 from fmnist_faust.core.model import ModelError, load_classifier, manifest_path_for, sha256_file, verify
 
 ROOT = Path(__file__).resolve().parents[2]

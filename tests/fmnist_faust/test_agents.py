@@ -91,8 +91,8 @@ def test_agent_classifies_dead_letters_and_skips_replays(faust_app: Any, test_sp
 @pytest.mark.timeout(60)
 def test_replayed_offsets_are_not_counted_again(faust_app: Any, test_split) -> None:
     from fmnist_faust import agents
-    from fmnist_faust.tables import read_row, write_row
     from fmnist_faust.core.scores import Scores
+    from fmnist_faust.tables import read_row, write_row
 
     write_row(0, 1_000_000, Scores(), "v")  # row claims every offset up to 1e6 is applied
 

@@ -22,8 +22,8 @@ import pytest
 from fmnist_faust.client import MainManager
 from fmnist_faust.config import load_settings
 from fmnist_faust.core.contract import encode_image
-from fmnist_faust.kafka_admin import ensure_topics_sync
 from fmnist_faust.core.model import load_classifier
+from fmnist_faust.kafka_admin import ensure_topics_sync
 from support import ROOT, consume_topic, produce_images, wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.chaos]
@@ -80,7 +80,7 @@ def test_sigkill_three_times_and_broker_restart_exact(start_worker, worker_env, 
     producer = stream_in_background(kafka_bootstrap, worker_env["FMNIST_IMAGES_TOPIC"], images, labels)
     kills = 0
     for fraction in sorted(rng.uniform(0.1, 0.8) for _ in range(3)):
-        wait_until(lambda: worker.accuracy()["images"] >= fraction * COUNT, timeout=180,
+        wait_until(lambda w=worker, f=fraction: w.accuracy()["images"] >= f * COUNT, timeout=180,
                    what=f"{fraction:.0%} counted before kill {kills + 1}")
         worker.stop(signal.SIGKILL)
         kills += 1

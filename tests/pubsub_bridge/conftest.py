@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
 from bridge_helpers import Bridge, Collector
-from support import free_port
 from fmnist_faust.config import Settings, load_settings, run_names
+from support import free_port
 
 
 @pytest.fixture

@@ -13,16 +13,16 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
 from bridge_helpers import Bridge, Collector, offline_scores, publish_images
-from support import free_port
 from fmnist_faust.config import Settings, load_settings
 from fmnist_faust.core import dataset
 from pubsub_bridge.admin import setup
+from support import free_port
 
 pytestmark = [pytest.mark.pubsub, pytest.mark.chaos]
 COUNT = min(int(os.environ.get("CHAOS_IMAGES", "2000")), 10000)

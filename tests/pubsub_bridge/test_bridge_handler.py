@@ -9,10 +9,11 @@ from __future__ import annotations
 import concurrent.futures
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from google.api_core import exceptions as gexc

@@ -11,20 +11,20 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import requests
 from google.cloud import pubsub_v1
 
 from bridge_helpers import Bridge, Collector, offline_scores, publish_images
-from support import ROOT
 from fmnist_faust.config import Settings, load_settings
 from fmnist_faust.core import dataset
 from fmnist_faust.core.contract import decode_prediction, encode_image
 from pubsub_bridge.admin import setup
+from support import ROOT
 
 pytestmark = pytest.mark.pubsub
 

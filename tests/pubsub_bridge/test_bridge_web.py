@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import requests
 
-from support import free_port
 from fmnist_faust.core.recent import RecentMistakes
 from fmnist_faust.core.scores import Scores
 from pubsub_bridge.web import Views, WebServer
+from support import free_port
 
 
 @pytest.fixture
