@@ -23,14 +23,20 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # --------------------------------------------------------------------------- statistics
 
+
 def percentiles(values_ms: Sequence[float]) -> dict[str, float | int | None]:
     """p50 / p95 / p99 / max (ms) and the sample count."""
     if len(values_ms) == 0:
         return {"n": 0, "p50": None, "p95": None, "p99": None, "max": None}
     array = np.asarray(values_ms, dtype=np.float64)
     p50, p95, p99 = np.percentile(array, [50, 95, 99]).tolist()
-    return {"n": int(array.size), "p50": round(p50, 2), "p95": round(p95, 2), "p99": round(p99, 2),
-            "max": round(float(array.max()), 2)}
+    return {
+        "n": int(array.size),
+        "p50": round(p50, 2),
+        "p95": round(p95, 2),
+        "p99": round(p99, 2),
+        "max": round(float(array.max()), 2),
+    }
 
 
 def span_rate(timestamps_ms: Sequence[int]) -> float:
@@ -46,6 +52,7 @@ def span_rate(timestamps_ms: Sequence[int]) -> float:
 
 
 # --------------------------------------------------------------------------- processes
+
 
 def peak_rss_mb(pid: int) -> float | None:
     """Peak resident set size (VmHWM from /proc/PID/status) in MiB, None if unreadable."""
@@ -70,8 +77,7 @@ def cpu_seconds(pid: int) -> float | None:
 class ServiceProc:
     """A service subprocess (Faust worker or bridge) with a JSON readiness endpoint."""
 
-    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path, port: int,
-                 ready_path: str) -> None:
+    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path, port: int, ready_path: str) -> None:
         self.argv = argv
         self.env = env
         self.log_path = log_path
@@ -133,6 +139,7 @@ class ServiceProc:
 
 # --------------------------------------------------------------------------- Kafka
 
+
 def _run(coro: Any) -> Any:
     return asyncio.run(coro)
 
@@ -155,8 +162,11 @@ def create_topics(bootstrap: str, names: Iterable[str], partitions: int) -> None
             await admin.create_topics([NewTopic(n, partitions, 1) for n in names])
             for _ in range(100):  # until every partition has a leader (no NotLeader retries)
                 described = await admin.describe_topics(list(names))
-                if all(len(t.get("partitions", [])) == partitions and
-                       all(p.get("leader", -1) >= 0 for p in t["partitions"]) for t in described):
+                if all(
+                    len(t.get("partitions", [])) == partitions
+                    and all(p.get("leader", -1) >= 0 for p in t["partitions"])
+                    for t in described
+                ):
                     break
                 await asyncio.sleep(0.05)
         finally:
@@ -184,8 +194,7 @@ def delete_topics_with_prefix(bootstrap: str, prefix: str) -> list[str]:
 async def _consumer(bootstrap: str, topic: str, **kwargs: Any) -> tuple[Any, list[Any]]:
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                                **kwargs)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, **kwargs)
     await consumer.start()
     partitions = consumer.partitions_for_topic(topic)
     deadline = time.monotonic() + 30
@@ -249,8 +258,9 @@ class LiveConsumer:
         self._stop = threading.Event()
         self._ready = threading.Event()
         self.error: BaseException | None = None
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._run(bootstrap, topic)),
-                                        name=f"live-{topic}", daemon=True)
+        self._thread = threading.Thread(
+            target=lambda: asyncio.run(self._run(bootstrap, topic)), name=f"live-{topic}", daemon=True
+        )
         self._thread.start()
         if not self._ready.wait(30):
             raise RuntimeError(f"live consumer on {topic} did not start: {self.error!r}")
@@ -285,6 +295,7 @@ class LiveConsumer:
 
 # --------------------------------------------------------------------------- producing
 
+
 @dataclass
 class Sent:
     """What a producer run sent: id -> sent_at (epoch s), and its achieved rate."""
@@ -297,8 +308,15 @@ class Sent:
         return len(self.sent_at) / self.seconds if self.seconds else 0.0
 
 
-def produce(producer: Any, images: np.ndarray, labels: np.ndarray, count: int, prefix: str,
-            rate: float = 0.0, start_index: int = 0) -> Sent:
+def produce(
+    producer: Any,
+    images: np.ndarray,
+    labels: np.ndarray,
+    count: int,
+    prefix: str,
+    rate: float = 0.0,
+    start_index: int = 0,
+) -> Sent:
     """Send ``count`` labelled test images through a :class:`fmnist_faust.client.Producer`.
 
     ``rate`` > 0 paces the sends in 10 ms ticks (offered load); 0 sends as fast as the

@@ -60,8 +60,16 @@ def ensure_model(models: ModelSettings, run_dir: Path, smoke: bool, log: Callabl
             pass
         log(f"smoke: no verified model ({reason}); training a tiny one at {path}")
         train, test = dataset.load_split("train", models.data_dir), dataset.load_split("test", models.data_dir)
-        model.train(train.images[:3000], train.labels[:3000], test.images[:500], test.labels[:500], path,
-                    hidden=(32,), max_iter=10, log=lambda _msg: None)
+        model.train(
+            train.images[:3000],
+            train.labels[:3000],
+            test.images[:500],
+            test.labels[:500],
+            path,
+            hidden=(32,),
+            max_iter=10,
+            log=lambda _msg: None,
+        )
         return path
 
 
@@ -69,12 +77,20 @@ def machine() -> dict[str, Any]:
     """What the numbers were measured on, including how busy the machine was."""
     load = os.getloadavg()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "fmnist_faust", "pubsub_bridge"],
-                           cwd=ROOT, capture_output=True, text=True)
-    return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-            "loadavg_at_start": [round(x, 2) for x in load],
-            "git_commit": commit.stdout.strip() or None,
-            "uncommitted_code": sorted(line[3:] for line in dirty.stdout.splitlines() if line.strip())}
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no", "--", "fmnist_faust", "pubsub_bridge"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "loadavg_at_start": [round(x, 2) for x in load],
+        "git_commit": commit.stdout.strip() or None,
+        "uncommitted_code": sorted(line[3:] for line in dirty.stdout.splitlines() if line.strip()),
+    }
 
 
 def ratios(results: dict[str, Any]) -> dict[str, float | None]:
@@ -124,11 +140,17 @@ def targets(results: dict[str, Any], ratio: dict[str, float | None]) -> dict[str
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny counts: a few seconds per stage")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="results directory (default: bench/results; with --smoke: .run/bench/smoke, "
-                             "so a smoke run never overwrites the committed full results)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="results directory (default: bench/results; with --smoke: .run/bench/smoke, "
+        "so a smoke run never overwrites the committed full results)",
+    )
     parser.add_argument("--name", default="latest", help="file stem of the results (default: latest)")
-    parser.add_argument("--stages", default=",".join(ALL_STAGES), help="comma-separated subset of " + ",".join(ALL_STAGES))
+    parser.add_argument(
+        "--stages", default=",".join(ALL_STAGES), help="comma-separated subset of " + ",".join(ALL_STAGES)
+    )
     parser.add_argument("--no-png", action="store_true", help="skip the matplotlib plot")
     parser.add_argument("--keep-topics", action="store_true", help="do not delete this run's topics")
     args = parser.parse_args(argv)
@@ -144,7 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     settings = load_settings()
     if not os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or not os.environ.get("PUBSUB_EMULATOR_HOST"):
-        log("bench: KAFKA_BOOTSTRAP_SERVERS / PUBSUB_EMULATOR_HOST not set (use tools/bench.sh or source .services.env)")
+        log(
+            "bench: KAFKA_BOOTSTRAP_SERVERS / PUBSUB_EMULATOR_HOST not set (use tools/bench.sh or source .services.env)"
+        )
         return 2
     plan = stages.Plan.smoke() if args.smoke else stages.Plan()
     run_dir = ROOT / ".run" / "bench"
@@ -162,8 +186,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "model": {"path": str(model_path), "version": model.read_manifest(model_path).get("model_version")},
         "plan": {k: v for k, v in vars(plan).items()},
     }
-    runners = {"ceiling": stages.model_ceiling, "naive": stages.naive_baseline, "kafka": stages.kafka_e2e,
-               "pubsub": stages.pubsub_raw, "bridge": stages.pubsub_bridge}
+    runners = {
+        "ceiling": stages.model_ceiling,
+        "naive": stages.naive_baseline,
+        "kafka": stages.kafka_e2e,
+        "pubsub": stages.pubsub_raw,
+        "bridge": stages.pubsub_bridge,
+    }
     failed = []
     try:
         for name in wanted:

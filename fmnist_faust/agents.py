@@ -34,8 +34,9 @@ recent_mistakes = RecentMistakes()
 def get_classifier() -> Classifier:
     """Load and verify the model once per worker process."""
     classifier = load_classifier(settings.model.path)
-    log.info("model loaded: version %s (test accuracy %s)", classifier.version,
-             classifier.manifest.get("test_accuracy"))
+    log.info(
+        "model loaded: version %s (test accuracy %s)", classifier.version, classifier.manifest.get("test_accuracy")
+    )
     return classifier
 
 
@@ -90,15 +91,18 @@ async def process_events(events: list[Any]) -> None:
     recent_mistakes.add_batch(counted)
 
 
-async def _duplicate_ids(fresh: list[Any], result: BatchResult,
-                         applied: dict[int, int]) -> tuple[set[int], list[Awaitable[Any]]]:
+async def _duplicate_ids(
+    fresh: list[Any], result: BatchResult, applied: dict[int, int]
+) -> tuple[set[int], list[Awaitable[Any]]]:
     """Indices of images whose id was already counted in their partition; marks the others.
 
     An earlier mark only counts if its offset is <= the partition's applied offset (older
     than this batch, so its row was written) or it was made earlier in this batch.
     """
-    keys = [f"{event.message.partition}/{outcome.id}" if isinstance(outcome, Prediction) else None
-            for event, outcome in zip(fresh, result.outcomes)]
+    keys = [
+        f"{event.message.partition}/{outcome.id}" if isinstance(outcome, Prediction) else None
+        for event, outcome in zip(fresh, result.outcomes)
+    ]
 
     def counted(index: int, key: str) -> bool:
         partition = fresh[index].message.partition
@@ -133,8 +137,9 @@ async def _publish(result: BatchResult) -> None:
             headers = [(name, value.encode()) for name, value in dead_letter_attributes(outcome).items()]
             pending.append(await producer.send(dlq, _as_bytes(message.key), message.value, None, None, headers))
         else:
-            pending.append(await producer.send(
-                predictions, outcome.id.encode("utf-8"), outcome.encode(), None, None, None))
+            pending.append(
+                await producer.send(predictions, outcome.id.encode("utf-8"), outcome.encode(), None, None, None)
+            )
     await asyncio.gather(*pending)
 
 

@@ -75,8 +75,12 @@ class _LoopThread:
 class Producer:
     """Common producer interface: ``produce``, ``produce_many``, ``flush``, ``close``."""
 
-    def produce(self, value: bytes | str | Mapping[str, Any], key: str | None = None,
-                attributes: Mapping[str, str] | None = None) -> concurrent.futures.Future:
+    def produce(
+        self,
+        value: bytes | str | Mapping[str, Any],
+        key: str | None = None,
+        attributes: Mapping[str, str] | None = None,
+    ) -> concurrent.futures.Future:
         raise NotImplementedError
 
     def produce_many(self, items: Iterable[tuple[bytes, str | None]]) -> list[concurrent.futures.Future]:
@@ -122,8 +126,11 @@ class KafkaProducer(Producer):
 
         self._producer = self._loop.run(start(), timeout=60)
 
-    async def _send_all(self, items: list[tuple[bytes, bytes | None, list[tuple[str, bytes]] | None]],
-                        results: list[concurrent.futures.Future]) -> None:
+    async def _send_all(
+        self,
+        items: list[tuple[bytes, bytes | None, list[tuple[str, bytes]] | None]],
+        results: list[concurrent.futures.Future],
+    ) -> None:
         """Queue every message in the producer; each result future follows its message's delivery."""
 
         def follow(delivery: asyncio.Future, result: concurrent.futures.Future) -> None:
@@ -155,8 +162,12 @@ class KafkaProducer(Producer):
         future.add_done_callback(done)
         return future
 
-    def produce(self, value: bytes | str | Mapping[str, Any], key: str | None = None,
-                attributes: Mapping[str, str] | None = None) -> concurrent.futures.Future:
+    def produce(
+        self,
+        value: bytes | str | Mapping[str, Any],
+        key: str | None = None,
+        attributes: Mapping[str, str] | None = None,
+    ) -> concurrent.futures.Future:
         headers = [(k, v.encode()) for k, v in attributes.items()] if attributes else None
         return self._send([(_to_bytes(value), key.encode("utf-8") if key is not None else None, headers)])[0]
 
@@ -164,8 +175,9 @@ class KafkaProducer(Producer):
         """Send many messages with one cross-thread hop (much faster than produce in a loop)."""
         return self._send([(_to_bytes(v), k.encode("utf-8") if k is not None else None, None) for v, k in items])
 
-    def _send(self, batch: list[tuple[bytes, bytes | None, list[tuple[str, bytes]] | None]]
-              ) -> list[concurrent.futures.Future]:
+    def _send(
+        self, batch: list[tuple[bytes, bytes | None, list[tuple[str, bytes]] | None]]
+    ) -> list[concurrent.futures.Future]:
         results = [self._track(concurrent.futures.Future()) for _ in batch]
         self._loop.submit(self._send_all(batch, results))
         return results
@@ -192,16 +204,21 @@ class PubSubProducer(Producer):
         from google.cloud import pubsub_v1
 
         self._client = pubsub_v1.PublisherClient(
-            batch_settings=pubsub_v1.types.BatchSettings(max_messages=1000, max_bytes=8 * 1024 * 1024,
-                                                         max_latency=0.01),
+            batch_settings=pubsub_v1.types.BatchSettings(
+                max_messages=1000, max_bytes=8 * 1024 * 1024, max_latency=0.01
+            ),
         )
         self.topic_path = self._client.topic_path(settings.pubsub.project, topic)
         self._pending: set[concurrent.futures.Future] = set()
         self._errors: list[BaseException] = []
         self._lock = threading.Lock()
 
-    def produce(self, value: bytes | str | Mapping[str, Any], key: str | None = None,
-                attributes: Mapping[str, str] | None = None) -> concurrent.futures.Future:
+    def produce(
+        self,
+        value: bytes | str | Mapping[str, Any],
+        key: str | None = None,
+        attributes: Mapping[str, str] | None = None,
+    ) -> concurrent.futures.Future:
         attrs = dict(attributes or {})
         if key is not None:
             attrs["key"] = key
@@ -250,8 +267,14 @@ class Consumer:
 class KafkaConsumer(Consumer):
     """aiokafka consumer in a background thread calling ``callback(Message)`` per record."""
 
-    def __init__(self, settings: Settings, topic: str, callback: Callable[[Message], None],
-                 group_id: str | None, from_beginning: bool) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        topic: str,
+        callback: Callable[[Message], None],
+        group_id: str | None,
+        from_beginning: bool,
+    ) -> None:
         from aiokafka import AIOKafkaConsumer
 
         self._loop = _LoopThread(f"kafka-consumer-{topic}")
@@ -307,8 +330,9 @@ class KafkaConsumer(Consumer):
 class PubSubConsumer(Consumer):
     """Streaming pull with flow control; acks after the callback returns, nacks if it raises."""
 
-    def __init__(self, settings: Settings, subscription: str, callback: Callable[[Message], None],
-                 max_messages: int = 1000) -> None:
+    def __init__(
+        self, settings: Settings, subscription: str, callback: Callable[[Message], None], max_messages: int = 1000
+    ) -> None:
         from google.cloud import pubsub_v1
 
         self._client = pubsub_v1.SubscriberClient()
@@ -325,7 +349,8 @@ class PubSubConsumer(Consumer):
                 message.ack()
 
         self._future = self._client.subscribe(
-            path, on_message, flow_control=pubsub_v1.types.FlowControl(max_messages=max_messages))
+            path, on_message, flow_control=pubsub_v1.types.FlowControl(max_messages=max_messages)
+        )
 
     def stop(self) -> None:
         self._future.cancel()
@@ -351,8 +376,13 @@ class MainManager:
             return KafkaProducer(self.settings, topic)
         return PubSubProducer(self.settings, topic)
 
-    def create_consumer(self, topic: str, callback: Callable[[Message], None],
-                        gcp_subscription_id: str | None = None, from_beginning: bool = True) -> Consumer:
+    def create_consumer(
+        self,
+        topic: str,
+        callback: Callable[[Message], None],
+        gcp_subscription_id: str | None = None,
+        from_beginning: bool = True,
+    ) -> Consumer:
         """Kafka: consume ``topic`` in consumer group ``gcp_subscription_id`` (a fresh one if None).
 
         Pub/Sub: pull from ``gcp_subscription_id`` (required: subscriptions, not topics,

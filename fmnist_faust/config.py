@@ -47,27 +47,44 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "GOOGLE_CLOUD_PROJECT": ("fmnist-local", "Google Cloud project for Pub/Sub (default {default})"),
     "PUBSUB_EMULATOR_HOST": ("", "host:port of the Pub/Sub emulator (empty: real Pub/Sub)"),
     "PUBSUB_IMAGES_SUBSCRIPTION": ("images-sub", "subscription the bridge pulls images from (default {default})"),
-    "PUBSUB_PREDICTIONS_SUBSCRIPTION": ("prediction-receiver",
-                                        "subscription for reading predictions (default {default})"),
+    "PUBSUB_PREDICTIONS_SUBSCRIPTION": (
+        "prediction-receiver",
+        "subscription for reading predictions (default {default})",
+    ),
     "PUBSUB_DLQ_SUBSCRIPTION": ("images-dlq-sub", "subscription on the dead-letter topic (default {default})"),
     "BRIDGE_MAX_MESSAGES": ("2000", "bridge flow control: messages outstanding (default {default})"),
     "BRIDGE_MAX_BYTES": (str(64 << 20), "bridge flow control: bytes outstanding (default 64 MiB)"),
     "BRIDGE_STATE_PATH": (".run/bridge-state.sqlite3", "bridge state database (default {default})"),
     "BRIDGE_WEB_PORT": ("6067", "port of the bridge's web views (default {default})"),
-    "PUBSUB_DEAD_LETTER_TOPIC": ("images-dead-letter",
-                                 "where images-sub moves a message that failed too often (default {default})"),
-    "PUBSUB_DEAD_LETTER_SUBSCRIPTION": ("images-dead-letter-sub",
-                                        "subscription keeping those dead letters (default {default})"),
-    "PUBSUB_MAX_DELIVERY_ATTEMPTS": ("5", "deliveries of one message on images-sub before it is dead-lettered, "
-                                          "5-100 (default {default})"),
-    "PUBSUB_ACK_DEADLINE_SECONDS": ("60", "ack deadline of the subscriptions and the bridge's lease renewals, "
-                                         "10-600 (default {default})"),
+    "PUBSUB_DEAD_LETTER_TOPIC": (
+        "images-dead-letter",
+        "where images-sub moves a message that failed too often (default {default})",
+    ),
+    "PUBSUB_DEAD_LETTER_SUBSCRIPTION": (
+        "images-dead-letter-sub",
+        "subscription keeping those dead letters (default {default})",
+    ),
+    "PUBSUB_MAX_DELIVERY_ATTEMPTS": (
+        "5",
+        "deliveries of one message on images-sub before it is dead-lettered, 5-100 (default {default})",
+    ),
+    "PUBSUB_ACK_DEADLINE_SECONDS": (
+        "60",
+        "ack deadline of the subscriptions and the bridge's lease renewals, 10-600 (default {default})",
+    ),
 }
 ENV_VARS: dict[str, str] = {name: meaning.format(default=default) for name, (default, meaning) in VARIABLES.items()}
 # The topics and subscriptions a run can rename: see :func:`run_names`.
-NAMED_RESOURCES = ("FMNIST_IMAGES_TOPIC", "FMNIST_PREDICTIONS_TOPIC", "FMNIST_DLQ_TOPIC", "PUBSUB_DEAD_LETTER_TOPIC",
-                   "PUBSUB_IMAGES_SUBSCRIPTION", "PUBSUB_PREDICTIONS_SUBSCRIPTION", "PUBSUB_DLQ_SUBSCRIPTION",
-                   "PUBSUB_DEAD_LETTER_SUBSCRIPTION")
+NAMED_RESOURCES = (
+    "FMNIST_IMAGES_TOPIC",
+    "FMNIST_PREDICTIONS_TOPIC",
+    "FMNIST_DLQ_TOPIC",
+    "PUBSUB_DEAD_LETTER_TOPIC",
+    "PUBSUB_IMAGES_SUBSCRIPTION",
+    "PUBSUB_PREDICTIONS_SUBSCRIPTION",
+    "PUBSUB_DLQ_SUBSCRIPTION",
+    "PUBSUB_DEAD_LETTER_SUBSCRIPTION",
+)
 
 
 def run_names(tag: str) -> dict[str, str]:
@@ -90,8 +107,9 @@ def _path(env: Mapping[str, str], name: str) -> Path:
     return Path(value) if value != "" else _REPO_ROOT / VARIABLES[name][0]
 
 
-def _number(env: Mapping[str, str], name: str, minimum: float, maximum: float | None,
-            cast: Callable[[str], Any], kind: str) -> Any:
+def _number(
+    env: Mapping[str, str], name: str, minimum: float, maximum: float | None, cast: Callable[[str], Any], kind: str
+) -> Any:
     raw = _get(env, name)
     try:
         value = cast(raw)
@@ -253,14 +271,18 @@ class Settings:
 
 def _check_tls_files(security: KafkaSecurity) -> None:
     """Unusable TLS files fail here, naming the variables, not deep inside Faust later."""
-    files = {"KAFKA_SSL_CAFILE": security.ssl_cafile, "KAFKA_SSL_CERTFILE": security.ssl_certfile,
-             "KAFKA_SSL_KEYFILE": security.ssl_keyfile}
+    files = {
+        "KAFKA_SSL_CAFILE": security.ssl_cafile,
+        "KAFKA_SSL_CERTFILE": security.ssl_certfile,
+        "KAFKA_SSL_KEYFILE": security.ssl_keyfile,
+    }
     given = ", ".join(name for name, value in files.items() if value)
     if not given:
         return
     if "SSL" not in security.protocol:  # e.g. SASL_PLAINTEXT: a CA set here would protect nothing
-        raise ConfigError(f"{given} set but KAFKA_SECURITY_PROTOCOL={security.protocol} does not use TLS "
-                          "(use SSL or SASL_SSL)")
+        raise ConfigError(
+            f"{given} set but KAFKA_SECURITY_PROTOCOL={security.protocol} does not use TLS (use SSL or SASL_SSL)"
+        )
     if security.ssl_keyfile and not security.ssl_certfile:
         raise ConfigError("KAFKA_SSL_KEYFILE needs KAFKA_SSL_CERTFILE")
     try:

@@ -47,12 +47,18 @@ def main(argv: list[str] | None = None) -> int:
     split = dataset.load_split("test", settings.model.data_dir)
     count = min(args.count, len(split))
     print(f"model {classifier.version} (test accuracy at training: {classifier.manifest['test_accuracy']:.4f})")
-    print(f"Kafka {settings.kafka.bootstrap_servers}; topics {settings.topics.images} -> "
-          f"{settings.topics.predictions} (+ {settings.topics.dlq}); worker log {log_path}")
+    print(
+        f"Kafka {settings.kafka.bootstrap_servers}; topics {settings.topics.images} -> "
+        f"{settings.topics.predictions} (+ {settings.topics.dlq}); worker log {log_path}"
+    )
 
     with open(log_path, "ab") as log:
-        worker = subprocess.Popen([sys.executable, "-m", "faust", "-A", "fmnist_faust", "worker", "-l", "info"],
-                                  env=env, stdout=log, stderr=subprocess.STDOUT)
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "faust", "-A", "fmnist_faust", "worker", "-l", "info"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
         try:
             ready = wait_ready(worker, base + "/accuracy/", log_path)
@@ -61,8 +67,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"worker ready in {ready:.1f} s, tables at {base}/accuracy/ (dashboard {base}/)")
         started = time.monotonic()
         producer = subprocess.run(
-            [sys.executable, "-c", "from fmnist_faust.cli import produce_main; raise SystemExit(produce_main())",
-             "--count", str(count), "--quiet"], env=env, check=True, capture_output=True, text=True)
+            [
+                sys.executable,
+                "-c",
+                "from fmnist_faust.cli import produce_main; raise SystemExit(produce_main())",
+                "--count",
+                str(count),
+                "--quiet",
+            ],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         print(producer.stdout.strip())
         report, shown = {}, -1
         while True:
@@ -83,12 +100,20 @@ def main(argv: list[str] | None = None) -> int:
         offline_correct = int((predicted == split.labels[:count]).sum())
         identical = report["correct"] == offline_correct and report["labeled"] == count
         print(f"streamed accuracy: {report['accuracy']:.4f} ({report['correct']}/{report['labeled']})")
-        print(f"offline accuracy:  {offline_correct / count:.4f} ({offline_correct}/{count})  "
-              f"-> {'identical' if identical else 'DIFFERENT'}")
-        print(f"throughput: {count / elapsed:,.0f} images/s end to end ({count} images in {elapsed:.1f} s, "
-              "producer start to last prediction counted)")
-        print("per-class recall: " + ", ".join(
-            f"{name} {v['recall']:.2f}" for name, v in report["per_class"].items() if v["recall"] is not None))
+        print(
+            f"offline accuracy:  {offline_correct / count:.4f} ({offline_correct}/{count})  "
+            f"-> {'identical' if identical else 'DIFFERENT'}"
+        )
+        print(
+            f"throughput: {count / elapsed:,.0f} images/s end to end ({count} images in {elapsed:.1f} s, "
+            "producer start to last prediction counted)"
+        )
+        print(
+            "per-class recall: "
+            + ", ".join(
+                f"{name} {v['recall']:.2f}" for name, v in report["per_class"].items() if v["recall"] is not None
+            )
+        )
         if args.keep:
             print(f"worker left running (pid {worker.pid}): {base}/")
         return 0 if identical else 1

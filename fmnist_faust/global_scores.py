@@ -35,8 +35,12 @@ class ChangelogRows:
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
         topic = scores_table.changelog_topic.get_topic_name()
-        consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, group_id=None,
-                                    enable_auto_commit=False, **settings.kafka.security.aiokafka_kwargs())
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.kafka.bootstrap_servers,
+            group_id=None,
+            enable_auto_commit=False,
+            **settings.kafka.security.aiokafka_kwargs(),
+        )
         await consumer.start()
         consumer.assign([TopicPartition(topic, p) for p in range(settings.kafka.partitions)])
         return consumer

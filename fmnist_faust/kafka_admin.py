@@ -11,8 +11,9 @@ async def ensure_topics(settings: Settings) -> None:
     """Idempotently create ``images``, ``predictions`` and ``images-dlq``."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers,
-                                **settings.kafka.security.aiokafka_kwargs())
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka.bootstrap_servers, **settings.kafka.security.aiokafka_kwargs()
+    )
     await admin.start()
     try:
         existing = set(await admin.list_topics())

@@ -19,18 +19,24 @@ from .core.contract import InvalidMessage
 from .core.pipeline import BatchResult
 
 IMAGES = Counter("fmnist_images_total", "Images classified")
-DUPLICATES = Counter("fmnist_duplicates_total",
-                     "Messages neither counted nor published: their image id (on Pub/Sub, or their "
-                     "message id) was counted before")
+DUPLICATES = Counter(
+    "fmnist_duplicates_total",
+    "Messages neither counted nor published: their image id (on Pub/Sub, or their message id) was counted before",
+)
 REJECTED = Counter("fmnist_rejected_total", "Messages dead-lettered", ["kind"])
-BATCH_SIZE = Histogram("fmnist_batch_size", "Messages per predict batch",
-                       buckets=(1, 8, 32, 64, 128, 256, 512, 1024, 2048))
+BATCH_SIZE = Histogram(
+    "fmnist_batch_size", "Messages per predict batch", buckets=(1, 8, 32, 64, 128, 256, 512, 1024, 2048)
+)
 PREDICT_SECONDS = Histogram("fmnist_predict_seconds", "Decode + batched predict time per batch")
-LATENCY_SECONDS = Histogram("fmnist_end_to_end_latency_seconds", "sent_at to prediction",
-                            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+LATENCY_SECONDS = Histogram(
+    "fmnist_end_to_end_latency_seconds",
+    "sent_at to prediction",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
 ACCURACY = Gauge("fmnist_accuracy", "Running accuracy over labelled images (NaN before the first one)")
-LAG = Gauge("fmnist_backlog_messages",
-            "Messages not yet classified: Kafka consumer lag or Pub/Sub backlog (NaN if unknown)")
+LAG = Gauge(
+    "fmnist_backlog_messages", "Messages not yet classified: Kafka consumer lag or Pub/Sub backlog (NaN if unknown)"
+)
 
 BACKLOG_KINDS = ("kafka_lag", "pubsub_backlog")
 RATE_WINDOW_S = 10.0

@@ -72,15 +72,17 @@ class SeenIdsTable(faust.Table):
                 _remember(event.value)
 
 
-seen_table = app.tables.add(SeenIdsTable(
-    app,
-    name="seen-ids",
-    default=None,
-    key_type=str,
-    partitions=settings.kafka.partitions,
-    beacon=app.tables.beacon,
-    help="'<partition>/<image id>' -> offset of the message that counted the id.",
-))
+seen_table = app.tables.add(
+    SeenIdsTable(
+        app,
+        name="seen-ids",
+        default=None,
+        key_type=str,
+        partitions=settings.kafka.partitions,
+        beacon=app.tables.beacon,
+        help="'<partition>/<image id>' -> offset of the message that counted the id.",
+    )
+)
 MARKS_PER_MESSAGE = 2000  # 2,000 ids of <= 128 characters stay well under a 1 MiB message
 
 
@@ -104,12 +106,15 @@ async def mark_counted(partition: int, marks: list[tuple[str, int]]) -> list[Awa
     topic = seen_table.changelog_topic.get_topic_name()
     acks: list[Awaitable[Any]] = []
     for start in range(0, len(marks), MARKS_PER_MESSAGE):
-        chunk = marks[start:start + MARKS_PER_MESSAGE]
+        chunk = marks[start : start + MARKS_PER_MESSAGE]
         entry = {"partition": partition, "ids": [i for i, _ in chunk], "offsets": [o for _, o in chunk]}
         _remember(entry)
         key = f"{partition}@{chunk[0][1]}"
-        acks.append(await app.producer.send(
-            topic, json.dumps(key).encode("utf-8"), json.dumps(entry).encode("utf-8"), partition, None, None))
+        acks.append(
+            await app.producer.send(
+                topic, json.dumps(key).encode("utf-8"), json.dumps(entry).encode("utf-8"), partition, None, None
+            )
+        )
     return acks
 
 

@@ -12,8 +12,15 @@ from .faust_app import app, settings
 
 
 def _raw_topic(name: str) -> Any:
-    return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
-                     partitions=settings.kafka.partitions, internal=True)
+    return app.topic(
+        name,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=settings.kafka.partitions,
+        internal=True,
+    )
 
 
 images_topic = _raw_topic(settings.topics.images)

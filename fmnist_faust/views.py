@@ -38,8 +38,12 @@ async def accuracy(web: Any, request: Any) -> Any:
 @app.page("/accuracy/window/")
 async def accuracy_window(web: Any, request: Any) -> Any:
     scores, _ = await global_totals()
-    return web.json({"window_seconds": settings.pipeline.window_seconds,
-                     "windows": scores.window_series(settings.pipeline.window_seconds)})
+    return web.json(
+        {
+            "window_seconds": settings.pipeline.window_seconds,
+            "windows": scores.window_series(settings.pipeline.window_seconds),
+        }
+    )
 
 
 @app.page("/recent/")
@@ -96,8 +100,13 @@ class AssignmentLog:
         first, self.partitions = self.partitions is None, partitions
         if first:
             url = f"http://{settings.web.host}:{settings.web.port}"
-            log.info("ready: classifying %s partitions %s; dashboard %s/ metrics %s/metrics",
-                     topic, sorted(partitions), url, url)
+            log.info(
+                "ready: classifying %s partitions %s; dashboard %s/ metrics %s/metrics",
+                topic,
+                sorted(partitions),
+                url,
+                url,
+            )
         else:
             log.info("rebalanced: now classifying %s partitions %s", topic, sorted(partitions))
 

@@ -46,7 +46,12 @@ def plan(settings: Settings) -> tuple[list[str], list[SubscriptionSpec]]:
     from google.pubsub_v1 import types
 
     project = settings.pubsub.project
-    topics = [settings.topics.images, settings.topics.predictions, settings.topics.dlq, settings.pubsub.dead_letter_topic]
+    topics = [
+        settings.topics.images,
+        settings.topics.predictions,
+        settings.topics.dlq,
+        settings.pubsub.dead_letter_topic,
+    ]
     common = {"ack_deadline_seconds": settings.pubsub.ack_deadline_s}
     images = dict(
         common,
@@ -107,7 +112,9 @@ def teardown(settings: Settings) -> None:
     topics, subscriptions = plan(settings)
     with subscriber:
         for spec in subscriptions:
-            subscriber.delete_subscription(subscription=subscriber.subscription_path(settings.pubsub.project, spec.name))
+            subscriber.delete_subscription(
+                subscription=subscriber.subscription_path(settings.pubsub.project, spec.name)
+            )
         for topic in topics:
             publisher.delete_topic(topic=publisher.topic_path(settings.pubsub.project, topic))
     publisher.stop()
@@ -121,13 +128,16 @@ def _ensure_subscription(subscriber: Any, wanted: Any) -> str:
         pass
     current = subscriber.get_subscription(subscription=wanted.name)
     if current.topic != wanted.topic:
-        raise SetupError(f"subscription {wanted.name} exists on {current.topic}, not {wanted.topic}: "
-                         "delete it or configure another name")
+        raise SetupError(
+            f"subscription {wanted.name} exists on {current.topic}, not {wanted.topic}: "
+            "delete it or configure another name"
+        )
     differ = [f for f in _RECONCILED if f in wanted and getattr(current, f) != getattr(wanted, f)]
     if not differ:
         return f"exists  subscription {wanted.name}"
-    subscriber.update_subscription(request={"subscription": wanted,
-                                            "update_mask": field_mask_pb2.FieldMask(paths=differ)})
+    subscriber.update_subscription(
+        request={"subscription": wanted, "update_mask": field_mask_pb2.FieldMask(paths=differ)}
+    )
     return f"updated subscription {wanted.name} ({', '.join(differ)})"
 
 

@@ -73,8 +73,9 @@ def _stop(proc: subprocess.Popen, timeout: float = 30) -> tuple[int, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pubsub_bridge.demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m pubsub_bridge.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--count", type=int, default=10000, help="test images to stream (default %(default)s)")
     args = parser.parse_args(argv)
 
@@ -96,8 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     subprocess.run([python, "-m", "pubsub_bridge", "setup"], env=env, check=True)
     bridge_log = workdir / "bridge.log"
     with open(bridge_log, "ab") as log:
-        bridge = subprocess.Popen([python, "-m", "pubsub_bridge", "run"], env=env, stdout=log,
-                                  stderr=subprocess.STDOUT)
+        bridge = subprocess.Popen([python, "-m", "pubsub_bridge", "run"], env=env, stdout=log, stderr=subprocess.STDOUT)
     watch: subprocess.Popen | None = None
     try:
         try:
@@ -105,16 +105,28 @@ def main(argv: list[str] | None = None) -> int:
         except NotReady as exc:
             raise SystemExit(f"demo: the bridge is not ready: {exc}") from None
         print(f"bridge ready in {ready:.1f} s: {base}/ (dashboard), {base}/accuracy/; log {bridge_log}")
-        watch = subprocess.Popen([python, "-m", "pubsub_bridge", "watch", "--count", str(count), "--timeout", "600"],
-                                 env=dict(env, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, text=True)
+        watch = subprocess.Popen(
+            [python, "-m", "pubsub_bridge", "watch", "--count", str(count), "--timeout", "600"],
+            env=dict(env, PYTHONUNBUFFERED="1"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         echo = _echo(watch.stdout, "watch: ")
         started = time.monotonic()
         producer = Path(python).with_name("fmnist-produce")
-        command = [str(producer)] if producer.exists() else [
-            python, "-c", "from fmnist_faust.cli import produce_main; raise SystemExit(produce_main())"]
-        produced = subprocess.run(command + ["--backend", "pubsub", "--count", str(count), "--quiet"],
-                                  env=env, check=True, capture_output=True, text=True)
+        command = (
+            [str(producer)]
+            if producer.exists()
+            else [python, "-c", "from fmnist_faust.cli import produce_main; raise SystemExit(produce_main())"]
+        )
+        produced = subprocess.run(
+            command + ["--backend", "pubsub", "--count", str(count), "--quiet"],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         print("producer: " + produced.stdout.strip())
         while True:
             report = get_json(base + "/accuracy/")
@@ -131,16 +143,22 @@ def main(argv: list[str] | None = None) -> int:
 
         offline = _offline(settings, split, count).report(classifier.version)
         identical = report == offline
-        print(f"streamed accuracy (bridge /accuracy/): {report['accuracy']:.4f} "
-              f"({report['correct']}/{report['labeled']}, {report['rejected']} rejected)")
-        print(f"offline accuracy (same model, same images): {offline['accuracy']:.4f} "
-              f"({offline['correct']}/{offline['labeled']}) -> "
-              f"{'identical, confusion matrix included' if identical else 'DIFFERENT'}")
+        print(
+            f"streamed accuracy (bridge /accuracy/): {report['accuracy']:.4f} "
+            f"({report['correct']}/{report['labeled']}, {report['rejected']} rejected)"
+        )
+        print(
+            f"offline accuracy (same model, same images): {offline['accuracy']:.4f} "
+            f"({offline['correct']}/{offline['labeled']}) -> "
+            f"{'identical, confusion matrix included' if identical else 'DIFFERENT'}"
+        )
         if not identical:
             diff = np.asarray(report["confusion"]) - np.asarray(offline["confusion"])
             print(f"confusion matrix difference (streamed - offline):\n{diff}")
-        print(f"throughput: {count / elapsed:,.0f} images/s end to end ({count} images in {elapsed:.1f} s, "
-              "producer start to last image counted)")
+        print(
+            f"throughput: {count / elapsed:,.0f} images/s end to end ({count} images in {elapsed:.1f} s, "
+            "producer start to last image counted)"
+        )
     finally:
         if watch is not None and watch.poll() is None:
             watch.terminate()

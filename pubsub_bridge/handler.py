@@ -78,10 +78,20 @@ def transport_key(attributes: Mapping[str, str]) -> str | None:
 class BatchHandler:
     """Runs on the bridge's single batching thread; see the module docstring for the order."""
 
-    def __init__(self, classifier: Classifier, store: StateStore, publisher: Publisher, acker: Acker,
-                 max_message_bytes: int, window_seconds: int, predictions_topic: str, dlq_topic: str,
-                 recent: RecentMistakes, publish_timeout_s: float = 60.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        classifier: Classifier,
+        store: StateStore,
+        publisher: Publisher,
+        acker: Acker,
+        max_message_bytes: int,
+        window_seconds: int,
+        predictions_topic: str,
+        dlq_topic: str,
+        recent: RecentMistakes,
+        publish_timeout_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.classifier = classifier
         self.store = store
         self.publisher = publisher
@@ -115,18 +125,25 @@ class BatchHandler:
                     self.handle([delivery])
                 return
             delivery = batch[0]
-            log.exception("nacking message %s (delivery attempt %s): handling it failed",
-                          delivery.message_id, delivery.delivery_attempt)
+            log.exception(
+                "nacking message %s (delivery attempt %s): handling it failed",
+                delivery.message_id,
+                delivery.delivery_attempt,
+            )
             self.acker.nack(batch)
             NACKED.inc()
 
     def _handle(self, batch: Sequence[Delivery]) -> None:
-        messages = [RawMessage(value=d.data, key=transport_key(d.attributes), timestamp=d.publish_time.timestamp())
-                    for d in batch]
+        messages = [
+            RawMessage(value=d.data, key=transport_key(d.attributes), timestamp=d.publish_time.timestamp())
+            for d in batch
+        ]
         with metrics.PREDICT_SECONDS.time():
             result = classify_batch(self.classifier, messages, self.max_message_bytes)
-        keys = [image_key(outcome.id) if isinstance(outcome, Prediction) else message_key(delivery.message_id)
-                for delivery, outcome in zip(batch, result.outcomes)]
+        keys = [
+            image_key(outcome.id) if isinstance(outcome, Prediction) else message_key(delivery.message_id)
+            for delivery, outcome in zip(batch, result.outcomes)
+        ]
         counted_before = self.store.seen(keys)
         repeated = repeats(keys, lambda _index, key: key in counted_before)
         new = result.without(repeated)

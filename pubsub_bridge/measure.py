@@ -69,10 +69,14 @@ def raw_rate(settings: Settings, count: int, timeout: float) -> float:
     subscriber = pubsub_v1.SubscriberClient()
     with subscriber:
         future = subscriber.subscribe(
-            subscriber.subscription_path(settings.pubsub.project, settings.pubsub.images_subscription), on_message,
+            subscriber.subscription_path(settings.pubsub.project, settings.pubsub.images_subscription),
+            on_message,
             flow_control=pubsub_v1.types.FlowControl(
-                max_messages=settings.bridge.max_messages, max_bytes=settings.bridge.max_bytes,
-                max_duration_per_lease_extension=settings.pubsub.ack_deadline_s))
+                max_messages=settings.bridge.max_messages,
+                max_bytes=settings.bridge.max_bytes,
+                max_duration_per_lease_extension=settings.pubsub.ack_deadline_s,
+            ),
+        )
         finished = done.wait(timeout)
         future.cancel()
         future.result()
@@ -85,8 +89,9 @@ def bridge_rate(env: dict[str, str], count: int, timeout: float, log_path: Path)
     """Run the bridge over the backlog; rate from /accuracy/ polled every 20 ms."""
     url = f"http://127.0.0.1:{env['BRIDGE_WEB_PORT']}/accuracy/"
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "pubsub_bridge", "run"], env=env,
-                                stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pubsub_bridge", "run"], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
     first: tuple[float, int] | None = None
     try:
         deadline = time.monotonic() + timeout
@@ -112,8 +117,11 @@ def bridge_rate(env: dict[str, str], count: int, timeout: float, log_path: Path)
 
 def main(argv: Sequence[str] | None = None) -> int:
     base = load_settings()
-    parser = argparse.ArgumentParser(prog="python -m pubsub_bridge.measure", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m pubsub_bridge.measure",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--count", type=int, default=10000, help="messages per side (default %(default)s)")
     parser.add_argument("--model", type=Path, default=base.model.path, help="model (default %(default)s)")
     parser.add_argument("--timeout", type=float, default=300, help="seconds allowed per side")
@@ -130,9 +138,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="fmnist-measure-") as scratch:
         raw_env = dict(os.environ, **run_names(f"measure-{uuid.uuid4().hex[:8]}"))
-        bridge_env = dict(os.environ, **run_names(f"measure-{uuid.uuid4().hex[:8]}"), FMNIST_MODEL_PATH=str(args.model),
-                          BRIDGE_STATE_PATH=str(Path(scratch) / "state.sqlite3"),
-                          BRIDGE_WEB_PORT=str(free_port()))
+        bridge_env = dict(
+            os.environ,
+            **run_names(f"measure-{uuid.uuid4().hex[:8]}"),
+            FMNIST_MODEL_PATH=str(args.model),
+            BRIDGE_STATE_PATH=str(Path(scratch) / "state.sqlite3"),
+            BRIDGE_WEB_PORT=str(free_port()),
+        )
         raw_settings, bridge_settings = load_settings(raw_env), load_settings(bridge_env)
         for settings in (raw_settings, bridge_settings):
             setup(settings)
@@ -144,8 +156,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             for settings in (raw_settings, bridge_settings):
                 teardown(settings)
-    print(f"emulator {base.pubsub.emulator_host}, {args.count} messages of {len(payloads[0][0])} bytes, "
-          f"flow control {base.bridge.max_messages} messages, batch {base.pipeline.batch_size}")
+    print(
+        f"emulator {base.pubsub.emulator_host}, {args.count} messages of {len(payloads[0][0])} bytes, "
+        f"flow control {base.bridge.max_messages} messages, batch {base.pipeline.batch_size}"
+    )
     print(f"publish (backlog)          {published:8,.0f} messages/s")
     print(f"raw streaming pull + ack   {raw:8,.0f} messages/s")
     print(f"bridge (classify+publish+commit+ack) {bridged:8,.0f} images/s  ({bridged / raw:.0%} of raw)")

@@ -45,8 +45,9 @@ def make_app(views: Views) -> web.Application:
         return web.json_response(report())
 
     async def accuracy_window(request: web.Request) -> web.Response:
-        return web.json_response({"window_seconds": views.window_seconds,
-                                  "windows": views.scores().window_series(views.window_seconds)})
+        return web.json_response(
+            {"window_seconds": views.window_seconds, "windows": views.scores().window_series(views.window_seconds)}
+        )
 
     async def recent(request: web.Request) -> web.Response:
         return web.json_response({"misclassified": views.recent.to_list()})
@@ -62,9 +63,12 @@ def make_app(views: Views) -> web.Application:
 
     async def dashboard(request: web.Request) -> web.Response:
         if not views.dashboard.is_file():
-            return web.Response(status=404, text=f"no dashboard here: {views.dashboard} does not exist; "
-                                                 "the JSON views are /accuracy/, /accuracy/window/, "
-                                                 "/recent/, /stats/ and /metrics\n")
+            return web.Response(
+                status=404,
+                text=f"no dashboard here: {views.dashboard} does not exist; "
+                "the JSON views are /accuracy/, /accuracy/window/, "
+                "/recent/, /stats/ and /metrics\n",
+            )
         return web.FileResponse(views.dashboard, headers={"Cache-Control": "no-store"})
 
     app = web.Application()

@@ -42,8 +42,16 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     train = dataset.load_split("train", DATA_DIR)
     test = dataset.load_split("test", DATA_DIR)
     path = tmp_path_factory.mktemp("model") / "tiny.joblib"
-    model.train(train.images[:3000], train.labels[:3000], test.images[:500], test.labels[:500],
-                path, hidden=(32,), max_iter=10, log=lambda _msg: None)
+    model.train(
+        train.images[:3000],
+        train.labels[:3000],
+        test.images[:500],
+        test.labels[:500],
+        path,
+        hidden=(32,),
+        max_iter=10,
+        log=lambda _msg: None,
+    )
     return path
 
 
@@ -80,4 +88,3 @@ def start_worker(worker_env: dict[str, str], tmp_path: Path) -> Iterator:
     yield start
     for worker in workers:
         worker.stop()
-

@@ -99,8 +99,12 @@ class Worker(Service):
     """A ``faust -A fmnist_faust worker`` subprocess with its own topics, port and data dir."""
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        super().__init__([sys.executable, "-m", "faust", "-A", "fmnist_faust", "worker", "-l", "info"], env,
-                         log_path, int(env["FMNIST_WEB_PORT"]))
+        super().__init__(
+            [sys.executable, "-m", "faust", "-A", "fmnist_faust", "worker", "-l", "info"],
+            env,
+            log_path,
+            int(env["FMNIST_WEB_PORT"]),
+        )
 
     def stop(self, sig: int = 15, timeout: float = 30.0) -> int:
         if self.proc is None or self.proc.poll() is not None:
@@ -113,8 +117,9 @@ class Worker(Service):
             return self.proc.wait(10)
 
 
-def consume_topics(bootstrap: str, expected: dict[str, int], timeout: float = 60.0, settle: float = 1.0,
-                   fetch_bytes: int = 1 << 20) -> dict[str, list]:
+def consume_topics(
+    bootstrap: str, expected: dict[str, int], timeout: float = 60.0, settle: float = 1.0, fetch_bytes: int = 1 << 20
+) -> dict[str, list]:
     """Read each topic from the beginning until it has its ``expected`` count (then ``settle``
     seconds more, to catch anything extra) or ``timeout``; returns topic -> ConsumerRecords.
     ``fetch_bytes`` must exceed the largest record (oversize-message tests)."""
@@ -123,9 +128,15 @@ def consume_topics(bootstrap: str, expected: dict[str, int], timeout: float = 60
     from aiokafka import AIOKafkaConsumer
 
     async def run() -> dict[str, list]:
-        consumer = AIOKafkaConsumer(*expected, bootstrap_servers=bootstrap, group_id=None,
-                                    auto_offset_reset="earliest", enable_auto_commit=False,
-                                    max_partition_fetch_bytes=fetch_bytes, fetch_max_bytes=max(fetch_bytes, 50 << 20))
+        consumer = AIOKafkaConsumer(
+            *expected,
+            bootstrap_servers=bootstrap,
+            group_id=None,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            max_partition_fetch_bytes=fetch_bytes,
+            fetch_max_bytes=max(fetch_bytes, 50 << 20),
+        )
         await consumer.start()
         records: dict[str, list] = {topic: [] for topic in expected}
         loop = asyncio.get_running_loop()
@@ -145,28 +156,30 @@ def consume_topics(bootstrap: str, expected: dict[str, int], timeout: float = 60
     return asyncio.run(run())
 
 
-def consume_topic(bootstrap: str, topic: str, expected: int, timeout: float = 60.0,
-                  settle: float = 1.0) -> list:
+def consume_topic(bootstrap: str, topic: str, expected: int, timeout: float = 60.0, settle: float = 1.0) -> list:
     """:func:`consume_topics` for one topic."""
     return consume_topics(bootstrap, {topic: expected}, timeout, settle)[topic]
 
 
-def produce_images(bootstrap: str, topic: str, images, labels, prefix: str = "img",
-                   partitions: int = 4, first_index: int = 0) -> list[str]:
+def produce_images(
+    bootstrap: str, topic: str, images, labels, prefix: str = "img", partitions: int = 4, first_index: int = 0
+) -> list[str]:
     """Send labelled images in the contract's JSON form, key = id; returns the ids."""
     from fmnist_faust.client import MainManager
     from fmnist_faust.config import load_settings
     from fmnist_faust.core.contract import encode_image
     from fmnist_faust.kafka_admin import ensure_topics_sync
 
-    settings = load_settings({"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "FMNIST_IMAGES_TOPIC": topic,
-                              "FMNIST_PARTITIONS": str(partitions)})
+    settings = load_settings(
+        {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "FMNIST_IMAGES_TOPIC": topic, "FMNIST_PARTITIONS": str(partitions)}
+    )
     ensure_topics_sync(settings)
     ids = [f"{prefix}-{i}" for i in range(first_index, first_index + len(images))]
     producer = MainManager("kafka", settings).create_producer(topic)
     try:
-        producer.produce_many((encode_image(i, img, int(lab), time.time()), i)
-                              for i, img, lab in zip(ids, images, labels))
+        producer.produce_many(
+            (encode_image(i, img, int(lab), time.time()), i) for i, img, lab in zip(ids, images, labels)
+        )
         producer.flush()
     finally:
         producer.close()

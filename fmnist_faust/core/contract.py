@@ -97,15 +97,11 @@ def _decode_pixels(raw: Any) -> np.ndarray:
         except (binascii.Error, ValueError) as exc:
             raise InvalidMessage("bad_base64", f"pixels is not standard base64 ({exc})") from None
         if len(data) != IMAGE_BYTES:
-            raise InvalidMessage(
-                "bad_pixel_count", f"pixels decodes to {len(data)} bytes, expected {IMAGE_BYTES}"
-            )
+            raise InvalidMessage("bad_pixel_count", f"pixels decodes to {len(data)} bytes, expected {IMAGE_BYTES}")
         return np.frombuffer(data, dtype=np.uint8)
     if isinstance(raw, list):
         if len(raw) != IMAGE_BYTES:
-            raise InvalidMessage(
-                "bad_pixel_count", f"pixels has {len(raw)} values, expected {IMAGE_BYTES}"
-            )
+            raise InvalidMessage("bad_pixel_count", f"pixels has {len(raw)} values, expected {IMAGE_BYTES}")
         for index, value in enumerate(raw):
             if not _is_int(value) or not 0 <= value <= 255:
                 raise InvalidMessage(
@@ -166,6 +162,7 @@ def decode_image(
 
     sent_at = obj.get("sent_at")
     if sent_at is not None:
+
         def wrong() -> str:  # built only for a bad value: this runs for every image
             return f"sent_at must be a finite number or null, got {reprlib.repr(sent_at)}"
 
@@ -224,8 +221,9 @@ class Prediction:
             "correct": self.correct,
             "model_version": self.model_version,
             # a sent_at far in the past makes the latency overflow: JSON has no Infinity
-            "latency_ms": (None if self.latency_ms is None or not math.isfinite(self.latency_ms)
-                           else round(self.latency_ms, 3)),
+            "latency_ms": (
+                None if self.latency_ms is None or not math.isfinite(self.latency_ms) else round(self.latency_ms, 3)
+            ),
         }
 
     def encode(self) -> bytes:

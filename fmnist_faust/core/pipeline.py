@@ -62,8 +62,9 @@ class BatchResult:
     def subset(self, keep: Callable[[int], bool]) -> BatchResult:
         """The outcomes whose index satisfies ``keep`` (e.g. not yet applied)."""
         indices = [i for i in range(len(self.outcomes)) if keep(i)]
-        return BatchResult([self.messages[i] for i in indices], [self.outcomes[i] for i in indices],
-                           [self.pixels[i] for i in indices])
+        return BatchResult(
+            [self.messages[i] for i in indices], [self.outcomes[i] for i in indices], [self.pixels[i] for i in indices]
+        )
 
     def without(self, repeated: Collection[int]) -> BatchResult:
         """The part of the batch that counts: all but the ``repeated`` indices (see :func:`repeats`).

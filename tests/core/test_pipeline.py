@@ -15,8 +15,9 @@ from fmnist_faust.core.scores import Scores
 def test_batch_matches_offline_predictions_and_keeps_order(tiny_model: Path, test_split) -> None:
     classifier = load_classifier(tiny_model)
     images, labels = test_split.images[:200], test_split.labels[:200]
-    messages = [RawMessage(encode_image(f"img-{i}", images[i], int(labels[i]), sent_at=1.0), key=f"img-{i}")
-                for i in range(200)]
+    messages = [
+        RawMessage(encode_image(f"img-{i}", images[i], int(labels[i]), sent_at=1.0), key=f"img-{i}") for i in range(200)
+    ]
     messages.insert(3, RawMessage(b"not json", key="junk"))
     result = classify_batch(classifier, messages, clock=lambda: 2.0)
 
@@ -57,8 +58,7 @@ def test_all_invalid_batch_skips_predict(tiny_model: Path) -> None:
 
 def test_subset_and_recent_mistakes(tiny_model: Path, test_split) -> None:
     classifier = load_classifier(tiny_model)
-    messages = [RawMessage(encode_image(f"m{i}", test_split.images[i], int(test_split.labels[i])))
-                for i in range(300)]
+    messages = [RawMessage(encode_image(f"m{i}", test_split.images[i], int(test_split.labels[i]))) for i in range(300)]
     result = classify_batch(classifier, messages)
     half = result.subset(lambda i: i < 150)
     assert len(half.outcomes) == len(half.pixels) == 150 and half.messages[0] is messages[0]
@@ -80,8 +80,9 @@ def test_repeats_are_keys_counted_before_or_earlier_in_the_batch() -> None:
 
 def test_without_drops_repeats_whole(tiny_model: Path, test_split) -> None:
     classifier = load_classifier(tiny_model)
-    messages = [RawMessage(encode_image(f"w{i}", test_split.images[i], int(test_split.labels[i])))
-                for i in range(4)] + [RawMessage(b"{}")]
+    messages = [
+        RawMessage(encode_image(f"w{i}", test_split.images[i], int(test_split.labels[i]))) for i in range(4)
+    ] + [RawMessage(b"{}")]
     result = classify_batch(classifier, messages)
     kept = result.without({1, 4})
     assert [getattr(o, "id", None) for o in kept.outcomes] == ["w0", "w2", "w3"]
@@ -98,8 +99,12 @@ def test_recent_mistakes_show_images_larger_than_one_mib(tiny_model: Path, test_
     classifier = load_classifier(tiny_model)
     predicted, _ = classifier.predict(test_split.images[:200])
     wrong = int(next(i for i in range(200) if predicted[i] != test_split.labels[i]))
-    padded = encode_image("big", test_split.images[wrong], int(test_split.labels[wrong]))[:-1] + \
-        b',"padding":"' + b"x" * (1 << 20) + b'"}'
+    padded = (
+        encode_image("big", test_split.images[wrong], int(test_split.labels[wrong]))[:-1]
+        + b',"padding":"'
+        + b"x" * (1 << 20)
+        + b'"}'
+    )
     result = classify_batch(classifier, [RawMessage(padded)], max_bytes=2 << 20)
     recent = RecentMistakes()
     recent.add_batch(result)

@@ -21,6 +21,7 @@ from fmnist_faust.core.model import load_classifier
 def faust_app(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     from fmnist_faust import agents, tables
     from fmnist_faust.faust_app import app
+
     app.conf.store = "memory://"
     app.finalize()
     app.flow_control.resume()
@@ -29,8 +30,9 @@ def faust_app(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
 
     sent: list[tuple[str, bytes | None, bytes | None, Any]] = []
 
-    async def record_send(topic: str, key: Any, value: Any, partition: Any, timestamp: Any,
-                          headers: Any, **_: Any) -> asyncio.Future:
+    async def record_send(
+        topic: str, key: Any, value: Any, partition: Any, timestamp: Any, headers: Any, **_: Any
+    ) -> asyncio.Future:
         sent.append((topic, key, value, headers))
         done: asyncio.Future = asyncio.get_running_loop().create_future()
         done.set_result(None)
@@ -38,8 +40,11 @@ def faust_app(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
 
     changelog: list[tuple[int, str, dict]] = []
     monkeypatch.setattr(type(app.producer), "send", lambda self, *a, **k: record_send(*a, **k))
-    monkeypatch.setattr(tables.scores_table, "send_changelog",
-                        lambda partition, key, value, *a: changelog.append((partition, key, value)))
+    monkeypatch.setattr(
+        tables.scores_table,
+        "send_changelog",
+        lambda partition, key, value, *a: changelog.append((partition, key, value)),
+    )
     tables.seen_table.data.clear()  # marks go through app.producer.send, recorded above
     tables.scores_table.data.clear()
     app.test_sent, app.test_changelog, app.test_classifier = sent, changelog, classifier
@@ -63,8 +68,9 @@ def test_agent_classifies_dead_letters_and_skips_replays(faust_app: Any, test_sp
     async def run() -> None:
         async with agents.classify.test_context() as agent:
             for i in range(20):
-                await agent.put(encode_image(f"id-{i}", images[i], int(labels[i])), key=f"id-{i}".encode(),
-                                wait=False)  # put(wait=True) waits for a yielded value; we yield none
+                await agent.put(
+                    encode_image(f"id-{i}", images[i], int(labels[i])), key=f"id-{i}".encode(), wait=False
+                )  # put(wait=True) waits for a yielded value; we yield none
             await agent.put(b"{not json", key=b"bad", wait=False)
             await _until(lambda: len(faust_app.test_sent) >= 21)
 

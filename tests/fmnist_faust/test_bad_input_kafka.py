@@ -27,8 +27,8 @@ from support import consume_topics, wait_until
 
 pytestmark = pytest.mark.kafka
 
-GOOD = 240          # good labelled images, one catalogue entry after every few of them
-DUPLICATES = 12     # ids re-sent as distinct messages: half identical, half with another label
+GOOD = 240  # good labelled images, one catalogue entry after every few of them
+DUPLICATES = 12  # ids re-sent as distinct messages: half identical, half with another label
 BIG = 4 * 1024 * 1024
 
 
@@ -51,9 +51,14 @@ def _expected_error(case: Case) -> InvalidMessage:
 
 
 @pytest.mark.timeout(120)
-def test_catalogue_is_dead_lettered_counted_and_harmless(start_worker: Any, worker_env: dict[str, str],
-                                                         kafka_bootstrap: str, tiny_model: Path,
-                                                         test_split: Any, tmp_path: Path) -> None:
+def test_catalogue_is_dead_lettered_counted_and_harmless(
+    start_worker: Any,
+    worker_env: dict[str, str],
+    kafka_bootstrap: str,
+    tiny_model: Path,
+    test_split: Any,
+    tmp_path: Path,
+) -> None:
     started = time.monotonic()
     marker = tmp_path / "pwned-by-a-pickle"
     cases = catalogue(marker_dir=str(marker))
@@ -63,8 +68,10 @@ def test_catalogue_is_dead_lettered_counted_and_harmless(start_worker: Any, work
     # Distinct messages re-using ids already sent: identical bytes, or another label
     # (must not change the score: the first message with an id is the one counted).
     resent_at = range(0, GOOD, GOOD // DUPLICATES)[:DUPLICATES]
-    duplicates = [good[i] if n % 2 else (ids[i].encode(), encode_image(ids[i], images[i], (int(labels[i]) + 1) % 10))
-                  for n, i in enumerate(resent_at)]
+    duplicates = [
+        good[i] if n % 2 else (ids[i].encode(), encode_image(ids[i], images[i], (int(labels[i]) + 1) % 10))
+        for n, i in enumerate(resent_at)
+    ]
     stream: list[tuple[bytes | None, bytes | None]] = []
     bad = iter(cases)
     step = max(1, GOOD // len(cases))
@@ -85,10 +92,16 @@ def test_catalogue_is_dead_lettered_counted_and_harmless(start_worker: Any, work
 
     report = wait_until(
         lambda: (r := worker.accuracy())["images"] >= GOOD and r["rejected"] >= len(cases) and r,
-        timeout=60, what="every good image and every bad message counted")
-    records = consume_topics(kafka_bootstrap, {settings.topics.dlq: len(cases),
-                                               settings.topics.predictions: GOOD},
-                             timeout=30, settle=1.5, fetch_bytes=BIG)
+        timeout=60,
+        what="every good image and every bad message counted",
+    )
+    records = consume_topics(
+        kafka_bootstrap,
+        {settings.topics.dlq: len(cases), settings.topics.predictions: GOOD},
+        timeout=30,
+        settle=1.5,
+        fetch_bytes=BIG,
+    )
     report = worker.accuracy()  # after the settle time: nothing counted late or twice
 
     # --- every bad message is on the DLQ, untouched, with precise headers ---

@@ -58,8 +58,9 @@ def test_pubsub_key_travels_as_attribute(pubsub_emulator: str, monkeypatch: pyte
     topic_path = publisher.topic_path(settings.pubsub.project, topic)
     publisher.create_topic(name=topic_path)
     with subscriber:
-        subscriber.create_subscription(name=subscriber.subscription_path(settings.pubsub.project, subscription),
-                                       topic=topic_path)
+        subscriber.create_subscription(
+            name=subscriber.subscription_path(settings.pubsub.project, subscription), topic=topic_path
+        )
     manager = MainManager("pubsub", settings)
     with manager.create_producer(topic) as producer:
         for i in range(20):
@@ -77,15 +78,41 @@ def test_pubsub_key_travels_as_attribute(pubsub_emulator: str, monkeypatch: pyte
 def test_produce_and_logger_commands(start_worker, worker_env: dict[str, str]) -> None:
     worker = start_worker()
     produced = subprocess.run(
-        [sys.executable, "-c", "from fmnist_faust.cli import produce_main; raise SystemExit(produce_main())",
-         "--count", "300", "--rate", "1000"], env=worker_env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-c",
+            "from fmnist_faust.cli import produce_main; raise SystemExit(produce_main())",
+            "--count",
+            "300",
+            "--rate",
+            "1000",
+        ],
+        env=worker_env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert produced.returncode == 0, produced.stderr
     assert "sent 300 images to kafka:" in produced.stdout
     assert "producing [" in produced.stderr  # the progress bar
     wait_until(lambda: worker.accuracy()["images"] >= 300, timeout=60, what="300 images counted")
     logged = subprocess.run(
-        [sys.executable, "-c", "from fmnist_faust.cli import logger_main; raise SystemExit(logger_main())",
-         "--count", "300", "--timeout", "60"], env=worker_env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-c",
+            "from fmnist_faust.cli import logger_main; raise SystemExit(logger_main())",
+            "--count",
+            "300",
+            "--timeout",
+            "60",
+        ],
+        env=worker_env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert logged.returncode == 0, logged.stderr
     final = logged.stdout.strip().splitlines()[-1]
     report = worker.accuracy()
@@ -115,8 +142,9 @@ def test_produce_many_returns_one_future_per_message_on_kafka(kafka_bootstrap: s
 
 
 @pytest.mark.pubsub
-def test_produce_many_returns_one_future_per_message_on_pubsub(pubsub_emulator: str,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_produce_many_returns_one_future_per_message_on_pubsub(
+    pubsub_emulator: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from google.cloud import pubsub_v1
 
     monkeypatch.setenv("PUBSUB_EMULATOR_HOST", pubsub_emulator)
@@ -141,11 +169,18 @@ def test_the_loggers_subscription_is_its_kafka_consumer_group(kafka_bootstrap: s
     with MainManager("kafka", settings).create_producer(topic) as producer:
         producer.produce_many([(Prediction(f"p{i}", 1, 0.9, 1, "v", None).encode(), f"p{i}") for i in range(5)])
     env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap)
-    command = [sys.executable, "-c", "from fmnist_faust.cli import logger_main; raise SystemExit(logger_main())",
-               "--topic", topic, "--subscription", group]
-    first = subprocess.run(command + ["--count", "5", "--timeout", "60"], env=env, cwd=ROOT, capture_output=True,
-                           text=True, timeout=120)
+    command = [
+        sys.executable,
+        "-c",
+        "from fmnist_faust.cli import logger_main; raise SystemExit(logger_main())",
+        "--topic",
+        topic,
+        "--subscription",
+        group,
+    ]
+    first = subprocess.run(
+        command + ["--count", "5", "--timeout", "60"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert first.stdout.strip().splitlines()[-1].startswith("final: 5 predictions"), first.stderr
-    again = subprocess.run(command + ["--timeout", "8"], env=env, cwd=ROOT, capture_output=True, text=True,
-                           timeout=120)
+    again = subprocess.run(command + ["--timeout", "8"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert again.stdout.strip().splitlines()[-1].startswith("final: 0 predictions"), again.stderr

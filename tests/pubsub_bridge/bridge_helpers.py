@@ -81,9 +81,15 @@ class Collector:
         self._consumer.stop()
 
 
-def publish_images(settings: Settings, split: dataset.Split, indices: range | list[int], prefix: str = "img",
-                   extra: list[tuple[bytes, dict[str, str]]] | None = None, chunk: int = 0,
-                   pause: float = 0.0) -> list[str]:
+def publish_images(
+    settings: Settings,
+    split: dataset.Split,
+    indices: range | list[int],
+    prefix: str = "img",
+    extra: list[tuple[bytes, dict[str, str]]] | None = None,
+    chunk: int = 0,
+    pause: float = 0.0,
+) -> list[str]:
     """Publish labelled images (key attribute = id) plus ``extra`` raw messages; returns the ids.
 
     With ``chunk``, waits for each ``chunk`` images to be published, then ``pause`` seconds.
@@ -106,8 +112,9 @@ def publish_images(settings: Settings, split: dataset.Split, indices: range | li
     return ids
 
 
-def offline_scores(model_path: Path, split: dataset.Split, indices: range | list[int],
-                   window_seconds: int) -> tuple[Scores, dict[int, int], str]:
+def offline_scores(
+    model_path: Path, split: dataset.Split, indices: range | list[int], window_seconds: int
+) -> tuple[Scores, dict[int, int], str]:
     """The same model on the same images, outside any stream: (scores, index -> predicted, version)."""
     classifier = load_classifier(model_path)
     rows = np.asarray(list(indices))

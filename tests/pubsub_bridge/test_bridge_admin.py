@@ -14,7 +14,8 @@ from pubsub_bridge.admin import SetupError, setup
 
 @pytest.mark.pubsub
 def test_setup_is_idempotent_and_wires_the_dead_letter_policy(
-        pubsub_setup: Settings, bridge_env: dict[str, str]) -> None:
+    pubsub_setup: Settings, bridge_env: dict[str, str]
+) -> None:
     settings = pubsub_setup  # the fixture ran setup once already
     again = setup(settings)
     assert len(again) == 8 and all(line.startswith("exists") for line in again)
@@ -22,7 +23,8 @@ def test_setup_is_idempotent_and_wires_the_dead_letter_policy(
     subscriber = pubsub_v1.SubscriberClient()
     with subscriber:
         images = subscriber.get_subscription(
-            subscription=subscriber.subscription_path(settings.pubsub.project, settings.pubsub.images_subscription))
+            subscription=subscriber.subscription_path(settings.pubsub.project, settings.pubsub.images_subscription)
+        )
         assert images.topic.endswith("/topics/" + settings.topics.images)
         assert images.ack_deadline_seconds == 10
         assert images.dead_letter_policy.dead_letter_topic.endswith("/topics/" + settings.pubsub.dead_letter_topic)
@@ -30,8 +32,10 @@ def test_setup_is_idempotent_and_wires_the_dead_letter_policy(
 
     changed = load_settings(dict(bridge_env, PUBSUB_ACK_DEADLINE_SECONDS="20", PUBSUB_MAX_DELIVERY_ATTEMPTS="7"))
     lines = setup(changed)
-    assert f"updated subscription projects/{settings.pubsub.project}/subscriptions/{settings.pubsub.images_subscription} " \
-           "(ack_deadline_seconds, dead_letter_policy)" in lines
+    assert (
+        f"updated subscription projects/{settings.pubsub.project}/subscriptions/{settings.pubsub.images_subscription} "
+        "(ack_deadline_seconds, dead_letter_policy)" in lines
+    )
 
 
 @pytest.mark.pubsub
@@ -64,8 +68,9 @@ def test_setup_refuses_a_subscription_on_another_topic(pubsub_setup: Settings, b
 
 
 @pytest.mark.pubsub
-def test_setup_purge_discards_the_backlog(pubsub_setup: Settings, bridge_env: dict[str, str],
-                                          monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+def test_setup_purge_discards_the_backlog(
+    pubsub_setup: Settings, bridge_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     settings = pubsub_setup
     publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
     topic = publisher.topic_path(settings.pubsub.project, settings.topics.images)

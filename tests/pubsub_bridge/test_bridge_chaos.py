@@ -29,8 +29,13 @@ COUNT = min(int(os.environ.get("CHAOS_IMAGES", "2000")), 10000)
 
 
 def test_three_sigkills_and_two_replicas_keep_totals_exact(
-        pubsub_setup: Settings, start_bridge: Callable[..., Bridge], collect: Callable[[str], Collector],
-        test_split: dataset.Split, tiny_model: Path, bridge_env: dict[str, str]) -> None:
+    pubsub_setup: Settings,
+    start_bridge: Callable[..., Bridge],
+    collect: Callable[[str], Collector],
+    test_split: dataset.Split,
+    tiny_model: Path,
+    bridge_env: dict[str, str],
+) -> None:
     settings = pubsub_setup
     predictions = collect(settings.pubsub.predictions_subscription)
     # The emulator hands a dead client's stream a share of messages until their lease ends,
@@ -39,8 +44,9 @@ def test_three_sigkills_and_two_replicas_keep_totals_exact(
     setup(load_settings(dict(bridge_env, PUBSUB_MAX_DELIVERY_ATTEMPTS="100")))
     small = {"BRIDGE_MAX_MESSAGES": "100", "FMNIST_BATCH_SIZE": "50"}
     indices = range(COUNT)
-    sender = threading.Thread(target=publish_images, args=(settings, test_split, indices),
-                              kwargs={"chunk": 100, "pause": 0.15}, daemon=True)
+    sender = threading.Thread(
+        target=publish_images, args=(settings, test_split, indices), kwargs={"chunk": 100, "pause": 0.15}, daemon=True
+    )
     sender.start()
 
     def replica() -> Bridge:  # same state store, its own web port
@@ -50,13 +56,13 @@ def test_three_sigkills_and_two_replicas_keep_totals_exact(
     cuts = sorted(rng.uniform(0.1, 0.7) for _ in range(3))
     live = [replica()]
     live[0].wait_for(lambda b: b.accuracy()["images"] >= cuts[0] * COUNT, "the first cut", timeout=120)
-    live[0].stop(signal.SIGKILL)                       # kill 1
-    live = [replica(), replica()]                      # two replicas share images-sub from here
+    live[0].stop(signal.SIGKILL)  # kill 1
+    live = [replica(), replica()]  # two replicas share images-sub from here
     live[0].wait_for(lambda b: b.accuracy()["images"] >= cuts[1] * COUNT, "the second cut", timeout=180)
-    live[0].stop(signal.SIGKILL)                       # kill 2: the other replica keeps going
+    live[0].stop(signal.SIGKILL)  # kill 2: the other replica keeps going
     live = [live[1]]
     live[0].wait_for(lambda b: b.accuracy()["images"] >= cuts[2] * COUNT, "the third cut", timeout=180)
-    live[0].stop(signal.SIGKILL)                       # kill 3
+    live[0].stop(signal.SIGKILL)  # kill 3
     live = [replica(), replica()]
     sender.join(timeout=300)
 
