@@ -42,7 +42,7 @@ app = faust.App(
 _raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
 images = app.topic(os.environ.get("BENCH_PROBE_IN", "bench-probe-images"), **_raw)
 out = app.topic(os.environ.get("BENCH_PROBE_OUT", "bench-probe-out"), **_raw)
-processed = {"count": 0, "mode": MODE}
+processed: dict[str, Any] = {"count": 0, "mode": MODE}
 PAYLOAD = (
     b'{"id":"x","predicted":9,"class_name":"Ankle boot","confidence":0.99,"label":9,'
     b'"correct":true,"model_version":"mlp-000000000000","latency_ms":12.345}'

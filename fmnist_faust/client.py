@@ -227,10 +227,11 @@ class PubSubProducer(Producer):
             self._pending.add(future)
 
         def done(f: concurrent.futures.Future) -> None:
+            error = None if f.cancelled() else f.exception()
             with self._lock:
                 self._pending.discard(f)
-                if f.exception() is not None:
-                    self._errors.append(f.exception())
+                if error is not None:
+                    self._errors.append(error)
 
         future.add_done_callback(done)
         return future

@@ -61,7 +61,7 @@ def make_app(views: Views) -> web.Application:
         body, content_type = metrics.exposition(report(), None)
         return web.Response(body=body, headers={"Content-Type": content_type})
 
-    async def dashboard(request: web.Request) -> web.Response:
+    async def dashboard(request: web.Request) -> web.StreamResponse:
         if not views.dashboard.is_file():
             return web.Response(
                 status=404,
