@@ -192,10 +192,14 @@ def test_worker_and_clients_over_sasl(
 
     # The broker enforces authentication: wrong password, unknown user and no SASL all fail.
     wait_until(lambda: not _refused(sasl_broker, plain.kafka.security), timeout=60, what="SASL broker ready")
-    assert _refused(sasl_broker, KafkaSecurity("SASL_PLAINTEXT", "PLAIN", PLAIN_USER, "wrong"))
-    assert _refused(sasl_broker, KafkaSecurity("SASL_PLAINTEXT", "SCRAM-SHA-512", SCRAM_USER, "wrong"))
-    assert _refused(sasl_broker, KafkaSecurity("SASL_PLAINTEXT", "SCRAM-SHA-512", PLAIN_USER, PLAIN_PASSWORD))
-    assert _refused(sasl_broker, KafkaSecurity())  # PLAINTEXT
+
+    def security(mechanism: str, user: str, password: str) -> KafkaSecurity:
+        return load_settings(_env(sasl_broker, mechanism, user, password)).kafka.security
+
+    assert _refused(sasl_broker, security("PLAIN", PLAIN_USER, "wrong"))
+    assert _refused(sasl_broker, security("SCRAM-SHA-512", SCRAM_USER, "wrong"))
+    assert _refused(sasl_broker, security("SCRAM-SHA-512", PLAIN_USER, PLAIN_PASSWORD))
+    assert _refused(sasl_broker, load_settings({}).kafka.security)  # PLAINTEXT
 
     # Topics (admin client) and images (the product's producer) with PLAIN ...
     ensure_topics_sync(plain)
