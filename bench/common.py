@@ -3,25 +3,26 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
+from fmnist_faust.netutil import NotReady, free_port, get_json, wait_ready
+
+__all__ = ["free_port"]  # the stages take it from here; defined once in the product
 ROOT = Path(__file__).resolve().parent.parent
 
 
 # --------------------------------------------------------------------------- statistics
+
 
 def percentiles(values_ms: Sequence[float]) -> dict[str, float | int | None]:
     """p50 / p95 / p99 / max (ms) and the sample count."""
@@ -29,8 +30,13 @@ def percentiles(values_ms: Sequence[float]) -> dict[str, float | int | None]:
         return {"n": 0, "p50": None, "p95": None, "p99": None, "max": None}
     array = np.asarray(values_ms, dtype=np.float64)
     p50, p95, p99 = np.percentile(array, [50, 95, 99]).tolist()
-    return {"n": int(array.size), "p50": round(p50, 2), "p95": round(p95, 2), "p99": round(p99, 2),
-            "max": round(float(array.max()), 2)}
+    return {
+        "n": int(array.size),
+        "p50": round(p50, 2),
+        "p95": round(p95, 2),
+        "p99": round(p99, 2),
+        "max": round(float(array.max()), 2),
+    }
 
 
 def span_rate(timestamps_ms: Sequence[int]) -> float:
@@ -46,11 +52,6 @@ def span_rate(timestamps_ms: Sequence[int]) -> float:
 
 
 # --------------------------------------------------------------------------- processes
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def peak_rss_mb(pid: int) -> float | None:
@@ -73,16 +74,10 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def http_json(url: str, timeout: float = 2.0) -> Any:
-    with urllib.request.urlopen(url, timeout=timeout) as response:  # 127.0.0.1 only
-        return json.loads(response.read())
-
-
 class ServiceProc:
     """A service subprocess (Faust worker or bridge) with a JSON readiness endpoint."""
 
-    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path, port: int,
-                 ready_path: str) -> None:
+    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path, port: int, ready_path: str) -> None:
         self.argv = argv
         self.env = env
         self.log_path = log_path
@@ -94,7 +89,7 @@ class ServiceProc:
         self.peak_rss_mb: float | None = None
 
     @classmethod
-    def faust(cls, module: str, env: dict[str, str], log_path: Path, port: int, ready_path: str) -> "ServiceProc":
+    def faust(cls, module: str, env: dict[str, str], log_path: Path, port: int, ready_path: str) -> ServiceProc:
         argv = [sys.executable, "-m", "faust", "-A", module, "worker", "-l", "warn"]
         return cls(argv, env, log_path, port, ready_path)
 
@@ -102,27 +97,21 @@ class ServiceProc:
         return f"http://127.0.0.1:{self.port}{path}"
 
     def get(self, path: str) -> Any:
-        return http_json(self.url(path))
+        return get_json(self.url(path), timeout=2.0)
 
-    def start(self, ready_timeout: float = 90.0) -> "ServiceProc":
+    def start(self, ready_timeout: float = 90.0) -> ServiceProc:
         """Spawn and wait until ``ready_path`` answers 200 with JSON; sets ``ready_s``."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         self.started_at = time.perf_counter()
         self.proc = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         log.close()
-        deadline = self.started_at + ready_timeout
-        while time.perf_counter() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.argv[-4:]} exited with {self.proc.returncode}; log: {self.log_path}")
-            try:
-                self.get(self.ready_path)
-                self.ready_s = round(time.perf_counter() - self.started_at, 2)
-                return self
-            except (OSError, ValueError):
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"not ready in {ready_timeout} s; log: {self.log_path}")
+        try:
+            self.ready_s = round(wait_ready(self.proc, self.url(self.ready_path), self.log_path, ready_timeout), 2)
+        except NotReady:
+            self.stop()
+            raise
+        return self
 
     def cpu_seconds(self) -> float | None:
         """User + system CPU time the process (all its threads) has used so far."""
@@ -150,6 +139,7 @@ class ServiceProc:
 
 # --------------------------------------------------------------------------- Kafka
 
+
 def _run(coro: Any) -> Any:
     return asyncio.run(coro)
 
@@ -172,8 +162,11 @@ def create_topics(bootstrap: str, names: Iterable[str], partitions: int) -> None
             await admin.create_topics([NewTopic(n, partitions, 1) for n in names])
             for _ in range(100):  # until every partition has a leader (no NotLeader retries)
                 described = await admin.describe_topics(list(names))
-                if all(len(t.get("partitions", [])) == partitions and
-                       all(p.get("leader", -1) >= 0 for p in t["partitions"]) for t in described):
+                if all(
+                    len(t.get("partitions", [])) == partitions
+                    and all(p.get("leader", -1) >= 0 for p in t["partitions"])
+                    for t in described
+                ):
                     break
                 await asyncio.sleep(0.05)
         finally:
@@ -201,8 +194,7 @@ def delete_topics_with_prefix(bootstrap: str, prefix: str) -> list[str]:
 async def _consumer(bootstrap: str, topic: str, **kwargs: Any) -> tuple[Any, list[Any]]:
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                                **kwargs)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, **kwargs)
     await consumer.start()
     partitions = consumer.partitions_for_topic(topic)
     deadline = time.monotonic() + 30
@@ -266,8 +258,9 @@ class LiveConsumer:
         self._stop = threading.Event()
         self._ready = threading.Event()
         self.error: BaseException | None = None
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._run(bootstrap, topic)),
-                                        name=f"live-{topic}", daemon=True)
+        self._thread = threading.Thread(
+            target=lambda: asyncio.run(self._run(bootstrap, topic)), name=f"live-{topic}", daemon=True
+        )
         self._thread.start()
         if not self._ready.wait(30):
             raise RuntimeError(f"live consumer on {topic} did not start: {self.error!r}")
@@ -302,6 +295,7 @@ class LiveConsumer:
 
 # --------------------------------------------------------------------------- producing
 
+
 @dataclass
 class Sent:
     """What a producer run sent: id -> sent_at (epoch s), and its achieved rate."""
@@ -314,8 +308,15 @@ class Sent:
         return len(self.sent_at) / self.seconds if self.seconds else 0.0
 
 
-def produce(producer: Any, images: np.ndarray, labels: np.ndarray, count: int, prefix: str,
-            rate: float = 0.0, start_index: int = 0) -> Sent:
+def produce(
+    producer: Any,
+    images: np.ndarray,
+    labels: np.ndarray,
+    count: int,
+    prefix: str,
+    rate: float = 0.0,
+    start_index: int = 0,
+) -> Sent:
     """Send ``count`` labelled test images through a :class:`fmnist_faust.client.Producer`.
 
     ``rate`` > 0 paces the sends in 10 ms ticks (offered load); 0 sends as fast as the

@@ -26,10 +26,10 @@ settings = load_settings()
 
 app = faust.App(
     os.environ.get("BENCH_NAIVE_APP_ID", "fmnist-bench-naive"),
-    broker=settings.kafka_broker_url,
+    broker=settings.kafka.broker_url,
     store="memory://",
     datadir=os.environ.get("BENCH_NAIVE_DATADIR", ".run/bench/naive"),
-    topic_partitions=settings.partitions,
+    topic_partitions=settings.kafka.partitions,
     topic_replication_factor=1,
     web_bind="127.0.0.1",
     web_host="127.0.0.1",
@@ -45,7 +45,7 @@ processed = {"count": 0}
 @app.agent(images)
 async def classify_one_by_one(stream: Any) -> None:
     """Per event: decode + predict one image, send one prediction."""
-    classifier = load_classifier(settings.model_path)
+    classifier = load_classifier(settings.model.path)
     async for event in stream.events():
         message = event.message
         outcome = classify_batch(classifier, [RawMessage(message.value, message.key, message.timestamp)]).outcomes[0]

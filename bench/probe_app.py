@@ -27,31 +27,33 @@ MODE = os.environ.get("BENCH_PROBE_MODE", "noop")
 
 app = faust.App(
     os.environ.get("BENCH_PROBE_APP_ID", "fmnist-bench-probe"),
-    broker=settings.kafka_broker_url,
+    broker=settings.kafka.broker_url,
     store="memory://",
     datadir=os.environ.get("BENCH_PROBE_DATADIR", ".run/bench/probe"),
-    topic_partitions=settings.partitions,
+    topic_partitions=settings.kafka.partitions,
     topic_replication_factor=1,
     web_bind="127.0.0.1",
     web_host="127.0.0.1",
     web_port=int(os.environ.get("BENCH_PROBE_WEB_PORT", "6098")),
     autodiscover=False,
     consumer_max_fetch_size=4 * 1024 * 1024,
-    stream_buffer_maxsize=max(4096, settings.batch_size * 4),
+    stream_buffer_maxsize=max(4096, settings.pipeline.batch_size * 4),
 )
 _raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
 images = app.topic(os.environ.get("BENCH_PROBE_IN", "bench-probe-images"), **_raw)
 out = app.topic(os.environ.get("BENCH_PROBE_OUT", "bench-probe-out"), **_raw)
-processed = {"count": 0, "mode": MODE}
-PAYLOAD = b'{"id":"x","predicted":9,"class_name":"Ankle boot","confidence":0.99,"label":9,' \
-          b'"correct":true,"model_version":"mlp-000000000000","latency_ms":12.345}'
+processed: dict[str, Any] = {"count": 0, "mode": MODE}
+PAYLOAD = (
+    b'{"id":"x","predicted":9,"class_name":"Ankle boot","confidence":0.99,"label":9,'
+    b'"correct":true,"model_version":"mlp-000000000000","latency_ms":12.345}'
+)
 
 
 @app.agent(images)
 async def probe(stream: Any) -> None:
     """Batch like fmnist-faust's agent; optionally forward one message per event."""
     topic_name = out.get_topic_name()
-    async for events in stream.take_events(settings.batch_size, within=settings.batch_linger_s):
+    async for events in stream.take_events(settings.pipeline.batch_size, within=settings.pipeline.batch_linger_s):
         if MODE == "forward":
             producer = app.producer
             pending = [await producer.send(topic_name, e.message.key, PAYLOAD, None, None, None) for e in events]

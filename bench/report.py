@@ -18,7 +18,9 @@ def _g(value: Any) -> str:
     """A figure with as few decimals as it needs (0.9, 20,000, 158.3)."""
     if value is None:
         return "n/a"
-    return f"{value:,.0f}" if float(value).is_integer() or abs(value) >= 1000 else f"{value:,.2f}".rstrip("0").rstrip(".")
+    return (
+        f"{value:,.0f}" if float(value).is_integer() or abs(value) >= 1000 else f"{value:,.2f}".rstrip("0").rstrip(".")
+    )
 
 
 def _x(value: Any) -> str:
@@ -63,10 +65,12 @@ def markdown(results: dict[str, Any]) -> str:
         f"BLAS pinned to {ceiling.get('blas_threads_pinned', 1)} thread | {_stage_rate(results, 'ceiling')} | "
         f"`classify_batch` (JSON+base64 decode + predict, batches of {batch}): {_n(ceiling.get('classify_batch_per_s'))}/s; "
         f"single-image predict: {_n(ceiling.get('single_image_per_s'))}/s; with 2 BLAS threads: "
-        f"{_n(two.get('predict_whole_batch_per_s'))}/s batched, {_n(two.get(f'classify_batch_of_{batch}_per_s'))}/s classify_batch |")
+        f"{_n(two.get('predict_whole_batch_per_s'))}/s batched, {_n(two.get(f'classify_batch_of_{batch}_per_s'))}/s classify_batch |"
+    )
     lines.append(
         f"| 2 | Naive baseline: per-message Faust agent (one predict + one send per event) | "
-        f"{_stage_rate(results, 'naive')} | {naive.get('images', 'n/a')} pre-loaded images |")
+        f"{_stage_rate(results, 'naive')} | {naive.get('images', 'n/a')} pre-loaded images |"
+    )
     defaults = kafka.get("defaults", {})
     lines.append(
         f"| 3 | fmnist-faust Kafka end to end, one worker, tables updated (defaults: batch "
@@ -74,13 +78,16 @@ def markdown(results: dict[str, Any]) -> str:
         f"{_n(kafka.get('images'))} pre-loaded images, rate from prediction timestamps; table-confirmed "
         f"{_n(kafka.get('table_confirmed_images_per_s'))}/s; with the producer running concurrently "
         f"{_n(kafka.get('concurrent_images_per_s'))}/s; best batch {kafka.get('best_batch_size')}: "
-        f"{_n(kafka.get('best_batch_images_per_s'))}/s |")
+        f"{_n(kafka.get('best_batch_images_per_s'))}/s |"
+    )
     lines.append(
         f"| 4 | Raw Pub/Sub ceiling: streaming pull + ack, no work (emulator) | {_stage_rate(results, 'pubsub')} | "
-        f"{_n(pubsub.get('images'))} pre-published images, flow control {pubsub.get('flow_control_max_messages')} messages |")
+        f"{_n(pubsub.get('images'))} pre-published images, flow control {pubsub.get('flow_control_max_messages')} messages |"
+    )
     lines.append(
         f"| 5 | fmnist-faust Pub/Sub bridge end to end (emulator) | {_stage_rate(results, 'bridge')} | "
-        f"{_n(bridge.get('images')) if bridge.get('available') else ''} |")
+        f"{_n(bridge.get('images')) if bridge.get('available') else ''} |"
+    )
     lines += [
         "",
         "| Ratio | Value |",
@@ -94,64 +101,95 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     diagnostics = kafka.get("diagnostics", {})
     if diagnostics:
-        lines += ["What bounds the Kafka path: the same pre-loaded topic read by less and less of the pipeline "
-                  "(CPU ms/image: user + system time of that process, all threads):", "",
-                  "| Reader | images/s | CPU ms/image |", "|---|---:|---:|"]
+        lines += [
+            "What bounds the Kafka path: the same pre-loaded topic read by less and less of the pipeline "
+            "(CPU ms/image: user + system time of that process, all threads):",
+            "",
+            "| Reader | images/s | CPU ms/image |",
+            "|---|---:|---:|",
+        ]
         raw = diagnostics.get("aiokafka_consume", {})
         lines.append(f"| aiokafka `getmany`, no work (in the harness) | {_n(raw.get('images_per_s'))} | n/a |")
-        labels = {"noop": "Faust `take_events`, no work (bench/probe_app.py noop)",
-                  "forward": "Faust `take_events` + one send per event, acks awaited (probe forward)"}
+        labels = {
+            "noop": "Faust `take_events`, no work (bench/probe_app.py noop)",
+            "forward": "Faust `take_events` + one send per event, acks awaited (probe forward)",
+        }
         for mode, label in labels.items():
             probe = diagnostics.get(f"faust_{mode}")
             if probe:
                 lines.append(f"| {label} | {_n(probe.get('images_per_s'))} | {_n(probe.get('cpu_ms_per_image'), 3)} |")
-        lines.append(f"| fmnist-faust worker (decode, predict, publish, tables) | {_n(kafka.get('images_per_s'))} | "
-                     f"{_n(kafka.get('worker_cpu_ms_per_image'), 3)} |")
+        lines.append(
+            f"| fmnist-faust worker (decode, predict, publish, tables) | {_n(kafka.get('images_per_s'))} | "
+            f"{_n(kafka.get('worker_cpu_ms_per_image'), 3)} |"
+        )
         lines.append("")
     lat = kafka.get("latency", {})
     if lat:
-        lines += ["Latency from `sent_at` (stamped by the producer) to the prediction, one worker "
-                  f"(batch {lat.get('batch_size')}, linger {lat.get('linger_s')} s), ms:", "",
-                  "| Offered | Achieved offered | Predictions/s | Measured as | p50 | p95 | p99 | max | n |",
-                  "|---|---:|---:|---|---:|---:|---:|---:|---:|"]
+        lines += [
+            "Latency from `sent_at` (stamped by the producer) to the prediction, one worker "
+            f"(batch {lat.get('batch_size')}, linger {lat.get('linger_s')} s), ms:",
+            "",
+            "| Offered | Achieved offered | Predictions/s | Measured as | p50 | p95 | p99 | max | n |",
+            "|---|---:|---:|---|---:|---:|---:|---:|---:|",
+        ]
         for phase in [k for k in lat if k.startswith("rate_")] + ["saturation"]:
             data = lat.get(phase)
             if not data:
                 continue
             label = f"{int(phase[5:]):,}/s" if phase.startswith("rate_") else "saturation (producer unthrottled)"
-            for key, what in (("to_prediction_published_ms", "published (record timestamp)"),
-                              ("consumer_observed_ms", "consumer received"),
-                              ("worker_latency_ms", "worker `latency_ms` (at predict)")):
+            for key, what in (
+                ("to_prediction_published_ms", "published (record timestamp)"),
+                ("consumer_observed_ms", "consumer received"),
+                ("worker_latency_ms", "worker `latency_ms` (at predict)"),
+            ):
                 p = data.get(key)
                 if p:
-                    lines.append(f"| {label} | {_n(data.get('offered_per_s'))}/s | {_n(data.get('images_per_s'))} | {what} | {_n(p['p50'], 1)} | "
-                                 f"{_n(p['p95'], 1)} | {_n(p['p99'], 1)} | {_n(p['max'], 1)} | {_n(p['n'])} |")
+                    lines.append(
+                        f"| {label} | {_n(data.get('offered_per_s'))}/s | {_n(data.get('images_per_s'))} | {what} | {_n(p['p50'], 1)} | "
+                        f"{_n(p['p95'], 1)} | {_n(p['p99'], 1)} | {_n(p['max'], 1)} | {_n(p['n'])} |"
+                    )
         lines.append("")
     if kafka.get("batch_sweep"):
-        lines += ["Batch-size sweep (pre-loaded topic, linger at default):", "",
-                  "| FMNIST_BATCH_SIZE | images/s | table-confirmed images/s | ready s | peak RSS MB |",
-                  "|---:|---:|---:|---:|---:|"]
+        lines += [
+            "Batch-size sweep (pre-loaded topic, linger at default):",
+            "",
+            "| FMNIST_BATCH_SIZE | images/s | table-confirmed images/s | ready s | peak RSS MB |",
+            "|---:|---:|---:|---:|---:|",
+        ]
         for row in kafka["batch_sweep"]:
-            lines.append(f"| {row['batch_size']} | {_n(row['images_per_s'])} | {_n(row['table_confirmed_images_per_s'])} "
-                         f"| {_n(row['ready_s'], 2)} | {_n(row['peak_rss_mb'], 1)} |")
+            lines.append(
+                f"| {row['batch_size']} | {_n(row['images_per_s'])} | {_n(row['table_confirmed_images_per_s'])} "
+                f"| {_n(row['ready_s'], 2)} | {_n(row['peak_rss_mb'], 1)} |"
+            )
         lines.append("")
     if kafka.get("linger_sweep"):
-        lines += ["Linger sweep (1,000 images/s offered, batch at default), to prediction published, ms:", "",
-                  "| FMNIST_BATCH_LINGER s | p50 | p95 | p99 |", "|---:|---:|---:|---:|"]
+        lines += [
+            "Linger sweep (1,000 images/s offered, batch at default), to prediction published, ms:",
+            "",
+            "| FMNIST_BATCH_LINGER s | p50 | p95 | p99 |",
+            "|---:|---:|---:|---:|",
+        ]
         for row in kafka["linger_sweep"]:
             p = row["rate_1000"]["to_prediction_published_ms"]
             lines.append(f"| {row['linger_s']} | {_n(p['p50'], 1)} | {_n(p['p95'], 1)} | {_n(p['p99'], 1)} |")
         lines.append("")
     if kafka.get("best_batch_size") is not None:
-        lines += [f"Best batch size: {kafka.get('best_batch_size')} ({_n(kafka.get('best_batch_images_per_s'))}/s); "
-                  f"best linger (lowest p99 at 1,000/s): {kafka.get('best_linger_s')} s.", ""]
+        lines += [
+            f"Best batch size: {kafka.get('best_batch_size')} ({_n(kafka.get('best_batch_images_per_s'))}/s); "
+            f"best linger (lowest p99 at 1,000/s): {kafka.get('best_linger_s')} s.",
+            "",
+        ]
     ready_all = kafka.get("ready_s_all_workers", {})
-    lines += ["| Footprint | Worker | Bridge |", "|---|---:|---:|",
-              f"| Peak RSS (VmHWM), MB | {_n(kafka.get('peak_rss_mb'), 1)} | "
-              f"{_n(bridge.get('peak_rss_mb'), 1) if bridge.get('available') else 'not measured'} |",
-              f"| Cold start to ready (/accuracy/ answers, empty changelog), s | {_n(kafka.get('ready_s_empty_changelog'), 2)} "
-              f"(all workers this run: {_n(ready_all.get('min'), 2)}-{_n(ready_all.get('max'), 2)}) | "
-              f"{_n(bridge.get('ready_s'), 2) if bridge.get('available') else 'not measured'} |", ""]
+    lines += [
+        "| Footprint | Worker | Bridge |",
+        "|---|---:|---:|",
+        f"| Peak RSS (VmHWM), MB | {_n(kafka.get('peak_rss_mb'), 1)} | "
+        f"{_n(bridge.get('peak_rss_mb'), 1) if bridge.get('available') else 'not measured'} |",
+        f"| Cold start to ready (/accuracy/ answers, empty changelog), s | {_n(kafka.get('ready_s_empty_changelog'), 2)} "
+        f"(all workers this run: {_n(ready_all.get('min'), 2)}-{_n(ready_all.get('max'), 2)}) | "
+        f"{_n(bridge.get('ready_s'), 2) if bridge.get('available') else 'not measured'} |",
+        "",
+    ]
     lines += ["| Target | Value | Target | Met |", "|---|---:|---:|---|"]
     for name, t in results.get("targets", {}).items():
         met = {True: "yes", False: "**no**", None: "not measured"}[t["met"]]
@@ -170,14 +208,19 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
     kafka = results.get("kafka", {})
     fig, axes = plt.subplots(2, 2, figsize=(15, 10))
-    bars_spec = [("(1) model\nceiling", results.get("ceiling", {}).get("images_per_s"), "#888"),
-                 ("(2) naive\nagent", results.get("naive", {}).get("images_per_s"), "#c55"),
-                 ("(3) Kafka\ne2e", kafka.get("images_per_s"), "#27c"),
-                 ("(4) raw\nPub/Sub", results.get("pubsub", {}).get("images_per_s"), "#7a7"),
-                 ("(5) Pub/Sub\nbridge", results.get("bridge", {}).get("images_per_s"), "#2a7")]
+    bars_spec = [
+        ("(1) model\nceiling", results.get("ceiling", {}).get("images_per_s"), "#888"),
+        ("(2) naive\nagent", results.get("naive", {}).get("images_per_s"), "#c55"),
+        ("(3) Kafka\ne2e", kafka.get("images_per_s"), "#27c"),
+        ("(4) raw\nPub/Sub", results.get("pubsub", {}).get("images_per_s"), "#7a7"),
+        ("(5) Pub/Sub\nbridge", results.get("bridge", {}).get("images_per_s"), "#2a7"),
+    ]
     diag = kafka.get("diagnostics", {})
-    for key, label in (("aiokafka_consume", "aiokafka\nread only"), ("faust_noop", "Faust\nno work"),
-                       ("faust_forward", "Faust\n+ sends")):
+    for key, label in (
+        ("aiokafka_consume", "aiokafka\nread only"),
+        ("faust_noop", "Faust\nno work"),
+        ("faust_forward", "Faust\n+ sends"),
+    ):
         if key in diag:
             bars_spec.append((label, diag[key].get("images_per_s"), "#bbd"))
     ax = axes[0][0]
@@ -188,8 +231,13 @@ def plot(results: dict[str, Any], path: Path) -> None:
     ax.set_title("Throughput per stage (light: what bounds the Kafka path)")
     ax.tick_params(axis="x", labelsize=8)
     for bar, value in zip(bars, values):
-        ax.annotate(f"{value:,.0f}" if value else "not\nmeasured", (bar.get_x() + bar.get_width() / 2, max(value, 0.1)),
-                    ha="center", va="bottom", fontsize=8)
+        ax.annotate(
+            f"{value:,.0f}" if value else "not\nmeasured",
+            (bar.get_x() + bar.get_width() / 2, max(value, 0.1)),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
 
     ax = axes[0][1]
     lat = kafka.get("latency", {})
@@ -209,15 +257,22 @@ def plot(results: dict[str, Any], path: Path) -> None:
     ax = axes[1][0]
     sweep = kafka.get("batch_sweep", [])
     if sweep:
-        ax.plot([r["batch_size"] for r in sweep], [r["images_per_s"] for r in sweep], "o-", label="pre-loaded e2e images/s")
+        ax.plot(
+            [r["batch_size"] for r in sweep], [r["images_per_s"] for r in sweep], "o-", label="pre-loaded e2e images/s"
+        )
         ax.set_xscale("log")
         ax.axhline(20_000, color="k", lw=0.8, ls="--", label="target 20k/s")
         ax.set_xlabel("FMNIST_BATCH_SIZE")
         ax.set_ylabel("images/s")
         ax.set_ylim(bottom=0)
         twin = ax.twinx()
-        twin.plot([r["batch_size"] for r in sweep], [r.get("worker_cpu_ms_per_image") or 0 for r in sweep],
-                  "s--", color="#c83", label="worker CPU ms/image")
+        twin.plot(
+            [r["batch_size"] for r in sweep],
+            [r.get("worker_cpu_ms_per_image") or 0 for r in sweep],
+            "s--",
+            color="#c83",
+            label="worker CPU ms/image",
+        )
         twin.set_ylabel("worker CPU ms/image")
         twin.set_ylim(bottom=0)
         ax.legend(loc="upper left", fontsize=8)
@@ -240,8 +295,10 @@ def plot(results: dict[str, Any], path: Path) -> None:
         ax.text(0.5, 0.5, "no linger sweep in this run", ha="center", va="center", transform=ax.transAxes)
     ax.set_title("Linger sweep (batch at default)")
     machine = results.get("machine", {})
-    fig.suptitle(f"fmnist-faust bench ({results.get('mode')}, {results.get('started_at')}; shared "
-                 f"{machine.get('cpus')}-CPU machine, load {machine.get('loadavg_at_start', ['?'])[0]}: noisy)")
+    fig.suptitle(
+        f"fmnist-faust bench ({results.get('mode')}, {results.get('started_at')}; shared "
+        f"{machine.get('cpus')}-CPU machine, load {machine.get('loadavg_at_start', ['?'])[0]}: noisy)"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)

@@ -21,10 +21,11 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
-from fmnist_faust.config import load_settings
+from fmnist_faust.config import ModelSettings, load_settings
 from fmnist_faust.core import model
 
 from . import report, stages
@@ -41,11 +42,11 @@ TARGETS = {
 }
 
 
-def ensure_model(settings_model: Path, run_dir: Path, smoke: bool, log: Callable[[str], None]) -> Path:
+def ensure_model(models: ModelSettings, run_dir: Path, smoke: bool, log: Callable[[str], None]) -> Path:
     """The verified model at FMNIST_MODEL_PATH; in smoke mode a tiny one is trained if it is missing."""
     try:
-        model.verify(settings_model)
-        return settings_model
+        model.verify(models.path)
+        return models.path
     except model.ModelError as reason:
         if not smoke:
             raise SystemExit(f"bench: {reason}. Run `make model` first.") from None
@@ -58,9 +59,17 @@ def ensure_model(settings_model: Path, run_dir: Path, smoke: bool, log: Callable
         except model.ModelError:
             pass
         log(f"smoke: no verified model ({reason}); training a tiny one at {path}")
-        train, test = dataset.load_split("train"), dataset.load_split("test")
-        model.train(train.images[:3000], train.labels[:3000], test.images[:500], test.labels[:500], path,
-                    hidden=(32,), max_iter=10, log=lambda _msg: None)
+        train, test = dataset.load_split("train", models.data_dir), dataset.load_split("test", models.data_dir)
+        model.train(
+            train.images[:3000],
+            train.labels[:3000],
+            test.images[:500],
+            test.labels[:500],
+            path,
+            hidden=(32,),
+            max_iter=10,
+            log=lambda _msg: None,
+        )
         return path
 
 
@@ -68,12 +77,20 @@ def machine() -> dict[str, Any]:
     """What the numbers were measured on, including how busy the machine was."""
     load = os.getloadavg()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "fmnist_faust", "pubsub_bridge"],
-                           cwd=ROOT, capture_output=True, text=True)
-    return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-            "loadavg_at_start": [round(x, 2) for x in load],
-            "git_commit": commit.stdout.strip() or None,
-            "uncommitted_code": sorted(line[3:] for line in dirty.stdout.splitlines() if line.strip())}
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no", "--", "fmnist_faust", "pubsub_bridge"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "loadavg_at_start": [round(x, 2) for x in load],
+        "git_commit": commit.stdout.strip() or None,
+        "uncommitted_code": sorted(line[3:] for line in dirty.stdout.splitlines() if line.strip()),
+    }
 
 
 def ratios(results: dict[str, Any]) -> dict[str, float | None]:
@@ -123,11 +140,17 @@ def targets(results: dict[str, Any], ratio: dict[str, float | None]) -> dict[str
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny counts: a few seconds per stage")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="results directory (default: bench/results; with --smoke: .run/bench/smoke, "
-                             "so a smoke run never overwrites the committed full results)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="results directory (default: bench/results; with --smoke: .run/bench/smoke, "
+        "so a smoke run never overwrites the committed full results)",
+    )
     parser.add_argument("--name", default="latest", help="file stem of the results (default: latest)")
-    parser.add_argument("--stages", default=",".join(ALL_STAGES), help="comma-separated subset of " + ",".join(ALL_STAGES))
+    parser.add_argument(
+        "--stages", default=",".join(ALL_STAGES), help="comma-separated subset of " + ",".join(ALL_STAGES)
+    )
     parser.add_argument("--no-png", action="store_true", help="skip the matplotlib plot")
     parser.add_argument("--keep-topics", action="store_true", help="do not delete this run's topics")
     args = parser.parse_args(argv)
@@ -143,11 +166,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     settings = load_settings()
     if not os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or not os.environ.get("PUBSUB_EMULATOR_HOST"):
-        log("bench: KAFKA_BOOTSTRAP_SERVERS / PUBSUB_EMULATOR_HOST not set (use tools/bench.sh or source .services.env)")
+        log(
+            "bench: KAFKA_BOOTSTRAP_SERVERS / PUBSUB_EMULATOR_HOST not set (use tools/bench.sh or source .services.env)"
+        )
         return 2
     plan = stages.Plan.smoke() if args.smoke else stages.Plan()
     run_dir = ROOT / ".run" / "bench"
-    model_path = ensure_model(settings.model_path, run_dir, args.smoke, log)
+    model_path = ensure_model(settings.model, run_dir, args.smoke, log)
     ctx = stages.Context(settings=settings, plan=plan, model_path=model_path, run_dir=run_dir, log=log)
     ctx.run_dir = run_dir / ctx.tag
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
@@ -161,8 +186,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "model": {"path": str(model_path), "version": model.read_manifest(model_path).get("model_version")},
         "plan": {k: v for k, v in vars(plan).items()},
     }
-    runners = {"ceiling": stages.model_ceiling, "naive": stages.naive_baseline, "kafka": stages.kafka_e2e,
-               "pubsub": stages.pubsub_raw, "bridge": stages.pubsub_bridge}
+    runners = {
+        "ceiling": stages.model_ceiling,
+        "naive": stages.naive_baseline,
+        "kafka": stages.kafka_e2e,
+        "pubsub": stages.pubsub_raw,
+        "bridge": stages.pubsub_bridge,
+    }
     failed = []
     try:
         for name in wanted:
@@ -185,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 log(f"bench: could not delete topics: {exc!r}")
             if {"pubsub", "bridge"} & set(wanted):
                 try:
-                    log(f"bench: deleted {stages.delete_pubsub_with_prefix(settings, ctx.tag)} Pub/Sub resources")
+                    log(f"bench: deleted {stages.delete_pubsub_tagged(settings, ctx.tag)} Pub/Sub resources")
                 except Exception as exc:
                     log(f"bench: could not delete Pub/Sub resources: {exc!r}")
     results["ratios"] = ratios(results)

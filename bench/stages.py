@@ -12,20 +12,31 @@ import statistics
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-import numpy as np
-
-from fmnist_faust.config import Settings, load_settings
+from fmnist_faust.config import Settings, load_settings, run_names
 from fmnist_faust.core import dataset
 from fmnist_faust.core.contract import encode_image
 from fmnist_faust.core.model import Classifier, load_classifier
 from fmnist_faust.core.pipeline import RawMessage, classify_batch
 
-from .common import (ROOT, LiveConsumer, ServiceProc, Sent, create_topics, env_with, free_port,
-                     percentiles, produce, read_records, span_rate, wait_until)
+from .common import (
+    ROOT,
+    LiveConsumer,
+    Sent,
+    ServiceProc,
+    create_topics,
+    env_with,
+    free_port,
+    percentiles,
+    produce,
+    read_records,
+    span_rate,
+    wait_until,
+)
 
 CODE_DEFAULTS = load_settings({})  # the defaults a user gets (batch size, linger, ...)
 
@@ -50,11 +61,22 @@ class Plan:
     probe_modes: tuple[str, ...] = ("noop", "forward")
 
     @classmethod
-    def smoke(cls) -> "Plan":
-        return cls(ceiling_images=2_000, ceiling_repeats=1, single_images=50, naive_images=200,
-                   e2e_images=1_000, batch_sweep=(), linger_sweep=(),
-                   rates=((1000, 0.5), (5000, 0.2)), warmup_images=50, concurrent_images=1_000,
-                   pubsub_images=500, probe_images=500, probe_modes=("noop",))
+    def smoke(cls) -> Plan:
+        return cls(
+            ceiling_images=2_000,
+            ceiling_repeats=1,
+            single_images=50,
+            naive_images=200,
+            e2e_images=1_000,
+            batch_sweep=(),
+            linger_sweep=(),
+            rates=((1000, 0.5), (5000, 0.2)),
+            warmup_images=50,
+            concurrent_images=1_000,
+            pubsub_images=500,
+            probe_images=500,
+            probe_modes=("noop",),
+        )
 
 
 @dataclass
@@ -71,12 +93,12 @@ class Context:
 
     @property
     def bootstrap(self) -> str:
-        return self.settings.kafka_bootstrap_servers
+        return self.settings.kafka.bootstrap_servers
 
     @property
     def split(self) -> dataset.Split:
         if self._split is None:
-            self._split = dataset.load_split("test", self.settings.fmnist_data_dir or None)
+            self._split = dataset.load_split("test", self.settings.model.data_dir)
         return self._split
 
     def name(self, suffix: str) -> str:
@@ -97,6 +119,7 @@ class Context:
 
 # =========================================================================== 1. model ceiling
 
+
 def _best_rate(run: Callable[[], int], repeats: int) -> float:
     best = 0.0
     for _ in range(repeats):
@@ -115,13 +138,23 @@ def model_ceiling(ctx: Context) -> dict[str, Any]:
     images = ctx.split.images[: plan.ceiling_images]
     labels = ctx.split.labels[: plan.ceiling_images]
     now = time.time()
-    messages = [RawMessage(encode_image(f"c-{i}", images[i], int(labels[i]), now), f"c-{i}".encode())
-                for i in range(len(images))]
-    batch = CODE_DEFAULTS.batch_size
-    blas = [{k: lib.get(k) for k in ("internal_api", "num_threads", "filepath")}
-            for lib in threadpool_info() if lib.get("user_api") == "blas"]
-    out: dict[str, Any] = {"images": len(images), "repeats": plan.ceiling_repeats, "batch_size": batch,
-                           "blas_libraries_default": blas, "by_blas_threads": {}}
+    messages = [
+        RawMessage(encode_image(f"c-{i}", images[i], int(labels[i]), now), f"c-{i}".encode())
+        for i in range(len(images))
+    ]
+    batch = CODE_DEFAULTS.pipeline.batch_size
+    blas = [
+        {k: lib.get(k) for k in ("internal_api", "num_threads", "filepath")}
+        for lib in threadpool_info()
+        if lib.get("user_api") == "blas"
+    ]
+    out: dict[str, Any] = {
+        "images": len(images),
+        "repeats": plan.ceiling_repeats,
+        "batch_size": batch,
+        "blas_libraries_default": blas,
+        "by_blas_threads": {},
+    }
     for threads in (1, 2):
         classifier.blas_threads = threads  # Classifier.predict pins BLAS itself (default 1)
         with threadpool_limits(limits=threads, user_api="blas"):
@@ -130,17 +163,17 @@ def model_ceiling(ctx: Context) -> dict[str, Any]:
 
             def in_batches() -> int:
                 for i in range(0, len(images), batch):
-                    classifier.predict(images[i:i + batch])
+                    classifier.predict(images[i : i + batch])
                 return len(images)
 
             def pipeline_batches() -> int:
                 for i in range(0, len(messages), batch):
-                    classify_batch(classifier, messages[i:i + batch])
+                    classify_batch(classifier, messages[i : i + batch])
                 return len(messages)
 
             def single() -> int:
                 for i in range(plan.single_images):
-                    classifier.predict(images[i:i + 1])
+                    classifier.predict(images[i : i + 1])
                 return plan.single_images
 
             out["by_blas_threads"][str(threads)] = {
@@ -160,16 +193,22 @@ def model_ceiling(ctx: Context) -> dict[str, Any]:
 
 # =========================================================================== 2. naive baseline
 
+
 def naive_baseline(ctx: Context) -> dict[str, Any]:
     """The per-message agent over a pre-loaded topic: rate from its predictions' timestamps."""
     n = ctx.plan.naive_images
     topic_in, topic_out = ctx.name("naive-images"), ctx.name("naive-predictions")
-    create_topics(ctx.bootstrap, [topic_in, topic_out], ctx.settings.partitions)
+    create_topics(ctx.bootstrap, [topic_in, topic_out], ctx.settings.kafka.partitions)
     ctx.produce_kafka(topic_in, n, "naive")
     port = free_port()
-    env = env_with(BENCH_NAIVE_APP_ID=ctx.name("naive"), BENCH_NAIVE_IN=topic_in, BENCH_NAIVE_OUT=topic_out,
-                   BENCH_NAIVE_WEB_PORT=str(port), BENCH_NAIVE_DATADIR=str(ctx.run_dir / "naive"),
-                   FMNIST_MODEL_PATH=str(ctx.model_path))
+    env = env_with(
+        BENCH_NAIVE_APP_ID=ctx.name("naive"),
+        BENCH_NAIVE_IN=topic_in,
+        BENCH_NAIVE_OUT=topic_out,
+        BENCH_NAIVE_WEB_PORT=str(port),
+        BENCH_NAIVE_DATADIR=str(ctx.run_dir / "naive"),
+        FMNIST_MODEL_PATH=str(ctx.model_path),
+    )
     worker = ServiceProc.faust("bench.naive_app", env, ctx.run_dir / "naive.log", port, "/count/").start()
     try:
         done = wait_until(lambda: worker.get("/count/")["count"] >= n, timeout=60 + n / 50, interval=0.2)
@@ -179,11 +218,17 @@ def naive_baseline(ctx: Context) -> dict[str, Any]:
     if done is None:
         raise RuntimeError(f"naive agent did not finish {n} images; log {worker.log_path}")
     records = read_records(ctx.bootstrap, topic_out, n)
-    return {"images": n, "images_per_s": round(span_rate([r.timestamp_ms for r in records])),
-            "predictions_read": len(records), "ready_s": worker.ready_s, "peak_rss_mb": worker.peak_rss_mb}
+    return {
+        "images": n,
+        "images_per_s": round(span_rate([r.timestamp_ms for r in records])),
+        "predictions_read": len(records),
+        "ready_s": worker.ready_s,
+        "peak_rss_mb": worker.peak_rss_mb,
+    }
 
 
 # =========================================================================== 3. Kafka end to end
+
 
 def _worker_env(ctx: Context, name: str, images_topic: str, batch: int, linger: float) -> dict[str, str]:
     return env_with(
@@ -201,8 +246,9 @@ def _worker_env(ctx: Context, name: str, images_topic: str, batch: int, linger: 
 
 
 def _start_worker(ctx: Context, name: str, env: dict[str, str]) -> ServiceProc:
-    return ServiceProc.faust("fmnist_faust", env, ctx.run_dir / f"{name}.log", int(env["FMNIST_WEB_PORT"]),
-                             "/accuracy/").start()
+    return ServiceProc.faust(
+        "fmnist_faust", env, ctx.run_dir / f"{name}.log", int(env["FMNIST_WEB_PORT"]), "/accuracy/"
+    ).start()
 
 
 def _wait_counted(worker: ServiceProc, count: int, timeout: float) -> float:
@@ -231,18 +277,29 @@ def _drain(worker: ServiceProc, n: int) -> tuple[float, float, int]:
     return counted_at, (worker.cpu_seconds() or 0.0) - seen_first[0][1], seen_first[0][0]
 
 
-def _preloaded_stats(stamps: list[int], n: int, drained: tuple[float, float, int], spawned: float,
-                     worker: ServiceProc, batch: int, linger: float) -> dict[str, Any]:
+def _preloaded_stats(
+    stamps: list[int],
+    n: int,
+    drained: tuple[float, float, int],
+    spawned: float,
+    worker: ServiceProc,
+    batch: int,
+    linger: float,
+) -> dict[str, Any]:
     counted_at, cpu_used, first_images = drained
     first = min(stamps) / 1000.0
     return {
-        "batch_size": batch, "linger_s": linger, "images": n, "predictions_read": len(stamps),
+        "batch_size": batch,
+        "linger_s": linger,
+        "images": n,
+        "predictions_read": len(stamps),
         "images_per_s": round(span_rate(stamps)),
         "table_confirmed_images_per_s": round(n / max(counted_at - first, 1e-3)),
         "worker_cpu_ms_per_image": round(cpu_used * 1000.0 / max(n - first_images, 1), 4),
         "first_prediction_s_from_spawn": round(first - spawned, 2),
         "seconds_to_all_counted_from_spawn": round(counted_at - spawned, 2),
-        "ready_s": worker.ready_s, "peak_rss_mb": worker.peak_rss_mb,
+        "ready_s": worker.ready_s,
+        "peak_rss_mb": worker.peak_rss_mb,
     }
 
 
@@ -268,10 +325,16 @@ def preloaded_run(ctx: Context, topic: str, n: int, batch: int, linger: float, n
 def probe_run(ctx: Context, topic: str, n: int, mode: str) -> dict[str, Any]:
     """A diagnostic Faust app (bench/probe_app.py) over the pre-loaded topic: rate and CPU/image."""
     port = free_port()
-    env = env_with(BENCH_PROBE_MODE=mode, BENCH_PROBE_APP_ID=ctx.name(f"probe-{mode}"), BENCH_PROBE_IN=topic,
-                   BENCH_PROBE_OUT=ctx.name(f"probe-{mode}-out"), BENCH_PROBE_WEB_PORT=str(port),
-                   BENCH_PROBE_DATADIR=str(ctx.run_dir / f"probe-{mode}"),
-                   FMNIST_BATCH_SIZE=str(CODE_DEFAULTS.batch_size), FMNIST_BATCH_LINGER=str(CODE_DEFAULTS.batch_linger_s))
+    env = env_with(
+        BENCH_PROBE_MODE=mode,
+        BENCH_PROBE_APP_ID=ctx.name(f"probe-{mode}"),
+        BENCH_PROBE_IN=topic,
+        BENCH_PROBE_OUT=ctx.name(f"probe-{mode}-out"),
+        BENCH_PROBE_WEB_PORT=str(port),
+        BENCH_PROBE_DATADIR=str(ctx.run_dir / f"probe-{mode}"),
+        FMNIST_BATCH_SIZE=str(CODE_DEFAULTS.pipeline.batch_size),
+        FMNIST_BATCH_LINGER=str(CODE_DEFAULTS.pipeline.batch_linger_s),
+    )
     worker = ServiceProc.faust("bench.probe_app", env, ctx.run_dir / f"probe-{mode}.log", port, "/count/").start()
     first: list[tuple[float, int, float]] = []
 
@@ -290,8 +353,13 @@ def probe_run(ctx: Context, topic: str, n: int, mode: str) -> dict[str, Any]:
     if finished is None or not first:
         raise RuntimeError(f"probe {mode} did not reach {n} events; log {worker.log_path}")
     t0, c0, cpu0 = first[0]
-    return {"mode": mode, "images": n, "images_per_s": round((n - c0) / max(finished - t0, 1e-3)),
-            "cpu_ms_per_image": round((cpu - cpu0) * 1000.0 / max(n - c0, 1), 4), "peak_rss_mb": worker.peak_rss_mb}
+    return {
+        "mode": mode,
+        "images": n,
+        "images_per_s": round((n - c0) / max(finished - t0, 1e-3)),
+        "cpu_ms_per_image": round((cpu - cpu0) * 1000.0 / max(n - c0, 1), 4),
+        "peak_rss_mb": worker.peak_rss_mb,
+    }
 
 
 def raw_kafka_consume(ctx: Context, topic: str, n: int) -> dict[str, Any]:
@@ -302,8 +370,9 @@ def raw_kafka_consume(ctx: Context, topic: str, n: int) -> dict[str, Any]:
     return {"images": len(records), "images_per_s": round(len(records) / seconds)}
 
 
-def _latencies(sent: Sent, by_id: dict[str, tuple[int, float | None]],
-               arrivals: dict[str, float] | None) -> dict[str, Any]:
+def _latencies(
+    sent: Sent, by_id: dict[str, tuple[int, float | None]], arrivals: dict[str, float] | None
+) -> dict[str, Any]:
     publish, worker_ms, observed = [], [], []
     for image_id, sent_at in sent.sent_at.items():
         hit = by_id.get(image_id)
@@ -314,17 +383,27 @@ def _latencies(sent: Sent, by_id: dict[str, tuple[int, float | None]],
             worker_ms.append(hit[1])
         if arrivals is not None and image_id in arrivals:
             observed.append((arrivals[image_id] - sent_at) * 1000.0)
-    out = {"sent": len(sent.sent_at), "offered_per_s": round(sent.rate),
-           "to_prediction_published_ms": percentiles(publish),
-           "worker_latency_ms": percentiles(worker_ms)}
+    out = {
+        "sent": len(sent.sent_at),
+        "offered_per_s": round(sent.rate),
+        "to_prediction_published_ms": percentiles(publish),
+        "worker_latency_ms": percentiles(worker_ms),
+    }
     if arrivals is not None:
         out["consumer_observed_ms"] = percentiles(observed)
     return out
 
 
-def latency_run(ctx: Context, batch: int, linger: float, name: str,
-                rates: tuple[tuple[int, float], ...], concurrent: int, live: bool,
-                preloaded: tuple[str, int] | None = None) -> dict[str, Any]:
+def latency_run(
+    ctx: Context,
+    batch: int,
+    linger: float,
+    name: str,
+    rates: tuple[tuple[int, float], ...],
+    concurrent: int,
+    live: bool,
+    preloaded: tuple[str, int] | None = None,
+) -> dict[str, Any]:
     """A worker on an empty topic: cold start, fixed offered rates, then producer-concurrent saturation.
 
     With ``preloaded=(topic, n)`` (smoke runs: one worker start fewer) the worker starts on
@@ -336,7 +415,7 @@ def latency_run(ctx: Context, batch: int, linger: float, name: str,
     predictions = env["FMNIST_PREDICTIONS_TOPIC"]
     # The agent declares its predictions topic only once it runs: create it first, so the
     # live consumer can follow it from the start (the agent's declare is then a no-op).
-    create_topics(ctx.bootstrap, [predictions] if preloaded else [topic, predictions], ctx.settings.partitions)
+    create_topics(ctx.bootstrap, [predictions] if preloaded else [topic, predictions], ctx.settings.kafka.partitions)
     spawned = time.time()
     worker = _start_worker(ctx, name, env)
     producer = None
@@ -371,8 +450,13 @@ def latency_run(ctx: Context, batch: int, linger: float, name: str,
         body = json.loads(record.value)
         by_id[body["id"]] = (record.timestamp_ms, body.get("latency_ms"))
     arrivals = {k.decode(): t for k, t in arrivals_list if k is not None} if follower else None
-    out: dict[str, Any] = {"batch_size": batch, "linger_s": linger, "ready_s": worker.ready_s,
-                           "peak_rss_mb": worker.peak_rss_mb, "predictions_read": len(records)}
+    out: dict[str, Any] = {
+        "batch_size": batch,
+        "linger_s": linger,
+        "ready_s": worker.ready_s,
+        "peak_rss_mb": worker.peak_rss_mb,
+        "predictions_read": len(records),
+    }
     if preloaded and drained:
         stamps = [r.timestamp_ms for r in records if r.key is not None and r.key.startswith(b"pre-")]
         out["preloaded"] = _preloaded_stats(stamps, preloaded[1], drained, spawned, worker, batch, linger)
@@ -390,40 +474,58 @@ def latency_run(ctx: Context, batch: int, linger: float, name: str,
 def kafka_e2e(ctx: Context) -> dict[str, Any]:
     """Batch-size sweep on a pre-loaded topic, linger sweep at 1k/s, then the latency run."""
     plan = ctx.plan
-    default_batch, default_linger = CODE_DEFAULTS.batch_size, CODE_DEFAULTS.batch_linger_s
+    default_batch, default_linger = CODE_DEFAULTS.pipeline.batch_size, CODE_DEFAULTS.pipeline.batch_linger_s
     topic = ctx.name("e2e-images")
-    create_topics(ctx.bootstrap, [topic], ctx.settings.partitions)
+    create_topics(ctx.bootstrap, [topic], ctx.settings.kafka.partitions)
     loaded = ctx.produce_kafka(topic, plan.e2e_images, "pre")
     ctx.log(f"  pre-loaded {plan.e2e_images} images at {loaded.rate:,.0f}/s")
     sweep = []
     for batch in sorted(set(plan.batch_sweep) | ({default_batch} if plan.batch_sweep else set())):
         row = preloaded_run(ctx, topic, plan.e2e_images, batch, default_linger, f"pre-b{batch}")
-        ctx.log(f"  preloaded batch={batch}: {row['images_per_s']:,}/s (table {row['table_confirmed_images_per_s']:,}/s, "
-                f"{row['worker_cpu_ms_per_image']} CPU ms/image)")
+        ctx.log(
+            f"  preloaded batch={batch}: {row['images_per_s']:,}/s (table {row['table_confirmed_images_per_s']:,}/s, "
+            f"{row['worker_cpu_ms_per_image']} CPU ms/image)"
+        )
         sweep.append(row)
 
     diagnostics: dict[str, Any] = {"aiokafka_consume": raw_kafka_consume(ctx, topic, plan.e2e_images)}
     for mode in plan.probe_modes:
         diagnostics[f"faust_{mode}"] = probe_run(ctx, topic, min(plan.e2e_images, plan.probe_images), mode)
-        ctx.log(f"  faust probe {mode}: {diagnostics[f'faust_{mode}']['images_per_s']:,}/s, "
-                f"{diagnostics[f'faust_{mode}']['cpu_ms_per_image']} CPU ms/image")
+        ctx.log(
+            f"  faust probe {mode}: {diagnostics[f'faust_{mode}']['images_per_s']:,}/s, "
+            f"{diagnostics[f'faust_{mode}']['cpu_ms_per_image']} CPU ms/image"
+        )
 
     lingers = []
     for linger in plan.linger_sweep:
-        row = latency_run(ctx, default_batch, linger, f"lin{int(linger * 1000)}",
-                          ((1000, plan.linger_sweep_seconds),), 0, live=False)
+        row = latency_run(
+            ctx, default_batch, linger, f"lin{int(linger * 1000)}", ((1000, plan.linger_sweep_seconds),), 0, live=False
+        )
         p99 = row["rate_1000"]["to_prediction_published_ms"]["p99"]
         ctx.log(f"  linger={linger}: p99 at 1k/s {p99} ms")
         lingers.append({"linger_s": linger, "rate_1000": row["rate_1000"], "ready_s": row["ready_s"]})
-    best_linger = (min(lingers, key=lambda r: r["rate_1000"]["to_prediction_published_ms"]["p99"])["linger_s"]
-                   if lingers else default_linger)
+    best_linger = (
+        min(lingers, key=lambda r: r["rate_1000"]["to_prediction_published_ms"]["p99"])["linger_s"]
+        if lingers
+        else default_linger
+    )
 
-    lat = latency_run(ctx, default_batch, default_linger, "lat", plan.rates, plan.concurrent_images, live=True,
-                      preloaded=None if sweep else (topic, plan.e2e_images))
+    lat = latency_run(
+        ctx,
+        default_batch,
+        default_linger,
+        "lat",
+        plan.rates,
+        plan.concurrent_images,
+        live=True,
+        preloaded=None if sweep else (topic, plan.e2e_images),
+    )
     if not sweep:  # smoke: the latency worker drained the pre-loaded topic first
         sweep.append(lat.pop("preloaded"))
-    ctx.log(f"  latency run: saturation {lat['saturation']['images_per_s']:,}/s "
-            f"(producer {lat['saturation']['producer_per_s']:,}/s)")
+    ctx.log(
+        f"  latency run: saturation {lat['saturation']['images_per_s']:,}/s "
+        f"(producer {lat['saturation']['producer_per_s']:,}/s)"
+    )
     headline = next((r for r in sweep if r["batch_size"] == default_batch), sweep[0])
     best_batch = max(sweep, key=lambda r: r["images_per_s"])
     ready = [r["ready_s"] for r in sweep] + [lat["ready_s"]] + [r["ready_s"] for r in lingers]
@@ -451,6 +553,7 @@ def kafka_e2e(ctx: Context) -> dict[str, Any]:
 
 # =========================================================================== 4/5. Pub/Sub
 
+
 class _PubSub:
     """Admin + publishing on the emulator for one bench topic/subscription pair."""
 
@@ -460,7 +563,7 @@ class _PubSub:
         self.ctx = ctx
         self.publisher = pubsub_v1.PublisherClient()
         self.subscriber = pubsub_v1.SubscriberClient()
-        project = ctx.settings.gcp_project
+        project = ctx.settings.pubsub.project
         self.topic = topic
         self.topic_path = self.publisher.topic_path(project, topic)
         self.sub_path = self.subscriber.subscription_path(project, subscription)
@@ -503,8 +606,9 @@ def pubsub_raw(ctx: Context) -> dict[str, Any]:
                 if len(stamps) >= n:
                     finished.set()
 
-        flow = pubsub_v1.types.FlowControl(max_messages=ctx.settings.bridge_max_messages,
-                                           max_bytes=ctx.settings.bridge_max_bytes)
+        flow = pubsub_v1.types.FlowControl(
+            max_messages=ctx.settings.bridge.max_messages, max_bytes=ctx.settings.bridge.max_bytes
+        )
         future = ps.subscriber.subscribe(ps.sub_path, on_message, flow_control=flow)
         ok = finished.wait(60 + n / 200)
         future.cancel()
@@ -514,9 +618,13 @@ def pubsub_raw(ctx: Context) -> dict[str, Any]:
             pass
         if not ok:
             raise RuntimeError(f"raw streaming pull received {len(stamps)}/{n} messages")
-        return {"images": n, "images_per_s": round(span_rate([int(t * 1000) for t in stamps])),
-                "publish_per_s": round(published.rate), "received": len(stamps),
-                "flow_control_max_messages": ctx.settings.bridge_max_messages}
+        return {
+            "images": n,
+            "images_per_s": round(span_rate([int(t * 1000) for t in stamps])),
+            "publish_per_s": round(published.rate),
+            "received": len(stamps),
+            "flow_control_max_messages": ctx.settings.bridge.max_messages,
+        }
     finally:
         ps.close()
 
@@ -542,28 +650,31 @@ def pubsub_bridge(ctx: Context) -> dict[str, Any]:
 
     n = ctx.plan.pubsub_images
     port = free_port()
-    names = {k: ctx.name(f"br-{k}") for k in ("images", "predictions", "dlq", "dead")}
-    subs = {k: ctx.name(f"br-{k}-sub") for k in names}
+    names = run_names(ctx.name("br"))
     env = env_with(
-        FMNIST_IMAGES_TOPIC=names["images"], FMNIST_PREDICTIONS_TOPIC=names["predictions"],
-        FMNIST_DLQ_TOPIC=names["dlq"], PUBSUB_DEAD_LETTER_TOPIC=names["dead"],
-        PUBSUB_IMAGES_SUBSCRIPTION=subs["images"], PUBSUB_PREDICTIONS_SUBSCRIPTION=subs["predictions"],
-        PUBSUB_DLQ_SUBSCRIPTION=subs["dlq"], PUBSUB_DEAD_LETTER_SUBSCRIPTION=subs["dead"],
-        BRIDGE_WEB_PORT=str(port), FMNIST_WEB_HOST="127.0.0.1",
-        BRIDGE_STATE_PATH=str(ctx.run_dir / "bridge-state.sqlite3"), FMNIST_MODEL_PATH=str(ctx.model_path),
-        FMNIST_LOG_LEVEL="warning")
-    setup = subprocess.run([sys.executable, "-m", "pubsub_bridge", "setup"], env=env, cwd=ROOT,
-                           capture_output=True, text=True, timeout=120)
+        **names,
+        BRIDGE_WEB_PORT=str(port),
+        FMNIST_WEB_HOST="127.0.0.1",
+        BRIDGE_STATE_PATH=str(ctx.run_dir / "bridge-state.sqlite3"),
+        FMNIST_MODEL_PATH=str(ctx.model_path),
+        FMNIST_LOG_LEVEL="warning",
+    )
+    setup = subprocess.run(
+        [sys.executable, "-m", "pubsub_bridge", "setup"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     if setup.returncode != 0:
-        return {"available": False,
-                "reason": f"not measured: bridge not available (`setup` exited {setup.returncode}: "
-                          f"{(setup.stderr or setup.stdout).strip()[-300:]})"}
-    images = _PubSub(ctx, names["images"], subs["images"])
-    predictions = _PubSub(ctx, names["predictions"], subs["predictions"])
+        return {
+            "available": False,
+            "reason": f"not measured: bridge not available (`setup` exited {setup.returncode}: "
+            f"{(setup.stderr or setup.stdout).strip()[-300:]})",
+        }
+    images = _PubSub(ctx, names["FMNIST_IMAGES_TOPIC"], names["PUBSUB_IMAGES_SUBSCRIPTION"])
+    predictions = _PubSub(ctx, names["FMNIST_PREDICTIONS_TOPIC"], names["PUBSUB_PREDICTIONS_SUBSCRIPTION"])
     try:
         published = images.publish(n, "br")
-        bridge = ServiceProc([sys.executable, "-m", "pubsub_bridge", "run"], env, ctx.run_dir / "bridge.log",
-                             port, "/accuracy/")
+        bridge = ServiceProc(
+            [sys.executable, "-m", "pubsub_bridge", "run"], env, ctx.run_dir / "bridge.log", port, "/accuracy/"
+        )
         try:
             bridge.start()
             ready_at = time.time()
@@ -575,11 +686,18 @@ def pubsub_bridge(ctx: Context) -> dict[str, Any]:
         if done is None:
             raise RuntimeError(f"bridge did not count {n} images; log {bridge.log_path}")
         stamps = _pull_publish_times(predictions, n)
-        return {"available": True, "images": n, "publish_per_s": round(published.rate),
-                "images_per_s": round(span_rate(stamps)), "predictions_read": len(stamps),
-                "table_confirmed_images_per_s": round(n / max(counted_at - ready_at, 1e-3)),
-                "batch_size": CODE_DEFAULTS.batch_size, "linger_s": CODE_DEFAULTS.batch_linger_s,
-                "ready_s": bridge.ready_s, "peak_rss_mb": bridge.peak_rss_mb}
+        return {
+            "available": True,
+            "images": n,
+            "publish_per_s": round(published.rate),
+            "images_per_s": round(span_rate(stamps)),
+            "predictions_read": len(stamps),
+            "table_confirmed_images_per_s": round(n / max(counted_at - ready_at, 1e-3)),
+            "batch_size": CODE_DEFAULTS.pipeline.batch_size,
+            "linger_s": CODE_DEFAULTS.pipeline.batch_linger_s,
+            "ready_s": bridge.ready_s,
+            "peak_rss_mb": bridge.peak_rss_mb,
+        }
     finally:
         for ps in (images, predictions):
             ps.close()
@@ -599,20 +717,20 @@ def _pull_publish_times(ps: _PubSub, n: int, timeout: float = 60.0) -> list[int]
     return times
 
 
-def delete_pubsub_with_prefix(settings: Settings, prefix: str) -> int:
+def delete_pubsub_tagged(settings: Settings, tag: str) -> int:
     """Remove this run's subscriptions and topics from the emulator; returns how many."""
     from google.cloud import pubsub_v1
 
     publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
-    project = f"projects/{settings.gcp_project}"
+    project = f"projects/{settings.pubsub.project}"
     removed = 0
     with subscriber:
         for sub in list(subscriber.list_subscriptions(project=project)):
-            if sub.name.rsplit("/", 1)[-1].startswith(prefix):
+            if tag in sub.name.rsplit("/", 1)[-1]:
                 subscriber.delete_subscription(subscription=sub.name)
                 removed += 1
         for topic in list(publisher.list_topics(project=project)):
-            if topic.name.rsplit("/", 1)[-1].startswith(prefix):
+            if tag in topic.name.rsplit("/", 1)[-1]:
                 publisher.delete_topic(topic=topic.name)
                 removed += 1
     return removed

@@ -6,8 +6,8 @@ rest in one predict call, publish predictions and dead letters and wait for the 
 to ack them, then write each partition's score row (offset-stamped). The consumer
 commits and resumes at each row's offset + 1 (:mod:`.offsets`), so an image whose batch
 failed or was cut short by a rebalance is read again, and nothing is counted twice.
-A distinct message re-using an id already counted in its partition is classified and
-its prediction re-sent, but it is not counted again (see ``tables.seen_table``).
+A distinct message re-using an id already counted in its partition is neither counted
+nor published again (the core's duplicate rule; see ``tables.seen_table``).
 """
 
 from __future__ import annotations
@@ -16,20 +16,21 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable
 from functools import lru_cache
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Any
 
 from faust.exceptions import ConsumerNotStarted
 from faust.types import TP
 
 from . import metrics
-from .app import app, settings
-from .core.contract import InvalidMessage, Prediction
+from .core.contract import InvalidMessage, Prediction, dead_letter_attributes
 from .core.model import Classifier, load_classifier
-from .core.pipeline import BatchResult, RawMessage, classify_batch
+from .core.pipeline import BatchResult, RawMessage, classify_batch, repeats
 from .core.recent import RecentMistakes
-from .progress import Progress
+from .faust_app import app, settings
 from .kafka_admin import ensure_topics
+from .progress import Progress
 from .tables import counted_at, mark_counted, read_row, write_row
 from .topics import dlq_topic, images_topic, predictions_topic
 
@@ -38,7 +39,7 @@ recent_mistakes = RecentMistakes()
 # How long a batch waits for the broker to confirm its sends before it gives up and is read
 # again: half the consumer session timeout, so a hung broker cannot hold a batch (and the
 # rebalance waiting for it) for the producer's 20-minute request timeout.
-PUBLISH_TIMEOUT_S = settings.session_timeout_s / 2
+PUBLISH_TIMEOUT_S = settings.kafka.session_timeout_s / 2
 RETRY_PAUSE_S = 1.0
 
 
@@ -55,15 +56,16 @@ class Readiness:
 
 
 readiness = Readiness()
-progress = Progress(settings.stall_seconds)
+progress = Progress(settings.kafka.stall_seconds)
 
 
 @lru_cache(maxsize=1)
 def get_classifier() -> Classifier:
     """Load and verify the model once per worker process."""
-    classifier = load_classifier(settings.model_path)
-    log.info("model loaded: version %s (test accuracy %s)", classifier.version,
-             classifier.manifest.get("test_accuracy"))
+    classifier = load_classifier(settings.model.path)
+    log.info(
+        "model loaded: version %s (test accuracy %s)", classifier.version, classifier.manifest.get("test_accuracy")
+    )
     return classifier
 
 
@@ -90,12 +92,13 @@ async def prepare() -> None:
 
 @app.agent(images_topic)
 async def classify(stream: Any) -> None:
-    async for events in stream.take_events(settings.batch_size, within=settings.batch_linger_s):
+    async for events in stream.take_events(settings.pipeline.batch_size, within=settings.pipeline.batch_linger_s):
         try:
             await process_events(events)
         except Exception as exc:  # the broker hung or failed: read the batch again, never skip it
-            log.error("a batch of %d images failed (%r); reading it again from the last counted offsets",
-                      len(events), exc)
+            log.error(
+                "a batch of %d images failed (%r); reading it again from the last counted offsets", len(events), exc
+            )
             await rewind({e.message.tp for e in events}, f"batch failed: {exc!r}")
             await asyncio.sleep(RETRY_PAUSE_S)
 
@@ -107,8 +110,13 @@ async def watch_progress() -> None:
     if lags is None:
         return
     for partition in progress.check(lags):
-        log.warning("partition %d: %d images waiting, none counted for %.0f s; reading again from offset %d",
-                    partition, lags[partition], progress.bound_s, read_row(partition)[0] + 1)
+        log.warning(
+            "partition %d: %d images waiting, none counted for %.0f s; reading again from offset %d",
+            partition,
+            lags[partition],
+            progress.bound_s,
+            read_row(partition)[0] + 1,
+        )
         await rewind([TP(images_topic.get_topic_name(), partition)], "stalled")
     metrics.STALLED.set(len(progress.stalled))
 
@@ -161,8 +169,9 @@ def _owned(events: list[Any], generation: int) -> list[Any]:
     to count: the owner reads them from its row's offset (fencing a zombie's batch).
     """
     assigned = _assigned()
-    return [e for e in events if e.message.generation_id == generation
-            and (assigned is None or e.message.tp in assigned)]
+    return [
+        e for e in events if e.message.generation_id == generation and (assigned is None or e.message.tp in assigned)
+    ]
 
 
 class GapGuard:
@@ -193,9 +202,14 @@ class GapGuard:
             if offset != expected and (expected, offset) not in self._cut[partition]:
                 self._cut[partition].add((expected, offset))
                 recent = self._clock() - self._rewound_at.get(partition, float("-inf")) < self.QUIET_AFTER_REWIND_S
-                log.log(logging.INFO if recent else logging.WARNING,
-                        "partition %d: offsets %d..%d were not received; reading again from %d",
-                        partition, expected, offset - 1, expected)
+                log.log(
+                    logging.INFO if recent else logging.WARNING,
+                    "partition %d: offsets %d..%d were not received; reading again from %d",
+                    partition,
+                    expected,
+                    offset - 1,
+                    expected,
+                )
                 return index
             expected = offset + 1
         self._cut.pop(partition, None)
@@ -210,8 +224,10 @@ async def process_events(events: list[Any]) -> None:
     generation = app.consumer_generation_id
     owned = _owned(events, generation)
     if len(owned) < len(events):
-        log.info("dropped %d events of an older assignment: their partitions' owners read them again",
-                 len(events) - len(owned))
+        log.info(
+            "dropped %d events of an older assignment: their partitions' owners read them again",
+            len(events) - len(owned),
+        )
     applied = {p: read_row(p) for p in {e.message.partition for e in owned}}
     fresh = [e for e in owned if e.message.offset > applied[e.message.partition][0]]
     if len(fresh) < len(owned):
@@ -243,9 +259,10 @@ async def _count(fresh: list[Any], applied: dict[int, tuple[int, Any]], generati
     classifier = get_classifier()
     messages = [RawMessage(value=e.message.value, key=e.message.key, timestamp=e.message.timestamp) for e in fresh]
     with metrics.PREDICT_SECONDS.time():
-        result = classify_batch(classifier, messages, settings.max_message_bytes)
+        result = classify_batch(classifier, messages, settings.pipeline.max_message_bytes)
     duplicates, marks = await _duplicate_ids(fresh, result, {p: row[0] for p, row in applied.items()})
-    await asyncio.wait_for(_publish(result), PUBLISH_TIMEOUT_S)
+    counted = result.without(duplicates)
+    await asyncio.wait_for(_publish(counted), PUBLISH_TIMEOUT_S)
     await asyncio.wait_for(asyncio.gather(*marks), PUBLISH_TIMEOUT_S)  # ids durable before the rows
 
     if app.consumer_generation_id != generation:  # revoked while publishing: the owner counts them
@@ -257,32 +274,37 @@ async def _count(fresh: list[Any], applied: dict[int, tuple[int, Any]], generati
     for partition, indices in by_partition.items():
         _, scores = applied[partition]
         wanted = set(indices) - duplicates
-        result.subset(wanted.__contains__).apply_to(scores, settings.window_seconds)
+        result.subset(wanted.__contains__).apply_to(scores, settings.pipeline.window_seconds)
         last_offset = max(fresh[i].message.offset for i in indices)
         write_row(partition, last_offset, scores, classifier.version)
         progress.advanced(partition)
-    metrics.observe_batch(result)
-    recent_mistakes.add_batch(result)
+    metrics.observe_batch(counted, len(duplicates))
+    recent_mistakes.add_batch(counted)
 
 
-async def _duplicate_ids(fresh: list[Any], result: BatchResult,
-                         applied: dict[int, int]) -> tuple[set[int], list[Awaitable[Any]]]:
+async def _duplicate_ids(
+    fresh: list[Any], result: BatchResult, applied: dict[int, int]
+) -> tuple[set[int], list[Awaitable[Any]]]:
     """Indices of images whose id was already counted in their partition; marks the others.
 
     An earlier mark only counts if its offset is <= the partition's applied offset (older
     than this batch, so its row was written) or it was made earlier in this batch.
     """
-    duplicates: set[int] = set()
+    keys = [
+        f"{event.message.partition}/{outcome.id}" if isinstance(outcome, Prediction) else None
+        for event, outcome in zip(fresh, result.outcomes)
+    ]
+
+    def counted(index: int, key: str) -> bool:
+        partition = fresh[index].message.partition
+        earlier = counted_at(partition, key.split("/", 1)[1])
+        return earlier is not None and earlier <= applied[partition]
+
+    duplicates = repeats(keys, counted)
     marks: dict[int, dict[str, int]] = defaultdict(dict)  # partition -> id -> offset
     for index, (event, outcome) in enumerate(zip(fresh, result.outcomes)):
-        if not isinstance(outcome, Prediction):
-            continue
-        partition, offset = event.message.partition, event.message.offset
-        earlier = counted_at(partition, outcome.id)
-        if outcome.id in marks[partition] or (earlier is not None and earlier <= applied[partition]):
-            duplicates.add(index)
-        else:
-            marks[partition][outcome.id] = offset
+        if isinstance(outcome, Prediction) and index not in duplicates:
+            marks[event.message.partition][outcome.id] = event.message.offset
     if duplicates:
         log.info("not counting %d images whose id was already counted", len(duplicates))
     acks: list[Awaitable[Any]] = []
@@ -303,16 +325,13 @@ async def _publish(result: BatchResult) -> None:
         log.warning("dead-lettering %d message(s) to %s, first: %s", len(rejected), dlq, rejected[0][1])
     for message, outcome in zip(result.messages, result.outcomes):
         if isinstance(outcome, InvalidMessage):
-            pending.append(await producer.send(
-                dlq, _as_bytes(message.key), message.value, None, None, _dlq_headers(outcome)))
+            headers = [(name, value.encode()) for name, value in dead_letter_attributes(outcome).items()]
+            pending.append(await producer.send(dlq, _as_bytes(message.key), message.value, None, None, headers))
         else:
-            pending.append(await producer.send(
-                predictions, outcome.id.encode("utf-8"), outcome.encode(), None, None, None))
+            pending.append(
+                await producer.send(predictions, outcome.id.encode("utf-8"), outcome.encode(), None, None, None)
+            )
     await asyncio.gather(*pending)
-
-
-def _dlq_headers(error: InvalidMessage) -> list[tuple[str, bytes]]:
-    return [("error_kind", error.kind.encode()), ("error", error.reason.encode("utf-8", "replace"))]
 
 
 def _as_bytes(key: Iterable[int] | str | bytes | None) -> bytes | None:

@@ -10,8 +10,8 @@ import argparse
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .config import load_settings
 
@@ -22,10 +22,11 @@ def train_main(argv: Sequence[str] | None = None) -> int:
 
     settings = load_settings()
     parser = argparse.ArgumentParser(prog="fmnist-train", description=train_main.__doc__)
-    parser.add_argument("--out", type=Path, default=settings.model_path, help="model path (.joblib)")
+    parser.add_argument("--out", type=Path, default=settings.model.path, help="model path (.joblib)")
     parser.add_argument("--force", action="store_true", help="retrain even if a valid model exists")
-    parser.add_argument("--hidden", default=",".join(map(str, model.DEFAULT_HIDDEN)),
-                        help="hidden layer sizes, comma separated")
+    parser.add_argument(
+        "--hidden", default=",".join(map(str, model.DEFAULT_HIDDEN)), help="hidden layer sizes, comma separated"
+    )
     parser.add_argument("--max-iter", type=int, default=model.DEFAULT_MAX_ITER, help="max epochs")
     parser.add_argument("--subset", type=int, default=0, help="train on the first N images only (0 = all)")
     parser.add_argument("--quiet", action="store_true", help="no per-epoch progress")
@@ -37,19 +38,31 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         except model.ModelError as reason:
             print(f"training a new model: {reason}", file=sys.stderr)
         else:
-            print(f"verified model {manifest['model_version']} at {args.out}: "
-                  f"test accuracy {manifest['test_accuracy']:.4f} (use --force to retrain)")
+            print(
+                f"verified model {manifest['model_version']} at {args.out}: "
+                f"test accuracy {manifest['test_accuracy']:.4f} (use --force to retrain)"
+            )
             return 0
-    train = dataset.load_split("train", settings.fmnist_data_dir or None)
-    test = dataset.load_split("test", settings.fmnist_data_dir or None)
+    train = dataset.load_split("train", settings.model.data_dir)
+    test = dataset.load_split("test", settings.model.data_dir)
     images, labels = train.images, train.labels
     if args.subset:
         images, labels = images[: args.subset], labels[: args.subset]
     hidden = tuple(int(h) for h in args.hidden.split(",") if h)
-    manifest = model.train(images, labels, test.images, test.labels, args.out, hidden=hidden,
-                           max_iter=args.max_iter, verbose=not args.quiet)
-    print(f"saved {args.out} ({manifest['model_version']}): test accuracy "
-          f"{manifest['test_accuracy']:.4f}, trained in {manifest['train_seconds']:.0f} s")
+    manifest = model.train(
+        images,
+        labels,
+        test.images,
+        test.labels,
+        args.out,
+        hidden=hidden,
+        max_iter=args.max_iter,
+        verbose=not args.quiet,
+    )
+    print(
+        f"saved {args.out} ({manifest['model_version']}): test accuracy "
+        f"{manifest['test_accuracy']:.4f}, trained in {manifest['train_seconds']:.0f} s"
+    )
     return 0
 
 
@@ -71,16 +84,20 @@ def produce_main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fmnist-produce", description=produce_main.__doc__)
     parser.add_argument("--backend", choices=("kafka", "pubsub"), default="kafka")
     parser.add_argument("--split", choices=("test", "train"), default="test")
-    parser.add_argument("--count", type=int, default=0, help="images to send (0 = the whole split); "
-                        "more than the split cycles through it with fresh ids")
+    parser.add_argument(
+        "--count",
+        type=int,
+        default=0,
+        help="images to send (0 = the whole split); more than the split cycles through it with fresh ids",
+    )
     parser.add_argument("--rate", type=float, default=0.0, help="images per second (0 = unlimited)")
     parser.add_argument("--id-prefix", default="", help="prefix for image ids (default: the split name)")
-    parser.add_argument("--topic", default=settings.images_topic)
+    parser.add_argument("--topic", default=settings.topics.images)
     parser.add_argument("--no-labels", action="store_true", help="send images without labels")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
-    split = dataset.load_split(args.split, settings.fmnist_data_dir or None)
+    split = dataset.load_split(args.split, settings.model.data_dir)
     total = args.count or len(split)
     prefix = args.id_prefix or args.split
     if args.backend == "kafka":
@@ -142,8 +159,10 @@ class AccuracyTally:
     def line(self) -> str:
         with self.lock:
             acc = f"{self.correct / self.labeled:.4f}" if self.labeled else "n/a"
-            return (f"{len(self.seen)} predictions, {self.labeled} labelled, {self.correct} correct, "
-                    f"accuracy {acc}, duplicates {self.duplicates}")
+            return (
+                f"{len(self.seen)} predictions, {self.labeled} labelled, {self.correct} correct, "
+                f"accuracy {acc}, duplicates {self.duplicates}"
+            )
 
 
 def logger_main(argv: Sequence[str] | None = None) -> int:
@@ -154,9 +173,13 @@ def logger_main(argv: Sequence[str] | None = None) -> int:
     settings = load_settings()
     parser = argparse.ArgumentParser(prog="fmnist-logger", description=logger_main.__doc__)
     parser.add_argument("--backend", choices=("kafka", "pubsub"), default="kafka")
-    parser.add_argument("--topic", default=settings.predictions_topic)
-    parser.add_argument("--subscription", default=settings.predictions_subscription,
-                        help="Pub/Sub subscription to pull from (Kafka: used as consumer group with --group)")
+    parser.add_argument("--topic", default=settings.topics.predictions)
+    parser.add_argument(
+        "--subscription",
+        help="Pub/Sub: subscription to pull from (default "
+        f"{settings.pubsub.predictions_subscription}); Kafka: consumer group, whose committed "
+        "offsets say where to resume (default: a fresh group each run)",
+    )
     parser.add_argument("--count", type=int, default=0, help="stop after N distinct predictions (0 = never)")
     parser.add_argument("--timeout", type=float, default=0, help="stop after this many seconds (0 = never)")
     parser.add_argument("--latest", action="store_true", help="Kafka: start at the end, not the beginning")
@@ -173,9 +196,12 @@ def logger_main(argv: Sequence[str] | None = None) -> int:
         if args.count and len(tally.seen) >= args.count:
             enough.set()
 
-    group = args.subscription if args.backend == "pubsub" else None
+    group = args.subscription
+    if args.backend == "pubsub" and group is None:
+        group = settings.pubsub.predictions_subscription
     consumer = MainManager(args.backend, settings).create_consumer(
-        args.topic, on_message, group, from_beginning=not args.latest)
+        args.topic, on_message, group, from_beginning=not args.latest
+    )
     started = time.monotonic()
     try:
         while not enough.wait(1.0):

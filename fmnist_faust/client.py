@@ -20,8 +20,9 @@ import json
 import logging
 import threading
 import uuid
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 from .config import Settings, load_settings
 
@@ -74,11 +75,16 @@ class _LoopThread:
 class Producer:
     """Common producer interface: ``produce``, ``produce_many``, ``flush``, ``close``."""
 
-    def produce(self, value: bytes | str | Mapping[str, Any], key: str | None = None,
-                attributes: Mapping[str, str] | None = None) -> concurrent.futures.Future:
+    def produce(
+        self,
+        value: bytes | str | Mapping[str, Any],
+        key: str | None = None,
+        attributes: Mapping[str, str] | None = None,
+    ) -> concurrent.futures.Future:
         raise NotImplementedError
 
     def produce_many(self, items: Iterable[tuple[bytes, str | None]]) -> list[concurrent.futures.Future]:
+        """One future per message, in order, on every backend."""
         return [self.produce(value, key) for value, key in items]
 
     def flush(self, timeout: float = 60.0) -> None:
@@ -87,7 +93,7 @@ class Producer:
     def close(self) -> None:
         raise NotImplementedError
 
-    def __enter__(self) -> "Producer":
+    def __enter__(self) -> Producer:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -107,51 +113,81 @@ class KafkaProducer(Producer):
 
         async def start() -> Any:
             producer = AIOKafkaProducer(
-                bootstrap_servers=settings.kafka_bootstrap_servers,
+                bootstrap_servers=settings.kafka.bootstrap_servers,
                 acks="all",
                 enable_idempotence=True,
                 linger_ms=5,
                 max_batch_size=256 * 1024,
                 max_request_size=4 * 1024 * 1024,
-                **settings.kafka_security.aiokafka_kwargs(),
+                **settings.kafka.security.aiokafka_kwargs(),
             )
             await producer.start()
             return producer
 
         self._producer = self._loop.run(start(), timeout=60)
 
-    async def _send_all(self, items: list[tuple[bytes, bytes | None, list[tuple[str, bytes]] | None]]) -> None:
-        deliveries = [await self._producer.send(self.topic, value=v, key=k, headers=h) for v, k, h in items]
-        await asyncio.gather(*deliveries)
+    async def _send_all(
+        self,
+        items: list[tuple[bytes, bytes | None, list[tuple[str, bytes]] | None]],
+        results: list[concurrent.futures.Future],
+    ) -> None:
+        """Queue every message in the producer; each result future follows its message's delivery."""
+
+        def follow(delivery: asyncio.Future, result: concurrent.futures.Future) -> None:
+            if delivery.cancelled():
+                result.cancel()
+            elif delivery.exception() is not None:
+                result.set_exception(delivery.exception())
+            else:
+                result.set_result(delivery.result())
+
+        for index, (value, key, headers) in enumerate(items):
+            try:
+                delivery = await self._producer.send(self.topic, value=value, key=key, headers=headers)
+            except Exception as exc:  # e.g. message too large: this and the unsent ones fail
+                for result in results[index:]:
+                    result.set_exception(exc)
+                return
+            delivery.add_done_callback(lambda d, r=results[index]: follow(d, r))
 
     def _track(self, future: concurrent.futures.Future) -> concurrent.futures.Future:
         self._pending.add(future)
 
         def done(f: concurrent.futures.Future) -> None:
             self._pending.discard(f)
-            if f.exception() is not None:
-                self._errors.append(f.exception())
+            error = None if f.cancelled() else f.exception()
+            if error is not None:
+                self._errors.append(error)
 
         future.add_done_callback(done)
         return future
 
-    def produce(self, value: bytes | str | Mapping[str, Any], key: str | None = None,
-                attributes: Mapping[str, str] | None = None) -> concurrent.futures.Future:
+    def produce(
+        self,
+        value: bytes | str | Mapping[str, Any],
+        key: str | None = None,
+        attributes: Mapping[str, str] | None = None,
+    ) -> concurrent.futures.Future:
         headers = [(k, v.encode()) for k, v in attributes.items()] if attributes else None
-        item = (_to_bytes(value), key.encode("utf-8") if key is not None else None, headers)
-        return self._track(self._loop.submit(self._send_all([item])))
+        return self._send([(_to_bytes(value), key.encode("utf-8") if key is not None else None, headers)])[0]
 
     def produce_many(self, items: Iterable[tuple[bytes, str | None]]) -> list[concurrent.futures.Future]:
         """Send many messages with one cross-thread hop (much faster than produce in a loop)."""
-        batch = [(_to_bytes(v), k.encode("utf-8") if k is not None else None, None) for v, k in items]
-        return [self._track(self._loop.submit(self._send_all(batch)))]
+        return self._send([(_to_bytes(v), k.encode("utf-8") if k is not None else None, None) for v, k in items])
+
+    def _send(
+        self, batch: list[tuple[bytes, bytes | None, list[tuple[str, bytes]] | None]]
+    ) -> list[concurrent.futures.Future]:
+        results = [self._track(concurrent.futures.Future()) for _ in batch]
+        self._loop.submit(self._send_all(batch, results))
+        return results
 
     def flush(self, timeout: float = 60.0) -> None:
         _, pending = concurrent.futures.wait(list(self._pending), timeout=timeout)
         if self._errors:
             raise DeliveryError(f"{len(self._errors)} Kafka send(s) failed; first: {self._errors[0]!r}")
         if pending:
-            raise DeliveryError(f"{len(pending)} Kafka send batch(es) still unconfirmed after {timeout} s")
+            raise DeliveryError(f"{len(pending)} Kafka send(s) still unconfirmed after {timeout} s")
 
     def close(self) -> None:
         try:
@@ -168,16 +204,21 @@ class PubSubProducer(Producer):
         from google.cloud import pubsub_v1
 
         self._client = pubsub_v1.PublisherClient(
-            batch_settings=pubsub_v1.types.BatchSettings(max_messages=1000, max_bytes=8 * 1024 * 1024,
-                                                         max_latency=0.01),
+            batch_settings=pubsub_v1.types.BatchSettings(
+                max_messages=1000, max_bytes=8 * 1024 * 1024, max_latency=0.01
+            ),
         )
-        self.topic_path = self._client.topic_path(settings.gcp_project, topic)
+        self.topic_path = self._client.topic_path(settings.pubsub.project, topic)
         self._pending: set[concurrent.futures.Future] = set()
         self._errors: list[BaseException] = []
         self._lock = threading.Lock()
 
-    def produce(self, value: bytes | str | Mapping[str, Any], key: str | None = None,
-                attributes: Mapping[str, str] | None = None) -> concurrent.futures.Future:
+    def produce(
+        self,
+        value: bytes | str | Mapping[str, Any],
+        key: str | None = None,
+        attributes: Mapping[str, str] | None = None,
+    ) -> concurrent.futures.Future:
         attrs = dict(attributes or {})
         if key is not None:
             attrs["key"] = key
@@ -186,10 +227,11 @@ class PubSubProducer(Producer):
             self._pending.add(future)
 
         def done(f: concurrent.futures.Future) -> None:
+            error = None if f.cancelled() else f.exception()
             with self._lock:
                 self._pending.discard(f)
-                if f.exception() is not None:
-                    self._errors.append(f.exception())
+                if error is not None:
+                    self._errors.append(error)
 
         future.add_done_callback(done)
         return future
@@ -216,7 +258,7 @@ class Consumer:
     def stop(self) -> None:
         raise NotImplementedError
 
-    def __enter__(self) -> "Consumer":
+    def __enter__(self) -> Consumer:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -226,25 +268,37 @@ class Consumer:
 class KafkaConsumer(Consumer):
     """aiokafka consumer in a background thread calling ``callback(Message)`` per record."""
 
-    def __init__(self, settings: Settings, topic: str, callback: Callable[[Message], None],
-                 group_id: str | None, from_beginning: bool) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        topic: str,
+        callback: Callable[[Message], None],
+        group_id: str | None,
+        from_beginning: bool,
+    ) -> None:
         from aiokafka import AIOKafkaConsumer
 
         self._loop = _LoopThread(f"kafka-consumer-{topic}")
         self._stopping = asyncio.Event()
         self.error: BaseException | None = None
 
-        async def run() -> None:
+        async def start() -> Any:
             consumer = AIOKafkaConsumer(
                 topic,
-                bootstrap_servers=settings.kafka_bootstrap_servers,
+                bootstrap_servers=settings.kafka.bootstrap_servers,
                 group_id=group_id,
                 auto_offset_reset="earliest" if from_beginning else "latest",
                 enable_auto_commit=True,
-                **settings.kafka_security.aiokafka_kwargs(),
+                **settings.kafka.security.aiokafka_kwargs(),
             )
-            await consumer.start()
-            self._ready.set()
+            try:
+                await consumer.start()
+            except BaseException:
+                await consumer.stop()
+                raise
+            return consumer
+
+        async def run(consumer: Any) -> None:
             try:
                 while not self._stopping.is_set():
                     batches = await consumer.getmany(timeout_ms=200, max_records=1000)
@@ -259,9 +313,12 @@ class KafkaConsumer(Consumer):
             finally:
                 await consumer.stop()
 
-        self._ready = threading.Event()
-        self._task = self._loop.submit(run())
-        self._ready.wait(timeout=60)
+        try:  # the broker's own error (unreachable, bad SASL...) reaches the caller at once
+            consumer = self._loop.run(start(), timeout=60)
+        except BaseException:
+            self._loop.close()
+            raise
+        self._task = self._loop.submit(run(consumer))
 
     def stop(self) -> None:
         self._loop.loop.call_soon_threadsafe(self._stopping.set)
@@ -274,12 +331,13 @@ class KafkaConsumer(Consumer):
 class PubSubConsumer(Consumer):
     """Streaming pull with flow control; acks after the callback returns, nacks if it raises."""
 
-    def __init__(self, settings: Settings, subscription: str, callback: Callable[[Message], None],
-                 max_messages: int = 1000) -> None:
+    def __init__(
+        self, settings: Settings, subscription: str, callback: Callable[[Message], None], max_messages: int = 1000
+    ) -> None:
         from google.cloud import pubsub_v1
 
         self._client = pubsub_v1.SubscriberClient()
-        path = self._client.subscription_path(settings.gcp_project, subscription)
+        path = self._client.subscription_path(settings.pubsub.project, subscription)
 
         def on_message(message: Any) -> None:
             attributes = dict(message.attributes)
@@ -292,7 +350,8 @@ class PubSubConsumer(Consumer):
                 message.ack()
 
         self._future = self._client.subscribe(
-            path, on_message, flow_control=pubsub_v1.types.FlowControl(max_messages=max_messages))
+            path, on_message, flow_control=pubsub_v1.types.FlowControl(max_messages=max_messages)
+        )
 
     def stop(self) -> None:
         self._future.cancel()
@@ -318,9 +377,14 @@ class MainManager:
             return KafkaProducer(self.settings, topic)
         return PubSubProducer(self.settings, topic)
 
-    def create_consumer(self, topic: str, callback: Callable[[Message], None],
-                        gcp_subscription_id: str | None = None, from_beginning: bool = True) -> Consumer:
-        """Kafka: consume ``topic`` (group id = ``gcp_subscription_id`` or a fresh one).
+    def create_consumer(
+        self,
+        topic: str,
+        callback: Callable[[Message], None],
+        gcp_subscription_id: str | None = None,
+        from_beginning: bool = True,
+    ) -> Consumer:
+        """Kafka: consume ``topic`` in consumer group ``gcp_subscription_id`` (a fresh one if None).
 
         Pub/Sub: pull from ``gcp_subscription_id`` (required: subscriptions, not topics,
         are what Pub/Sub consumers read).

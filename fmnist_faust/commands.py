@@ -1,9 +1,9 @@
-"""Faust CLI commands: ``faust -A fmnist_faust train|produce|logger``."""
+"""Faust CLI command: ``faust -A fmnist_faust train`` (the same as ``fmnist-train``)."""
 
 from __future__ import annotations
 
-from .app import app
 from . import cli
+from .faust_app import app
 
 
 @app.command()

@@ -9,49 +9,16 @@ streamed accuracy next to the offline accuracy of the same model on the same ima
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
-from typing import Any
 
-from .config import load_settings
+from .config import load_settings, run_names
 from .core import dataset
 from .core.model import load_classifier
-
-
-def get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return json.load(response)
-
-
-def port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) != 0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_ready(proc: subprocess.Popen, url: str, what: str, log_path: Path, timeout: float = 120) -> float:
-    """Seconds until ``url`` answers; exits with a pointer to the log if ``proc`` dies or stalls."""
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if proc.poll() is not None:
-            raise SystemExit(f"demo: the {what} exited with {proc.returncode}; see {log_path}")
-        try:
-            get_json(url)
-            return time.monotonic() - started
-        except OSError:
-            time.sleep(0.2)
-    raise SystemExit(f"demo: the {what} did not answer {url} within {timeout:.0f} s; see {log_path}")
+from .netutil import NotReady, free_port, get_json, port_free, wait_ready
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,37 +30,56 @@ def main(argv: list[str] | None = None) -> int:
     run = time.strftime("%Y%m%d-%H%M%S")
     env = dict(os.environ)
     env.setdefault("FMNIST_APP_ID", f"fmnist-demo-{run}")
-    for name, default in (("FMNIST_IMAGES_TOPIC", "images"), ("FMNIST_PREDICTIONS_TOPIC", "predictions"),
-                          ("FMNIST_DLQ_TOPIC", "images-dlq")):
-        env.setdefault(name, f"{default}-demo-{run}")  # fresh topics: the totals are this run's only
+    for name, value in run_names(f"demo-{run}").items():
+        env.setdefault(name, value)  # fresh topics: the totals are this run's only
     root = Path(__file__).resolve().parent.parent
     env.setdefault("FMNIST_WORKER_DATADIR", str(root / ".run" / f"demo-{run}"))
     if "FMNIST_WEB_PORT" not in os.environ and not port_free(6066):
         env["FMNIST_WEB_PORT"] = str(free_port())  # 6066 is taken: do not read someone else's tables
     settings = load_settings(env)
-    if not port_free(settings.web_port):
-        raise SystemExit(f"demo: port {settings.web_port} is taken; set FMNIST_WEB_PORT to a free port")
-    base = f"http://{settings.web_host}:{settings.web_port}"
+    if not port_free(settings.web.port):
+        raise SystemExit(f"demo: port {settings.web.port} is taken; set FMNIST_WEB_PORT to a free port")
+    base = f"http://{settings.web.host}:{settings.web.port}"
     log_path = root / ".run" / f"demo-worker-{run}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
 
-    classifier = load_classifier(settings.model_path)  # verify before starting anything
-    split = dataset.load_split("test", settings.fmnist_data_dir or None)
+    classifier = load_classifier(settings.model.path)  # verify before starting anything
+    split = dataset.load_split("test", settings.model.data_dir)
     count = min(args.count, len(split))
     print(f"model {classifier.version} (test accuracy at training: {classifier.manifest['test_accuracy']:.4f})")
-    print(f"Kafka {settings.kafka_bootstrap_servers}; topics {settings.images_topic} -> "
-          f"{settings.predictions_topic} (+ {settings.dlq_topic}); worker log {log_path}")
+    print(
+        f"Kafka {settings.kafka.bootstrap_servers}; topics {settings.topics.images} -> "
+        f"{settings.topics.predictions} (+ {settings.topics.dlq}); worker log {log_path}"
+    )
 
     with open(log_path, "ab") as log:
-        worker = subprocess.Popen([sys.executable, "-m", "faust", "-A", "fmnist_faust", "worker", "-l", "info"],
-                                  env=env, stdout=log, stderr=subprocess.STDOUT)
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "faust", "-A", "fmnist_faust", "worker", "-l", "info"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
-        ready = wait_ready(worker, base + "/accuracy/", "worker", log_path)
+        try:
+            ready = wait_ready(worker, base + "/accuracy/", log_path)
+        except NotReady as exc:
+            raise SystemExit(f"demo: the worker is not ready: {exc}") from None
         print(f"worker ready in {ready:.1f} s, tables at {base}/accuracy/ (dashboard {base}/)")
         started = time.monotonic()
         producer = subprocess.run(
-            [sys.executable, "-c", "from fmnist_faust.cli import produce_main; raise SystemExit(produce_main())",
-             "--count", str(count), "--quiet"], env=env, check=True, capture_output=True, text=True)
+            [
+                sys.executable,
+                "-c",
+                "from fmnist_faust.cli import produce_main; raise SystemExit(produce_main())",
+                "--count",
+                str(count),
+                "--quiet",
+            ],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         print(producer.stdout.strip())
         report, shown = {}, -1
         while True:
@@ -114,15 +100,22 @@ def main(argv: list[str] | None = None) -> int:
         offline_correct = int((predicted == split.labels[:count]).sum())
         identical = report["correct"] == offline_correct and report["labeled"] == count
         print(f"streamed accuracy: {report['accuracy']:.4f} ({report['correct']}/{report['labeled']})")
-        print(f"offline accuracy:  {offline_correct / count:.4f} ({offline_correct}/{count})  "
-              f"-> {'identical' if identical else 'DIFFERENT'}")
-        print(f"throughput: {count / elapsed:,.0f} images/s end to end ({count} images in {elapsed:.1f} s, "
-              "producer start to last prediction counted)")
-        print("per-class recall: " + ", ".join(
-            f"{name} {v['recall']:.2f}" for name, v in report["per_class"].items() if v["recall"] is not None))
+        print(
+            f"offline accuracy:  {offline_correct / count:.4f} ({offline_correct}/{count})  "
+            f"-> {'identical' if identical else 'DIFFERENT'}"
+        )
+        print(
+            f"throughput: {count / elapsed:,.0f} images/s end to end ({count} images in {elapsed:.1f} s, "
+            "producer start to last prediction counted)"
+        )
+        print(
+            "per-class recall: "
+            + ", ".join(
+                f"{name} {v['recall']:.2f}" for name, v in report["per_class"].items() if v["recall"] is not None
+            )
+        )
         if args.keep:
             print(f"worker left running (pid {worker.pid}): {base}/")
-            return 0 if identical else 1
         return 0 if identical else 1
     finally:
         if not args.keep and worker.poll() is None:

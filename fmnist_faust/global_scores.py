@@ -19,8 +19,8 @@ from typing import Any
 
 from mode import Service
 
-from .app import app, settings
 from .core.scores import Scores
+from .faust_app import app, settings
 from .tables import local_rows, scores_table, sum_rows, write_row
 
 log = logging.getLogger(__name__)
@@ -37,10 +37,14 @@ class ChangelogRows:
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
         topic = scores_table.changelog_topic.get_topic_name()
-        consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None,
-                                    enable_auto_commit=False, **settings.kafka_security.aiokafka_kwargs())
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.kafka.bootstrap_servers,
+            group_id=None,
+            enable_auto_commit=False,
+            **settings.kafka.security.aiokafka_kwargs(),
+        )
         await consumer.start()
-        consumer.assign([TopicPartition(topic, p) for p in range(settings.partitions)])
+        consumer.assign([TopicPartition(topic, p) for p in range(settings.kafka.partitions)])
         return consumer
 
     async def read(self, timeout: float = 5.0) -> dict[int, list[dict[str, Any]]]:
@@ -124,6 +128,10 @@ async def repair_tails() -> None:
     for partition in owned:
         row, tail = local.get(partition), tails.get(partition)
         if row is not None and tail and int(tail[-1]["offset"]) < int(row["offset"]):
-            log.warning("partition %d: the scores changelog ends on an older row (offset %s < %s); rewriting ours",
-                        partition, tail[-1]["offset"], row["offset"])
+            log.warning(
+                "partition %d: the scores changelog ends on an older row (offset %s < %s); rewriting ours",
+                partition,
+                tail[-1]["offset"],
+                row["offset"],
+            )
             write_row(partition, int(row["offset"]), Scores.from_dict(row["scores"]), row.get("model_version") or "")

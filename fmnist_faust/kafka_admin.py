@@ -11,13 +11,14 @@ async def ensure_topics(settings: Settings) -> None:
     """Idempotently create ``images``, ``predictions`` and ``images-dlq``."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers,
-                                **settings.kafka_security.aiokafka_kwargs())
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka.bootstrap_servers, **settings.kafka.security.aiokafka_kwargs()
+    )
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        wanted = [settings.images_topic, settings.predictions_topic, settings.dlq_topic]
-        missing = [NewTopic(name, settings.partitions, 1) for name in wanted if name not in existing]
+        wanted = [settings.topics.images, settings.topics.predictions, settings.topics.dlq]
+        missing = [NewTopic(name, settings.kafka.partitions, 1) for name in wanted if name not in existing]
         if missing:
             await admin.create_topics(missing)
     finally:

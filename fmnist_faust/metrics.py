@@ -10,7 +10,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
@@ -18,17 +19,27 @@ from .core.contract import InvalidMessage
 from .core.pipeline import BatchResult
 
 IMAGES = Counter("fmnist_images_total", "Images classified")
+DUPLICATES = Counter(
+    "fmnist_duplicates_total",
+    "Messages neither counted nor published: their image id (on Pub/Sub, or their message id) was counted before",
+)
 REJECTED = Counter("fmnist_rejected_total", "Messages dead-lettered", ["kind"])
-BATCH_SIZE = Histogram("fmnist_batch_size", "Messages per predict batch",
-                       buckets=(1, 8, 32, 64, 128, 256, 512, 1024, 2048))
+BATCH_SIZE = Histogram(
+    "fmnist_batch_size", "Messages per predict batch", buckets=(1, 8, 32, 64, 128, 256, 512, 1024, 2048)
+)
 PREDICT_SECONDS = Histogram("fmnist_predict_seconds", "Decode + batched predict time per batch")
-LATENCY_SECONDS = Histogram("fmnist_end_to_end_latency_seconds", "sent_at to prediction",
-                            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+LATENCY_SECONDS = Histogram(
+    "fmnist_end_to_end_latency_seconds",
+    "sent_at to prediction",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
 ACCURACY = Gauge("fmnist_accuracy", "Running accuracy over labelled images (NaN before the first one)")
-LAG = Gauge("fmnist_backlog_messages",
-            "Messages not yet classified: Kafka consumer lag or Pub/Sub backlog (NaN if unknown)")
-STALLED = Gauge("fmnist_stalled_partitions",
-                "Assigned partitions with images waiting and none counted for FMNIST_STALL_SECONDS")
+LAG = Gauge(
+    "fmnist_backlog_messages", "Messages not yet classified: Kafka consumer lag or Pub/Sub backlog (NaN if unknown)"
+)
+STALLED = Gauge(
+    "fmnist_stalled_partitions", "Assigned partitions with images waiting and none counted for FMNIST_STALL_SECONDS"
+)
 
 BACKLOG_KINDS = ("kafka_lag", "pubsub_backlog")
 RATE_WINDOW_S = 10.0
@@ -65,9 +76,12 @@ class RateMeter:
 IMAGE_RATE = RateMeter()
 
 
-def observe_batch(result: BatchResult) -> None:
-    """Count one classified batch in the Prometheus metrics and the images/s meter."""
-    BATCH_SIZE.observe(len(result.outcomes))
+def observe_batch(counted: BatchResult, duplicates: int) -> None:
+    """Count one batch in the Prometheus metrics and the images/s meter: ``counted`` is the
+    part that counts (:meth:`BatchResult.without`), ``duplicates`` how many were left out."""
+    DUPLICATES.inc(duplicates)
+    result = counted
+    BATCH_SIZE.observe(len(result.outcomes) + duplicates)
     classified = 0
     for outcome in result.outcomes:
         if isinstance(outcome, InvalidMessage):

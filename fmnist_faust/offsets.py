@@ -24,7 +24,7 @@ read again (the rows skip what was already counted).
 from __future__ import annotations
 
 import logging
-from typing import Callable, Dict, Iterable, Optional
+from collections.abc import Callable, Iterable
 
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
@@ -32,7 +32,7 @@ from faust.types import TP
 log = logging.getLogger(__name__)
 
 #: ``tp -> next offset to count`` for partitions whose offsets follow score rows, else None.
-NextOffset = Callable[[TP], Optional[int]]
+NextOffset = Callable[[TP], int | None]
 
 
 class RowOffsetConsumer(faust_aiokafka.Consumer):
@@ -40,8 +40,8 @@ class RowOffsetConsumer(faust_aiokafka.Consumer):
 
     next_offset: NextOffset = staticmethod(lambda tp: None)  # set by ``use_row_offsets``
 
-    def _filter_committable_offsets(self, tps: Iterable[TP]) -> Dict[TP, int]:
-        commit: Dict[TP, int] = {}
+    def _filter_committable_offsets(self, tps: Iterable[TP]) -> dict[TP, int]:
+        commit: dict[TP, int] = {}
         for tp in tps:
             acked_up_to = self._new_offset(tp)  # also trims Faust's acked-offset bookkeeping
             wanted = self.next_offset(tp)
@@ -62,8 +62,13 @@ class RowOffsetConsumer(faust_aiokafka.Consumer):
             return
         committed = self._committed_offset.get(tp)
         if why != "assigned" or committed != offset:
-            log.info("partition %s: reading again from offset %d (%s; group committed %s)",
-                     tp.partition, offset, why, committed)
+            log.info(
+                "partition %s: reading again from offset %d (%s; group committed %s)",
+                tp.partition,
+                offset,
+                why,
+                committed,
+            )
         await self.seek(tp, offset)  # also resets Faust's "already read" filter for ``tp``
 
 

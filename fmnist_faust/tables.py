@@ -22,14 +22,16 @@ only within the partition it landed in. Memory: one small entry per distinct cou
 from __future__ import annotations
 
 import json
-from typing import Any, Awaitable, Iterable
+from collections.abc import Awaitable, Iterable
+from typing import Any
 
 import faust
 from faust.types import TP, EventT
 
-from .app import app, settings
-from .offsets import use_row_offsets
 from .core.scores import Scores
+from .faust_app import app, settings
+from .offsets import use_row_offsets
+
 
 class ScoresTable(faust.Table):
     """Recovery keeps the row with the highest offset, not the last one written.
@@ -48,15 +50,17 @@ class ScoresTable(faust.Table):
                 self.data[key] = row
 
 
-scores_table = app.tables.add(ScoresTable(
-    app,
-    name="scores",
-    default=None,
-    key_type=str,
-    partitions=settings.partitions,
-    beacon=app.tables.beacon,
-    help="Per-partition running accuracy, stamped with the last applied offset.",
-))
+scores_table = app.tables.add(
+    ScoresTable(
+        app,
+        name="scores",
+        default=None,
+        key_type=str,
+        partitions=settings.kafka.partitions,
+        beacon=app.tables.beacon,
+        help="Per-partition running accuracy, stamped with the last applied offset.",
+    )
+)
 
 
 def read_row(partition: int) -> tuple[int, Scores]:
@@ -69,7 +73,7 @@ def read_row(partition: int) -> tuple[int, Scores]:
 
 def next_offset(tp: TP) -> int | None:
     """First input offset of ``tp`` not yet counted: where the consumer commits and resumes."""
-    if tp.topic != settings.images_topic:
+    if tp.topic != settings.topics.images:
         return None
     return read_row(tp.partition)[0] + 1
 
@@ -101,15 +105,17 @@ class SeenIdsTable(faust.Table):
                 _remember(event.value)
 
 
-seen_table = app.tables.add(SeenIdsTable(
-    app,
-    name="seen-ids",
-    default=None,
-    key_type=str,
-    partitions=settings.partitions,
-    beacon=app.tables.beacon,
-    help="'<partition>/<image id>' -> offset of the message that counted the id.",
-))
+seen_table = app.tables.add(
+    SeenIdsTable(
+        app,
+        name="seen-ids",
+        default=None,
+        key_type=str,
+        partitions=settings.kafka.partitions,
+        beacon=app.tables.beacon,
+        help="'<partition>/<image id>' -> offset of the message that counted the id.",
+    )
+)
 MARKS_PER_MESSAGE = 2000  # 2,000 ids of <= 128 characters stay well under a 1 MiB message
 
 
@@ -133,12 +139,15 @@ async def mark_counted(partition: int, marks: list[tuple[str, int]]) -> list[Awa
     topic = seen_table.changelog_topic.get_topic_name()
     acks: list[Awaitable[Any]] = []
     for start in range(0, len(marks), MARKS_PER_MESSAGE):
-        chunk = marks[start:start + MARKS_PER_MESSAGE]
+        chunk = marks[start : start + MARKS_PER_MESSAGE]
         entry = {"partition": partition, "ids": [i for i, _ in chunk], "offsets": [o for _, o in chunk]}
         _remember(entry)
         key = f"{partition}@{chunk[0][1]}"
-        acks.append(await app.producer.send(
-            topic, json.dumps(key).encode("utf-8"), json.dumps(entry).encode("utf-8"), partition, None, None))
+        acks.append(
+            await app.producer.send(
+                topic, json.dumps(key).encode("utf-8"), json.dumps(entry).encode("utf-8"), partition, None, None
+            )
+        )
     return acks
 
 

@@ -8,14 +8,21 @@ partition count.
 
 from typing import Any
 
-from .app import app, settings
+from .faust_app import app, settings
 
 
 def _raw_topic(name: str) -> Any:
-    return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
-                     partitions=settings.partitions, internal=True)
+    return app.topic(
+        name,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=settings.kafka.partitions,
+        internal=True,
+    )
 
 
-images_topic = _raw_topic(settings.images_topic)
-predictions_topic = _raw_topic(settings.predictions_topic)
-dlq_topic = _raw_topic(settings.dlq_topic)
+images_topic = _raw_topic(settings.topics.images)
+predictions_topic = _raw_topic(settings.topics.predictions)
+dlq_topic = _raw_topic(settings.topics.dlq)

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from . import metrics
-from .app import app, settings
 from .agents import partition_lags, progress, readiness, recent_mistakes
+from .faust_app import app, settings
 from .global_scores import global_totals
 from .topics import images_topic
 
@@ -31,8 +31,14 @@ def starting(web: Any) -> Any:
     """The 503 answer of a JSON view before the worker is ready, or None once it is."""
     if readiness.ready:
         return None
-    return web.json({"status": "starting", "model_verified_and_topics_created": readiness.prepared,
-                     "partitions_assigned": readiness.assigned}, status=503)
+    return web.json(
+        {
+            "status": "starting",
+            "model_verified_and_topics_created": readiness.prepared,
+            "partitions_assigned": readiness.assigned,
+        },
+        status=503,
+    )
 
 
 @app.page("/accuracy/")
@@ -49,8 +55,12 @@ async def accuracy_window(web: Any, request: Any) -> Any:
     if (not_ready := starting(web)) is not None:
         return not_ready
     scores, _ = await global_totals()
-    return web.json({"window_seconds": settings.window_seconds,
-                     "windows": scores.window_series(settings.window_seconds)})
+    return web.json(
+        {
+            "window_seconds": settings.pipeline.window_seconds,
+            "windows": scores.window_series(settings.pipeline.window_seconds),
+        }
+    )
 
 
 @app.page("/recent/")
@@ -100,9 +110,14 @@ class AssignmentLog:
         first, self.partitions = self.partitions is None, partitions
         readiness.assigned = True
         if first:
-            url = f"http://{settings.web_host}:{settings.web_port}"
-            log.info("ready: classifying %s partitions %s; dashboard %s/ metrics %s/metrics",
-                     topic, sorted(partitions), url, url)
+            url = f"http://{settings.web.host}:{settings.web.port}"
+            log.info(
+                "ready: classifying %s partitions %s; dashboard %s/ metrics %s/metrics",
+                topic,
+                sorted(partitions),
+                url,
+                url,
+            )
         else:
             log.info("rebalanced: now classifying %s partitions %s", topic, sorted(partitions))
 

@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 import textwrap
-from typing import Sequence
+from collections.abc import Sequence
 
 from fmnist_faust.config import ConfigError, Settings, load_settings
 
@@ -32,46 +32,67 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pubsub_bridge",
         description="Classify Fashion-MNIST images on Google Pub/Sub with the same core as the Faust worker.",
-        epilog=ENVIRONMENT, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=ENVIRONMENT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="{setup,run,watch}")
 
     setup = commands.add_parser(
-        "setup", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=ENVIRONMENT,
+        "setup",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=ENVIRONMENT,
         help="create the topics and subscriptions (idempotent)",
         description=_wrap(
-            f"Create, if missing, the topics {settings.images_topic}, {settings.predictions_topic}, "
-            f"{settings.dlq_topic} and {settings.dead_letter_topic}, and the subscriptions "
-            f"{settings.images_subscription} (on {settings.images_topic}; after "
-            f"{settings.max_delivery_attempts} failed deliveries a message moves to "
-            f"{settings.dead_letter_topic}), {settings.predictions_subscription}, "
-            f"{settings.dlq_subscription} and {settings.dead_letter_subscription}, all with a "
-            f"{settings.ack_deadline_s} s ack deadline. Existing subscriptions whose settings "
-            f"differ are updated; nothing is deleted."))
-    setup.add_argument("--purge", action="store_true",
-                       help=f"also discard the backlog of {settings.images_subscription} and "
-                            f"{settings.predictions_subscription} (seek to now), to start from empty subscriptions")
+            f"Create, if missing, the topics {settings.topics.images}, {settings.topics.predictions}, "
+            f"{settings.topics.dlq} and {settings.pubsub.dead_letter_topic}, and the subscriptions "
+            f"{settings.pubsub.images_subscription} (on {settings.topics.images}; after "
+            f"{settings.pubsub.max_delivery_attempts} failed deliveries a message moves to "
+            f"{settings.pubsub.dead_letter_topic}), {settings.pubsub.predictions_subscription}, "
+            f"{settings.pubsub.dlq_subscription} and {settings.pubsub.dead_letter_subscription}, all with a "
+            f"{settings.pubsub.ack_deadline_s} s ack deadline. Existing subscriptions whose settings "
+            f"differ are updated; nothing is deleted."
+        ),
+    )
+    setup.add_argument(
+        "--purge",
+        action="store_true",
+        help=f"also discard the backlog of {settings.pubsub.images_subscription} and "
+        f"{settings.pubsub.predictions_subscription} (seek to now), to start from empty subscriptions",
+    )
 
     commands.add_parser(
-        "run", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=ENVIRONMENT,
+        "run",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=ENVIRONMENT,
         help="run the bridge until SIGTERM / Ctrl-C",
         description=_wrap(
-            f"Pull {settings.images_subscription} (flow control: {settings.bridge_max_messages} messages, "
-            f"{settings.bridge_max_bytes} bytes), classify up to {settings.batch_size} images per "
-            f"predict call, publish one prediction per image to {settings.predictions_topic} "
-            f"(attribute id) and each invalid message to {settings.dlq_topic} (attributes error_kind, "
-            f"error), count every image once in {settings.bridge_state_path}, and serve /, /accuracy/, "
+            f"Pull {settings.pubsub.images_subscription} (flow control: {settings.bridge.max_messages} messages, "
+            f"{settings.bridge.max_bytes} bytes), classify up to {settings.pipeline.batch_size} images per "
+            f"predict call, publish one prediction per image to {settings.topics.predictions} "
+            f"(attribute id) and each invalid message to {settings.topics.dlq} (attributes error_kind, "
+            f"error), count every image once in {settings.bridge.state_path}, and serve /, /accuracy/, "
             f"/accuracy/window/, /recent/, /stats/ and /metrics on "
-            f"http://{settings.web_host}:{settings.bridge_web_port}/. A message is acked only after "
+            f"http://{settings.web.host}:{settings.bridge.web_port}/. A message is acked only after "
             f"its prediction or dead letter is published and its count is committed. "
-            f"Exits 0 after SIGTERM or Ctrl-C, 1 on an error."))
+            f"Exits 0 after SIGTERM or Ctrl-C, 1 on an error."
+        ),
+    )
 
     watch = commands.add_parser(
-        "watch", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=ENVIRONMENT,
+        "watch",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=ENVIRONMENT,
         help="print running accuracy from the predictions subscription",
-        description=_wrap(f"Follow {settings.predictions_subscription} and print running accuracy once a "
-                     f"second (each image id counted once), until Ctrl-C, --count or --timeout."))
-    watch.add_argument("--subscription", default=settings.predictions_subscription,
-                       help="subscription on the predictions topic (default %(default)s)")
+        description=_wrap(
+            f"Follow {settings.pubsub.predictions_subscription} and print running accuracy once a "
+            f"second (each image id counted once), until Ctrl-C, --count or --timeout."
+        ),
+    )
+    watch.add_argument(
+        "--subscription",
+        default=settings.pubsub.predictions_subscription,
+        help="subscription on the predictions topic (default %(default)s)",
+    )
     watch.add_argument("--count", type=int, default=0, help="stop after N distinct predictions (0 = never)")
     watch.add_argument("--timeout", type=float, default=0, help="stop after this many seconds (0 = never)")
     return parser
@@ -102,8 +123,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run(settings)
     from fmnist_faust.cli import logger_main
 
-    return logger_main(["--backend", "pubsub", "--subscription", args.subscription,
-                        "--count", str(args.count), "--timeout", str(args.timeout)])
+    return logger_main(
+        [
+            "--backend",
+            "pubsub",
+            "--subscription",
+            args.subscription,
+            "--count",
+            str(args.count),
+            "--timeout",
+            str(args.timeout),
+        ]
+    )
 
 
 if __name__ == "__main__":

@@ -20,10 +20,7 @@ from google.protobuf import field_mask_pb2, timestamp_pb2
 
 from fmnist_faust.config import Settings
 
-# No retry policy: the bridge waits out outages itself (it only nacks a message whose
-# handling fails on its own), so immediate redelivery sends a poison message to the
-# dead-letter topic within seconds; and with a backoff policy the emulator holds back the
-# messages of a crashed bridge for minutes.
+# The subscription settings setup brings back to the configured ones.
 _RECONCILED = ("ack_deadline_seconds", "dead_letter_policy")
 
 
@@ -48,21 +45,30 @@ def plan(settings: Settings) -> tuple[list[str], list[SubscriptionSpec]]:
     """Topic ids and subscription specs (names relative to the project)."""
     from google.pubsub_v1 import types
 
-    project = settings.gcp_project
-    topics = [settings.images_topic, settings.predictions_topic, settings.dlq_topic, settings.dead_letter_topic]
-    common = {"ack_deadline_seconds": settings.ack_deadline_s}
+    project = settings.pubsub.project
+    topics = [
+        settings.topics.images,
+        settings.topics.predictions,
+        settings.topics.dlq,
+        settings.pubsub.dead_letter_topic,
+    ]
+    common = {"ack_deadline_seconds": settings.pubsub.ack_deadline_s}
     images = dict(
         common,
         dead_letter_policy=types.DeadLetterPolicy(
-            dead_letter_topic=f"projects/{project}/topics/{settings.dead_letter_topic}",
-            max_delivery_attempts=settings.max_delivery_attempts,
+            dead_letter_topic=f"projects/{project}/topics/{settings.pubsub.dead_letter_topic}",
+            max_delivery_attempts=settings.pubsub.max_delivery_attempts,
         ),
     )
+    # No retry policy: the bridge waits out outages itself (it only nacks a message whose
+    # handling fails on its own), so immediate redelivery sends a poison message to the
+    # dead-letter topic within seconds; and with a backoff policy the emulator holds back the
+    # messages of a crashed bridge for minutes.
     subscriptions = [
-        SubscriptionSpec(settings.images_subscription, settings.images_topic, images),
-        SubscriptionSpec(settings.predictions_subscription, settings.predictions_topic, dict(common)),
-        SubscriptionSpec(settings.dlq_subscription, settings.dlq_topic, dict(common)),
-        SubscriptionSpec(settings.dead_letter_subscription, settings.dead_letter_topic, dict(common)),
+        SubscriptionSpec(settings.pubsub.images_subscription, settings.topics.images, images),
+        SubscriptionSpec(settings.pubsub.predictions_subscription, settings.topics.predictions, dict(common)),
+        SubscriptionSpec(settings.pubsub.dlq_subscription, settings.topics.dlq, dict(common)),
+        SubscriptionSpec(settings.pubsub.dead_letter_subscription, settings.pubsub.dead_letter_topic, dict(common)),
     ]
     return topics, subscriptions
 
@@ -72,7 +78,7 @@ def setup(settings: Settings, purge: bool = False) -> list[str]:
     from google.pubsub_v1 import types
 
     publisher, subscriber = _clients()
-    project = settings.gcp_project
+    project = settings.pubsub.project
     topics, subscriptions = plan(settings)
     lines: list[str] = []
     with subscriber:
@@ -88,16 +94,30 @@ def setup(settings: Settings, purge: bool = False) -> list[str]:
             wanted = types.Subscription(name=path, topic=publisher.topic_path(project, spec.topic), **spec.options)
             lines.append(_ensure_subscription(subscriber, wanted))
         if purge:
-            for name in (settings.images_subscription, settings.predictions_subscription):
+            for name in (settings.pubsub.images_subscription, settings.pubsub.predictions_subscription):
                 path = subscriber.subscription_path(project, name)
                 now = timestamp_pb2.Timestamp()
                 now.GetCurrentTime()
                 subscriber.seek(request={"subscription": path, "time": now})
                 lines.append(f"purged  subscription {path} (backlog acknowledged)")
     publisher.stop()
-    if not settings.pubsub_emulator_host:
+    if not settings.pubsub.emulator_host:
         lines.append(_dead_letter_note(settings))
     return lines
+
+
+def teardown(settings: Settings) -> None:
+    """Delete the subscriptions and topics :func:`plan` names (a test's or a measurement's own)."""
+    publisher, subscriber = _clients()
+    topics, subscriptions = plan(settings)
+    with subscriber:
+        for spec in subscriptions:
+            subscriber.delete_subscription(
+                subscription=subscriber.subscription_path(settings.pubsub.project, spec.name)
+            )
+        for topic in topics:
+            publisher.delete_topic(topic=publisher.topic_path(settings.pubsub.project, topic))
+    publisher.stop()
 
 
 def _ensure_subscription(subscriber: Any, wanted: Any) -> str:
@@ -108,19 +128,22 @@ def _ensure_subscription(subscriber: Any, wanted: Any) -> str:
         pass
     current = subscriber.get_subscription(subscription=wanted.name)
     if current.topic != wanted.topic:
-        raise SetupError(f"subscription {wanted.name} exists on {current.topic}, not {wanted.topic}: "
-                         "delete it or configure another name")
+        raise SetupError(
+            f"subscription {wanted.name} exists on {current.topic}, not {wanted.topic}: "
+            "delete it or configure another name"
+        )
     differ = [f for f in _RECONCILED if f in wanted and getattr(current, f) != getattr(wanted, f)]
     if not differ:
         return f"exists  subscription {wanted.name}"
-    subscriber.update_subscription(request={"subscription": wanted,
-                                            "update_mask": field_mask_pb2.FieldMask(paths=differ)})
+    subscriber.update_subscription(
+        request={"subscription": wanted, "update_mask": field_mask_pb2.FieldMask(paths=differ)}
+    )
     return f"updated subscription {wanted.name} ({', '.join(differ)})"
 
 
 def _dead_letter_note(settings: Settings) -> str:
-    topic = settings.dead_letter_topic
-    sub = settings.images_subscription
+    topic = settings.pubsub.dead_letter_topic
+    sub = settings.pubsub.images_subscription
     return (
         "note: on Google Cloud, dead-lettering needs the Pub/Sub service agent "
         "(service-PROJECT_NUMBER@gcp-sa-pubsub.iam.gserviceaccount.com) to hold "

@@ -24,8 +24,9 @@ import signal
 import sqlite3
 import threading
 import time
+from collections.abc import Sequence
 from types import FrameType
-from typing import Any, Sequence
+from typing import Any
 
 from google.api_core.exceptions import GoogleAPICallError
 
@@ -62,11 +63,13 @@ class StreamAcker:
         ack_ids = [d.ack_id for d in deliveries]
         try:
             for start in range(0, len(ack_ids), _ACK_CHUNK):
-                self.subscriber.acknowledge(subscription=self.subscription,
-                                            ack_ids=ack_ids[start:start + _ACK_CHUNK])
+                self.subscriber.acknowledge(subscription=self.subscription, ack_ids=ack_ids[start : start + _ACK_CHUNK])
         except GoogleAPICallError as exc:  # harmless: counted already, so a redelivery is skipped
-            log.warning("could not ack %d handled messages at shutdown (%s); their redelivery will be skipped",
-                        len(ack_ids), exc)
+            log.warning(
+                "could not ack %d handled messages at shutdown (%s); their redelivery will be skipped",
+                len(ack_ids),
+                exc,
+            )
 
     def nack(self, deliveries: Sequence[Delivery]) -> None:
         """Nack on the stream; once it is closed, leave the messages to their ack deadline
@@ -169,50 +172,72 @@ def run(settings: Settings) -> int:
 
     stop = _install_signal_handlers()
     try:
-        classifier = load_classifier(settings.model_path)
+        classifier = load_classifier(settings.model.path)
     except ModelError as exc:
         log.error("%s", exc)
         return 1
     try:
-        store = StateStore(settings.bridge_state_path)
+        store = StateStore(settings.bridge.state_path)
     except sqlite3.Error as exc:
-        log.error("cannot open the state store %s: %s", settings.bridge_state_path, exc)
+        log.error("cannot open the state store %s: %s", settings.bridge.state_path, exc)
         return 1
     recent = RecentMistakes()
-    views = Views(scores=lambda: store.scores, model_version=lambda: classifier.version, recent=recent,
-                  window_seconds=settings.window_seconds)
+    views = Views(
+        scores=lambda: store.scores,
+        model_version=lambda: classifier.version,
+        recent=recent,
+        window_seconds=settings.pipeline.window_seconds,
+    )
     try:
-        web = WebServer(views, settings.web_host, settings.bridge_web_port).start()
+        web = WebServer(views, settings.web.host, settings.bridge.web_port).start()
     except OSError as exc:
-        log.error("cannot serve on %s:%s: %s (set BRIDGE_WEB_PORT)", settings.web_host, settings.bridge_web_port, exc)
+        log.error("cannot serve on %s:%s: %s (set BRIDGE_WEB_PORT)", settings.web.host, settings.bridge.web_port, exc)
         store.close()
         return 1
 
-    publisher = pubsub_v1.PublisherClient(batch_settings=pubsub_v1.types.BatchSettings(
-        max_messages=1000, max_bytes=8 * 1024 * 1024, max_latency=0.005))
+    publisher = pubsub_v1.PublisherClient(
+        batch_settings=pubsub_v1.types.BatchSettings(max_messages=1000, max_bytes=8 * 1024 * 1024, max_latency=0.005)
+    )
     subscriber = pubsub_v1.SubscriberClient()
-    subscription = subscriber.subscription_path(settings.gcp_project, settings.images_subscription)
+    subscription = subscriber.subscription_path(settings.pubsub.project, settings.pubsub.images_subscription)
     error: BaseException | None = None
     with subscriber:
         acker = StreamAcker(subscriber, subscription)
         handler = BatchHandler(
-            classifier, store, publisher, acker, settings,
-            predictions_topic=publisher.topic_path(settings.gcp_project, settings.predictions_topic),
-            dlq_topic=publisher.topic_path(settings.gcp_project, settings.dlq_topic),
-            recent=recent)
-        batcher = Batcher(handler, settings.batch_size, settings.batch_linger_s)
+            classifier,
+            store,
+            publisher,
+            acker,
+            settings.pipeline.max_message_bytes,
+            settings.pipeline.window_seconds,
+            predictions_topic=publisher.topic_path(settings.pubsub.project, settings.topics.predictions),
+            dlq_topic=publisher.topic_path(settings.pubsub.project, settings.topics.dlq),
+            recent=recent,
+        )
+        batcher = Batcher(handler, settings.pipeline.batch_size, settings.pipeline.batch_linger_s)
         batcher.start()
         future = subscriber.subscribe(
-            subscription, batcher.put,
+            subscription,
+            batcher.put,
             flow_control=pubsub_v1.types.FlowControl(
-                max_messages=settings.bridge_max_messages, max_bytes=settings.bridge_max_bytes,
+                max_messages=settings.bridge.max_messages,
+                max_bytes=settings.bridge.max_bytes,
                 # Leases are renewed this far ahead (the library's default is 60 s): after a
                 # crash, the messages this process held are redelivered about this soon.
-                max_duration_per_lease_extension=settings.ack_deadline_s),
-            await_callbacks_on_shutdown=True)
-        where = f"emulator {settings.pubsub_emulator_host}" if settings.pubsub_emulator_host else "Google Cloud"
-        log.info("bridge running: model %s, pulling %s on %s, scores %s (%d images so far), web %s/",
-                 classifier.version, subscription, where, store.path, store.scores.images, web.url)
+                max_duration_per_lease_extension=settings.pubsub.ack_deadline_s,
+            ),
+            await_callbacks_on_shutdown=True,
+        )
+        where = f"emulator {settings.pubsub.emulator_host}" if settings.pubsub.emulator_host else "Google Cloud"
+        log.info(
+            "bridge running: model %s, pulling %s on %s, scores %s (%d images so far), web %s/",
+            classifier.version,
+            subscription,
+            where,
+            store.path,
+            store.scores.images,
+            web.url,
+        )
         while not stop.wait(0.5):
             if future.done() or not batcher.is_alive():
                 break
@@ -229,8 +254,9 @@ def run(settings: Settings) -> int:
     if error is not None:
         log.error("the bridge stopped on an error: %s", _explain(error, subscription))
         return 1
-    log.info("stopped cleanly: %d images counted, accuracy %s", totals.images,
-             totals.report(classifier.version)["accuracy"])
+    log.info(
+        "stopped cleanly: %d images counted, accuracy %s", totals.images, totals.report(classifier.version)["accuracy"]
+    )
     return 0
 
 
@@ -239,8 +265,7 @@ def _install_signal_handlers() -> threading.Event:
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         if stop.is_set():
-            log.warning("second %s: exiting now; unacked messages will be redelivered",
-                        signal.Signals(signum).name)
+            log.warning("second %s: exiting now; unacked messages will be redelivered", signal.Signals(signum).name)
             os._exit(1)
         stop.set()
 

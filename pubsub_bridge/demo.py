@@ -23,24 +23,19 @@ from typing import Any
 
 import numpy as np
 
-from fmnist_faust.config import Settings, load_settings
+from fmnist_faust.config import Settings, load_settings, run_names
 from fmnist_faust.core import dataset
 from fmnist_faust.core.model import load_classifier
 from fmnist_faust.core.scores import Scores
-from fmnist_faust.demo import free_port, get_json, port_free, wait_ready
+from fmnist_faust.netutil import NotReady, free_port, get_json, port_free, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _demo_env(run: str, workdir: Path) -> dict[str, str]:
     env = dict(os.environ)
-    for name, default in (("FMNIST_IMAGES_TOPIC", "images"), ("FMNIST_PREDICTIONS_TOPIC", "predictions"),
-                          ("FMNIST_DLQ_TOPIC", "images-dlq"), ("PUBSUB_DEAD_LETTER_TOPIC", "images-dead-letter"),
-                          ("PUBSUB_IMAGES_SUBSCRIPTION", "images-sub"),
-                          ("PUBSUB_PREDICTIONS_SUBSCRIPTION", "prediction-receiver"),
-                          ("PUBSUB_DLQ_SUBSCRIPTION", "images-dlq-sub"),
-                          ("PUBSUB_DEAD_LETTER_SUBSCRIPTION", "images-dead-letter-sub")):
-        env.setdefault(name, f"{default}-demo-{run}")
+    for name, value in run_names(f"demo-{run}").items():
+        env.setdefault(name, value)
     env.setdefault("BRIDGE_STATE_PATH", str(workdir / "bridge-state.sqlite3"))
     if "BRIDGE_WEB_PORT" not in os.environ and not port_free(6067):
         env["BRIDGE_WEB_PORT"] = str(free_port())  # 6067 is taken (another bridge?): use a free port
@@ -58,10 +53,10 @@ def _echo(stream: Any, prefix: str) -> threading.Thread:
 
 
 def _offline(settings: Settings, split: dataset.Split, count: int) -> Scores:
-    classifier = load_classifier(settings.model_path)
+    classifier = load_classifier(settings.model.path)
     predicted, _ = classifier.predict(split.images[:count])
     scores = Scores()
-    scores.record(split.labels[:count].tolist(), predicted.tolist(), [0.0] * count, settings.window_seconds)
+    scores.record(split.labels[:count].tolist(), predicted.tolist(), [0.0] * count, settings.pipeline.window_seconds)
     return scores
 
 
@@ -78,8 +73,9 @@ def _stop(proc: subprocess.Popen, timeout: float = 30) -> tuple[int, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pubsub_bridge.demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m pubsub_bridge.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--count", type=int, default=10000, help="test images to stream (default %(default)s)")
     args = parser.parse_args(argv)
 
@@ -88,35 +84,49 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     env = _demo_env(run, workdir)
     settings = load_settings(env)
-    if not settings.pubsub_emulator_host:
+    if not settings.pubsub.emulator_host:
         raise SystemExit("demo: PUBSUB_EMULATOR_HOST is not set (tools/demo_pubsub.sh starts the emulator)")
-    classifier = load_classifier(settings.model_path)  # verify before starting anything
-    split = dataset.load_split("test", settings.fmnist_data_dir or None)
+    classifier = load_classifier(settings.model.path)  # verify before starting anything
+    split = dataset.load_split("test", settings.model.data_dir)
     count = min(args.count, len(split))
-    base = f"http://{settings.web_host}:{settings.bridge_web_port}"
+    base = f"http://{settings.web.host}:{settings.bridge.web_port}"
     print(f"model {classifier.version} (test accuracy at training: {classifier.manifest['test_accuracy']:.4f})")
-    print(f"Pub/Sub emulator {settings.pubsub_emulator_host}, project {settings.gcp_project}; run {run}")
+    print(f"Pub/Sub emulator {settings.pubsub.emulator_host}, project {settings.pubsub.project}; run {run}")
 
     python = sys.executable
     subprocess.run([python, "-m", "pubsub_bridge", "setup"], env=env, check=True)
     bridge_log = workdir / "bridge.log"
     with open(bridge_log, "ab") as log:
-        bridge = subprocess.Popen([python, "-m", "pubsub_bridge", "run"], env=env, stdout=log,
-                                  stderr=subprocess.STDOUT)
+        bridge = subprocess.Popen([python, "-m", "pubsub_bridge", "run"], env=env, stdout=log, stderr=subprocess.STDOUT)
     watch: subprocess.Popen | None = None
     try:
-        ready = wait_ready(bridge, base + "/accuracy/", "bridge", bridge_log)
+        try:
+            ready = wait_ready(bridge, base + "/accuracy/", bridge_log)
+        except NotReady as exc:
+            raise SystemExit(f"demo: the bridge is not ready: {exc}") from None
         print(f"bridge ready in {ready:.1f} s: {base}/ (dashboard), {base}/accuracy/; log {bridge_log}")
-        watch = subprocess.Popen([python, "-m", "pubsub_bridge", "watch", "--count", str(count), "--timeout", "600"],
-                                 env=dict(env, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, text=True)
+        watch = subprocess.Popen(
+            [python, "-m", "pubsub_bridge", "watch", "--count", str(count), "--timeout", "600"],
+            env=dict(env, PYTHONUNBUFFERED="1"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         echo = _echo(watch.stdout, "watch: ")
         started = time.monotonic()
         producer = Path(python).with_name("fmnist-produce")
-        command = [str(producer)] if producer.exists() else [
-            python, "-c", "from fmnist_faust.cli import produce_main; raise SystemExit(produce_main())"]
-        produced = subprocess.run(command + ["--backend", "pubsub", "--count", str(count), "--quiet"],
-                                  env=env, check=True, capture_output=True, text=True)
+        command = (
+            [str(producer)]
+            if producer.exists()
+            else [python, "-c", "from fmnist_faust.cli import produce_main; raise SystemExit(produce_main())"]
+        )
+        produced = subprocess.run(
+            command + ["--backend", "pubsub", "--count", str(count), "--quiet"],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         print("producer: " + produced.stdout.strip())
         while True:
             report = get_json(base + "/accuracy/")
@@ -133,16 +143,22 @@ def main(argv: list[str] | None = None) -> int:
 
         offline = _offline(settings, split, count).report(classifier.version)
         identical = report == offline
-        print(f"streamed accuracy (bridge /accuracy/): {report['accuracy']:.4f} "
-              f"({report['correct']}/{report['labeled']}, {report['rejected']} rejected)")
-        print(f"offline accuracy (same model, same images): {offline['accuracy']:.4f} "
-              f"({offline['correct']}/{offline['labeled']}) -> "
-              f"{'identical, confusion matrix included' if identical else 'DIFFERENT'}")
+        print(
+            f"streamed accuracy (bridge /accuracy/): {report['accuracy']:.4f} "
+            f"({report['correct']}/{report['labeled']}, {report['rejected']} rejected)"
+        )
+        print(
+            f"offline accuracy (same model, same images): {offline['accuracy']:.4f} "
+            f"({offline['correct']}/{offline['labeled']}) -> "
+            f"{'identical, confusion matrix included' if identical else 'DIFFERENT'}"
+        )
         if not identical:
             diff = np.asarray(report["confusion"]) - np.asarray(offline["confusion"])
             print(f"confusion matrix difference (streamed - offline):\n{diff}")
-        print(f"throughput: {count / elapsed:,.0f} images/s end to end ({count} images in {elapsed:.1f} s, "
-              "producer start to last image counted)")
+        print(
+            f"throughput: {count / elapsed:,.0f} images/s end to end ({count} images in {elapsed:.1f} s, "
+            "producer start to last image counted)"
+        )
     finally:
         if watch is not None and watch.poll() is None:
             watch.terminate()

@@ -4,7 +4,8 @@ The order is what makes the totals exact: predictions and dead letters are publi
 confirmed, then the batch is counted in the store (one transaction), and only then are
 the messages acked. A crash anywhere before the commit redelivers messages that were not
 counted; a crash after it redelivers messages the store already holds, which are acked
-without being counted or published again. So the scores count every image exactly once,
+without being counted or published again, as is a new message re-using a counted image id
+(the duplicate rule of :mod:`fmnist_faust.core.pipeline`). So the scores count every image exactly once,
 and ``predictions`` carries each image at least once: exactly once, unless a batch is
 handled again after it was published but before it was committed (the bridge died, or the
 commit or one of the batch's publishes failed and the batch was retried).
@@ -16,28 +17,25 @@ import concurrent.futures
 import logging
 import sqlite3
 import time
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 from google.api_core import exceptions as gexc
 from prometheus_client import Counter
 
 from fmnist_faust import metrics
-from fmnist_faust.config import Settings
-from fmnist_faust.core.contract import InvalidMessage, Prediction
+from fmnist_faust.core.contract import InvalidMessage, Prediction, dead_letter_attributes
 from fmnist_faust.core.model import Classifier
-from fmnist_faust.core.pipeline import BatchResult, RawMessage, classify_batch
+from fmnist_faust.core.pipeline import BatchResult, RawMessage, classify_batch, repeats
 from fmnist_faust.core.recent import RecentMistakes
 
 from .store import StateStore, image_key, message_key
 
 log = logging.getLogger(__name__)
 
-DUPLICATES = Counter("fmnist_bridge_duplicates_total",
-                     "Messages acked without counting: their image id or message id was counted before")
 ACKED = Counter("fmnist_bridge_acked_total", "Messages acked after being handled")
 NACKED = Counter("fmnist_bridge_nacked_total", "Messages nacked because handling them failed")
-MAX_ATTRIBUTE_BYTES = 1024  # Pub/Sub's limit on one attribute value
 # Publish errors that retrying the same message cannot fix; anything else (unavailable,
 # deadline, missing topic, permissions) is an outage the bridge waits out.
 PERMANENT_PUBLISH_ERRORS = (gexc.InvalidArgument, gexc.FailedPrecondition, gexc.OutOfRange)
@@ -77,22 +75,29 @@ def transport_key(attributes: Mapping[str, str]) -> str | None:
     return attributes.get("key") or attributes.get("id") or None
 
 
-def _attribute(text: str) -> str:
-    return text.encode("utf-8")[:MAX_ATTRIBUTE_BYTES].decode("utf-8", "ignore")
-
-
 class BatchHandler:
     """Runs on the bridge's single batching thread; see the module docstring for the order."""
 
-    def __init__(self, classifier: Classifier, store: StateStore, publisher: Publisher, acker: Acker,
-                 settings: Settings, predictions_topic: str, dlq_topic: str,
-                 recent: RecentMistakes, publish_timeout_s: float = 60.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        classifier: Classifier,
+        store: StateStore,
+        publisher: Publisher,
+        acker: Acker,
+        max_message_bytes: int,
+        window_seconds: int,
+        predictions_topic: str,
+        dlq_topic: str,
+        recent: RecentMistakes,
+        publish_timeout_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.classifier = classifier
         self.store = store
         self.publisher = publisher
         self.acker = acker
-        self.settings = settings
+        self.max_message_bytes = max_message_bytes
+        self.window_seconds = window_seconds
         self.predictions_topic = predictions_topic
         self.dlq_topic = dlq_topic
         self.recent = recent
@@ -120,45 +125,41 @@ class BatchHandler:
                     self.handle([delivery])
                 return
             delivery = batch[0]
-            log.exception("nacking message %s (delivery attempt %s): handling it failed",
-                          delivery.message_id, delivery.delivery_attempt)
+            log.exception(
+                "nacking message %s (delivery attempt %s): handling it failed",
+                delivery.message_id,
+                delivery.delivery_attempt,
+            )
             self.acker.nack(batch)
             NACKED.inc()
 
     def _handle(self, batch: Sequence[Delivery]) -> None:
-        messages = [RawMessage(value=d.data, key=transport_key(d.attributes), timestamp=d.publish_time.timestamp())
-                    for d in batch]
+        messages = [
+            RawMessage(value=d.data, key=transport_key(d.attributes), timestamp=d.publish_time.timestamp())
+            for d in batch
+        ]
         with metrics.PREDICT_SECONDS.time():
-            result = classify_batch(self.classifier, messages, self.settings.max_message_bytes)
-        keys = [image_key(outcome.id) if isinstance(outcome, Prediction) else message_key(delivery.message_id)
-                for delivery, outcome in zip(batch, result.outcomes)]
-        fresh = self._fresh(keys)
-        if fresh:
-            chosen = set(fresh)
-            new = result.subset(chosen.__contains__)
+            result = classify_batch(self.classifier, messages, self.max_message_bytes)
+        keys = [
+            image_key(outcome.id) if isinstance(outcome, Prediction) else message_key(delivery.message_id)
+            for delivery, outcome in zip(batch, result.outcomes)
+        ]
+        counted_before = self.store.seen(keys)
+        repeated = repeats(keys, lambda _index, key: key in counted_before)
+        new = result.without(repeated)
+        if new.outcomes:
+            fresh = [i for i in range(len(batch)) if i not in repeated]
             self._publish([batch[i] for i in fresh], new)
             try:
-                self.store.commit(new, [keys[i] for i in fresh], self.classifier.version,
-                                           self.settings.window_seconds)
+                self.store.commit(new, [keys[i] for i in fresh], self.classifier.version, self.window_seconds)
             except sqlite3.OperationalError as exc:  # locked, disk full, I/O error: retry the batch
                 raise TransientError(f"cannot commit to {self.store.path}: {exc}") from exc
-            metrics.observe_batch(new)
             self.recent.add_batch(new)
-        if len(fresh) < len(batch):
-            DUPLICATES.inc(len(batch) - len(fresh))
-            log.debug("acking %d messages counted before", len(batch) - len(fresh))
+        metrics.observe_batch(new, len(repeated))
+        if repeated:
+            log.debug("acking %d messages counted before", len(repeated))
         self.acker.ack(batch)
         ACKED.inc(len(batch))
-
-    def _fresh(self, keys: list[str]) -> list[int]:
-        """Indices of the first occurrence of each key the store has not counted yet."""
-        counted = self.store.seen(keys)
-        fresh: list[int] = []
-        for index, key in enumerate(keys):
-            if key not in counted:
-                counted.add(key)
-                fresh.append(index)
-        return fresh
 
     def _publish(self, deliveries: Sequence[Delivery], result: BatchResult) -> None:
         """One prediction per image (attribute ``id``), each invalid message to the DLQ
@@ -168,8 +169,7 @@ class BatchHandler:
         for delivery, outcome in zip(deliveries, result.outcomes):
             if isinstance(outcome, InvalidMessage):
                 log.warning("dead-lettering message %s: %s", delivery.message_id, outcome)
-                attributes: dict[str, Any] = dict(delivery.attributes)
-                attributes.update(error_kind=outcome.kind, error=_attribute(outcome.reason))
+                attributes: dict[str, Any] = dict(delivery.attributes, **dead_letter_attributes(outcome))
                 futures.append(self.publisher.publish(self.dlq_topic, delivery.data, **attributes))
             else:
                 futures.append(self.publisher.publish(self.predictions_topic, outcome.encode(), id=outcome.id))

@@ -26,27 +26,15 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
-from fmnist_faust.config import Settings, load_settings
+from fmnist_faust.config import Settings, load_settings, run_names
 from fmnist_faust.core import dataset
 from fmnist_faust.core.contract import encode_image
+from fmnist_faust.netutil import free_port
 
-from .admin import plan, setup
-
-
-def _names(tag: str) -> dict[str, str]:
-    return {
-        "FMNIST_IMAGES_TOPIC": f"measure-images-{tag}",
-        "FMNIST_PREDICTIONS_TOPIC": f"measure-predictions-{tag}",
-        "FMNIST_DLQ_TOPIC": f"measure-dlq-{tag}",
-        "PUBSUB_DEAD_LETTER_TOPIC": f"measure-dead-letter-{tag}",
-        "PUBSUB_IMAGES_SUBSCRIPTION": f"measure-images-sub-{tag}",
-        "PUBSUB_PREDICTIONS_SUBSCRIPTION": f"measure-predictions-sub-{tag}",
-        "PUBSUB_DLQ_SUBSCRIPTION": f"measure-dlq-sub-{tag}",
-        "PUBSUB_DEAD_LETTER_SUBSCRIPTION": f"measure-dead-letter-sub-{tag}",
-    }
+from .admin import setup, teardown
 
 
 def _publish(settings: Settings, payloads: list[tuple[bytes, str]]) -> float:
@@ -54,7 +42,7 @@ def _publish(settings: Settings, payloads: list[tuple[bytes, str]]) -> float:
     from fmnist_faust.client import MainManager
 
     started = time.perf_counter()
-    producer = MainManager("pubsub", settings).create_producer(settings.images_topic)
+    producer = MainManager("pubsub", settings).create_producer(settings.topics.images)
     try:
         producer.produce_many(payloads)
         producer.flush()
@@ -81,10 +69,14 @@ def raw_rate(settings: Settings, count: int, timeout: float) -> float:
     subscriber = pubsub_v1.SubscriberClient()
     with subscriber:
         future = subscriber.subscribe(
-            subscriber.subscription_path(settings.gcp_project, settings.images_subscription), on_message,
+            subscriber.subscription_path(settings.pubsub.project, settings.pubsub.images_subscription),
+            on_message,
             flow_control=pubsub_v1.types.FlowControl(
-                max_messages=settings.bridge_max_messages, max_bytes=settings.bridge_max_bytes,
-                max_duration_per_lease_extension=settings.ack_deadline_s))
+                max_messages=settings.bridge.max_messages,
+                max_bytes=settings.bridge.max_bytes,
+                max_duration_per_lease_extension=settings.pubsub.ack_deadline_s,
+            ),
+        )
         finished = done.wait(timeout)
         future.cancel()
         future.result()
@@ -97,8 +89,9 @@ def bridge_rate(env: dict[str, str], count: int, timeout: float, log_path: Path)
     """Run the bridge over the backlog; rate from /accuracy/ polled every 20 ms."""
     url = f"http://127.0.0.1:{env['BRIDGE_WEB_PORT']}/accuracy/"
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "pubsub_bridge", "run"], env=env,
-                                stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pubsub_bridge", "run"], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
     first: tuple[float, int] | None = None
     try:
         deadline = time.monotonic() + timeout
@@ -122,30 +115,21 @@ def bridge_rate(env: dict[str, str], count: int, timeout: float, log_path: Path)
         proc.wait(30)
 
 
-def _cleanup(settings: Settings) -> None:
-    from google.cloud import pubsub_v1
-
-    topics, subscriptions = plan(settings)
-    publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
-    with subscriber:
-        for spec in subscriptions:
-            subscriber.delete_subscription(subscription=subscriber.subscription_path(settings.gcp_project, spec.name))
-        for topic in topics:
-            publisher.delete_topic(topic=publisher.topic_path(settings.gcp_project, topic))
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     base = load_settings()
-    parser = argparse.ArgumentParser(prog="python -m pubsub_bridge.measure", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m pubsub_bridge.measure",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--count", type=int, default=10000, help="messages per side (default %(default)s)")
-    parser.add_argument("--model", type=Path, default=base.model_path, help="model (default %(default)s)")
+    parser.add_argument("--model", type=Path, default=base.model.path, help="model (default %(default)s)")
     parser.add_argument("--timeout", type=float, default=300, help="seconds allowed per side")
     args = parser.parse_args(argv)
-    if not base.pubsub_emulator_host:
+    if not base.pubsub.emulator_host:
         parser.error("PUBSUB_EMULATOR_HOST is not set: this measures the local emulator only")
 
-    split = dataset.load_split("test", base.fmnist_data_dir or None)
+    split = dataset.load_split("test", base.model.data_dir)
     payloads = []
     for i in range(args.count):
         image_id = f"measure-{i:06d}"
@@ -153,10 +137,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         payloads.append((encode_image(image_id, split.images[j], int(split.labels[j]), time.time()), image_id))
 
     with tempfile.TemporaryDirectory(prefix="fmnist-measure-") as scratch:
-        raw_env = dict(os.environ, **_names(uuid.uuid4().hex[:8]))
-        bridge_env = dict(os.environ, **_names(uuid.uuid4().hex[:8]), FMNIST_MODEL_PATH=str(args.model),
-                          BRIDGE_STATE_PATH=str(Path(scratch) / "state.sqlite3"),
-                          BRIDGE_WEB_PORT=str(_free_port()))
+        raw_env = dict(os.environ, **run_names(f"measure-{uuid.uuid4().hex[:8]}"))
+        bridge_env = dict(
+            os.environ,
+            **run_names(f"measure-{uuid.uuid4().hex[:8]}"),
+            FMNIST_MODEL_PATH=str(args.model),
+            BRIDGE_STATE_PATH=str(Path(scratch) / "state.sqlite3"),
+            BRIDGE_WEB_PORT=str(free_port()),
+        )
         raw_settings, bridge_settings = load_settings(raw_env), load_settings(bridge_env)
         for settings in (raw_settings, bridge_settings):
             setup(settings)
@@ -167,21 +155,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             bridged = bridge_rate(bridge_env, args.count, args.timeout, Path(scratch) / "bridge.log")
         finally:
             for settings in (raw_settings, bridge_settings):
-                _cleanup(settings)
-    print(f"emulator {base.pubsub_emulator_host}, {args.count} messages of {len(payloads[0][0])} bytes, "
-          f"flow control {base.bridge_max_messages} messages, batch {base.batch_size}")
+                teardown(settings)
+    print(
+        f"emulator {base.pubsub.emulator_host}, {args.count} messages of {len(payloads[0][0])} bytes, "
+        f"flow control {base.bridge.max_messages} messages, batch {base.pipeline.batch_size}"
+    )
     print(f"publish (backlog)          {published:8,.0f} messages/s")
     print(f"raw streaming pull + ack   {raw:8,.0f} messages/s")
     print(f"bridge (classify+publish+commit+ack) {bridged:8,.0f} images/s  ({bridged / raw:.0%} of raw)")
     return 0
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 if __name__ == "__main__":

@@ -21,8 +21,8 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from fmnist_faust.core.pipeline import BatchResult
 from fmnist_faust.core.scores import Scores
@@ -90,7 +90,7 @@ class StateStore:
         wanted = list(dict.fromkeys(keys))
         found: set[str] = set()
         for start in range(0, len(wanted), _QUERY_CHUNK):
-            chunk = wanted[start:start + _QUERY_CHUNK]
+            chunk = wanted[start : start + _QUERY_CHUNK]
             marks = ",".join("?" * len(chunk))
             rows = self._db.execute(f"SELECT key FROM processed WHERE key IN ({marks})", chunk).fetchall()
             found.update(key for (key,) in rows)
@@ -110,13 +110,15 @@ class StateStore:
                 keep = [i for i, key in enumerate(keys) if key not in counted]
                 _, scores = self._row()
                 result.subset(set(keep).__contains__).apply_to(scores, window_seconds)
-                self._db.executemany("INSERT INTO processed (key, processed_at) VALUES (?, ?)",
-                                     [(keys[i], now) for i in keep])
+                self._db.executemany(
+                    "INSERT INTO processed (key, processed_at) VALUES (?, ?)", [(keys[i], now) for i in keep]
+                )
                 self._db.execute(
                     "INSERT INTO scores (name, model_version, scores, updated_at) VALUES (?, ?, ?, ?) "
                     "ON CONFLICT(name) DO UPDATE SET model_version = excluded.model_version, "
                     "scores = excluded.scores, updated_at = excluded.updated_at",
-                    (ROW, model_version, json.dumps(scores.to_dict(), separators=(",", ":")), now))
+                    (ROW, model_version, json.dumps(scores.to_dict(), separators=(",", ":")), now),
+                )
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -131,4 +133,3 @@ class StateStore:
     def close(self) -> None:
         with self._db_lock:
             self._db.close()
-

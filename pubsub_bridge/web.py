@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from aiohttp import web
 
@@ -45,8 +45,9 @@ def make_app(views: Views) -> web.Application:
         return web.json_response(report())
 
     async def accuracy_window(request: web.Request) -> web.Response:
-        return web.json_response({"window_seconds": views.window_seconds,
-                                  "windows": views.scores().window_series(views.window_seconds)})
+        return web.json_response(
+            {"window_seconds": views.window_seconds, "windows": views.scores().window_series(views.window_seconds)}
+        )
 
     async def recent(request: web.Request) -> web.Response:
         return web.json_response({"misclassified": views.recent.to_list()})
@@ -60,11 +61,14 @@ def make_app(views: Views) -> web.Application:
         body, content_type = metrics.exposition(report(), None)
         return web.Response(body=body, headers={"Content-Type": content_type})
 
-    async def dashboard(request: web.Request) -> web.Response:
+    async def dashboard(request: web.Request) -> web.StreamResponse:
         if not views.dashboard.is_file():
-            return web.Response(status=404, text=f"no dashboard here: {views.dashboard} does not exist; "
-                                                 "the JSON views are /accuracy/, /accuracy/window/, "
-                                                 "/recent/, /stats/ and /metrics\n")
+            return web.Response(
+                status=404,
+                text=f"no dashboard here: {views.dashboard} does not exist; "
+                "the JSON views are /accuracy/, /accuracy/window/, "
+                "/recent/, /stats/ and /metrics\n",
+            )
         return web.FileResponse(views.dashboard, headers={"Cache-Control": "no-store"})
 
     app = web.Application()
@@ -92,7 +96,7 @@ class WebServer:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def start(self) -> "WebServer":
+    def start(self) -> WebServer:
         """Bind and serve; raises OSError (port in use) in the caller's thread."""
         self._thread.start()
 

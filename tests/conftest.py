@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
+from fmnist_faust.config import load_settings, run_names
 from fmnist_faust.core import dataset, model
 from support import Worker, free_port, require_service
+
+DATA_DIR = load_settings().model.data_dir  # FMNIST_DATA_DIR, as the commands read it
 
 
 @pytest.fixture(scope="session")
@@ -30,17 +33,25 @@ def pubsub_emulator() -> str:
 
 @pytest.fixture(scope="session")
 def test_split() -> dataset.Split:
-    return dataset.load_split("test")
+    return dataset.load_split("test", DATA_DIR)
 
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small MLP trained on 3,000 images in a second or two, with its manifest."""
-    train = dataset.load_split("train")
-    test = dataset.load_split("test")
+    train = dataset.load_split("train", DATA_DIR)
+    test = dataset.load_split("test", DATA_DIR)
     path = tmp_path_factory.mktemp("model") / "tiny.joblib"
-    model.train(train.images[:3000], train.labels[:3000], test.images[:500], test.labels[:500],
-                path, hidden=(32,), max_iter=10, log=lambda _msg: None)
+    model.train(
+        train.images[:3000],
+        train.labels[:3000],
+        test.images[:500],
+        test.labels[:500],
+        path,
+        hidden=(32,),
+        max_iter=10,
+        log=lambda _msg: None,
+    )
     return path
 
 
@@ -48,13 +59,10 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def worker_env(kafka_bootstrap: str, tiny_model: Path, tmp_path: Path) -> dict[str, str]:
     """Environment for an isolated worker: unique app id and topic names."""
     tag = uuid.uuid4().hex[:8]
-    env = dict(os.environ)
+    env = dict(os.environ, **run_names(tag))
     env.update(
         KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap,
         FMNIST_APP_ID=f"fmnist-test-{tag}",
-        FMNIST_IMAGES_TOPIC=f"images-{tag}",
-        FMNIST_PREDICTIONS_TOPIC=f"predictions-{tag}",
-        FMNIST_DLQ_TOPIC=f"images-dlq-{tag}",
         FMNIST_WEB_PORT=str(free_port()),
         FMNIST_WORKER_DATADIR=str(tmp_path / "worker"),
         FMNIST_MODEL_PATH=str(tiny_model),
@@ -80,4 +88,3 @@ def start_worker(worker_env: dict[str, str], tmp_path: Path) -> Iterator:
     yield start
     for worker in workers:
         worker.stop()
-

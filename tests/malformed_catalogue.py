@@ -60,8 +60,10 @@ class _Exploit:
 def pickle_payloads(marker_dir: str) -> dict[str, bytes]:
     """Pickles that would run ``os.makedirs(marker_dir)`` if anything unpickled them."""
     exploit = _Exploit(marker_dir)
-    return {"pickle_protocol0": pickle.dumps(exploit, protocol=0),
-            "pickle_protocol5": pickle.dumps(exploit, protocol=5)}
+    return {
+        "pickle_protocol0": pickle.dumps(exploit, protocol=0),
+        "pickle_protocol5": pickle.dumps(exploit, protocol=5),
+    }
 
 
 def catalogue(marker_dir: str = f"/nonexistent/{PWNED_MARKER}") -> list[Case]:
@@ -80,8 +82,11 @@ def catalogue(marker_dir: str = f"/nonexistent/{PWNED_MARKER}") -> list[Case]:
     # Oversize, huge and invalid everywhere: rejected on length alone, before any parsing.
     add("oversize_invalid", b"\xff{" + b"x" * DEFAULT_MAX_MESSAGE_BYTES, "too_large")
     padded = _msg("bad-oversize_valid", pad="")
-    add("oversize_valid", _msg("bad-oversize_valid", pad="x" * (DEFAULT_MAX_MESSAGE_BYTES - len(padded) + 1)),
-        "too_large")
+    add(
+        "oversize_valid",
+        _msg("bad-oversize_valid", pad="x" * (DEFAULT_MAX_MESSAGE_BYTES - len(padded) + 1)),
+        "too_large",
+    )
     add("invalid_utf8", b'{"id":"bad-invalid_utf8","pixels":"\xff\xfe"}', "not_utf8")
     add("utf16", '{"id":"bad-utf16"}'.encode("utf-16"), "not_utf8")
     for name, payload in pickle_payloads(marker_dir).items():
@@ -98,13 +103,16 @@ def catalogue(marker_dir: str = f"/nonexistent/{PWNED_MARKER}") -> list[Case]:
     # --- id and key ---
     add("missing_id", _json({"pixels": GOOD_B64, "label": 1}), "bad_id")
     add("id_empty", _json({"id": "", "pixels": GOOD_B64}), "bad_id", key=None)
-    add("id_too_long", _json({"id": "x" * (MAX_ID_CHARS + 1), "pixels": GOOD_B64}), "bad_id",
-        key=b"x" * (MAX_ID_CHARS + 1))
+    add(
+        "id_too_long",
+        _json({"id": "x" * (MAX_ID_CHARS + 1), "pixels": GOOD_B64}),
+        "bad_id",
+        key=b"x" * (MAX_ID_CHARS + 1),
+    )
     add("id_number", _json({"id": 42, "pixels": GOOD_B64}), "bad_id", key=b"42")
     add("id_null", _json({"id": None, "pixels": GOOD_B64}), "bad_id")
     add("id_list", _json({"id": ["bad-id_list"], "pixels": GOOD_B64}), "bad_id")
-    add("id_lone_surrogate", b'{"id":"bad-\\ud800","pixels":"' + GOOD_B64.encode() + b'"}', "bad_id",
-        key=None)
+    add("id_lone_surrogate", b'{"id":"bad-\\ud800","pixels":"' + GOOD_B64.encode() + b'"}', "bad_id", key=None)
     add("key_mismatch", _msg("bad-key_mismatch-id"), "key_mismatch")
 
     # --- pixels ---
@@ -115,8 +123,7 @@ def catalogue(marker_dir: str = f"/nonexistent/{PWNED_MARKER}") -> list[Case]:
     with_id("base64_garbage", "bad_base64", pixels="!!!not base64!!!")
     with_id("base64_no_padding", "bad_base64", pixels=GOOD_B64[:-2] + "A")
     with_id("base64_with_newlines", "bad_base64", pixels=GOOD_B64[:76] + "\n" + GOOD_B64[76:])
-    with_id("base64_urlsafe", "bad_base64",
-            pixels=base64.urlsafe_b64encode(bytes([251, 255]) * 392).decode())
+    with_id("base64_urlsafe", "bad_base64", pixels=base64.urlsafe_b64encode(bytes([251, 255]) * 392).decode())
     with_id("base64_non_ascii", "bad_base64", pixels="é" * 8)
     with_id("base64_783_bytes", "bad_pixel_count", pixels=base64.b64encode(GOOD_PIXELS[:-1]).decode())
     with_id("base64_785_bytes", "bad_pixel_count", pixels=base64.b64encode(GOOD_PIXELS + b"\0").decode())
@@ -124,24 +131,43 @@ def catalogue(marker_dir: str = f"/nonexistent/{PWNED_MARKER}") -> list[Case]:
     with_id("list_783_values", "bad_pixel_count", pixels=list(GOOD_PIXELS[:-1]))
     with_id("list_785_values", "bad_pixel_count", pixels=list(GOOD_PIXELS) + [0])
     with_id("list_empty", "bad_pixel_count", pixels=[])
-    with_id("list_2d", "bad_pixel_count", pixels=[list(GOOD_PIXELS[i:i + 28]) for i in range(0, 784, 28)])
-    for name, bad in [("256", 256), ("negative", -1), ("float", 1.5), ("integral_float", 1.0),
-                      ("string", "1"), ("null", None), ("bool", True), ("nested_list", [1])]:
+    with_id("list_2d", "bad_pixel_count", pixels=[list(GOOD_PIXELS[i : i + 28]) for i in range(0, 784, 28)])
+    for name, bad in [
+        ("256", 256),
+        ("negative", -1),
+        ("float", 1.5),
+        ("integral_float", 1.0),
+        ("string", "1"),
+        ("null", None),
+        ("bool", True),
+        ("nested_list", [1]),
+    ]:
         pixels: list[Any] = list(GOOD_PIXELS)
         pixels[500] = bad
         with_id(f"pixel_{name}", "bad_pixel_value", pixels=pixels)
 
     # --- label ---
-    for name, bad in [("10", 10), ("negative", -1), ("string", "3"), ("float", 3.0), ("bool", True),
-                      ("list", [3]), ("huge", 10**30)]:
+    for name, bad in [
+        ("10", 10),
+        ("negative", -1),
+        ("string", "3"),
+        ("float", 3.0),
+        ("bool", True),
+        ("list", [3]),
+        ("huge", 10**30),
+    ]:
         with_id(f"label_{name}", "bad_label", label=bad)
 
     # --- sent_at ---
-    for name, bad in [("string", "2024-01-01T00:00:00Z"), ("bool", False), ("list", [1.0]),
-                      ("object", {"t": 1})]:
+    for name, bad in [("string", "2024-01-01T00:00:00Z"), ("bool", False), ("list", [1.0]), ("object", {"t": 1})]:
         with_id(f"sent_at_{name}", "bad_sent_at", sent_at=bad)
-    for name, literal in [("nan", b"NaN"), ("infinity", b"Infinity"), ("minus_infinity", b"-Infinity"),
-                          ("overflow_float", b"1e400"), ("overflow_int", b"1" + b"0" * 400)]:
+    for name, literal in [
+        ("nan", b"NaN"),
+        ("infinity", b"Infinity"),
+        ("minus_infinity", b"-Infinity"),
+        ("overflow_float", b"1e400"),
+        ("overflow_int", b"1" + b"0" * 400),
+    ]:
         value = _msg(f"bad-sent_at_{name}", sent_at=0.5).replace(b"0.5", literal)
         add(f"sent_at_{name}", value, "bad_sent_at")
 

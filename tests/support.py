@@ -7,10 +7,14 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
+import requests
+
+from fmnist_faust.netutil import NotReady, free_port, wait_ready
+
+__all__ = ["free_port"]  # shared by the tests from here, defined once in the product
 
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -49,52 +53,58 @@ def wait_for_port(host: str, port: int, timeout: float = 10.0) -> bool:
     return False
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+class Service:
+    """A product process (``faust ... worker`` or ``python -m pubsub_bridge run``) serving the
+    JSON views on ``port``; :meth:`start` returns once ``/accuracy/`` answers."""
 
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-class Worker:
-    """A ``faust -A fmnist_faust worker`` subprocess with its own topics, port and data dir."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path, port: int) -> None:
+        self.argv = argv
         self.env = env
         self.log_path = log_path
-        self.port = int(env["FMNIST_WEB_PORT"])
+        self.port = port
         self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, ready_timeout: float = 60.0) -> "Worker":
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "faust", "-A", "fmnist_faust", "worker", "-l", "info"],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-        import requests
+    def start(self, ready_timeout: float = 60.0) -> Service:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        try:
+            wait_ready(self.proc, self.url + "/accuracy/", self.log_path, ready_timeout)
+        except NotReady as exc:
+            raise RuntimeError(f"{exc}\n{self.log()}") from None
+        return self
 
-        deadline = time.monotonic() + ready_timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited with {self.proc.returncode}; log: {self.log_path}")
-            try:
-                if requests.get(self.url + "/accuracy/", timeout=1).status_code == 200:
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"worker not ready in {ready_timeout} s; log: {self.log_path}")
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def get(self, path: str) -> requests.Response:
+        response = requests.get(self.url + path, timeout=30)
+        response.raise_for_status()
+        return response
 
     def accuracy(self) -> dict:
-        import requests
+        return self.get("/accuracy/").json()
 
-        return requests.get(self.url + "/accuracy/", timeout=30).json()
+    def metric(self, name: str) -> float:
+        for line in self.get("/metrics").text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        raise KeyError(name)
+
+
+class Worker(Service):
+    """A ``faust -A fmnist_faust worker`` subprocess with its own topics, port and data dir."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        super().__init__(
+            [sys.executable, "-m", "faust", "-A", "fmnist_faust", "worker", "-l", "info"],
+            env,
+            log_path,
+            int(env["FMNIST_WEB_PORT"]),
+        )
 
     def stop(self, sig: int = 15, timeout: float = 30.0) -> int:
         if self.proc is None or self.proc.poll() is not None:
@@ -107,8 +117,9 @@ class Worker:
             return self.proc.wait(10)
 
 
-def consume_topics(bootstrap: str, expected: dict[str, int], timeout: float = 60.0, settle: float = 1.0,
-                   fetch_bytes: int = 1 << 20) -> dict[str, list]:
+def consume_topics(
+    bootstrap: str, expected: dict[str, int], timeout: float = 60.0, settle: float = 1.0, fetch_bytes: int = 1 << 20
+) -> dict[str, list]:
     """Read each topic from the beginning until it has its ``expected`` count (then ``settle``
     seconds more, to catch anything extra) or ``timeout``; returns topic -> ConsumerRecords.
     ``fetch_bytes`` must exceed the largest record (oversize-message tests)."""
@@ -117,9 +128,15 @@ def consume_topics(bootstrap: str, expected: dict[str, int], timeout: float = 60
     from aiokafka import AIOKafkaConsumer
 
     async def run() -> dict[str, list]:
-        consumer = AIOKafkaConsumer(*expected, bootstrap_servers=bootstrap, group_id=None,
-                                    auto_offset_reset="earliest", enable_auto_commit=False,
-                                    max_partition_fetch_bytes=fetch_bytes, fetch_max_bytes=max(fetch_bytes, 50 << 20))
+        consumer = AIOKafkaConsumer(
+            *expected,
+            bootstrap_servers=bootstrap,
+            group_id=None,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            max_partition_fetch_bytes=fetch_bytes,
+            fetch_max_bytes=max(fetch_bytes, 50 << 20),
+        )
         await consumer.start()
         records: dict[str, list] = {topic: [] for topic in expected}
         loop = asyncio.get_running_loop()
@@ -139,28 +156,30 @@ def consume_topics(bootstrap: str, expected: dict[str, int], timeout: float = 60
     return asyncio.run(run())
 
 
-def consume_topic(bootstrap: str, topic: str, expected: int, timeout: float = 60.0,
-                  settle: float = 1.0) -> list:
+def consume_topic(bootstrap: str, topic: str, expected: int, timeout: float = 60.0, settle: float = 1.0) -> list:
     """:func:`consume_topics` for one topic."""
     return consume_topics(bootstrap, {topic: expected}, timeout, settle)[topic]
 
 
-def produce_images(bootstrap: str, topic: str, images, labels, prefix: str = "img",
-                   partitions: int = 4, first_index: int = 0) -> list[str]:
+def produce_images(
+    bootstrap: str, topic: str, images, labels, prefix: str = "img", partitions: int = 4, first_index: int = 0
+) -> list[str]:
     """Send labelled images in the contract's JSON form, key = id; returns the ids."""
     from fmnist_faust.client import MainManager
     from fmnist_faust.config import load_settings
     from fmnist_faust.core.contract import encode_image
     from fmnist_faust.kafka_admin import ensure_topics_sync
 
-    settings = load_settings({"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "FMNIST_IMAGES_TOPIC": topic,
-                              "FMNIST_PARTITIONS": str(partitions)})
+    settings = load_settings(
+        {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "FMNIST_IMAGES_TOPIC": topic, "FMNIST_PARTITIONS": str(partitions)}
+    )
     ensure_topics_sync(settings)
     ids = [f"{prefix}-{i}" for i in range(first_index, first_index + len(images))]
     producer = MainManager("kafka", settings).create_producer(topic)
     try:
-        producer.produce_many((encode_image(i, img, int(lab), time.time()), i)
-                              for i, img, lab in zip(ids, images, labels))
+        producer.produce_many(
+            (encode_image(i, img, int(lab), time.time()), i) for i, img, lab in zip(ids, images, labels)
+        )
         producer.flush()
     finally:
         producer.close()
@@ -177,3 +196,15 @@ def wait_until(condition, timeout: float = 60.0, interval: float = 0.25, what: s
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
+
+
+def offline_confusion(model_path, images, labels) -> list[list[int]]:
+    """The confusion matrix the model gives offline: what exact streamed totals must equal."""
+    import numpy as np
+
+    from fmnist_faust.core.model import load_classifier
+
+    predicted, _ = load_classifier(model_path).predict(images)
+    confusion = np.zeros((10, 10), dtype=np.int64)
+    np.add.at(confusion, (labels.astype(int), predicted), 1)
+    return confusion.tolist()

@@ -49,10 +49,13 @@ def compose() -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "DOCKER_"))}
     result = subprocess.run(
         [binary, "-f", str(COMPOSE_FILE), "config"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
-    assert result.returncode == 0, (
-        f"docker-compose config exited {result.returncode}:\n{result.stderr}{result.stdout}")
+    assert result.returncode == 0, f"docker-compose config exited {result.returncode}:\n{result.stderr}{result.stdout}"
     parsed = yaml.safe_load(result.stdout)
     assert isinstance(parsed, dict) and isinstance(parsed.get("services"), dict), result.stdout
     return parsed
@@ -77,8 +80,7 @@ def published_ports(service: dict[str, Any]) -> list[tuple[str, int | None, int]
     for entry in service.get("ports") or []:
         if isinstance(entry, dict):
             published = entry.get("published")
-            out.append((str(entry.get("host_ip", "")), int(published) if published else None,
-                        int(entry["target"])))
+            out.append((str(entry.get("host_ip", "")), int(published) if published else None, int(entry["target"])))
             continue
         parts = str(entry).split("/", 1)[0].split(":")
         if len(parts) == 3:
@@ -107,16 +109,18 @@ def listeners(value: str) -> dict[str, tuple[str, int]]:
 
 # -- the list of variables itself ------------------------------------------------------
 
+
 def test_env_var_list_matches_load_settings() -> None:
     assert set(config.ENV_VARS) == set(config.env_var_names())
     # And, independently of running it, the names in load_settings' source.
     source = Path(config.__file__).read_text()
-    in_source = set(re.findall(r'_(?:get|int|float)\(env, "([A-Z0-9_]+)"', source))
+    in_source = set(re.findall(r'_(?:get|int|float|path)\(env, "([A-Z0-9_]+)"', source))
     assert in_source == set(config.ENV_VARS)
     assert all(meaning.strip() and "\n" not in meaning for meaning in config.ENV_VARS.values())
 
 
 # -- the compose file ----------------------------------------------------------------------
+
 
 def test_services_exist(services: dict[str, Any]) -> None:
     for name in ("kafka", "pubsub", "model", "worker", "bridge", "producer"):
@@ -137,9 +141,11 @@ def test_kafka_is_single_node_kraft(services: dict[str, Any]) -> None:
     assert str(kafka["image"]).startswith("apache/kafka:")
     env = environment(kafka)
     assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
-    for name in ("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR",
-                 "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR",
-                 "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR"):
+    for name in (
+        "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR",
+        "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR",
+        "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR",
+    ):
         assert env.get(name) == "1", f"{name} must be 1 on a single broker"
 
 
@@ -149,8 +155,11 @@ def test_kafka_bootstrap_points_at_kafka_listener(services: dict[str, Any]) -> N
     advertised = listeners(env["KAFKA_ADVERTISED_LISTENERS"])
     kafka_names = {"kafka", str(services["kafka"].get("hostname", "kafka"))}
     # Listeners the other containers can reach: advertised under the service's name.
-    internal = {port for name, (host, port) in advertised.items()
-                if host in kafka_names and bound.get(name, ("", None))[1] == port}
+    internal = {
+        port
+        for name, (host, port) in advertised.items()
+        if host in kafka_names and bound.get(name, ("", None))[1] == port
+    }
     assert internal, f"no listener advertised as kafka:PORT in {env['KAFKA_ADVERTISED_LISTENERS']}"
     users = [n for n in APP_SERVICES if "KAFKA_BOOTSTRAP_SERVERS" in environment(services[n])]
     assert "worker" in users
@@ -158,7 +167,8 @@ def test_kafka_bootstrap_points_at_kafka_listener(services: dict[str, Any]) -> N
         for server in environment(services[name])["KAFKA_BOOTSTRAP_SERVERS"].split(","):
             host, _, port = server.strip().rpartition(":")
             assert host in kafka_names and int(port) in internal, (
-                f"{name}: KAFKA_BOOTSTRAP_SERVERS={server} is not kafka's listener {sorted(internal)}")
+                f"{name}: KAFKA_BOOTSTRAP_SERVERS={server} is not kafka's listener {sorted(internal)}"
+            )
 
 
 def test_kafka_reachable_from_host(services: dict[str, Any]) -> None:
@@ -167,12 +177,12 @@ def test_kafka_reachable_from_host(services: dict[str, Any]) -> None:
     bound = listeners(env["KAFKA_LISTENERS"])
     advertised = listeners(env["KAFKA_ADVERTISED_LISTENERS"])
     ports = {(pub, target) for _, pub, target in published_ports(services["kafka"])}
-    host_listeners = [(name, port) for name, (host, port) in advertised.items()
-                      if host in ("127.0.0.1", "localhost")]
+    host_listeners = [(name, port) for name, (host, port) in advertised.items() if host in ("127.0.0.1", "localhost")]
     assert any((port, bound[name][1]) in ports for name, port in host_listeners), (
-        f"no advertised host listener published as PORT:PORT ({host_listeners}, ports {ports})")
+        f"no advertised host listener published as PORT:PORT ({host_listeners}, ports {ports})"
+    )
     # The app's default bootstrap (127.0.0.1:9092) then works from the host.
-    default_port = int(DEFAULTS.kafka_bootstrap_servers.rpartition(":")[2])
+    default_port = int(DEFAULTS.kafka.bootstrap_servers.rpartition(":")[2])
     assert any(port == default_port for _, port in host_listeners)
 
 
@@ -191,31 +201,33 @@ def test_pubsub_emulator_host_points_at_pubsub(services: dict[str, Any]) -> None
     for name in users:
         env = environment(services[name])
         assert env["PUBSUB_EMULATOR_HOST"] == f"pubsub:{port}", name
-        assert env.get("GOOGLE_CLOUD_PROJECT", DEFAULTS.gcp_project) == project.group(1), name
+        assert env.get("GOOGLE_CLOUD_PROJECT", DEFAULTS.pubsub.project) == project.group(1), name
 
 
-@pytest.mark.parametrize("name, port_var, default", [
-    ("worker", "FMNIST_WEB_PORT", DEFAULTS.web_port),
-    ("bridge", "BRIDGE_WEB_PORT", DEFAULTS.bridge_web_port),
-])
-def test_web_ports_match_config_on_loopback(services: dict[str, Any], name: str, port_var: str,
-                                            default: int) -> None:
+@pytest.mark.parametrize(
+    "name, port_var, default",
+    [
+        ("worker", "FMNIST_WEB_PORT", DEFAULTS.web.port),
+        ("bridge", "BRIDGE_WEB_PORT", DEFAULTS.bridge.web_port),
+    ],
+)
+def test_web_ports_match_config_on_loopback(services: dict[str, Any], name: str, port_var: str, default: int) -> None:
     assert (default, name) in ((6066, "worker"), (6067, "bridge"))
     env = environment(services[name])
     settings = config.load_settings(env)
-    port = settings.bridge_web_port if port_var == "BRIDGE_WEB_PORT" else settings.web_port
+    port = settings.bridge.web_port if port_var == "BRIDGE_WEB_PORT" else settings.web.port
     assert port == default, f"{name}: {port_var}={port}, the config default is {default}"
     # Reachable through the published port: listen on every interface inside the container.
-    assert settings.web_host == "0.0.0.0", f"{name}: FMNIST_WEB_HOST must be 0.0.0.0 in the container"
+    assert settings.web.host == "0.0.0.0", f"{name}: FMNIST_WEB_HOST must be 0.0.0.0 in the container"
     assert ("127.0.0.1", default, default) in published_ports(services[name]), (
-        f"{name}: port {default} must be published as 127.0.0.1:{default}:{default}")
+        f"{name}: port {default} must be published as 127.0.0.1:{default}:{default}"
+    )
 
 
 def test_every_published_port_is_loopback(services: dict[str, Any]) -> None:
     for name, service in services.items():
         for host_ip, published, target in published_ports(service):
-            assert host_ip == "127.0.0.1" and published, (
-                f"{name}: port {target} must be published on 127.0.0.1 only")
+            assert host_ip == "127.0.0.1" and published, f"{name}: port {target} must be published on 127.0.0.1 only"
 
 
 def test_healthchecks_and_start_order(services: dict[str, Any]) -> None:
@@ -236,19 +248,20 @@ def test_healthchecks_and_start_order(services: dict[str, Any]) -> None:
 
 def test_model_volume_is_shared(services: dict[str, Any]) -> None:
     assert command_text(services["model"]).startswith("fmnist-train")
-    model_path = Path(config.load_settings(environment(services["model"])).model_path)
+    model_path = Path(config.load_settings(environment(services["model"])).model.path)
 
     def mount_of(name: str) -> tuple[str, str]:
         for volume in services[name].get("volumes") or []:
-            source, target = ((volume.get("source"), volume.get("target")) if isinstance(volume, dict)
-                              else str(volume).split(":")[:2])
+            source, target = (
+                (volume.get("source"), volume.get("target")) if isinstance(volume, dict) else str(volume).split(":")[:2]
+            )
             if model_path.is_relative_to(target):
                 return str(source), str(target)
         raise AssertionError(f"{name} does not mount the volume holding {model_path}")
 
     trained = mount_of("model")
     for name in ("worker", "bridge"):
-        assert config.load_settings(environment(services[name])).model_path == model_path, name
+        assert config.load_settings(environment(services[name])).model.path == model_path, name
         assert mount_of(name) == trained, name
 
 
@@ -261,15 +274,17 @@ def test_bridge_runs_setup_then_run(services: dict[str, Any]) -> None:
 
 # -- the Dockerfile ----------------------------------------------------------------------
 
+
 def test_dockerfile() -> None:
     text = (ROOT / "Dockerfile").read_text()
-    instructions = [line.strip() for line in re.sub(r"\\\n", " ", text).splitlines()
-                    if line.strip() and not line.lstrip().startswith("#")]
+    instructions = [
+        line.strip()
+        for line in re.sub(r"\\\n", " ", text).splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
     assert instructions[0] == "FROM python:3.11-slim-bookworm"
-    assert any(i.startswith("RUN ") and "apt-get install" in i and "dataset-fashion-mnist" in i
-               for i in instructions)
-    assert any(i.startswith("RUN ") and re.search(r"pip install (?:--?\S+ )*\.(?:\s|$)", i)
-               for i in instructions)
+    assert any(i.startswith("RUN ") and "apt-get install" in i and "dataset-fashion-mnist" in i for i in instructions)
+    assert any(i.startswith("RUN ") and re.search(r"pip install (?:--?\S+ )*\.(?:\s|$)", i) for i in instructions)
     users = [i.split()[1] for i in instructions if i.startswith("USER ")]
     assert users and users[-1] not in ("root", "0"), "the image must run as a non-root user"
     # Variables the image sets for the app are ones the app reads.

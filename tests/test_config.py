@@ -30,16 +30,33 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     directory = tmp_path_factory.mktemp("pki")
     files = {name: directory / f"{name}.pem" for name in ("ca", "ca_key", "cert", "key")}
     for cert, key, cn in ((files["ca"], files["ca_key"], "fmnist-test-ca"), (files["cert"], files["key"], "client")):
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                        "-subj", f"/CN={cn}", "-keyout", str(key), "-out", str(cert)],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                f"/CN={cn}",
+                "-keyout",
+                str(key),
+                "-out",
+                str(cert),
+            ],
+            check=True,
+            capture_output=True,
+        )
     files["garbage"] = directory / "garbage.pem"
     files["garbage"].write_text("-----BEGIN CERTIFICATE-----\nnot a certificate\n-----END CERTIFICATE-----\n")
     return files
 
 
 def _security(**env: str) -> KafkaSecurity:
-    return load_settings(env).kafka_security
+    return load_settings(env).kafka.security
 
 
 def _same_connection(security: KafkaSecurity) -> dict[str, Any]:
@@ -74,9 +91,13 @@ def test_plaintext_is_the_default() -> None:
 
 
 def test_sasl_ssl_scram_sha_512(pki: dict[str, Path]) -> None:
-    security = _security(KAFKA_SECURITY_PROTOCOL="SASL_SSL", KAFKA_SASL_MECHANISM="SCRAM-SHA-512",
-                         KAFKA_SASL_USERNAME="fmnist", KAFKA_SASL_PASSWORD="s3cret",
-                         KAFKA_SSL_CAFILE=str(pki["ca"]))
+    security = _security(
+        KAFKA_SECURITY_PROTOCOL="SASL_SSL",
+        KAFKA_SASL_MECHANISM="SCRAM-SHA-512",
+        KAFKA_SASL_USERNAME="fmnist",
+        KAFKA_SASL_PASSWORD="s3cret",
+        KAFKA_SSL_CAFILE=str(pki["ca"]),
+    )
     credentials = security.faust_credentials()
     assert isinstance(credentials, faust.auth.SASLCredentials)
     assert credentials.protocol.value == "SASL_SSL"
@@ -85,42 +106,62 @@ def test_sasl_ssl_scram_sha_512(pki: dict[str, Path]) -> None:
     context = credentials.ssl_context
     assert isinstance(context, ssl.SSLContext)
     assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
-    assert any(dict(rdn[0] for rdn in ca["subject"]).get("commonName") == "fmnist-test-ca"
-               for ca in context.get_ca_certs())
+    assert any(
+        dict(rdn[0] for rdn in ca["subject"]).get("commonName") == "fmnist-test-ca" for ca in context.get_ca_certs()
+    )
 
     kwargs = _same_connection(security)
     assert {k: v for k, v in kwargs.items() if k != "ssl_context"} == {
-        "security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512",
-        "sasl_plain_username": "fmnist", "sasl_plain_password": "s3cret"}
+        "security_protocol": "SASL_SSL",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "fmnist",
+        "sasl_plain_password": "s3cret",
+    }
     assert isinstance(kwargs["ssl_context"], ssl.SSLContext)
     _aiokafka_accepts(kwargs)
 
 
 def test_sasl_plaintext_plain() -> None:
-    security = _security(KAFKA_SECURITY_PROTOCOL="SASL_PLAINTEXT", KAFKA_SASL_MECHANISM="PLAIN",
-                         KAFKA_SASL_USERNAME="fmnist", KAFKA_SASL_PASSWORD="s3cret")
+    security = _security(
+        KAFKA_SECURITY_PROTOCOL="SASL_PLAINTEXT",
+        KAFKA_SASL_MECHANISM="PLAIN",
+        KAFKA_SASL_USERNAME="fmnist",
+        KAFKA_SASL_PASSWORD="s3cret",
+    )
     credentials = security.faust_credentials()
     assert isinstance(credentials, faust.SASLCredentials)
     assert credentials.protocol.value == "SASL_PLAINTEXT" and credentials.mechanism.value == "PLAIN"
     assert credentials.ssl_context is None
     assert (credentials.username, credentials.password) == ("fmnist", "s3cret")
     kwargs = _same_connection(security)
-    assert kwargs == {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "PLAIN",
-                      "sasl_plain_username": "fmnist", "sasl_plain_password": "s3cret"}
+    assert kwargs == {
+        "security_protocol": "SASL_PLAINTEXT",
+        "sasl_mechanism": "PLAIN",
+        "sasl_plain_username": "fmnist",
+        "sasl_plain_password": "s3cret",
+    }
     _aiokafka_accepts(kwargs)
 
 
 def test_sasl_plaintext_scram_sha_256_lower_case_values() -> None:
-    security = _security(KAFKA_SECURITY_PROTOCOL="sasl_plaintext", KAFKA_SASL_MECHANISM="scram-sha-256",
-                         KAFKA_SASL_USERNAME="u", KAFKA_SASL_PASSWORD="p")
+    security = _security(
+        KAFKA_SECURITY_PROTOCOL="sasl_plaintext",
+        KAFKA_SASL_MECHANISM="scram-sha-256",
+        KAFKA_SASL_USERNAME="u",
+        KAFKA_SASL_PASSWORD="p",
+    )
     credentials = security.faust_credentials()
     assert credentials.mechanism.value == "SCRAM-SHA-256" and credentials.protocol.value == "SASL_PLAINTEXT"
     assert _same_connection(security)["sasl_mechanism"] == "SCRAM-SHA-256"
 
 
 def test_ssl_with_client_certificate(pki: dict[str, Path]) -> None:
-    security = _security(KAFKA_SECURITY_PROTOCOL="SSL", KAFKA_SSL_CAFILE=str(pki["ca"]),
-                         KAFKA_SSL_CERTFILE=str(pki["cert"]), KAFKA_SSL_KEYFILE=str(pki["key"]))
+    security = _security(
+        KAFKA_SECURITY_PROTOCOL="SSL",
+        KAFKA_SSL_CAFILE=str(pki["ca"]),
+        KAFKA_SSL_CERTFILE=str(pki["cert"]),
+        KAFKA_SSL_KEYFILE=str(pki["key"]),
+    )
     credentials = security.faust_credentials()
     assert isinstance(credentials, faust.SSLCredentials)
     assert credentials.protocol.value == "SSL"
@@ -139,21 +180,24 @@ def test_ssl_without_files_uses_the_system_trust_store() -> None:
     assert _same_connection(security)["security_protocol"] == "SSL"
 
 
-@pytest.mark.parametrize(("env", "names"), [
-    ({"KAFKA_SECURITY_PROTOCOL": "TLS"}, ["KAFKA_SECURITY_PROTOCOL", "TLS"]),
-    ({"KAFKA_SECURITY_PROTOCOL": "SASL"}, ["KAFKA_SECURITY_PROTOCOL"]),
-    ({"KAFKA_SASL_MECHANISM": "GSSAPI"}, ["KAFKA_SASL_MECHANISM", "GSSAPI"]),
-    ({"KAFKA_SASL_MECHANISM": "OAUTHBEARER"}, ["KAFKA_SASL_MECHANISM"]),
-    ({"KAFKA_SASL_MECHANISM": "SCRAM-SHA-1"}, ["KAFKA_SASL_MECHANISM"]),
-    ({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, ["KAFKA_SASL_USERNAME"]),
-    ({"KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "KAFKA_SASL_PASSWORD": "p"}, ["KAFKA_SASL_USERNAME"]),
-    ({"FMNIST_PARTITIONS": "0"}, ["FMNIST_PARTITIONS"]),
-    ({"FMNIST_PARTITIONS": "four"}, ["FMNIST_PARTITIONS"]),
-    ({"FMNIST_WEB_PORT": "http"}, ["FMNIST_WEB_PORT"]),
-    ({"FMNIST_BATCH_SIZE": "0"}, ["FMNIST_BATCH_SIZE"]),
-    ({"FMNIST_BATCH_LINGER": "soon"}, ["FMNIST_BATCH_LINGER"]),
-    ({"FMNIST_MAX_MESSAGE_BYTES": "100"}, ["FMNIST_MAX_MESSAGE_BYTES"]),
-])
+@pytest.mark.parametrize(
+    ("env", "names"),
+    [
+        ({"KAFKA_SECURITY_PROTOCOL": "TLS"}, ["KAFKA_SECURITY_PROTOCOL", "TLS"]),
+        ({"KAFKA_SECURITY_PROTOCOL": "SASL"}, ["KAFKA_SECURITY_PROTOCOL"]),
+        ({"KAFKA_SASL_MECHANISM": "GSSAPI"}, ["KAFKA_SASL_MECHANISM", "GSSAPI"]),
+        ({"KAFKA_SASL_MECHANISM": "OAUTHBEARER"}, ["KAFKA_SASL_MECHANISM"]),
+        ({"KAFKA_SASL_MECHANISM": "SCRAM-SHA-1"}, ["KAFKA_SASL_MECHANISM"]),
+        ({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, ["KAFKA_SASL_USERNAME"]),
+        ({"KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "KAFKA_SASL_PASSWORD": "p"}, ["KAFKA_SASL_USERNAME"]),
+        ({"FMNIST_PARTITIONS": "0"}, ["FMNIST_PARTITIONS"]),
+        ({"FMNIST_PARTITIONS": "four"}, ["FMNIST_PARTITIONS"]),
+        ({"FMNIST_WEB_PORT": "http"}, ["FMNIST_WEB_PORT"]),
+        ({"FMNIST_BATCH_SIZE": "0"}, ["FMNIST_BATCH_SIZE"]),
+        ({"FMNIST_BATCH_LINGER": "soon"}, ["FMNIST_BATCH_LINGER"]),
+        ({"FMNIST_MAX_MESSAGE_BYTES": "100"}, ["FMNIST_MAX_MESSAGE_BYTES"]),
+    ],
+)
 def test_bad_values_raise_config_error_naming_the_variable(env: dict[str, str], names: list[str]) -> None:
     with pytest.raises(ConfigError) as caught:
         load_settings(env)
@@ -161,14 +205,17 @@ def test_bad_values_raise_config_error_naming_the_variable(env: dict[str, str], 
         assert name in str(caught.value)
 
 
-@pytest.mark.parametrize("files", [
-    {"KAFKA_SSL_CAFILE": "/nonexistent/ca.pem"},
-    {"KAFKA_SSL_CAFILE": "garbage"},
-    {"KAFKA_SSL_CERTFILE": "/nonexistent/cert.pem"},
-    {"KAFKA_SSL_CERTFILE": "cert", "KAFKA_SSL_KEYFILE": "ca_key"},  # key of another certificate
-    {"KAFKA_SSL_CERTFILE": "cert", "KAFKA_SSL_KEYFILE": "/nonexistent/key.pem"},
-    {"KAFKA_SSL_KEYFILE": "key"},  # a key without its certificate
-])
+@pytest.mark.parametrize(
+    "files",
+    [
+        {"KAFKA_SSL_CAFILE": "/nonexistent/ca.pem"},
+        {"KAFKA_SSL_CAFILE": "garbage"},
+        {"KAFKA_SSL_CERTFILE": "/nonexistent/cert.pem"},
+        {"KAFKA_SSL_CERTFILE": "cert", "KAFKA_SSL_KEYFILE": "ca_key"},  # key of another certificate
+        {"KAFKA_SSL_CERTFILE": "cert", "KAFKA_SSL_KEYFILE": "/nonexistent/key.pem"},
+        {"KAFKA_SSL_KEYFILE": "key"},  # a key without its certificate
+    ],
+)
 @pytest.mark.parametrize("protocol", ["SSL", "SASL_SSL"])
 def test_unusable_tls_files_raise_config_error(pki: dict[str, Path], files: dict[str, str], protocol: str) -> None:
     """Caught when the settings are read, not as an ssl/OS error deep inside Faust at start."""
@@ -182,37 +229,83 @@ def test_unusable_tls_files_raise_config_error(pki: dict[str, Path], files: dict
 @pytest.mark.parametrize("protocol", ["PLAINTEXT", "SASL_PLAINTEXT"])
 def test_tls_files_with_a_protocol_without_tls_are_refused(pki: dict[str, Path], protocol: str) -> None:
     """Setting a CA but forgetting SASL_SSL would silently send SASL passwords in clear text."""
-    env = {"KAFKA_SECURITY_PROTOCOL": protocol, "KAFKA_SASL_USERNAME": "u", "KAFKA_SASL_PASSWORD": "p",
-           "KAFKA_SSL_CAFILE": str(pki["ca"])}
+    env = {
+        "KAFKA_SECURITY_PROTOCOL": protocol,
+        "KAFKA_SASL_USERNAME": "u",
+        "KAFKA_SASL_PASSWORD": "p",
+        "KAFKA_SSL_CAFILE": str(pki["ca"]),
+    }
     with pytest.raises(ConfigError, match="KAFKA_SSL_CAFILE"):
         load_settings(env)
 
 
 def test_password_never_appears_in_reprs() -> None:
-    settings = load_settings({"KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "KAFKA_SASL_USERNAME": "fmnist",
-                              "KAFKA_SASL_PASSWORD": "hunter2-very-secret"})
+    settings = load_settings(
+        {
+            "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+            "KAFKA_SASL_USERNAME": "fmnist",
+            "KAFKA_SASL_PASSWORD": "hunter2-very-secret",
+        }
+    )
     assert "hunter2-very-secret" not in repr(settings)
-    assert "hunter2-very-secret" not in repr(settings.kafka_security)
-    assert "hunter2-very-secret" not in repr(settings.kafka_security.faust_credentials())
+    assert "hunter2-very-secret" not in repr(settings.kafka.security)
+    assert "hunter2-very-secret" not in repr(settings.kafka.security.faust_credentials())
 
 
 def test_web_views_bind_loopback_by_default() -> None:
     settings = load_settings({})
-    assert settings.web_host == "127.0.0.1"
-    assert load_settings({"FMNIST_WEB_HOST": "0.0.0.0"}).web_host == "0.0.0.0"
-    assert load_settings({"FMNIST_WEB_HOST": ""}).web_host == "127.0.0.1"
+    assert settings.web.host == "127.0.0.1"
+    assert load_settings({"FMNIST_WEB_HOST": "0.0.0.0"}).web.host == "0.0.0.0"
+    assert load_settings({"FMNIST_WEB_HOST": ""}).web.host == "127.0.0.1"
 
 
 def test_faust_app_gets_loopback_bind_and_the_configured_credentials() -> None:
     """A fresh interpreter, as the worker starts: the app's conf comes from the environment."""
-    probe = ("from fmnist_faust.app import app\n"
-             "c = app.conf.broker_credentials\n"
-             "print(app.conf.web_bind, app.conf.web_host, type(c).__name__, c.protocol.value, c.mechanism.value,"
-             " c.username)\n")
-    env = {"PATH": "/usr/bin:/bin", "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
-           "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512", "KAFKA_SASL_USERNAME": "fmnist", "KAFKA_SASL_PASSWORD": "p"}
-    out = subprocess.run([sys.executable, "-c", probe], env=env, cwd=ROOT, capture_output=True, text=True,
-                         timeout=120)
+    probe = (
+        "from fmnist_faust.faust_app import app\n"
+        "c = app.conf.broker_credentials\n"
+        "print(app.conf.web_bind, app.conf.web_host, type(c).__name__, c.protocol.value, c.mechanism.value,"
+        " c.username)\n"
+    )
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+        "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+        "KAFKA_SASL_USERNAME": "fmnist",
+        "KAFKA_SASL_PASSWORD": "p",
+    }
+    out = subprocess.run([sys.executable, "-c", probe], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ["127.0.0.1", "127.0.0.1", "SASLCredentials", "SASL_PLAINTEXT",
-                                  "SCRAM-SHA-512", "fmnist"]
+    assert out.stdout.split() == [
+        "127.0.0.1",
+        "127.0.0.1",
+        "SASLCredentials",
+        "SASL_PLAINTEXT",
+        "SCRAM-SHA-512",
+        "fmnist",
+    ]
+
+
+def test_each_default_has_one_source() -> None:
+    """An empty environment yields exactly the defaults of VARIABLES, which the README shows."""
+    from fmnist_faust.config import ENV_VARS, VARIABLES
+
+    settings = load_settings({})
+    assert settings.topics.images == VARIABLES["FMNIST_IMAGES_TOPIC"][0] == "images"
+    assert settings.pipeline.max_message_bytes == int(VARIABLES["FMNIST_MAX_MESSAGE_BYTES"][0]) == 1 << 20
+    assert settings.pubsub.ack_deadline_s == 60 and "(default 60)" in ENV_VARS["PUBSUB_ACK_DEADLINE_SECONDS"]
+    assert settings.bridge.state_path == ROOT / ".run" / "bridge-state.sqlite3"
+    assert settings.model.path == ROOT / "models" / "fmnist-mlp.joblib" and settings.model.data_dir is None
+
+
+def test_run_names_rename_every_topic_and_subscription() -> None:
+    from fmnist_faust.config import run_names
+
+    settings = load_settings(run_names("t1"))
+    assert (settings.topics.images, settings.topics.predictions, settings.topics.dlq) == (
+        "images-t1",
+        "predictions-t1",
+        "images-dlq-t1",
+    )
+    assert settings.pubsub.images_subscription == "images-sub-t1"
+    assert settings.pubsub.dead_letter_subscription == "images-dead-letter-sub-t1"

@@ -8,15 +8,7 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
-
-# Only services this script starts are stopped (a user's KAFKA_BOOTSTRAP_SERVERS /
-# PUBSUB_EMULATOR_HOST means "use mine": nothing is started for it).
-started_here=""
-[ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ] && started_here="$started_here $(tools/services.sh missing | grep -x kafka || true)"
-[ -z "${PUBSUB_EMULATOR_HOST:-}" ] && started_here="$started_here $(tools/services.sh missing | grep -x pubsub || true)"
-cleanup() { for name in $started_here; do tools/services.sh stop "$name" || true; done; }
-trap cleanup EXIT
-tools/services.sh start
-# shellcheck disable=SC1091
-source .services.env
+# shellcheck source=tools/lib.sh
+source tools/lib.sh
+start_services kafka pubsub
 .venv/bin/python -m bench.run "$@"

@@ -4,15 +4,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 backend=${1:-kafka}
-if [ "$backend" = pubsub ]; then exec tools/demo_pubsub.sh; fi
-
-started_here=""
-if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
-  case "$(tools/services.sh missing)" in *kafka*) started_here=kafka ;; esac
-  tools/services.sh start kafka
-  # shellcheck disable=SC1091
-  source .services.env
-fi
-cleanup() { if [ -n "$started_here" ]; then tools/services.sh stop kafka || true; fi; }
-trap cleanup EXIT
+if [ "$backend" = pubsub ]; then exec tools/demo_pubsub.sh "${@:2}"; fi
+# shellcheck source=tools/lib.sh
+source tools/lib.sh
+start_services kafka
 .venv/bin/python -m fmnist_faust.demo "${@:2}"

@@ -6,15 +6,8 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
-
-started_here=""
-if [ -z "${PUBSUB_EMULATOR_HOST:-}" ]; then
-  case "$(tools/services.sh missing)" in *pubsub*) started_here=pubsub ;; esac
-  tools/services.sh start pubsub
-  # shellcheck disable=SC1091
-  source .services.env
-fi
+# shellcheck source=tools/lib.sh
+source tools/lib.sh
+start_services pubsub
 export GOOGLE_CLOUD_PROJECT=${GOOGLE_CLOUD_PROJECT:-fmnist-local}
-cleanup() { if [ -n "$started_here" ]; then tools/services.sh stop pubsub || true; fi; }
-trap cleanup EXIT
 .venv/bin/python -m pubsub_bridge.demo "$@"

@@ -37,6 +37,7 @@ IMAGE_BYTES = IMAGE_SIDE * IMAGE_SIDE
 MAX_ID_CHARS = 128
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 20
 MAX_REASON_CHARS = 300  # reasons travel in a DLQ header: keep them short whatever the input
+MAX_ATTRIBUTE_BYTES = 1024  # Pub/Sub's limit on one attribute value
 
 # Every error kind the decoder can produce, for docs, metrics and tests.
 ERROR_KINDS: dict[str, str] = {
@@ -68,6 +69,13 @@ class InvalidMessage(ValueError):
         self.reason = reason
 
 
+def dead_letter_attributes(error: InvalidMessage) -> dict[str, str]:
+    """``error_kind`` and ``error`` for the dead letter of ``error``: Kafka headers (UTF-8)
+    and Pub/Sub attributes alike, each value within Pub/Sub's 1,024-byte limit."""
+    reason = error.reason.encode("utf-8", "replace")[:MAX_ATTRIBUTE_BYTES].decode("utf-8", "ignore")
+    return {"error_kind": error.kind, "error": reason}
+
+
 @dataclass(frozen=True)
 class ImageMessage:
     """A decoded, validated image: 784 uint8 pixels plus its metadata."""
@@ -89,15 +97,11 @@ def _decode_pixels(raw: Any) -> np.ndarray:
         except (binascii.Error, ValueError) as exc:
             raise InvalidMessage("bad_base64", f"pixels is not standard base64 ({exc})") from None
         if len(data) != IMAGE_BYTES:
-            raise InvalidMessage(
-                "bad_pixel_count", f"pixels decodes to {len(data)} bytes, expected {IMAGE_BYTES}"
-            )
+            raise InvalidMessage("bad_pixel_count", f"pixels decodes to {len(data)} bytes, expected {IMAGE_BYTES}")
         return np.frombuffer(data, dtype=np.uint8)
     if isinstance(raw, list):
         if len(raw) != IMAGE_BYTES:
-            raise InvalidMessage(
-                "bad_pixel_count", f"pixels has {len(raw)} values, expected {IMAGE_BYTES}"
-            )
+            raise InvalidMessage("bad_pixel_count", f"pixels has {len(raw)} values, expected {IMAGE_BYTES}")
         for index, value in enumerate(raw):
             if not _is_int(value) or not 0 <= value <= 255:
                 raise InvalidMessage(
@@ -158,6 +162,7 @@ def decode_image(
 
     sent_at = obj.get("sent_at")
     if sent_at is not None:
+
         def wrong() -> str:  # built only for a bad value: this runs for every image
             return f"sent_at must be a finite number or null, got {reprlib.repr(sent_at)}"
 
@@ -216,8 +221,9 @@ class Prediction:
             "correct": self.correct,
             "model_version": self.model_version,
             # a sent_at far in the past makes the latency overflow: JSON has no Infinity
-            "latency_ms": (None if self.latency_ms is None or not math.isfinite(self.latency_ms)
-                           else round(self.latency_ms, 3)),
+            "latency_ms": (
+                None if self.latency_ms is None or not math.isfinite(self.latency_ms) else round(self.latency_ms, 3)
+            ),
         }
 
     def encode(self) -> bytes:

@@ -1,6 +1,7 @@
 """Fashion-MNIST from the four official IDX files (gzipped or raw), validated.
 
-Search order: ``FMNIST_DATA_DIR``, then Debian's ``dataset-fashion-mnist`` package
+Search order: the folder the caller passes (``FMNIST_DATA_DIR``, read by
+:mod:`fmnist_faust.config`), then Debian's ``dataset-fashion-mnist`` package
 (``/usr/share/datasets/fashion-mnist``). Nothing is downloaded: this module never
 touches the network.
 """
@@ -45,8 +46,6 @@ def find_data_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
     candidates: list[Path] = []
     if explicit:
         candidates.append(Path(explicit))
-    elif os.environ.get("FMNIST_DATA_DIR"):
-        candidates.append(Path(os.environ["FMNIST_DATA_DIR"]))
     candidates.append(DEBIAN_DIR)
     for directory in candidates:
         if _locate(directory, _FILES["test"][0]) is not None:

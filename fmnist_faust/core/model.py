@@ -13,10 +13,11 @@ import io
 import json
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -45,7 +46,7 @@ def manifest_path_for(model_path: Path) -> Path:
 
 def build_pipeline(
     hidden: tuple[int, ...] = DEFAULT_HIDDEN,
-    max_iter: int = 30,
+    max_iter: int = DEFAULT_MAX_ITER,
     seed: int = 0,
     early_stopping: bool = True,
     verbose: bool = False,
@@ -77,7 +78,7 @@ def train(
     test_labels: np.ndarray,
     out_path: Path,
     hidden: tuple[int, ...] = DEFAULT_HIDDEN,
-    max_iter: int = 30,
+    max_iter: int = DEFAULT_MAX_ITER,
     seed: int = 0,
     verbose: bool = False,
     log: Callable[[str], None] = print,

@@ -4,13 +4,16 @@ Both adapters (the Faust agent and the Pub/Sub bridge) hand a batch of raw messa
 :func:`classify_batch` and get back one outcome per message, in order: a
 :class:`~.contract.Prediction` or an :class:`~.contract.InvalidMessage`. They only
 deal with transport concerns (offsets, acks, publishing).
+
+The duplicate rule of the wire contract lives here too (:func:`repeats` and
+:meth:`BatchResult.without`), so both backends treat an id counted before the same way.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence, Union
 
 import numpy as np
 
@@ -18,7 +21,7 @@ from .contract import DEFAULT_MAX_MESSAGE_BYTES, ImageMessage, InvalidMessage, P
 from .model import Classifier
 from .scores import Scores
 
-Outcome = Union[Prediction, InvalidMessage]
+Outcome = Prediction | InvalidMessage
 
 
 @dataclass(frozen=True)
@@ -32,12 +35,12 @@ class RawMessage:
 
 @dataclass
 class BatchResult:
+    """One outcome per message, in order, and the decoded pixels of each valid image
+    (``None`` for an invalid message), kept so that ``/recent/`` need not decode again."""
+
     messages: Sequence[RawMessage]
     outcomes: list[Outcome]
-
-    @property
-    def predictions(self) -> list[Prediction]:
-        return [o for o in self.outcomes if isinstance(o, Prediction)]
+    pixels: list[np.ndarray | None]
 
     @property
     def rejections(self) -> list[tuple[RawMessage, InvalidMessage]]:
@@ -56,10 +59,38 @@ class BatchResult:
                 scores.reject(outcome.kind)
         scores.record(labels, guesses, stamps, window_seconds)
 
-    def subset(self, keep: Callable[[int], bool]) -> "BatchResult":
+    def subset(self, keep: Callable[[int], bool]) -> BatchResult:
         """The outcomes whose index satisfies ``keep`` (e.g. not yet applied)."""
         indices = [i for i in range(len(self.outcomes)) if keep(i)]
-        return BatchResult([self.messages[i] for i in indices], [self.outcomes[i] for i in indices])
+        return BatchResult(
+            [self.messages[i] for i in indices], [self.outcomes[i] for i in indices], [self.pixels[i] for i in indices]
+        )
+
+    def without(self, repeated: Collection[int]) -> BatchResult:
+        """The part of the batch that counts: all but the ``repeated`` indices (see :func:`repeats`).
+
+        A repeat is dropped whole: not published, not scored, not in ``/recent/``, not in
+        ``fmnist_images_total``; only ``fmnist_duplicates_total`` counts it.
+        """
+        return self.subset(lambda i: i not in repeated)
+
+
+def repeats(keys: Sequence[str | None], counted: Callable[[int, str], bool]) -> set[int]:
+    """Indices whose key was counted before (``counted(index, key)``) or occurs earlier in the batch.
+
+    A key is the image id as the backend scopes it; ``None`` (a message the backend does
+    not deduplicate) is never a repeat.
+    """
+    found: set[int] = set()
+    first: set[str] = set()
+    for index, key in enumerate(keys):
+        if key is None:
+            continue
+        if key in first or counted(index, key):
+            found.add(index)
+        else:
+            first.add(key)
+    return found
 
 
 def classify_batch(
@@ -70,15 +101,18 @@ def classify_batch(
 ) -> BatchResult:
     """Validate every message, classify the valid ones in a single predict call."""
     outcomes: list[Outcome | None] = [None] * len(messages)
+    pixels: list[np.ndarray | None] = [None] * len(messages)
     valid: list[tuple[int, ImageMessage]] = []
     for index, message in enumerate(messages):
         try:
-            valid.append((index, decode_image(message.value, message.key, max_bytes)))
+            image = decode_image(message.value, message.key, max_bytes)
         except InvalidMessage as error:
             outcomes[index] = error
+        else:
+            valid.append((index, image))
+            pixels[index] = image.pixels
     if valid:
-        pixels = np.stack([image.pixels for _, image in valid])
-        predicted, confidence = classifier.predict(pixels)
+        predicted, confidence = classifier.predict(np.stack([image.pixels for _, image in valid]))
         now = clock()
         for (index, image), guess, conf in zip(valid, predicted.tolist(), confidence.tolist()):
             latency = None if image.sent_at is None else max(0.0, (now - image.sent_at) * 1000.0)
@@ -90,4 +124,4 @@ def classify_batch(
                 model_version=classifier.version,
                 latency_ms=latency,
             )
-    return BatchResult(messages, outcomes)  # type: ignore[arg-type]
+    return BatchResult(messages, outcomes, pixels)  # type: ignore[arg-type]

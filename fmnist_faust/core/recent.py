@@ -11,7 +11,7 @@ import threading
 from collections import deque
 from typing import Any
 
-from .contract import CLASS_NAMES, InvalidMessage, Prediction, decode_image
+from .contract import CLASS_NAMES, Prediction
 from .pipeline import BatchResult
 
 
@@ -23,12 +23,9 @@ class RecentMistakes:
         self._lock = threading.Lock()
 
     def add_batch(self, result: BatchResult) -> None:
-        for message, outcome in zip(result.messages, result.outcomes):
-            if not isinstance(outcome, Prediction) or outcome.correct is not False:
-                continue
-            try:
-                pixels = decode_image(message.value, None).pixels
-            except InvalidMessage:  # cannot happen for a classified message; be safe
+        """Keep the batch's wrong predictions, with the pixels the pipeline decoded."""
+        for outcome, pixels in zip(result.outcomes, result.pixels):
+            if not isinstance(outcome, Prediction) or outcome.correct is not False or pixels is None:
                 continue
             item = {
                 "id": outcome.id,

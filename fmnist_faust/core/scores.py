@@ -8,8 +8,9 @@ recall are derived from the confusion matrix rather than stored twice.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -62,7 +63,7 @@ class Scores:
     def reject(self, kind: str, count: int = 1) -> None:
         self.rejected[kind] = self.rejected.get(kind, 0) + count
 
-    def merge(self, other: "Scores") -> "Scores":
+    def merge(self, other: Scores) -> Scores:
         """Add ``other`` into self (for summing partitions); returns self."""
         self.confusion += other.confusion
         self.unlabeled += other.unlabeled
@@ -90,7 +91,7 @@ class Scores:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Scores":
+    def from_dict(cls, data: dict[str, Any]) -> Scores:
         confusion = np.asarray(data["confusion"], dtype=np.int64)
         if confusion.shape != (NUM_CLASSES, NUM_CLASSES):
             raise ValueError(f"confusion matrix has shape {confusion.shape}")

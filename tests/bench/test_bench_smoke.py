@@ -21,12 +21,23 @@ pytestmark = [pytest.mark.kafka, pytest.mark.pubsub, pytest.mark.timeout(240)]
 RATE_STAGES = ("ceiling", "naive", "kafka", "pubsub")
 
 
-def test_bench_smoke_writes_every_stage(kafka_bootstrap: str, pubsub_emulator: str, tiny_model: Path,
-                                        tmp_path: Path) -> None:
-    env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, PUBSUB_EMULATOR_HOST=pubsub_emulator,
-               FMNIST_MODEL_PATH=str(tiny_model))
-    proc = subprocess.run([sys.executable, "-m", "bench.run", "--smoke", "--out", str(tmp_path)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=230)
+def test_bench_smoke_writes_every_stage(
+    kafka_bootstrap: str, pubsub_emulator: str, tiny_model: Path, tmp_path: Path
+) -> None:
+    env = dict(
+        os.environ,
+        KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap,
+        PUBSUB_EMULATOR_HOST=pubsub_emulator,
+        FMNIST_MODEL_PATH=str(tiny_model),
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--smoke", "--out", str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=230,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
 
     result = json.loads((tmp_path / "latest.json").read_text())

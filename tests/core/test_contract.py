@@ -7,7 +7,6 @@ Pub/Sub bridge only catch ``InvalidMessage``: anything else would crash them).
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 from pathlib import Path
@@ -29,6 +28,7 @@ from fmnist_faust.core.contract import (
     ImageMessage,
     InvalidMessage,
     Prediction,
+    dead_letter_attributes,
     decode_image,
     decode_prediction,
     encode_image,
@@ -42,6 +42,7 @@ FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCh
 # ---------------------------------------------------------------------------------------
 # The catalogue
 # ---------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("case", CATALOGUE, ids=[c.name for c in CATALOGUE])
 def test_catalogue_entry_is_rejected_with_its_kind(case: Case) -> None:
@@ -151,9 +152,13 @@ def test_invalid_message_truncates_any_reason() -> None:
 # Valid messages
 # ---------------------------------------------------------------------------------------
 
+
 def _pixels_equal(message: ImageMessage, expected: bytes) -> bool:
-    return message.pixels.dtype == np.uint8 and message.pixels.shape == (IMAGE_BYTES,) \
+    return (
+        message.pixels.dtype == np.uint8
+        and message.pixels.shape == (IMAGE_BYTES,)
         and message.pixels.tobytes() == expected
+    )
 
 
 def test_base64_form() -> None:
@@ -170,8 +175,17 @@ def test_list_form() -> None:
 
 
 def test_unknown_extra_fields_are_ignored() -> None:
-    value = json.dumps({"id": "a3", "pixels": GOOD_B64, "label": 2, "source": {"camera": 7},
-                        "tags": ["x"], "pixels_format": "u8", "version": 2}).encode()
+    value = json.dumps(
+        {
+            "id": "a3",
+            "pixels": GOOD_B64,
+            "label": 2,
+            "source": {"camera": 7},
+            "tags": ["x"],
+            "pixels_format": "u8",
+            "version": 2,
+        }
+    ).encode()
     message = decode_image(value, b"a3")
     assert message == ImageMessage(id="a3", pixels=message.pixels, label=2, sent_at=None)
     assert _pixels_equal(message, GOOD_PIXELS)
@@ -224,12 +238,16 @@ awkward_chars = st.sampled_from(["\ud800", "\udfff", "\x00", "\u2028", "\ufeff",
 # (st.text drops surrogates whatever the alphabet: join a list of characters instead)
 any_text = st.lists(st.characters(blacklist_categories=()) | awkward_chars, max_size=40).map("".join)
 numbers = (
-    st.floats(allow_nan=True, allow_infinity=True) | st.integers()
+    st.floats(allow_nan=True, allow_infinity=True)
+    | st.integers()
     | st.integers(min_value=10**300, max_value=10**400).map(lambda n: n * (-1) ** (n % 2))  # > float
 )
 json_scalars = st.none() | st.booleans() | numbers | any_text
-json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=5)
-                           | st.dictionaries(any_text, inner, max_size=5), max_leaves=20)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(any_text, inner, max_size=5),
+    max_leaves=20,
+)
 field_names = st.sampled_from(["id", "pixels", "label", "sent_at"]) | any_text
 keys = st.none() | st.binary(max_size=20) | any_text
 
@@ -265,29 +283,43 @@ def test_fuzz_arbitrary_bytes_only_raise_invalid_message(value: bytes, key: byte
 
 @FUZZ
 @given(obj=st.dictionaries(field_names, json_values, max_size=6), key=keys)
-def test_fuzz_arbitrary_json_objects_only_raise_invalid_message(obj: dict[str, Any],
-                                                                key: bytes | str | None) -> None:
+def test_fuzz_arbitrary_json_objects_only_raise_invalid_message(obj: dict[str, Any], key: bytes | str | None) -> None:
     _decode_or_reject(json.dumps(obj).encode("utf-8"), key)
 
 
 @FUZZ
-@given(field=st.sampled_from(["id", "pixels", "label", "sent_at"]), replacement=numbers | json_values,
-       form=st.sampled_from(["base64", "list"]), use_key=st.booleans())
-def test_fuzz_one_corrupted_field_of_a_valid_message(field: str, replacement: Any, form: str,
-                                                     use_key: bool) -> None:
-    obj: dict[str, Any] = {"id": "fz", "pixels": GOOD_B64 if form == "base64" else list(GOOD_PIXELS),
-                           "label": 1, "sent_at": 2.0}
+@given(
+    field=st.sampled_from(["id", "pixels", "label", "sent_at"]),
+    replacement=numbers | json_values,
+    form=st.sampled_from(["base64", "list"]),
+    use_key=st.booleans(),
+)
+def test_fuzz_one_corrupted_field_of_a_valid_message(field: str, replacement: Any, form: str, use_key: bool) -> None:
+    obj: dict[str, Any] = {
+        "id": "fz",
+        "pixels": GOOD_B64 if form == "base64" else list(GOOD_PIXELS),
+        "label": 1,
+        "sent_at": 2.0,
+    }
     obj[field] = replacement
     _decode_or_reject(json.dumps(obj).encode("utf-8"), b"fz" if use_key else None)
 
 
 @FUZZ
-@given(image_id=any_text | st.text(min_size=120, max_size=140), key_form=st.sampled_from(
-    ["none", "utf8", "surrogatepass", "str", "other"]), other=keys)
+@given(
+    image_id=any_text | st.text(min_size=120, max_size=140),
+    key_form=st.sampled_from(["none", "utf8", "surrogatepass", "str", "other"]),
+    other=keys,
+)
 def test_fuzz_arbitrary_ids_and_keys(image_id: str, key_form: str, other: bytes | str | None) -> None:
     value = json.dumps({"id": image_id, "pixels": GOOD_B64}).encode()  # ensure_ascii: escapes all
-    key = {"none": None, "utf8": image_id.encode("utf-8", "replace"),
-           "surrogatepass": image_id.encode("utf-8", "surrogatepass"), "str": image_id, "other": other}[key_form]
+    key = {
+        "none": None,
+        "utf8": image_id.encode("utf-8", "replace"),
+        "surrogatepass": image_id.encode("utf-8", "surrogatepass"),
+        "str": image_id,
+        "other": other,
+    }[key_form]
     _decode_or_reject(value, key)
 
 
@@ -295,20 +327,24 @@ def test_fuzz_arbitrary_ids_and_keys(image_id: str, key_form: str, other: bytes 
 @given(value=st.binary(min_size=1, max_size=64), cut=st.integers(min_value=0, max_value=64))
 def test_fuzz_corrupted_bytes_of_a_valid_message(value: bytes, cut: int) -> None:
     good = encode_image("cb", GOOD_PIXELS, 5, 1.0)
-    _decode_or_reject(good[:cut] + value + good[cut + len(value):], b"cb")
+    _decode_or_reject(good[:cut] + value + good[cut + len(value) :], b"cb")
 
 
 ids = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=MAX_ID_CHARS)
 
 
 @FUZZ
-@given(image_id=ids, pixels=st.binary(min_size=IMAGE_BYTES, max_size=IMAGE_BYTES),
-       label=st.none() | st.integers(0, 9),
-       sent_at=st.none() | st.floats(allow_nan=False, allow_infinity=False),
-       key_form=st.sampled_from(["none", "bytes", "str"]), list_form=st.booleans())
+@given(
+    image_id=ids,
+    pixels=st.binary(min_size=IMAGE_BYTES, max_size=IMAGE_BYTES),
+    label=st.none() | st.integers(0, 9),
+    sent_at=st.none() | st.floats(allow_nan=False, allow_infinity=False),
+    key_form=st.sampled_from(["none", "bytes", "str"]),
+    list_form=st.booleans(),
+)
 def test_fuzz_valid_images_always_decode_to_the_same_pixels(
-        image_id: str, pixels: bytes, label: int | None, sent_at: float | None,
-        key_form: str, list_form: bool) -> None:
+    image_id: str, pixels: bytes, label: int | None, sent_at: float | None, key_form: str, list_form: bool
+) -> None:
     value = encode_image(image_id, pixels, label, sent_at)
     if list_form:
         obj = json.loads(value)
@@ -324,14 +360,32 @@ def test_fuzz_valid_images_always_decode_to_the_same_pixels(
 # Predictions
 # ---------------------------------------------------------------------------------------
 
+
 def test_prediction_encode_decode_round_trip() -> None:
-    prediction = Prediction(id="p1", predicted=7, confidence=0.123456789, label=7,
-                            model_version="mlp-abc", latency_ms=12.34567)
+    prediction = Prediction(
+        id="p1", predicted=7, confidence=0.123456789, label=7, model_version="mlp-abc", latency_ms=12.34567
+    )
     obj = decode_prediction(prediction.encode())
-    assert obj == {"id": "p1", "predicted": 7, "class_name": "Sneaker", "confidence": 0.123457,
-                   "label": 7, "correct": True, "model_version": "mlp-abc", "latency_ms": 12.346}
-    assert list(obj) == ["id", "predicted", "class_name", "confidence", "label", "correct",
-                         "model_version", "latency_ms"]
+    assert obj == {
+        "id": "p1",
+        "predicted": 7,
+        "class_name": "Sneaker",
+        "confidence": 0.123457,
+        "label": 7,
+        "correct": True,
+        "model_version": "mlp-abc",
+        "latency_ms": 12.346,
+    }
+    assert list(obj) == [
+        "id",
+        "predicted",
+        "class_name",
+        "confidence",
+        "label",
+        "correct",
+        "model_version",
+        "latency_ms",
+    ]
 
 
 @pytest.mark.parametrize(("label", "correct"), [(None, None), (3, False), (2, True)])
@@ -355,22 +409,48 @@ def test_prediction_keeps_non_ascii_ids() -> None:
     assert obj["id"] == "é-👕"
 
 
-@pytest.mark.parametrize("value", [
-    b"", b"not json", b"[]", b'{"predicted": 1}', b'{"id": 1, "predicted": 1}', b'{"id": "x"}',
-    b'{"id": "x", "predicted": "1"}', b'{"id": "x", "predicted": true}', b'{"id": "x", "predicted": 1.0}',
-    b"\xff\xfe", b"[" * 100_000,
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"",
+        b"not json",
+        b"[]",
+        b'{"predicted": 1}',
+        b'{"id": 1, "predicted": 1}',
+        b'{"id": "x"}',
+        b'{"id": "x", "predicted": "1"}',
+        b'{"id": "x", "predicted": true}',
+        b'{"id": "x", "predicted": 1.0}',
+        b"\xff\xfe",
+        b"[" * 100_000,
+    ],
+)
 def test_decode_prediction_rejects_non_predictions_with_value_error(value: bytes) -> None:
     with pytest.raises(ValueError):
         decode_prediction(value)
 
 
 @FUZZ
-@given(value=st.binary(max_size=512) | st.dictionaries(field_names, json_values, max_size=6).map(
-    lambda obj: json.dumps(obj).encode()))
+@given(
+    value=st.binary(max_size=512)
+    | st.dictionaries(field_names, json_values, max_size=6).map(lambda obj: json.dumps(obj).encode())
+)
 def test_fuzz_decode_prediction_only_raises_value_error(value: bytes) -> None:
     try:
         obj = decode_prediction(value)
     except ValueError:
         return
     assert isinstance(obj["id"], str) and type(obj["predicted"]) is int
+
+
+def test_dead_letter_attributes_are_one_shape_for_both_backends() -> None:
+    """Kafka headers and Pub/Sub attributes come from this one builder: kind and reason,
+    the reason cut to Pub/Sub's 1,024-byte attribute limit on a character boundary."""
+    assert dead_letter_attributes(InvalidMessage("not_json", "not JSON (x)")) == {
+        "error_kind": "not_json",
+        "error": "not JSON (x)",
+    }
+    wide = dead_letter_attributes(InvalidMessage("bad_id", "é" * 290))["error"]
+    assert len(wide.encode("utf-8")) <= 1024 and wide == "é" * 290
+    emoji = dead_letter_attributes(InvalidMessage("bad_id", "\U0001f600" * 290))["error"]
+    assert len(emoji.encode("utf-8")) <= 1024 and set(emoji) == {"\U0001f600"}

@@ -55,3 +55,9 @@ def test_raw_uncompressed_files_are_accepted(tmp_path: Path) -> None:
     path = tmp_path / "t10k-labels-idx1-ubyte"
     path.write_bytes(struct.pack(">II", 0x801, 2) + b"\x03\x04")
     assert dataset.read_idx(path, 0x801).tolist() == [3, 4]
+
+
+def test_the_environment_is_read_by_config_not_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """FMNIST_DATA_DIR reaches the loader through Settings.model.data_dir only."""
+    monkeypatch.setenv("FMNIST_DATA_DIR", str(tmp_path / "nowhere"))
+    assert dataset.find_data_dir() == dataset.DEBIAN_DIR

@@ -12,14 +12,14 @@ import ast
 import json
 import pickle
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import joblib
 import pytest
 import sklearn
 
-from fmnist_faust.core import model
 from fmnist_faust.core.model import ModelError, load_classifier, manifest_path_for, sha256_file, verify
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -124,12 +124,15 @@ def test_manifest_that_is_not_json_is_refused(model_copy: Path, tripwire: list[A
     _refused(model_copy, tripwire, "not JSON")
 
 
-@pytest.mark.parametrize("foreign", [
-    [],
-    {"sha256": "0" * 64},
-    {"format": 2},
-    {"format": "1"},
-])
+@pytest.mark.parametrize(
+    "foreign",
+    [
+        [],
+        {"sha256": "0" * 64},
+        {"format": 2},
+        {"format": "1"},
+    ],
+)
 def test_foreign_manifest_is_refused(model_copy: Path, tripwire: list[Any], foreign: Any) -> None:
     manifest_path_for(model_copy).write_text(json.dumps(foreign))
     _refused(model_copy, tripwire, "not a fmnist-faust model manifest")
@@ -171,10 +174,19 @@ def test_missing_model_file_is_refused(model_copy: Path, tripwire: list[Any]) ->
 # ---------------------------------------------------------------------------------------
 
 _FORBIDDEN_CALLS = {
-    ("pickle", "load"), ("pickle", "loads"), ("pickle", "Unpickler"), ("marshal", "loads"),
-    ("marshal", "load"), ("yaml", "load"), ("yaml", "unsafe_load"), ("dill", "loads"),
-    ("cloudpickle", "loads"), ("joblib", "load"), ("shelve", "open"),
-    ("numpy", "load"), ("np", "load"),
+    ("pickle", "load"),
+    ("pickle", "loads"),
+    ("pickle", "Unpickler"),
+    ("marshal", "loads"),
+    ("marshal", "load"),
+    ("yaml", "load"),
+    ("yaml", "unsafe_load"),
+    ("dill", "loads"),
+    ("cloudpickle", "loads"),
+    ("joblib", "load"),
+    ("shelve", "open"),
+    ("numpy", "load"),
+    ("np", "load"),
 }
 _FORBIDDEN_NAMES = {"eval", "exec", "compile", "__import__"}
 
@@ -197,8 +209,11 @@ def test_no_deserializer_that_runs_code_outside_the_verified_model_loader() -> N
             where = f"{path.relative_to(ROOT)}:{node.lineno}"
             if isinstance(func, ast.Name) and func.id in _FORBIDDEN_NAMES:
                 found.append(f"{where} {func.id}()")
-            elif isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) \
-                    and (func.value.id, func.attr) in _FORBIDDEN_CALLS:
+            elif (
+                isinstance(func, ast.Attribute)
+                and isinstance(func.value, ast.Name)
+                and (func.value.id, func.attr) in _FORBIDDEN_CALLS
+            ):
                 found.append(f"{where} {func.value.id}.{func.attr}()")
     assert found == [f"fmnist_faust/core/model.py:{_joblib_load_line()} joblib.load()"], found
 
@@ -211,7 +226,7 @@ def _joblib_load_line() -> int:
 def test_faust_topics_and_tables_use_no_pickle_codec() -> None:
     """Faust can decode values with a pickle codec; our topics carry raw bytes, tables JSON."""
     from fmnist_faust import tables, topics
-    from fmnist_faust.app import app
+    from fmnist_faust.faust_app import app
 
     for topic in (topics.images_topic, topics.predictions_topic, topics.dlq_topic):
         assert topic.key_serializer == "raw" and topic.value_serializer == "raw", topic

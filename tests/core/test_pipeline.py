@@ -1,12 +1,13 @@
 """classify_batch: one predict call per batch, outcomes in order, scores applied."""
 
+import base64
 from pathlib import Path
 
 import numpy as np
 
 from fmnist_faust.core.contract import InvalidMessage, Prediction, encode_image
 from fmnist_faust.core.model import load_classifier
-from fmnist_faust.core.pipeline import RawMessage, classify_batch
+from fmnist_faust.core.pipeline import RawMessage, classify_batch, repeats
 from fmnist_faust.core.recent import RecentMistakes
 from fmnist_faust.core.scores import Scores
 
@@ -14,13 +15,14 @@ from fmnist_faust.core.scores import Scores
 def test_batch_matches_offline_predictions_and_keeps_order(tiny_model: Path, test_split) -> None:
     classifier = load_classifier(tiny_model)
     images, labels = test_split.images[:200], test_split.labels[:200]
-    messages = [RawMessage(encode_image(f"img-{i}", images[i], int(labels[i]), sent_at=1.0), key=f"img-{i}")
-                for i in range(200)]
+    messages = [
+        RawMessage(encode_image(f"img-{i}", images[i], int(labels[i]), sent_at=1.0), key=f"img-{i}") for i in range(200)
+    ]
     messages.insert(3, RawMessage(b"not json", key="junk"))
     result = classify_batch(classifier, messages, clock=lambda: 2.0)
 
     assert isinstance(result.outcomes[3], InvalidMessage) and result.outcomes[3].kind == "not_json"
-    predictions = result.predictions
+    predictions = [o for o in result.outcomes if isinstance(o, Prediction)]
     assert [p.id for p in predictions] == [f"img-{i}" for i in range(200)]
     offline, _ = classifier.predict(images)
     assert [p.predicted for p in predictions] == offline.tolist()
@@ -56,11 +58,11 @@ def test_all_invalid_batch_skips_predict(tiny_model: Path) -> None:
 
 def test_subset_and_recent_mistakes(tiny_model: Path, test_split) -> None:
     classifier = load_classifier(tiny_model)
-    messages = [RawMessage(encode_image(f"m{i}", test_split.images[i], int(test_split.labels[i])))
-                for i in range(300)]
+    messages = [RawMessage(encode_image(f"m{i}", test_split.images[i], int(test_split.labels[i]))) for i in range(300)]
     result = classify_batch(classifier, messages)
     half = result.subset(lambda i: i < 150)
-    assert len(half.outcomes) == 150 and half.messages[0] is messages[0]
+    assert len(half.outcomes) == len(half.pixels) == 150 and half.messages[0] is messages[0]
+    assert (half.pixels[3] == test_split.images[3]).all()
     recent = RecentMistakes(size=5)
     recent.add_batch(result)
     wrong = [o for o in result.outcomes if isinstance(o, Prediction) and o.correct is False]
@@ -68,3 +70,43 @@ def test_subset_and_recent_mistakes(tiny_model: Path, test_split) -> None:
     assert len(shown) == min(5, len(wrong))
     assert shown[0]["id"] == wrong[-1].id  # newest first
     assert all(item["label"] != item["predicted"] for item in shown)
+
+
+def test_repeats_are_keys_counted_before_or_earlier_in_the_batch() -> None:
+    before = {"b"}
+    found = repeats(["a", "b", None, "a", "c", None, "c"], lambda _index, key: key in before)
+    assert found == {1, 3, 6}  # None is never a repeat
+
+
+def test_without_drops_repeats_whole(tiny_model: Path, test_split) -> None:
+    classifier = load_classifier(tiny_model)
+    messages = [
+        RawMessage(encode_image(f"w{i}", test_split.images[i], int(test_split.labels[i]))) for i in range(4)
+    ] + [RawMessage(b"{}")]
+    result = classify_batch(classifier, messages)
+    kept = result.without({1, 4})
+    assert [getattr(o, "id", None) for o in kept.outcomes] == ["w0", "w2", "w3"]
+    assert list(kept.messages) == [messages[0], messages[2], messages[3]]
+    assert all((p == test_split.images[i]).all() for p, i in zip(kept.pixels, (0, 2, 3)))
+    scores = Scores()
+    kept.apply_to(scores, window_seconds=10, now=0.0)
+    assert scores.labeled == 3 and scores.rejected == {}
+
+
+def test_recent_mistakes_show_images_larger_than_one_mib(tiny_model: Path, test_split) -> None:
+    """With FMNIST_MAX_MESSAGE_BYTES above 1 MiB, a big but valid message reaches /recent/
+    (the pixels come from the batch, not a second decode with the default limit)."""
+    classifier = load_classifier(tiny_model)
+    predicted, _ = classifier.predict(test_split.images[:200])
+    wrong = int(next(i for i in range(200) if predicted[i] != test_split.labels[i]))
+    padded = (
+        encode_image("big", test_split.images[wrong], int(test_split.labels[wrong]))[:-1]
+        + b',"padding":"'
+        + b"x" * (1 << 20)
+        + b'"}'
+    )
+    result = classify_batch(classifier, [RawMessage(padded)], max_bytes=2 << 20)
+    recent = RecentMistakes()
+    recent.add_batch(result)
+    [item] = recent.to_list()
+    assert item["id"] == "big" and base64.b64decode(item["pixels"]) == test_split.images[wrong].tobytes()

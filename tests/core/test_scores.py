@@ -51,8 +51,7 @@ def test_round_trip_and_merge() -> None:
 
 def test_windows_are_bounded() -> None:
     scores = Scores()
-    scores.record([0] * (MAX_WINDOWS + 5), [0] * (MAX_WINDOWS + 5),
-                  [float(i * 10) for i in range(MAX_WINDOWS + 5)], 10)
+    scores.record([0] * (MAX_WINDOWS + 5), [0] * (MAX_WINDOWS + 5), [float(i * 10) for i in range(MAX_WINDOWS + 5)], 10)
     assert len(scores.windows) == MAX_WINDOWS
     assert min(scores.windows) == 50
     series = scores.window_series(10)

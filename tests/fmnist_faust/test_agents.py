@@ -1,7 +1,7 @@
 """The classify agent through Faust's ``agent.test_context()`` (no broker).
 
-The producer's ``send`` and the table's changelog ``send_changelog`` are replaced by
-recorders: this tests the adapter's logic (batching, DLQ routing, offset-stamped rows,
+The producer's ``send`` (predictions, dead letters, seen-id marks) and the scores table's
+``send_changelog`` are replaced by recorders: this tests the adapter's logic (batching, DLQ routing, offset-stamped rows,
 replay skipping); the real-broker behaviour is covered by test_pipeline_kafka.py.
 """
 
@@ -20,7 +20,8 @@ from fmnist_faust.core.model import load_classifier
 @pytest.fixture
 def faust_app(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     from fmnist_faust import agents, tables
-    from fmnist_faust.app import app
+    from fmnist_faust.faust_app import app
+
     app.conf.store = "memory://"
     app.finalize()
     app.flow_control.resume()
@@ -29,8 +30,9 @@ def faust_app(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
 
     sent: list[tuple[str, bytes | None, bytes | None, Any]] = []
 
-    async def record_send(topic: str, key: Any, value: Any, partition: Any, timestamp: Any,
-                          headers: Any, **_: Any) -> asyncio.Future:
+    async def record_send(
+        topic: str, key: Any, value: Any, partition: Any, timestamp: Any, headers: Any, **_: Any
+    ) -> asyncio.Future:
         sent.append((topic, key, value, headers))
         done: asyncio.Future = asyncio.get_running_loop().create_future()
         done.set_result(None)
@@ -38,14 +40,12 @@ def faust_app(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
 
     changelog: list[tuple[int, str, dict]] = []
     monkeypatch.setattr(type(app.producer), "send", lambda self, *a, **k: record_send(*a, **k))
-    monkeypatch.setattr(tables.scores_table, "send_changelog",
-                        lambda partition, key, value, *a: changelog.append((partition, key, value)))
-    if hasattr(tables, "seen_table"):
-        async def acked(*_: Any) -> None:
-            return None
-
-        monkeypatch.setattr(tables.seen_table, "send_changelog", lambda *a: acked())
-        tables.seen_table.data.clear()
+    monkeypatch.setattr(
+        tables.scores_table,
+        "send_changelog",
+        lambda partition, key, value, *a: changelog.append((partition, key, value)),
+    )
+    tables.seen_table.data.clear()  # marks go through app.producer.send, recorded above
     tables.scores_table.data.clear()
     app.test_sent, app.test_changelog, app.test_classifier = sent, changelog, classifier
     return app
@@ -68,8 +68,9 @@ def test_agent_classifies_dead_letters_and_skips_replays(faust_app: Any, test_sp
     async def run() -> None:
         async with agents.classify.test_context() as agent:
             for i in range(20):
-                await agent.put(encode_image(f"id-{i}", images[i], int(labels[i])), key=f"id-{i}".encode(),
-                                wait=False)  # put(wait=True) waits for a yielded value; we yield none
+                await agent.put(
+                    encode_image(f"id-{i}", images[i], int(labels[i])), key=f"id-{i}".encode(), wait=False
+                )  # put(wait=True) waits for a yielded value; we yield none
             await agent.put(b"{not json", key=b"bad", wait=False)
             await _until(lambda: len(faust_app.test_sent) >= 21)
 
@@ -96,8 +97,8 @@ def test_agent_classifies_dead_letters_and_skips_replays(faust_app: Any, test_sp
 @pytest.mark.timeout(60)
 def test_replayed_offsets_are_not_counted_again(faust_app: Any, test_split) -> None:
     from fmnist_faust import agents
-    from fmnist_faust.tables import read_row, write_row
     from fmnist_faust.core.scores import Scores
+    from fmnist_faust.tables import read_row, write_row
 
     write_row(0, 1_000_000, Scores(), "v")  # row claims every offset up to 1e6 is applied
 

@@ -27,8 +27,8 @@ from support import consume_topics, wait_until
 
 pytestmark = pytest.mark.kafka
 
-GOOD = 240          # good labelled images, one catalogue entry after every few of them
-DUPLICATES = 12     # ids re-sent as distinct messages: half identical, half with another label
+GOOD = 240  # good labelled images, one catalogue entry after every few of them
+DUPLICATES = 12  # ids re-sent as distinct messages: half identical, half with another label
 BIG = 4 * 1024 * 1024
 
 
@@ -51,9 +51,14 @@ def _expected_error(case: Case) -> InvalidMessage:
 
 
 @pytest.mark.timeout(120)
-def test_catalogue_is_dead_lettered_counted_and_harmless(start_worker: Any, worker_env: dict[str, str],
-                                                         kafka_bootstrap: str, tiny_model: Path,
-                                                         test_split: Any, tmp_path: Path) -> None:
+def test_catalogue_is_dead_lettered_counted_and_harmless(
+    start_worker: Any,
+    worker_env: dict[str, str],
+    kafka_bootstrap: str,
+    tiny_model: Path,
+    test_split: Any,
+    tmp_path: Path,
+) -> None:
     started = time.monotonic()
     marker = tmp_path / "pwned-by-a-pickle"
     cases = catalogue(marker_dir=str(marker))
@@ -63,8 +68,10 @@ def test_catalogue_is_dead_lettered_counted_and_harmless(start_worker: Any, work
     # Distinct messages re-using ids already sent: identical bytes, or another label
     # (must not change the score: the first message with an id is the one counted).
     resent_at = range(0, GOOD, GOOD // DUPLICATES)[:DUPLICATES]
-    duplicates = [good[i] if n % 2 else (ids[i].encode(), encode_image(ids[i], images[i], (int(labels[i]) + 1) % 10))
-                  for n, i in enumerate(resent_at)]
+    duplicates = [
+        good[i] if n % 2 else (ids[i].encode(), encode_image(ids[i], images[i], (int(labels[i]) + 1) % 10))
+        for n, i in enumerate(resent_at)
+    ]
     stream: list[tuple[bytes | None, bytes | None]] = []
     bad = iter(cases)
     step = max(1, GOOD // len(cases))
@@ -81,18 +88,24 @@ def test_catalogue_is_dead_lettered_counted_and_harmless(start_worker: Any, work
     settings = load_settings({**worker_env, "FMNIST_PARTITIONS": "4"})
     ensure_topics_sync(settings)
     worker = start_worker()
-    asyncio.run(_produce(kafka_bootstrap, settings.images_topic, stream))
+    asyncio.run(_produce(kafka_bootstrap, settings.topics.images, stream))
 
     report = wait_until(
         lambda: (r := worker.accuracy())["images"] >= GOOD and r["rejected"] >= len(cases) and r,
-        timeout=60, what="every good image and every bad message counted")
-    records = consume_topics(kafka_bootstrap, {settings.dlq_topic: len(cases),
-                                               settings.predictions_topic: GOOD + DUPLICATES},
-                             timeout=30, settle=1.5, fetch_bytes=BIG)
+        timeout=60,
+        what="every good image and every bad message counted",
+    )
+    records = consume_topics(
+        kafka_bootstrap,
+        {settings.topics.dlq: len(cases), settings.topics.predictions: GOOD},
+        timeout=30,
+        settle=1.5,
+        fetch_bytes=BIG,
+    )
     report = worker.accuracy()  # after the settle time: nothing counted late or twice
 
     # --- every bad message is on the DLQ, untouched, with precise headers ---
-    dead = records[settings.dlq_topic]
+    dead = records[settings.topics.dlq]
     assert len(dead) == len(cases), f"{len(dead)} dead letters for {len(cases)} bad messages"
     by_message = {(record.key, record.value): record for record in dead}
     assert len(by_message) == len(dead), "a bad message was dead-lettered twice"
@@ -115,12 +128,11 @@ def test_catalogue_is_dead_lettered_counted_and_harmless(start_worker: Any, work
     assert report["confusion"] == confusion.tolist()
     assert report["correct"] == int((predicted == labels).sum())
 
-    # --- one prediction per good message: once per id, twice for a re-sent id ---
-    predictions = records[settings.predictions_topic]
+    # --- one prediction per id: a re-sent id is not published again ---
+    predictions = records[settings.topics.predictions]
     per_id = Counter(record.key.decode() for record in predictions)
-    assert set(per_id) == set(ids)
-    resent = {key.decode() for key, _ in duplicates}
-    assert {i for i, n in per_id.items() if n != 1} == resent and all(per_id[i] == 2 for i in resent)
+    assert set(per_id) == set(ids) and set(per_id.values()) == {1}
+    assert worker.metric("fmnist_duplicates_total") == DUPLICATES
     for record in predictions:
         prediction = decode_prediction(record.value)
         assert prediction["id"] == record.key.decode()

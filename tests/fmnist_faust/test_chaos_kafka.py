@@ -16,30 +16,22 @@ import subprocess
 import threading
 import time
 
-import numpy as np
 import pytest
 
 from fmnist_faust.client import MainManager
 from fmnist_faust.config import load_settings
 from fmnist_faust.core.contract import encode_image
 from fmnist_faust.kafka_admin import ensure_topics_sync
-from fmnist_faust.core.model import load_classifier
-from support import ROOT, consume_topic, produce_images, wait_until
+from support import ROOT, consume_topic, offline_confusion, produce_images, wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.chaos]
 COUNT = int(os.environ.get("CHAOS_IMAGES", "3000"))
 
 
-def offline_confusion(model_path, images, labels) -> list[list[int]]:
-    predicted, _ = load_classifier(model_path).predict(images)
-    confusion = np.zeros((10, 10), dtype=np.int64)
-    np.add.at(confusion, (labels.astype(int), predicted), 1)
-    return confusion.tolist()
-
-
 def stream_in_background(bootstrap: str, topic: str, images, labels, chunks: int = 20) -> threading.Thread:
     """Produce the images in ``chunks`` slices over a few seconds, ids unique per image, with
     one long-lived producer: across the broker restart aiokafka reconnects and retries."""
+
     def run() -> None:
         try:
             settings = load_settings({"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "FMNIST_IMAGES_TOPIC": topic})
@@ -50,7 +42,8 @@ def stream_in_background(bootstrap: str, topic: str, images, labels, chunks: int
                 for start in range(0, len(images), step):
                     producer.produce_many(
                         (encode_image(f"chaos-{i}", images[i], int(labels[i]), time.time()), f"chaos-{i}")
-                        for i in range(start, min(start + step, len(images))))
+                        for i in range(start, min(start + step, len(images)))
+                    )
                     time.sleep(0.3)
                 producer.flush(timeout=180)
             finally:
@@ -71,8 +64,9 @@ def restart_broker() -> None:
     subprocess.run([str(ROOT / "tools" / "services.sh"), "restart-kafka"], check=True, timeout=120)
 
 
-def test_sigkill_three_times_and_broker_restart_exact(start_worker, worker_env, kafka_bootstrap,
-                                                      test_split, tiny_model) -> None:
+def test_sigkill_three_times_and_broker_restart_exact(
+    start_worker, worker_env, kafka_bootstrap, test_split, tiny_model
+) -> None:
     images, labels = test_split.images[:COUNT], test_split.labels[:COUNT]
     rng = random.Random(int(os.environ.get("CHAOS_SEED", "7")))
     worker = start_worker()
@@ -80,8 +74,11 @@ def test_sigkill_three_times_and_broker_restart_exact(start_worker, worker_env, 
     producer = stream_in_background(kafka_bootstrap, worker_env["FMNIST_IMAGES_TOPIC"], images, labels)
     kills = 0
     for fraction in sorted(rng.uniform(0.1, 0.8) for _ in range(3)):
-        wait_until(lambda: worker.accuracy()["images"] >= fraction * COUNT, timeout=180,
-                   what=f"{fraction:.0%} counted before kill {kills + 1}")
+        wait_until(
+            lambda w=worker, f=fraction: w.accuracy()["images"] >= f * COUNT,
+            timeout=180,
+            what=f"{fraction:.0%} counted before kill {kills + 1}",
+        )
         worker.stop(signal.SIGKILL)
         kills += 1
         if kills == 2:
@@ -89,8 +86,11 @@ def test_sigkill_three_times_and_broker_restart_exact(start_worker, worker_env, 
         worker = start_worker(FMNIST_WEB_PORT=port)
     producer.join(timeout=300)
     assert not producer.is_alive() and producer.error is None, f"the producer failed: {producer.error!r}"
-    report = wait_until(lambda: (r := worker.accuracy())["images"] >= COUNT and r, timeout=300,
-                        what=f"all {COUNT} images counted after {kills} kills")
+    report = wait_until(
+        lambda: (r := worker.accuracy())["images"] >= COUNT and r,
+        timeout=300,
+        what=f"all {COUNT} images counted after {kills} kills",
+    )
     time.sleep(2)  # anything counted twice would show up now
     report = worker.accuracy()
     assert kills == 3
@@ -101,9 +101,9 @@ def test_sigkill_three_times_and_broker_restart_exact(start_worker, worker_env, 
     assert ids == {f"chaos-{i}" for i in range(COUNT)}  # every image answered (at least once)
 
 
-def test_two_workers_share_partitions_and_both_report_global_totals(start_worker, worker_env,
-                                                                    kafka_bootstrap, test_split,
-                                                                    tiny_model) -> None:
+def test_two_workers_share_partitions_and_both_report_global_totals(
+    start_worker, worker_env, kafka_bootstrap, test_split, tiny_model
+) -> None:
     images, labels = test_split.images[:COUNT], test_split.labels[:COUNT]
     topic = worker_env["FMNIST_IMAGES_TOPIC"]
     first = start_worker()
@@ -114,8 +114,11 @@ def test_two_workers_share_partitions_and_both_report_global_totals(start_worker
     produce_images(kafka_bootstrap, topic, images[half:], labels[half:], prefix="scale", first_index=half)
     expected = offline_confusion(tiny_model, images, labels)
     for worker in (first, second):
-        report = wait_until(lambda w=worker: (r := w.accuracy())["images"] >= COUNT and r, timeout=180,
-                            what="global totals on each worker")
+        report = wait_until(
+            lambda w=worker: (r := w.accuracy())["images"] >= COUNT and r,
+            timeout=180,
+            what="global totals on each worker",
+        )
         assert report["images"] == COUNT and report["confusion"] == expected
     assert first.stop() == 0  # the other takes over every partition
     time.sleep(3)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
+import time
 import uuid
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 
@@ -53,11 +55,12 @@ def test_pubsub_key_travels_as_attribute(pubsub_emulator: str, monkeypatch: pyte
     tag = uuid.uuid4().hex[:8]
     topic, subscription = f"client-{tag}", f"client-{tag}-sub"
     publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
-    topic_path = publisher.topic_path(settings.gcp_project, topic)
+    topic_path = publisher.topic_path(settings.pubsub.project, topic)
     publisher.create_topic(name=topic_path)
     with subscriber:
-        subscriber.create_subscription(name=subscriber.subscription_path(settings.gcp_project, subscription),
-                                       topic=topic_path)
+        subscriber.create_subscription(
+            name=subscriber.subscription_path(settings.pubsub.project, subscription), topic=topic_path
+        )
     manager = MainManager("pubsub", settings)
     with manager.create_producer(topic) as producer:
         for i in range(20):
@@ -75,16 +78,109 @@ def test_pubsub_key_travels_as_attribute(pubsub_emulator: str, monkeypatch: pyte
 def test_produce_and_logger_commands(start_worker, worker_env: dict[str, str]) -> None:
     worker = start_worker()
     produced = subprocess.run(
-        [sys.executable, "-c", "from fmnist_faust.cli import produce_main; raise SystemExit(produce_main())",
-         "--count", "300", "--rate", "1000"], env=worker_env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-c",
+            "from fmnist_faust.cli import produce_main; raise SystemExit(produce_main())",
+            "--count",
+            "300",
+            "--rate",
+            "1000",
+        ],
+        env=worker_env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert produced.returncode == 0, produced.stderr
     assert "sent 300 images to kafka:" in produced.stdout
     assert "producing [" in produced.stderr  # the progress bar
     wait_until(lambda: worker.accuracy()["images"] >= 300, timeout=60, what="300 images counted")
     logged = subprocess.run(
-        [sys.executable, "-c", "from fmnist_faust.cli import logger_main; raise SystemExit(logger_main())",
-         "--count", "300", "--timeout", "60"], env=worker_env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-c",
+            "from fmnist_faust.cli import logger_main; raise SystemExit(logger_main())",
+            "--count",
+            "300",
+            "--timeout",
+            "60",
+        ],
+        env=worker_env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert logged.returncode == 0, logged.stderr
     final = logged.stdout.strip().splitlines()[-1]
     report = worker.accuracy()
     assert final.startswith(f"final: 300 predictions, 300 labelled, {report['correct']} correct")
+
+
+def test_a_kafka_consumer_that_cannot_start_fails_at_once_with_the_brokers_error() -> None:
+    from aiokafka.errors import KafkaConnectionError
+
+    from fmnist_faust.netutil import free_port
+
+    settings = load_settings({"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}"})  # nothing listens there
+    started = time.monotonic()
+    with pytest.raises(KafkaConnectionError, match="bootstrap"):
+        MainManager("kafka", settings).create_consumer("predictions", lambda m: None)
+    assert time.monotonic() - started < 20
+
+
+@pytest.mark.kafka
+def test_produce_many_returns_one_future_per_message_on_kafka(kafka_bootstrap: str) -> None:
+    settings = load_settings({"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap})
+    with MainManager("kafka", settings).create_producer(f"many-{uuid.uuid4().hex[:8]}") as producer:
+        futures = producer.produce_many([(f"v{i}".encode(), f"k{i}") for i in range(30)])
+        producer.flush()
+    assert len(futures) == 30 and all(f.exception() is None for f in futures)
+    assert len({(f.result().partition, f.result().offset) for f in futures}) == 30  # each its own record
+
+
+@pytest.mark.pubsub
+def test_produce_many_returns_one_future_per_message_on_pubsub(
+    pubsub_emulator: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from google.cloud import pubsub_v1
+
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", pubsub_emulator)
+    settings = load_settings({"PUBSUB_EMULATOR_HOST": pubsub_emulator, "GOOGLE_CLOUD_PROJECT": "fmnist-test"})
+    publisher = pubsub_v1.PublisherClient()
+    topic = f"many-{uuid.uuid4().hex[:8]}"
+    publisher.create_topic(name=publisher.topic_path(settings.pubsub.project, topic))
+    with MainManager("pubsub", settings).create_producer(topic) as producer:
+        futures = producer.produce_many([(f"v{i}".encode(), f"k{i}") for i in range(30)])
+        producer.flush()
+    assert len(futures) == 30 and len({f.result() for f in futures}) == 30  # 30 message ids
+    publisher.delete_topic(topic=publisher.topic_path(settings.pubsub.project, topic))
+
+
+@pytest.mark.kafka
+def test_the_loggers_subscription_is_its_kafka_consumer_group(kafka_bootstrap: str) -> None:
+    """A second logger run in the same group resumes after what the first one read."""
+    from fmnist_faust.core.contract import Prediction
+
+    topic, group = f"preds-{uuid.uuid4().hex[:8]}", f"logger-{uuid.uuid4().hex[:8]}"
+    settings = load_settings({"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap})
+    with MainManager("kafka", settings).create_producer(topic) as producer:
+        producer.produce_many([(Prediction(f"p{i}", 1, 0.9, 1, "v", None).encode(), f"p{i}") for i in range(5)])
+    env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap)
+    command = [
+        sys.executable,
+        "-c",
+        "from fmnist_faust.cli import logger_main; raise SystemExit(logger_main())",
+        "--topic",
+        topic,
+        "--subscription",
+        group,
+    ]
+    first = subprocess.run(
+        command + ["--count", "5", "--timeout", "60"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert first.stdout.strip().splitlines()[-1].startswith("final: 5 predictions"), first.stderr
+    again = subprocess.run(command + ["--timeout", "8"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert again.stdout.strip().splitlines()[-1].startswith("final: 0 predictions"), again.stderr

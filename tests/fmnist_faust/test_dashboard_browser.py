@@ -13,8 +13,9 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 import requests
@@ -28,8 +29,16 @@ pytestmark = [pytest.mark.browser, pytest.mark.kafka, pytest.mark.timeout(120)]
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars")
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--hide-scrollbars",
+)
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "dashboard.png"
 WIDTH = 1440
 
@@ -89,14 +98,19 @@ def browser(tmp_path: Path) -> Iterator[Any]:
         driver.quit()
 
 
-def stream_wave(producer: Producer, split: Any, start: int, count: int, chunks: int,
-                extra: tuple[tuple[bytes, str], ...] = ()) -> None:
+def stream_wave(
+    producer: Producer, split: Any, start: int, count: int, chunks: int, extra: tuple[tuple[bytes, str], ...] = ()
+) -> None:
     """Send ``count`` labelled images (plus ``extra``) in paced chunks, so they span seconds."""
     size = count // chunks
     for first in range(start, start + count, size):
         now = time.time()
-        producer.produce_many([(encode_image(f"img-{i}", split.images[i], int(split.labels[i]), sent_at=now),
-                                f"img-{i}") for i in range(first, first + size)])
+        producer.produce_many(
+            [
+                (encode_image(f"img-{i}", split.images[i], int(split.labels[i]), sent_at=now), f"img-{i}")
+                for i in range(first, first + size)
+            ]
+        )
         time.sleep(0.4)
     if extra:
         producer.produce_many(list(extra))
@@ -105,6 +119,7 @@ def stream_wave(producer: Producer, split: Any, start: int, count: int, chunks: 
 
 def wait_page(browser: Any, until: Callable[[dict], bool], what: str, timeout: float = 120) -> dict:
     """The page's numbers once ``until`` holds for them."""
+
     def read() -> dict | None:
         page = browser.execute_script(READ_PAGE)
         return page if until(page) else None
@@ -127,8 +142,9 @@ def assert_page_matches(page: dict, report: dict) -> None:
     assert {name: (float(v) if v else None) for name, v in page["recall_bars"]} == recall
 
 
-def test_dashboard_shows_and_updates_the_live_totals(start_worker: Callable, worker_env: dict[str, str],
-                                                     browser: Any, test_split: Any, tmp_path: Path) -> None:
+def test_dashboard_shows_and_updates_the_live_totals(
+    start_worker: Callable, worker_env: dict[str, str], browser: Any, test_split: Any, tmp_path: Path
+) -> None:
     worker = start_worker(FMNIST_WINDOW_SECONDS="1")  # a chart point per second of stream
     browser.get(worker.url + "/")
     page = wait_page(browser, lambda p: p["polls"] >= 1, "its first refresh")
@@ -136,31 +152,40 @@ def test_dashboard_shows_and_updates_the_live_totals(start_worker: Callable, wor
     browser.execute_script("window.sameLoad = true;")  # gone if the page ever reloads
 
     settings = load_settings(worker_env)
-    with MainManager("kafka", settings).create_producer(settings.images_topic) as producer:
+    with MainManager("kafka", settings).create_producer(settings.topics.images) as producer:
         stream_wave(producer, test_split, 0, 1500, chunks=6)
         page = wait_page(browser, lambda p: p["images"] == "1500", "the first wave")
         first = page
         assert_page_matches(page, worker.accuracy())
 
-        bad = ((b"{not json", "junk-1"), (b"{not json", "junk-2"),
-               (json.dumps({"id": "no-pixels"}).encode(), "no-pixels"))
+        bad = (
+            (b"{not json", "junk-1"),
+            (b"{not json", "junk-2"),
+            (json.dumps({"id": "no-pixels"}).encode(), "no-pixels"),
+        )
         stream_wave(producer, test_split, 1500, 1500, chunks=6, extra=bad)
 
-    page = wait_page(browser, lambda p: p["images"] == "3000" and p["rejected"] == "3" and p["lag"] == "0",
-                     "both waves, the rejects and zero lag")
+    page = wait_page(
+        browser,
+        lambda p: p["images"] == "3000" and p["rejected"] == "3" and p["lag"] == "0",
+        "both waves, the rejects and zero lag",
+    )
     report = worker.accuracy()
     assert_page_matches(page, report)
     assert report["rejected_by_kind"] == {"bad_pixels": 1, "not_json": 2}
     assert page["same_load"] and page["polls"] > first["polls"]
     assert page["accuracy_points"] > first["accuracy_points"] >= 1 and page["accuracy_line"].startswith("M")
     assert len(page["cells"]) == 100 and len(page["recall_bars"]) == 10
-    assert page["thumbs"] and all(label != predicted and (w, h) == (28, 28) for label, predicted, w, h in page["thumbs"])
+    assert page["thumbs"] and all(
+        label != predicted and (w, h) == (28, 28) for label, predicted, w, h in page["thumbs"]
+    )
     assert float(page["rate"]) > 0 and page["rate_line"] == 1
     stats = requests.get(worker.url + "/stats/", timeout=5).json()
     assert stats["backlog_kind"] == "kafka_lag" and stats["lag"] == 0
 
-    height = browser.execute_script("return document.documentElement.scrollHeight + window.outerHeight"
-                                    " - window.innerHeight")
+    height = browser.execute_script(
+        "return document.documentElement.scrollHeight + window.outerHeight - window.innerHeight"
+    )
     browser.set_window_size(WIDTH, height)
     wait_page(browser, lambda p: p["polls"] > page["polls"], "a refresh at full height")
     target = SCREENSHOT if os.environ.get("UPDATE_SCREENSHOT") == "1" else tmp_path / "dashboard.png"

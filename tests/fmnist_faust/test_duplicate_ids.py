@@ -1,4 +1,4 @@
-"""Duplicate ids are counted once: the rule in agents._duplicate_ids, and its durability.
+"""Duplicate ids are counted once: the core's rule as agents._duplicate_ids scopes it, and its durability.
 
 The unit tests drive the rule with fake events (no broker); the last test restarts a
 real worker on the real broker and re-sends ids it counted before the restart.
@@ -7,9 +7,10 @@ real worker on the real broker and re-sends ids it counted before the restart.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -33,9 +34,10 @@ class _Event:
 def _batch(*items: tuple[int, int, str | None]) -> tuple[list[_Event], BatchResult]:
     """(partition, offset, id or None for an invalid message) -> fake events and outcomes."""
     events = [_Event(_Message(p, o)) for p, o, _ in items]
-    outcomes: list[Any] = [Prediction(i, 0, 1.0, 0, "v", None) if i is not None
-                           else InvalidMessage("not_json", "x") for _, _, i in items]
-    return events, BatchResult([RawMessage(b"") for _ in items], outcomes)
+    outcomes: list[Any] = [
+        Prediction(i, 0, 1.0, 0, "v", None) if i is not None else InvalidMessage("not_json", "x") for _, _, i in items
+    ]
+    return events, BatchResult([RawMessage(b"") for _ in items], outcomes, [None] * len(items))
 
 
 @pytest.fixture
@@ -91,9 +93,9 @@ def test_a_mark_left_by_a_crashed_batch_is_ignored_and_rewritten(rule: Any) -> N
 
 @pytest.mark.kafka
 @pytest.mark.timeout(120)
-def test_duplicate_ids_stay_counted_once_across_a_restart(start_worker: Any, worker_env: dict[str, str],
-                                                          kafka_bootstrap: str, test_split: Any,
-                                                          tiny_model: Path) -> None:
+def test_duplicate_ids_stay_counted_once_across_a_restart(
+    start_worker: Any, worker_env: dict[str, str], kafka_bootstrap: str, test_split: Any, tiny_model: Path
+) -> None:
     from aiokafka import AIOKafkaProducer
 
     from fmnist_faust.config import load_settings
@@ -108,8 +110,12 @@ def test_duplicate_ids_stay_counted_once_across_a_restart(start_worker: Any, wor
         producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
         await producer.start()
         try:
-            await asyncio.gather(*[await producer.send(settings.images_topic, encode_image(i, img, lab),
-                                                       key=i.encode()) for i, img, lab in items])
+            await asyncio.gather(
+                *[
+                    await producer.send(settings.topics.images, encode_image(i, img, lab), key=i.encode())
+                    for i, img, lab in items
+                ]
+            )
         finally:
             await producer.stop()
 
@@ -121,9 +127,14 @@ def test_duplicate_ids_stay_counted_once_across_a_restart(start_worker: Any, wor
     again = start_worker(FMNIST_WEB_PORT=str(worker.port), FMNIST_WORKER_DATADIR=worker.env["FMNIST_WORKER_DATADIR"])
     wait_until(lambda: again.accuracy()["images"] == 50, timeout=60, what="tables recovered after the restart")
     # 20 ids counted before the restart, re-sent as new messages with another label, and 10 new ids.
-    asyncio.run(produce([(f"d-{n}", images[n], (int(labels[n]) + 1) % 10) for n in range(20)]
-                        + [(f"d-{n}", images[n], int(labels[n])) for n in range(50, 60)]))
-    assert len(consume_topic(kafka_bootstrap, settings.predictions_topic, 80, timeout=60)) == 80  # all classified
+    asyncio.run(
+        produce(
+            [(f"d-{n}", images[n], (int(labels[n]) + 1) % 10) for n in range(20)]
+            + [(f"d-{n}", images[n], int(labels[n])) for n in range(50, 60)]
+        )
+    )
+    # 60 predictions: one per id; the 20 re-sent ids are not published again
+    assert len(consume_topic(kafka_bootstrap, settings.topics.predictions, 60, timeout=60, settle=3)) == 60
     report = wait_until(lambda: (r := again.accuracy())["images"] >= 60 and r, timeout=30, what="60 images")
 
     predicted, _ = load_classifier(tiny_model).predict(images)
@@ -155,7 +166,7 @@ def test_marks_are_chunked_into_bounded_changelog_messages(monkeypatch: pytest.M
     import json
 
     from fmnist_faust import tables
-    from fmnist_faust.app import app
+    from fmnist_faust.faust_app import app
 
     sent: list[tuple[str, bytes, bytes, int]] = []
 

@@ -18,8 +18,7 @@ import time
 
 import pytest
 
-from support import ROOT, consume_topic, produce_images, wait_until
-from test_chaos_kafka import offline_confusion
+from support import ROOT, consume_topic, offline_confusion, produce_images, wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.chaos]
 COUNT = int(os.environ.get("FREEZE_IMAGES", "4000"))
@@ -42,6 +41,24 @@ def freeze(pid: int, seconds: float) -> None:
         os.kill(pid, signal.SIGCONT)
 
 
+def wait_for_broker(bootstrap: str) -> None:
+    """Until the resumed broker answers metadata requests again (the test's producer needs it)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    async def answers() -> bool:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+        try:
+            await admin.start()
+            await admin.list_topics()
+            return True
+        except Exception:
+            return False
+        finally:
+            await admin.close()
+
+    wait_until(lambda: asyncio.run(answers()), timeout=60, interval=1, what="the broker to answer again")
+
+
 def committed_and_ends(bootstrap: str, group: str, topic: str) -> tuple[dict[int, int | None], dict[int, int]]:
     """The group's committed offset and the log end of every partition of ``topic``."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -56,8 +73,10 @@ def committed_and_ends(bootstrap: str, group: str, topic: str) -> tuple[dict[int
             partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
             ends = await consumer.end_offsets(partitions)
             offsets = await admin.list_consumer_group_offsets(group, partitions=partitions)
-            committed = {tp.partition: (meta.offset if meta is not None and meta.offset >= 0 else None)
-                         for tp, meta in offsets.items()}
+            committed = {
+                tp.partition: (meta.offset if meta is not None and meta.offset >= 0 else None)
+                for tp, meta in offsets.items()
+            }
             return committed, {tp.partition: end for tp, end in ends.items()}
         finally:
             await consumer.stop()
@@ -69,8 +88,11 @@ def committed_and_ends(bootstrap: str, group: str, topic: str) -> tuple[dict[int
 def assert_exact(workers, env, bootstrap, tiny_model, images, labels, prefix) -> None:
     expected = offline_confusion(tiny_model, images, labels)
     for worker in workers:
-        report = wait_until(lambda w=worker: (r := w.accuracy())["images"] >= COUNT and r, timeout=240,
-                            what=f"all {COUNT} images counted")
+        report = wait_until(
+            lambda w=worker: (r := w.accuracy())["images"] >= COUNT and r,
+            timeout=240,
+            what=f"all {COUNT} images counted",
+        )
         time.sleep(6)  # a second count, or a zombie's older row winning, would show up now
         report = worker.accuracy()
         assert report["images"] == COUNT and report["confusion"] == expected
@@ -78,28 +100,40 @@ def assert_exact(workers, env, bootstrap, tiny_model, images, labels, prefix) ->
     assert {r.key.decode() for r in records} == {f"{prefix}-{i}" for i in range(COUNT)}
     committed, ends = wait_until(
         lambda: (c := committed_and_ends(bootstrap, env["FMNIST_APP_ID"], env["FMNIST_IMAGES_TOPIC"]))[0] == c[1] and c,
-        timeout=30, what="committed offsets to reach the log ends")
+        timeout=30,
+        what="committed offsets to reach the log ends",
+    )
     assert sum(ends.values()) == COUNT
 
 
-def test_broker_frozen_mid_batch_past_the_session_loses_nothing(start_worker, worker_env, kafka_bootstrap,
-                                                                 test_split, tiny_model) -> None:
+def test_broker_frozen_mid_batch_past_the_session_loses_nothing(
+    start_worker, worker_env, kafka_bootstrap, test_split, tiny_model
+) -> None:
     images, labels = test_split.images[:COUNT], test_split.labels[:COUNT]
     topic = worker_env["FMNIST_IMAGES_TOPIC"]
     worker = start_worker(FMNIST_SESSION_TIMEOUT=str(SESSION_S))
     quarter = COUNT // 4
     produce_images(kafka_bootstrap, topic, images[:quarter], labels[:quarter], prefix="fz")
     wait_until(lambda: worker.accuracy()["images"] >= quarter, timeout=120, what="the first quarter counted")
-    produce_images(kafka_bootstrap, topic, images[quarter:2 * quarter], labels[quarter:2 * quarter],
-                   prefix="fz", first_index=quarter)
+    produce_images(
+        kafka_bootstrap,
+        topic,
+        images[quarter : 2 * quarter],
+        labels[quarter : 2 * quarter],
+        prefix="fz",
+        first_index=quarter,
+    )
     freeze(broker_pid(), FREEZE_S)  # right after the send: the worker has batches in flight
-    produce_images(kafka_bootstrap, topic, images[2 * quarter:], labels[2 * quarter:], prefix="fz",
-                   first_index=2 * quarter)
+    wait_for_broker(kafka_bootstrap)
+    produce_images(
+        kafka_bootstrap, topic, images[2 * quarter :], labels[2 * quarter :], prefix="fz", first_index=2 * quarter
+    )
     assert_exact([worker], worker_env, kafka_bootstrap, tiny_model, images, labels, "fz")
 
 
-def test_frozen_worker_past_its_session_is_fenced_and_totals_stay_exact(start_worker, worker_env, kafka_bootstrap,
-                                                                         test_split, tiny_model) -> None:
+def test_frozen_worker_past_its_session_is_fenced_and_totals_stay_exact(
+    start_worker, worker_env, kafka_bootstrap, test_split, tiny_model
+) -> None:
     images, labels = test_split.images[:COUNT], test_split.labels[:COUNT]
     topic = worker_env["FMNIST_IMAGES_TOPIC"]
     session = {"FMNIST_SESSION_TIMEOUT": str(SESSION_S)}

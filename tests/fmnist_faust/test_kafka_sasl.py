@@ -17,8 +17,9 @@ import base64
 import shutil
 import subprocess
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -34,8 +35,10 @@ SCRAM_USER, SCRAM_PASSWORD = "fmnist-scram", "scram-secret"
 
 
 def _properties(port: int, controller: int, data: Path) -> str:
-    plain_jaas = ('org.apache.kafka.common.security.plain.PlainLoginModule required username="admin" '
-                  f'password="admin-secret" user_admin="admin-secret" user_{PLAIN_USER}="{PLAIN_PASSWORD}";')
+    plain_jaas = (
+        'org.apache.kafka.common.security.plain.PlainLoginModule required username="admin" '
+        f'password="admin-secret" user_admin="admin-secret" user_{PLAIN_USER}="{PLAIN_PASSWORD}";'
+    )
     return f"""
 process.roles=broker,controller
 node.id=1
@@ -79,14 +82,42 @@ def sasl_broker(tmp_path: Path) -> Iterator[str]:
     config.write_text(_properties(port, controller, directory / "data"))
     classpath = f"{LIBS}/*"
     cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
-    subprocess.run([java, "-cp", classpath, "kafka.tools.StorageTool", "format", "-t", cluster_id,
-                    "-c", str(config), "--add-scram", f"SCRAM-SHA-512=[name={SCRAM_USER},password={SCRAM_PASSWORD}]"],
-                   check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            java,
+            "-cp",
+            classpath,
+            "kafka.tools.StorageTool",
+            "format",
+            "-t",
+            cluster_id,
+            "-c",
+            str(config),
+            "--add-scram",
+            f"SCRAM-SHA-512=[name={SCRAM_USER},password={SCRAM_PASSWORD}]",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     log = open(directory / "kafka.log", "wb")
     broker = subprocess.Popen(
-        [java, "-Xms128m", "-Xmx384m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
-         "-Djava.awt.headless=true", "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn",
-         "-cp", classpath, "kafka.Kafka", str(config)], stdout=log, stderr=subprocess.STDOUT)
+        [
+            java,
+            "-Xms128m",
+            "-Xmx384m",
+            "-XX:+UseSerialGC",
+            "-XX:TieredStopAtLevel=1",
+            "-Djava.awt.headless=true",
+            "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn",
+            "-cp",
+            classpath,
+            "kafka.Kafka",
+            str(config),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         if not wait_for_port("127.0.0.1", port, timeout=60):
             raise RuntimeError(f"the SASL broker did not open its port; see {directory / 'kafka.log'}")
@@ -102,9 +133,14 @@ def sasl_broker(tmp_path: Path) -> Iterator[str]:
 
 
 def _env(bootstrap: str, mechanism: str, user: str, password: str, **extra: str) -> dict[str, str]:
-    return {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
-            "KAFKA_SASL_MECHANISM": mechanism, "KAFKA_SASL_USERNAME": user, "KAFKA_SASL_PASSWORD": password,
-            **extra}
+    return {
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+        "KAFKA_SASL_MECHANISM": mechanism,
+        "KAFKA_SASL_USERNAME": user,
+        "KAFKA_SASL_PASSWORD": password,
+        **extra,
+    }
 
 
 async def _metadata(bootstrap: str, security: KafkaSecurity) -> None:
@@ -128,8 +164,9 @@ def _refused(bootstrap: str, security: KafkaSecurity) -> bool:
 async def _consume(bootstrap: str, topics: list[str], expected: int, security: KafkaSecurity) -> list[Any]:
     from aiokafka import AIOKafkaConsumer
 
-    consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, group_id=None,
-                                auto_offset_reset="earliest", **security.aiokafka_kwargs())
+    consumer = AIOKafkaConsumer(
+        *topics, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest", **security.aiokafka_kwargs()
+    )
     await consumer.start()
     records: list[Any] = []
     try:
@@ -143,8 +180,9 @@ async def _consume(bootstrap: str, topics: list[str], expected: int, security: K
 
 
 @pytest.mark.timeout(180)
-def test_worker_and_clients_over_sasl(sasl_broker: str, worker_env: dict[str, str], tmp_path: Path,
-                                      test_split: Any) -> None:
+def test_worker_and_clients_over_sasl(
+    sasl_broker: str, worker_env: dict[str, str], tmp_path: Path, test_split: Any
+) -> None:
     from fmnist_faust.client import MainManager
     from fmnist_faust.kafka_admin import ensure_topics_sync
 
@@ -153,16 +191,20 @@ def test_worker_and_clients_over_sasl(sasl_broker: str, worker_env: dict[str, st
     scram: Settings = load_settings(_env(sasl_broker, "SCRAM-SHA-512", SCRAM_USER, SCRAM_PASSWORD, **topics))
 
     # The broker enforces authentication: wrong password, unknown user and no SASL all fail.
-    wait_until(lambda: not _refused(sasl_broker, plain.kafka_security), timeout=60, what="SASL broker ready")
-    assert _refused(sasl_broker, KafkaSecurity("SASL_PLAINTEXT", "PLAIN", PLAIN_USER, "wrong"))
-    assert _refused(sasl_broker, KafkaSecurity("SASL_PLAINTEXT", "SCRAM-SHA-512", SCRAM_USER, "wrong"))
-    assert _refused(sasl_broker, KafkaSecurity("SASL_PLAINTEXT", "SCRAM-SHA-512", PLAIN_USER, PLAIN_PASSWORD))
-    assert _refused(sasl_broker, KafkaSecurity())  # PLAINTEXT
+    wait_until(lambda: not _refused(sasl_broker, plain.kafka.security), timeout=60, what="SASL broker ready")
+
+    def security(mechanism: str, user: str, password: str) -> KafkaSecurity:
+        return load_settings(_env(sasl_broker, mechanism, user, password)).kafka.security
+
+    assert _refused(sasl_broker, security("PLAIN", PLAIN_USER, "wrong"))
+    assert _refused(sasl_broker, security("SCRAM-SHA-512", SCRAM_USER, "wrong"))
+    assert _refused(sasl_broker, security("SCRAM-SHA-512", PLAIN_USER, PLAIN_PASSWORD))
+    assert _refused(sasl_broker, load_settings({}).kafka.security)  # PLAINTEXT
 
     # Topics (admin client) and images (the product's producer) with PLAIN ...
     ensure_topics_sync(plain)
     images, labels = test_split.images[:30], test_split.labels[:30]
-    producer = MainManager("kafka", plain).create_producer(plain.images_topic)
+    producer = MainManager("kafka", plain).create_producer(plain.topics.images)
     try:
         for n in range(30):
             producer.produce(encode_image(f"s-{n}", images[n], int(labels[n])), key=f"s-{n}")
@@ -175,14 +217,18 @@ def test_worker_and_clients_over_sasl(sasl_broker: str, worker_env: dict[str, st
     env = dict(worker_env, **_env(sasl_broker, "SCRAM-SHA-512", SCRAM_USER, SCRAM_PASSWORD))
     worker = Worker(env, tmp_path / "sasl-worker.log").start(ready_timeout=90)
     try:
-        report = wait_until(lambda: (r := worker.accuracy())["images"] >= 30 and r["rejected"] >= 1 and r,
-                            timeout=90, what="30 images and 1 rejection counted over SASL")
+        report = wait_until(
+            lambda: (r := worker.accuracy())["images"] >= 30 and r["rejected"] >= 1 and r,
+            timeout=90,
+            what="30 images and 1 rejection counted over SASL",
+        )
         assert report["images"] == 30 and report["rejected_by_kind"] == {"not_json": 1}
-        records = asyncio.run(_consume(sasl_broker, [scram.predictions_topic, scram.dlq_topic], 31,
-                                       scram.kafka_security))
-        predictions = [decode_prediction(r.value) for r in records if r.topic == scram.predictions_topic]
+        records = asyncio.run(
+            _consume(sasl_broker, [scram.topics.predictions, scram.topics.dlq], 31, scram.kafka.security)
+        )
+        predictions = [decode_prediction(r.value) for r in records if r.topic == scram.topics.predictions]
         assert sorted(p["id"] for p in predictions) == sorted(f"s-{n}" for n in range(30))
-        dead = [r for r in records if r.topic == scram.dlq_topic]
+        dead = [r for r in records if r.topic == scram.topics.dlq]
         assert [(r.key, r.value) for r in dead] == [(b"s-bad", b"not json")]
         assert worker.proc is not None and worker.proc.poll() is None
     finally:

@@ -10,7 +10,8 @@ import base64
 import json
 import time
 from collections import Counter
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import requests
@@ -43,8 +44,14 @@ def test_rate_meter_averages_over_the_window() -> None:
 
 def test_stats_report_shape() -> None:
     report = stats_report(7, "pubsub_backlog")
-    assert set(report) == {"images_per_second", "rate_window_s", "lag", "backlog_kind", "uptime_s",
-                           "stalled_partitions"}
+    assert set(report) == {
+        "images_per_second",
+        "rate_window_s",
+        "lag",
+        "backlog_kind",
+        "uptime_s",
+        "stalled_partitions",
+    }
     assert report["stalled_partitions"] == []
     assert stats_report(0, "kafka_lag", [3, 1])["stalled_partitions"] == [1, 3]
     assert report["lag"] == 7 and report["backlog_kind"] == "pubsub_backlog"
@@ -91,8 +98,11 @@ def scrape(url: str) -> dict[SampleKey, float]:
     response = requests.get(url + "/metrics", timeout=5)
     response.raise_for_status()
     assert response.headers["Content-Type"].startswith("text/plain")
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(response.text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(response.text)
+        for s in family.samples
+    }
 
 
 @pytest.mark.kafka
@@ -102,21 +112,32 @@ def test_metrics_scrape_counts_what_was_sent(start_worker: Callable, worker_env:
 
     sent = 600
     now = time.time()
-    items = [(encode_image(f"m-{i}", test_split.images[i], int(test_split.labels[i]), sent_at=now), f"m-{i}")
-             for i in range(sent)]
+    items = [
+        (encode_image(f"m-{i}", test_split.images[i], int(test_split.labels[i]), sent_at=now), f"m-{i}")
+        for i in range(sent)
+    ]
     short = base64.b64encode(bytes(10)).decode()
-    bad = [(b"{not json", "junk-1"), (b"[1, 2]", "junk-2"),
-           (json.dumps({"id": "s", "pixels": short}).encode(), "s"),
-           (json.dumps({"id": "t", "pixels": short}).encode(), "t")]
+    bad = [
+        (b"{not json", "junk-1"),
+        (b"[1, 2]", "junk-2"),
+        (json.dumps({"id": "s", "pixels": short}).encode(), "s"),
+        (json.dumps({"id": "t", "pixels": short}).encode(), "t"),
+    ]
     expected_rejects = Counter({"not_json": 1, "not_object": 1, "bad_pixel_count": 2})
     with MainManager("kafka", load_settings(worker_env)).create_producer(worker_env["FMNIST_IMAGES_TOPIC"]) as producer:
         producer.produce_many(items + bad)
 
-    report = wait_until(lambda: (r := worker.accuracy())["images"] + r["rejected"] == sent + len(bad) and r,
-                        60, what="the worker to count every message")
+    report = wait_until(
+        lambda: (r := worker.accuracy())["images"] + r["rejected"] == sent + len(bad) and r,
+        60,
+        what="the worker to count every message",
+    )
     assert report["images"] == sent and report["rejected_by_kind"] == dict(sorted(expected_rejects.items()))
-    stats = wait_until(lambda: (s := requests.get(worker.url + "/stats/", timeout=5).json())["lag"] == 0 and s,
-                       15, what="the consumer lag to reach 0")
+    stats = wait_until(
+        lambda: (s := requests.get(worker.url + "/stats/", timeout=5).json())["lag"] == 0 and s,
+        15,
+        what="the consumer lag to reach 0",
+    )
     assert stats["backlog_kind"] == "kafka_lag" and stats["images_per_second"] > 0
 
     samples = scrape(worker.url)

@@ -71,8 +71,11 @@ def test_events_of_an_older_generation_are_not_counted(monkeypatch: Any) -> None
     from fmnist_faust import agents
 
     monkeypatch.setattr(agents, "_assigned", lambda: {_images(0), _images(1)})
-    events = [_Event(_Message(_images(0), 1, generation_id=3)), _Event(_Message(_images(0), 2, generation_id=4)),
-              _Event(_Message(_images(2), 3, generation_id=4))]  # partition 2 is no longer ours
+    events = [
+        _Event(_Message(_images(0), 1, generation_id=3)),
+        _Event(_Message(_images(0), 2, generation_id=4)),
+        _Event(_Message(_images(2), 3, generation_id=4)),
+    ]  # partition 2 is no longer ours
     assert agents._owned(events, 4) == [events[1]]
 
 

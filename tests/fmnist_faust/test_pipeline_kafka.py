@@ -30,14 +30,16 @@ def offline_confusion(model_path: Path, images: np.ndarray, labels: np.ndarray) 
     return confusion
 
 
-def test_stream_2000_images_exactly_once_and_restart(start_worker, worker_env, kafka_bootstrap,
-                                                      test_split, tiny_model) -> None:
+def test_stream_2000_images_exactly_once_and_restart(
+    start_worker, worker_env, kafka_bootstrap, test_split, tiny_model
+) -> None:
     images, labels = test_split.images[:COUNT], test_split.labels[:COUNT]
     worker = start_worker()
     ids = produce_images(kafka_bootstrap, worker_env["FMNIST_IMAGES_TOPIC"], images, labels)
 
-    report = wait_until(lambda: (r := worker.accuracy())["images"] >= COUNT and r,
-                        timeout=120, what=f"{COUNT} images counted")
+    report = wait_until(
+        lambda: (r := worker.accuracy())["images"] >= COUNT and r, timeout=120, what=f"{COUNT} images counted"
+    )
     expected = offline_confusion(tiny_model, images, labels)
     assert report["images"] == COUNT and report["labeled"] == COUNT
     assert report["correct"] == int(np.trace(expected))
@@ -53,8 +55,16 @@ def test_stream_2000_images_exactly_once_and_restart(start_worker, worker_env, k
     assert sorted(p["id"] for p in predictions) == sorted(ids)
     assert all(r.key.decode() == decode_prediction(r.value)["id"] for r in records)
     sample = predictions[0]
-    assert set(sample) == {"id", "predicted", "class_name", "confidence", "label", "correct",
-                           "model_version", "latency_ms"}
+    assert set(sample) == {
+        "id",
+        "predicted",
+        "class_name",
+        "confidence",
+        "label",
+        "correct",
+        "model_version",
+        "latency_ms",
+    }
     assert sample["class_name"] == CLASS_NAMES[sample["predicted"]]
     assert sum(p["correct"] for p in predictions) == report["correct"]
 
@@ -64,8 +74,9 @@ def test_stream_2000_images_exactly_once_and_restart(start_worker, worker_env, k
     # Restart: the changelog brings the same numbers back.
     assert worker.stop() == 0
     restarted = start_worker(FMNIST_WEB_PORT=str(worker.port))
-    again = wait_until(lambda: (r := restarted.accuracy())["images"] >= COUNT and r,
-                       timeout=60, what="tables recovered after restart")
+    again = wait_until(
+        lambda: (r := restarted.accuracy())["images"] >= COUNT and r, timeout=60, what="tables recovered after restart"
+    )
     assert again == report
 
 
@@ -96,12 +107,45 @@ def test_kcat_interop(start_worker, worker_env, kafka_bootstrap, test_split, tmp
     data = tmp_path / "images.txt"
     data.write_text("\n".join(lines) + "\n")
     # murmur2 = the Java/aiokafka partitioner, so a key lands where our producer puts it.
-    subprocess.run([kcat, "-b", kafka_bootstrap, "-P", "-t", topic, "-K", "\t", "-X",
-                    "topic.partitioner=murmur2_random", "-l", str(data)], check=True, timeout=30)
+    subprocess.run(
+        [
+            kcat,
+            "-b",
+            kafka_bootstrap,
+            "-P",
+            "-t",
+            topic,
+            "-K",
+            "\t",
+            "-X",
+            "topic.partitioner=murmur2_random",
+            "-l",
+            str(data),
+        ],
+        check=True,
+        timeout=30,
+    )
     wait_until(lambda: worker.accuracy()["images"] >= 20, timeout=60, what="kcat images counted")
-    out = subprocess.run([kcat, "-b", kafka_bootstrap, "-C", "-t", worker_env["FMNIST_PREDICTIONS_TOPIC"],
-                          "-o", "beginning", "-e", "-q", "-f", "%k\t%s\n"],
-                         check=True, timeout=30, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [
+            kcat,
+            "-b",
+            kafka_bootstrap,
+            "-C",
+            "-t",
+            worker_env["FMNIST_PREDICTIONS_TOPIC"],
+            "-o",
+            "beginning",
+            "-e",
+            "-q",
+            "-f",
+            "%k\t%s\n",
+        ],
+        check=True,
+        timeout=30,
+        capture_output=True,
+        text=True,
+    ).stdout
     got = {}
     for line in out.strip().splitlines():
         key, value = line.split("\t", 1)

@@ -5,16 +5,14 @@ conftest, so test modules can import it by a name no other test directory uses.)
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
 
 import numpy as np
-import requests
 
 from fmnist_faust.client import MainManager, Message
 from fmnist_faust.config import Settings
@@ -22,59 +20,16 @@ from fmnist_faust.core import dataset
 from fmnist_faust.core.contract import encode_image
 from fmnist_faust.core.model import load_classifier
 from fmnist_faust.core.scores import Scores
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from support import Service
 
 
-class Bridge:
+class Bridge(Service):
     """``python -m pubsub_bridge run`` as a subprocess, with helpers for its web views."""
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.env = env
-        self.log_path = log_path
-        self.url = f"http://127.0.0.1:{env['BRIDGE_WEB_PORT']}"
-        self.proc: subprocess.Popen | None = None
+        super().__init__([sys.executable, "-m", "pubsub_bridge", "run"], env, log_path, int(env["BRIDGE_WEB_PORT"]))
 
-    def start(self, timeout: float = 60.0) -> "Bridge":
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "pubsub_bridge", "run"], env=self.env,
-                                         stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"bridge exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if requests.get(self.url + "/accuracy/", timeout=1).status_code == 200:
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"bridge not ready in {timeout} s:\n{self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
-
-    def get(self, path: str) -> requests.Response:
-        response = requests.get(self.url + path, timeout=5)
-        response.raise_for_status()
-        return response
-
-    def accuracy(self) -> dict[str, Any]:
-        return self.get("/accuracy/").json()
-
-    def metric(self, name: str) -> float:
-        for line in self.get("/metrics").text.splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-        raise KeyError(name)
-
-    def wait_for(self, done: Callable[["Bridge"], bool], what: str, timeout: float = 60.0) -> None:
+    def wait_for(self, done: Callable[[Bridge], bool], what: str, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
@@ -93,7 +48,7 @@ class Bridge:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
-                raise AssertionError(f"bridge did not stop within {timeout} s after {sig}:\n{self.log()}")
+                raise AssertionError(f"bridge did not stop within {timeout} s after {sig}:\n{self.log()}") from None
         return self.proc.returncode
 
 
@@ -126,14 +81,20 @@ class Collector:
         self._consumer.stop()
 
 
-def publish_images(settings: Settings, split: dataset.Split, indices: range | list[int], prefix: str = "img",
-                   extra: list[tuple[bytes, dict[str, str]]] | None = None, chunk: int = 0,
-                   pause: float = 0.0) -> list[str]:
+def publish_images(
+    settings: Settings,
+    split: dataset.Split,
+    indices: range | list[int],
+    prefix: str = "img",
+    extra: list[tuple[bytes, dict[str, str]]] | None = None,
+    chunk: int = 0,
+    pause: float = 0.0,
+) -> list[str]:
     """Publish labelled images (key attribute = id) plus ``extra`` raw messages; returns the ids.
 
     With ``chunk``, waits for each ``chunk`` images to be published, then ``pause`` seconds.
     """
-    producer = MainManager("pubsub", settings).create_producer(settings.images_topic)
+    producer = MainManager("pubsub", settings).create_producer(settings.topics.images)
     ids = []
     try:
         for n, i in enumerate(indices, 1):
@@ -151,8 +112,9 @@ def publish_images(settings: Settings, split: dataset.Split, indices: range | li
     return ids
 
 
-def offline_scores(model_path: Path, split: dataset.Split, indices: range | list[int],
-                   window_seconds: int) -> tuple[Scores, dict[int, int], str]:
+def offline_scores(
+    model_path: Path, split: dataset.Split, indices: range | list[int], window_seconds: int
+) -> tuple[Scores, dict[int, int], str]:
     """The same model on the same images, outside any stream: (scores, index -> predicted, version)."""
     classifier = load_classifier(model_path)
     rows = np.asarray(list(indices))

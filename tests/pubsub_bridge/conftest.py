@@ -5,31 +5,24 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
-from bridge_helpers import Bridge, Collector, free_port
-from fmnist_faust.config import Settings, load_settings
+from bridge_helpers import Bridge, Collector
+from fmnist_faust.config import Settings, load_settings, run_names
+from support import free_port
 
 
 @pytest.fixture
 def bridge_env(pubsub_emulator: str, tiny_model: Path, tmp_path: Path) -> dict[str, str]:
     """Environment for one isolated bridge: unique topic/subscription names, own state and port."""
     tag = uuid.uuid4().hex[:8]
-    env = dict(os.environ)
+    env = dict(os.environ, **run_names(tag))
     env.update(
         PUBSUB_EMULATOR_HOST=pubsub_emulator,
         GOOGLE_CLOUD_PROJECT=os.environ.get("GOOGLE_CLOUD_PROJECT", "fmnist-local"),
-        FMNIST_IMAGES_TOPIC=f"images-{tag}",
-        FMNIST_PREDICTIONS_TOPIC=f"predictions-{tag}",
-        FMNIST_DLQ_TOPIC=f"images-dlq-{tag}",
-        PUBSUB_DEAD_LETTER_TOPIC=f"images-dead-letter-{tag}",
-        PUBSUB_IMAGES_SUBSCRIPTION=f"images-sub-{tag}",
-        PUBSUB_PREDICTIONS_SUBSCRIPTION=f"prediction-receiver-{tag}",
-        PUBSUB_DLQ_SUBSCRIPTION=f"images-dlq-sub-{tag}",
-        PUBSUB_DEAD_LETTER_SUBSCRIPTION=f"images-dead-letter-sub-{tag}",
         PUBSUB_ACK_DEADLINE_SECONDS="10",  # redelivery after a SIGKILL within seconds, not a minute
         FMNIST_MODEL_PATH=str(tiny_model),
         FMNIST_BATCH_LINGER="0.02",
@@ -49,20 +42,11 @@ def bridge_settings(bridge_env: dict[str, str]) -> Settings:
 @pytest.fixture
 def pubsub_setup(bridge_settings: Settings) -> Iterator[Settings]:
     """Runs the bridge's own setup for this test's names; deletes them afterwards."""
-    from google.cloud import pubsub_v1
-
-    from pubsub_bridge.admin import plan, setup
+    from pubsub_bridge.admin import setup, teardown
 
     setup(bridge_settings)
     yield bridge_settings
-    topics, subscriptions = plan(bridge_settings)
-    publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
-    with subscriber:
-        for spec in subscriptions:
-            subscriber.delete_subscription(subscription=subscriber.subscription_path(bridge_settings.gcp_project,
-                                                                                     spec.name))
-        for topic in topics:
-            publisher.delete_topic(topic=publisher.topic_path(bridge_settings.gcp_project, topic))
+    teardown(bridge_settings)
 
 
 @pytest.fixture

@@ -14,7 +14,8 @@ from pubsub_bridge.admin import SetupError, setup
 
 @pytest.mark.pubsub
 def test_setup_is_idempotent_and_wires_the_dead_letter_policy(
-        pubsub_setup: Settings, bridge_env: dict[str, str]) -> None:
+    pubsub_setup: Settings, bridge_env: dict[str, str]
+) -> None:
     settings = pubsub_setup  # the fixture ran setup once already
     again = setup(settings)
     assert len(again) == 8 and all(line.startswith("exists") for line in again)
@@ -22,26 +23,29 @@ def test_setup_is_idempotent_and_wires_the_dead_letter_policy(
     subscriber = pubsub_v1.SubscriberClient()
     with subscriber:
         images = subscriber.get_subscription(
-            subscription=subscriber.subscription_path(settings.gcp_project, settings.images_subscription))
-        assert images.topic.endswith("/topics/" + settings.images_topic)
+            subscription=subscriber.subscription_path(settings.pubsub.project, settings.pubsub.images_subscription)
+        )
+        assert images.topic.endswith("/topics/" + settings.topics.images)
         assert images.ack_deadline_seconds == 10
-        assert images.dead_letter_policy.dead_letter_topic.endswith("/topics/" + settings.dead_letter_topic)
+        assert images.dead_letter_policy.dead_letter_topic.endswith("/topics/" + settings.pubsub.dead_letter_topic)
         assert images.dead_letter_policy.max_delivery_attempts == 5
 
     changed = load_settings(dict(bridge_env, PUBSUB_ACK_DEADLINE_SECONDS="20", PUBSUB_MAX_DELIVERY_ATTEMPTS="7"))
     lines = setup(changed)
-    assert f"updated subscription projects/{settings.gcp_project}/subscriptions/{settings.images_subscription} " \
-           "(ack_deadline_seconds, dead_letter_policy)" in lines
+    assert (
+        f"updated subscription projects/{settings.pubsub.project}/subscriptions/{settings.pubsub.images_subscription} "
+        "(ack_deadline_seconds, dead_letter_policy)" in lines
+    )
 
 
 @pytest.mark.pubsub
 def test_a_message_nacked_too_often_moves_to_the_dead_letter_topic(pubsub_setup: Settings) -> None:
     settings = pubsub_setup
-    project = settings.gcp_project
+    project = settings.pubsub.project
     publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
-    images = subscriber.subscription_path(project, settings.images_subscription)
-    publisher.publish(publisher.topic_path(project, settings.images_topic), b"poison", key="p").result(30)
-    dead = subscriber.subscription_path(project, settings.dead_letter_subscription)
+    images = subscriber.subscription_path(project, settings.pubsub.images_subscription)
+    publisher.publish(publisher.topic_path(project, settings.topics.images), b"poison", key="p").result(30)
+    dead = subscriber.subscription_path(project, settings.pubsub.dead_letter_subscription)
     attempts, letters = [], []
     deadline = time.monotonic() + 40
     while not letters and time.monotonic() < deadline:  # the emulator dead-letters on the next delivery
@@ -58,24 +62,25 @@ def test_a_message_nacked_too_often_moves_to_the_dead_letter_topic(pubsub_setup:
 
 @pytest.mark.pubsub
 def test_setup_refuses_a_subscription_on_another_topic(pubsub_setup: Settings, bridge_env: dict[str, str]) -> None:
-    swapped = load_settings(dict(bridge_env, PUBSUB_IMAGES_SUBSCRIPTION=pubsub_setup.predictions_subscription))
+    swapped = load_settings(dict(bridge_env, PUBSUB_IMAGES_SUBSCRIPTION=pubsub_setup.pubsub.predictions_subscription))
     with pytest.raises(SetupError, match="exists on"):
         setup(swapped)
 
 
 @pytest.mark.pubsub
-def test_setup_purge_discards_the_backlog(pubsub_setup: Settings, bridge_env: dict[str, str],
-                                          monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+def test_setup_purge_discards_the_backlog(
+    pubsub_setup: Settings, bridge_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     settings = pubsub_setup
     publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
-    topic = publisher.topic_path(settings.gcp_project, settings.images_topic)
+    topic = publisher.topic_path(settings.pubsub.project, settings.topics.images)
     for n in range(5):
         publisher.publish(topic, b"stale %d" % n).result(30)
     for name, value in bridge_env.items():
         monkeypatch.setenv(name, value)
     assert main(["setup", "--purge"]) == 0
     assert "purged  subscription" in capsys.readouterr().out
-    images = subscriber.subscription_path(settings.gcp_project, settings.images_subscription)
+    images = subscriber.subscription_path(settings.pubsub.project, settings.pubsub.images_subscription)
     assert not subscriber.pull(subscription=images, max_messages=10, timeout=3).received_messages
     subscriber.close()
 

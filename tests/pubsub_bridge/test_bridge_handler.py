@@ -9,10 +9,11 @@ from __future__ import annotations
 import concurrent.futures
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from google.api_core import exceptions as gexc
@@ -96,21 +97,32 @@ def publisher() -> RecordingPublisher:
 
 
 @pytest.fixture
-def handler(classifier: Classifier, store: StateStore, publisher: RecordingPublisher,
-            settings: Settings) -> BatchHandler:
-    return BatchHandler(classifier, store, publisher, DirectAcker(), settings, "predictions", "dlq",
-                        RecentMistakes(), publish_timeout_s=5)
+def handler(
+    classifier: Classifier, store: StateStore, publisher: RecordingPublisher, settings: Settings
+) -> BatchHandler:
+    return BatchHandler(
+        classifier,
+        store,
+        publisher,
+        DirectAcker(),
+        settings.pipeline.max_message_bytes,
+        settings.pipeline.window_seconds,
+        "predictions",
+        "dlq",
+        RecentMistakes(),
+        publish_timeout_s=5,
+    )
 
 
 def image(split: dataset.Split, index: int, message_id: str, key: str | None = "same") -> FakeDelivery:
     image_id = f"img-{index}"
     attributes = {} if key is None else {"key": image_id if key == "same" else key}
-    return FakeDelivery(encode_image(image_id, split.images[index], int(split.labels[index])),
-                        attributes, message_id)
+    return FakeDelivery(encode_image(image_id, split.images[index], int(split.labels[index])), attributes, message_id)
 
 
-def test_a_batch_is_published_counted_then_acked(handler: BatchHandler, publisher: RecordingPublisher,
-                                                 store: StateStore, test_split: dataset.Split) -> None:
+def test_a_batch_is_published_counted_then_acked(
+    handler: BatchHandler, publisher: RecordingPublisher, store: StateStore, test_split: dataset.Split
+) -> None:
     batch = [image(test_split, i, f"m{i}") for i in range(10)]
     batch.append(FakeDelivery(b"\xff", {"key": "x", "origin": "test"}, "m-bad"))
     handler.handle(batch)
@@ -124,14 +136,18 @@ def test_a_batch_is_published_counted_then_acked(handler: BatchHandler, publishe
 
 
 def test_redelivered_and_duplicate_ids_are_acked_not_counted_or_published(
-        handler: BatchHandler, publisher: RecordingPublisher, store: StateStore, test_split: dataset.Split) -> None:
+    handler: BatchHandler, publisher: RecordingPublisher, store: StateStore, test_split: dataset.Split
+) -> None:
     first = [image(test_split, i, f"m{i}") for i in range(5)] + [FakeDelivery(b"", {"key": "e"}, "m-empty")]
     handler.handle(first)
     sent = len(publisher.sent)
 
     again = [image(test_split, i, f"m{i}") for i in range(5)] + [FakeDelivery(b"", {"key": "e"}, "m-empty")]
-    new_ids = [image(test_split, 2, "m-new-message-same-image"), image(test_split, 7, "m7"),
-               image(test_split, 7, "m7-duplicate-in-batch", key=None)]
+    new_ids = [
+        image(test_split, 2, "m-new-message-same-image"),
+        image(test_split, 7, "m7"),
+        image(test_split, 7, "m7-duplicate-in-batch", key=None),
+    ]
     handler.handle(again + new_ids)
 
     assert len(publisher.sent) == sent + 1, "only img-7 is new"
@@ -142,7 +158,8 @@ def test_redelivered_and_duplicate_ids_are_acked_not_counted_or_published(
 
 
 def test_a_failed_publish_leaves_the_batch_uncounted_and_unacked(
-        handler: BatchHandler, publisher: RecordingPublisher, store: StateStore, test_split: dataset.Split) -> None:
+    handler: BatchHandler, publisher: RecordingPublisher, store: StateStore, test_split: dataset.Split
+) -> None:
     publisher.fail = lambda topic, data: gexc.ServiceUnavailable("down")
     batch = [image(test_split, i, f"m{i}") for i in range(3)]
     with pytest.raises(TransientError):
@@ -155,7 +172,8 @@ def test_a_failed_publish_leaves_the_batch_uncounted_and_unacked(
 
 
 def test_a_message_that_keeps_failing_is_nacked_alone(
-        handler: BatchHandler, publisher: RecordingPublisher, store: StateStore, test_split: dataset.Split) -> None:
+    handler: BatchHandler, publisher: RecordingPublisher, store: StateStore, test_split: dataset.Split
+) -> None:
     poison = image(test_split, 4, "m4")
     publisher.fail = lambda topic, data: gexc.InvalidArgument("refused") if b'"id":"img-4"' in data else None
     batch = [image(test_split, i, f"m{i}") for i in range(4)] + [poison]
@@ -166,7 +184,8 @@ def test_a_message_that_keeps_failing_is_nacked_alone(
 
 
 def test_publish_wait_ends_at_the_shutdown_deadline(
-        handler: BatchHandler, store: StateStore, test_split: dataset.Split) -> None:
+    handler: BatchHandler, store: StateStore, test_split: dataset.Split
+) -> None:
     class Hanging:
         def publish(self, topic: str, data: bytes, **attrs: str) -> concurrent.futures.Future:
             return concurrent.futures.Future()

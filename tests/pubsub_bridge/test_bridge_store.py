@@ -13,18 +13,23 @@ from pubsub_bridge.store import StateStore, image_key, message_key
 
 
 def batch(labels_and_guesses: list[tuple[int | None, int]], rejected: int = 0) -> BatchResult:
-    outcomes: list = [Prediction(id=f"i{n}", predicted=guess, confidence=0.9, label=label,
-                                 model_version="m", latency_ms=None)
-                      for n, (label, guess) in enumerate(labels_and_guesses)]
+    outcomes: list = [
+        Prediction(id=f"i{n}", predicted=guess, confidence=0.9, label=label, model_version="m", latency_ms=None)
+        for n, (label, guess) in enumerate(labels_and_guesses)
+    ]
     outcomes += [InvalidMessage("not_json", "bad") for _ in range(rejected)]
-    return BatchResult([RawMessage(b"x", timestamp=100.0) for _ in outcomes], outcomes)
+    return BatchResult([RawMessage(b"x", timestamp=100.0) for _ in outcomes], outcomes, [None] * len(outcomes))
 
 
 def test_commit_persists_across_reopen(tmp_path: Path) -> None:
     path = tmp_path / "state.sqlite3"
     store = StateStore(path)
-    store.commit(batch([(1, 1), (2, 3), (None, 4)], rejected=1),
-                 [image_key("a"), image_key("b"), image_key("c"), message_key("m1")], "v1", 10)
+    store.commit(
+        batch([(1, 1), (2, 3), (None, 4)], rejected=1),
+        [image_key("a"), image_key("b"), image_key("c"), message_key("m1")],
+        "v1",
+        10,
+    )
     assert store.seen([image_key("a"), image_key("z"), message_key("m1")]) == {image_key("a"), message_key("m1")}
     store.close()
 
@@ -34,7 +39,8 @@ def test_commit_persists_across_reopen(tmp_path: Path) -> None:
     assert report["model_version"] == "v1"
     assert reopened.counted() == 4
     assert reopened.scores.window_series(10) == [
-        {"start": 100, "end": 110, "images": 3, "labeled": 2, "correct": 1, "accuracy": 0.5}]
+        {"start": 100, "end": 110, "images": 3, "labeled": 2, "correct": 1, "accuracy": 0.5}
+    ]
     reopened.close()
 
 

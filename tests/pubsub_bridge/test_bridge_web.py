@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import requests
 
-from bridge_helpers import free_port
 from fmnist_faust.core.recent import RecentMistakes
 from fmnist_faust.core.scores import Scores
 from pubsub_bridge.web import Views, WebServer
+from support import free_port
 
 
 @pytest.fixture
@@ -23,8 +23,13 @@ def scores() -> Scores:
 
 
 def serve(scores: Scores, dashboard: Path) -> WebServer:
-    views = Views(scores=lambda: scores, model_version=lambda: "mlp-test", recent=RecentMistakes(),
-                  window_seconds=10, dashboard=dashboard)
+    views = Views(
+        scores=lambda: scores,
+        model_version=lambda: "mlp-test",
+        recent=RecentMistakes(),
+        window_seconds=10,
+        dashboard=dashboard,
+    )
     return WebServer(views, "127.0.0.1", free_port()).start()
 
 
@@ -40,7 +45,9 @@ def server(scores: Scores, tmp_path: Path) -> Iterator[WebServer]:
 def test_json_views(server: WebServer, scores: Scores) -> None:
     assert requests.get(server.url + "/accuracy/", timeout=5).json() == scores.report("mlp-test")
     assert requests.get(server.url + "/accuracy/window/", timeout=5).json() == {
-        "window_seconds": 10, "windows": scores.window_series(10)}
+        "window_seconds": 10,
+        "windows": scores.window_series(10),
+    }
     assert requests.get(server.url + "/recent/", timeout=5).json() == {"misclassified": []}
     stats = requests.get(server.url + "/stats/", timeout=5).json()
     assert stats["backlog_kind"] == "pubsub_backlog" and stats["lag"] is None
