@@ -31,7 +31,7 @@ from .core.recent import RecentMistakes
 from .faust_app import app, settings
 from .kafka_admin import ensure_topics
 from .progress import Progress
-from .tables import counted_at, mark_counted, read_row, write_row
+from .tables import counted_at, expire_marks, mark_counted, read_row, write_row
 from .topics import dlq_topic, images_topic, predictions_topic
 
 log = logging.getLogger(__name__)
@@ -287,9 +287,18 @@ async def _duplicate_ids(
 ) -> tuple[set[int], list[Awaitable[Any]]]:
     """Indices of images whose id was already counted in their partition; marks the others.
 
-    An earlier mark only counts if its offset is <= the partition's applied offset (older
-    than this batch, so its row was written) or it was made earlier in this batch.
+    First each partition's marks older than the dedupe horizon (by record timestamps, up to
+    the newest in this batch) expire. An earlier mark only counts if its offset is <= the
+    partition's applied offset (older than this batch, so its row was written) or it was
+    made earlier in this batch.
     """
+    newest: dict[int, float] = {}
+    for event in fresh:
+        partition = event.message.partition
+        newest[partition] = max(newest.get(partition, 0.0), event.message.timestamp or 0.0)
+    acks: list[Awaitable[Any]] = []
+    for partition, timestamp in newest.items():
+        acks.extend(await expire_marks(partition, timestamp))
     keys = [
         f"{event.message.partition}/{outcome.id}" if isinstance(outcome, Prediction) else None
         for event, outcome in zip(fresh, result.outcomes)
@@ -307,10 +316,9 @@ async def _duplicate_ids(
             marks[event.message.partition][outcome.id] = event.message.offset
     if duplicates:
         log.info("not counting %d images whose id was already counted", len(duplicates))
-    acks: list[Awaitable[Any]] = []
     for partition, new in marks.items():
         if new:
-            acks.extend(await mark_counted(partition, list(new.items())))
+            acks.extend(await mark_counted(partition, list(new.items()), newest[partition]))
     return duplicates, acks
 
 

@@ -39,6 +39,11 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "FMNIST_BATCH_LINGER": ("0.01", "seconds to wait filling a batch (default {default}: lowest p99 in make bench)"),
     "FMNIST_MAX_MESSAGE_BYTES": (str(1 << 20), "largest accepted message in bytes (default 1 MiB)"),
     "FMNIST_WINDOW_SECONDS": ("10", "width of the accuracy windows in seconds (default {default})"),
+    "FMNIST_DEDUPE_SECONDS": (
+        "3600",
+        "dedupe horizon in seconds (default {default}): an image id re-sent within it is counted once, "
+        "after it as a new image; see Long runs",
+    ),
     "FMNIST_SESSION_TIMEOUT": (
         "60",
         "Kafka consumer session timeout in seconds, minimum 6 (default {default}): a worker silent for longer "
@@ -233,6 +238,7 @@ class PipelineSettings:
     batch_linger_s: float
     max_message_bytes: int
     window_seconds: int
+    dedupe_seconds: float
 
 
 @dataclass(frozen=True)
@@ -328,6 +334,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             batch_linger_s=_float(env, "FMNIST_BATCH_LINGER", minimum=0.001),
             max_message_bytes=_int(env, "FMNIST_MAX_MESSAGE_BYTES", minimum=1024),
             window_seconds=_int(env, "FMNIST_WINDOW_SECONDS", minimum=1),
+            dedupe_seconds=_float(env, "FMNIST_DEDUPE_SECONDS", minimum=1.0),
         ),
         model=ModelSettings(path=_path(env, "FMNIST_MODEL_PATH"), data_dir=Path(data_dir) if data_dir else None),
         web=WebSettings(host=_get(env, "FMNIST_WEB_HOST"), port=_int(env, "FMNIST_WEB_PORT", minimum=1)),

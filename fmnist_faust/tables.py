@@ -15,8 +15,9 @@ before the row that counts them. A mark only proves "already counted" if its off
 row was written, is ignored, and is rewritten identically when that batch is replayed.
 Since the image key is the id (the contract), the same id always hashes to the same
 partition, so per partition means globally; a message without a key is deduplicated
-only within the partition it landed in. Memory: one small entry per distinct counted id
-(in memory, like the rows).
+only within the partition it landed in. Ids expire after the dedupe horizon
+(``FMNIST_DEDUPE_SECONDS``, by record timestamps; see :mod:`.seen_ids`): memory and the
+changelog hold one horizon of ids, not the history.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from faust.types import TP, EventT
 from .core.scores import Scores
 from .faust_app import app, settings
 from .offsets import use_row_offsets
+from .seen_ids import SeenIds
 
 
 class ScoresTable(faust.Table):
@@ -58,6 +60,9 @@ scores_table = app.tables.add(
         key_type=str,
         partitions=settings.kafka.partitions,
         beacon=app.tables.beacon,
+        # One row per batch, one key per partition: with segments rolled every minute the
+        # cleaner keeps the changelog (and so a restart's recovery) at about a minute of rows.
+        extra_topic_configs={"segment.ms": "60000", "min.cleanable.dirty.ratio": "0.1"},
         help="Per-partition running accuracy, stamped with the last applied offset.",
     )
 )
@@ -90,21 +95,28 @@ def write_row(partition: int, offset: int, scores: Scores, model_version: str) -
 
 
 class SeenIdsTable(faust.Table):
-    """Which ids each partition counted, and at which offset (see the module docstring).
+    """Which ids each partition counted, and at which offset, within the dedupe horizon.
 
-    In memory: ``"<partition>/<id>" -> offset``, one key per id, so a lookup is a dict
-    access. On the changelog: one message per batch and partition (key
-    ``"<partition>@<first offset>"``, value ``{"partition", "ids", "offsets"}``) rather than
-    one per id, which Faust and aiokafka would make cost ~20% of the worker's CPU per image;
-    recovery expands each message back into per-id keys.
+    In memory: :class:`~.seen_ids.SeenIds` (one dict entry per id, so a lookup is a dict
+    access). On the changelog: one message per batch and partition (key
+    ``"<partition>@<first offset>"``, value ``{"partition", "ids", "offsets", "timestamp"}``)
+    rather than one per id, which Faust and aiokafka would make cost ~20% of the worker's
+    CPU per image; a tombstone for the key once the chunk expires, so compaction keeps one
+    horizon of ids and a restart replays no more than that.
     """
 
     def apply_changelog_batch(self, batch: Iterable[EventT]) -> None:
         for event in batch:
-            if event.value is not None:
-                _remember(event.value)
+            if event.value is None:
+                seen_ids.forget(event.key)
+            else:
+                seen_ids.remember(event.key, event.value)
 
 
+seen_ids = SeenIds(settings.pipeline.dedupe_seconds)
+# Compaction only cleans closed segments: roll them within a horizon (at least a minute, at
+# most an hour) and drop tombstones after as long, so the changelog holds about a horizon.
+_SEGMENT_MS = int(min(max(settings.pipeline.dedupe_seconds, 60.0), 3600.0) * 1000)
 seen_table = app.tables.add(
     SeenIdsTable(
         app,
@@ -113,25 +125,35 @@ seen_table = app.tables.add(
         key_type=str,
         partitions=settings.kafka.partitions,
         beacon=app.tables.beacon,
-        help="'<partition>/<image id>' -> offset of the message that counted the id.",
+        extra_topic_configs={
+            "segment.ms": str(_SEGMENT_MS),
+            "delete.retention.ms": str(_SEGMENT_MS),
+            "min.cleanable.dirty.ratio": "0.1",
+        },
+        help="'<partition>@<first offset>' -> ids counted by one batch, until the dedupe horizon.",
     )
 )
 MARKS_PER_MESSAGE = 2000  # 2,000 ids of <= 128 characters stay well under a 1 MiB message
 
 
-def _remember(entry: dict[str, Any]) -> None:
-    partition = int(entry["partition"])
-    for image_id, offset in zip(entry["ids"], entry["offsets"]):
-        seen_table.data[f"{partition}/{image_id}"] = int(offset)
-
-
 def counted_at(partition: int, image_id: str) -> int | None:
     """Offset of the message of ``partition`` that counted ``image_id``, if one was written."""
-    return seen_table.data.get(f"{partition}/{image_id}")
+    return seen_ids.counted_at(partition, image_id)
 
 
-async def mark_counted(partition: int, marks: list[tuple[str, int]]) -> list[Awaitable[Any]]:
-    """Record that each ``(id, offset)`` of ``partition`` counted that id; returns the acks to await.
+async def expire_marks(partition: int, timestamp: float) -> list[Awaitable[Any]]:
+    """Forget the chunks of ``partition`` older than the horizon before ``timestamp`` and send
+    their tombstones; returns the acks."""
+    topic = seen_table.changelog_topic.get_topic_name()
+    return [
+        await app.producer.send(topic, json.dumps(key).encode("utf-8"), None, partition, None, None)
+        for key in seen_ids.expire(partition, timestamp)
+    ]
+
+
+async def mark_counted(partition: int, marks: list[tuple[str, int]], timestamp: float) -> list[Awaitable[Any]]:
+    """Record that each ``(id, offset)`` of ``partition`` counted that id (``timestamp``: the newest
+    record timestamp among them); returns the acks to await.
 
     Sent with the producer directly, in the bytes ``send_changelog`` would produce (JSON
     key and value), so the caller can wait for the broker's ack before writing the row.
@@ -140,9 +162,14 @@ async def mark_counted(partition: int, marks: list[tuple[str, int]]) -> list[Awa
     acks: list[Awaitable[Any]] = []
     for start in range(0, len(marks), MARKS_PER_MESSAGE):
         chunk = marks[start : start + MARKS_PER_MESSAGE]
-        entry = {"partition": partition, "ids": [i for i, _ in chunk], "offsets": [o for _, o in chunk]}
-        _remember(entry)
+        entry = {
+            "partition": partition,
+            "ids": [i for i, _ in chunk],
+            "offsets": [o for _, o in chunk],
+            "timestamp": timestamp,
+        }
         key = f"{partition}@{chunk[0][1]}"
+        seen_ids.remember(key, entry)
         acks.append(
             await app.producer.send(
                 topic, json.dumps(key).encode("utf-8"), json.dumps(entry).encode("utf-8"), partition, None, None

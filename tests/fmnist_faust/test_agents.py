@@ -15,6 +15,7 @@ import pytest
 
 from fmnist_faust.core.contract import decode_prediction, encode_image
 from fmnist_faust.core.model import load_classifier
+from fmnist_faust.seen_ids import SeenIds
 
 
 @pytest.fixture
@@ -45,7 +46,7 @@ def faust_app(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
         "send_changelog",
         lambda partition, key, value, *a: changelog.append((partition, key, value)),
     )
-    tables.seen_table.data.clear()  # marks go through app.producer.send, recorded above
+    monkeypatch.setattr(tables, "seen_ids", SeenIds(3600))  # marks go through app.producer.send, recorded above
     tables.scores_table.data.clear()
     app.test_sent, app.test_changelog, app.test_classifier = sent, changelog, classifier
     return app

@@ -17,6 +17,7 @@ import pytest
 
 from fmnist_faust.core.contract import InvalidMessage, Prediction, encode_image
 from fmnist_faust.core.pipeline import BatchResult, RawMessage
+from fmnist_faust.seen_ids import SeenIds
 from support import consume_topic, wait_until
 
 
@@ -24,6 +25,7 @@ from support import consume_topic, wait_until
 class _Message:
     partition: int
     offset: int
+    timestamp: float = 1000.0
 
 
 @dataclass
@@ -45,12 +47,13 @@ def rule(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """Run ``_duplicate_ids`` on an empty seen-table; returns (duplicates, marks written)."""
     from fmnist_faust import agents, tables
 
-    tables.seen_table.data.clear()
+    monkeypatch.setattr(tables, "seen_ids", SeenIds(3600))
     written: list[tuple[int, str, int]] = []
 
-    async def mark(partition: int, marks: list[tuple[str, int]]) -> list[Any]:
+    async def mark(partition: int, marks: list[tuple[str, int]], timestamp: float) -> list[Any]:
         written.extend((partition, i, o) for i, o in marks)
-        tables._remember({"partition": partition, "ids": [i for i, _ in marks], "offsets": [o for _, o in marks]})
+        entry = {"partition": partition, "ids": [i for i, _ in marks], "offsets": [o for _, o in marks]}
+        tables.seen_ids.remember(f"{partition}@{marks[0][1]}", dict(entry, timestamp=timestamp))
         done = asyncio.get_running_loop().create_future()
         done.set_result(None)
         return [done]
@@ -68,7 +71,6 @@ def rule(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         return asyncio.run(go()), sorted(written)
 
     yield run
-    tables.seen_table.data.clear()
 
 
 def test_first_occurrence_counts_and_later_ones_in_the_batch_do_not(rule: Any) -> None:
@@ -145,21 +147,60 @@ def test_duplicate_ids_stay_counted_once_across_a_restart(
     assert again.proc is not None and again.proc.poll() is None
 
 
-def test_recovery_expands_batched_changelog_messages_into_per_id_marks() -> None:
-    """One changelog message per batch and partition; after recovery, one key per id."""
+@pytest.mark.kafka
+@pytest.mark.timeout(120)
+def test_an_id_re_sent_after_the_dedupe_horizon_counts_again(
+    start_worker: Any, worker_env: dict[str, str], kafka_bootstrap: str, test_split: Any
+) -> None:
+    import time
+
+    from support import produce_images
+
+    horizon = 4.0
+    worker = start_worker(FMNIST_DEDUPE_SECONDS=str(horizon))
+    topic = worker_env["FMNIST_IMAGES_TOPIC"]
+    images, labels = test_split.images[:10], test_split.labels[:10]
+    first_sent = time.time()
+    produce_images(kafka_bootstrap, topic, images, labels, prefix="h")
+    wait_until(lambda: worker.accuracy()["images"] >= 10, timeout=60, what="10 images counted")
+    produce_images(kafka_bootstrap, topic, images[:5], labels[:5], prefix="h")  # inside the horizon
+    assert time.time() - first_sent < horizon, "the machine was too slow to re-send inside the horizon"
+    time.sleep(2)
+    assert worker.accuracy()["images"] == 10
+    time.sleep(max(0.0, first_sent + horizon + 1.5 - time.time()))
+    produce_images(kafka_bootstrap, topic, images[5:], labels[5:], prefix="h", first_index=5)  # after it
+    report = wait_until(lambda: (r := worker.accuracy())["images"] >= 15 and r, timeout=60, what="15 images")
+    time.sleep(2)
+    assert worker.accuracy()["images"] == 15 and report["labeled"] == 15
+    # the expired marks left the changelog as tombstones
+    changelog = f"{worker_env['FMNIST_APP_ID']}-seen-ids-changelog"
+    records = consume_topic(kafka_bootstrap, changelog, 1, timeout=30, settle=2)
+    assert any(r.value is None for r in records)
+
+
+def test_recovery_expands_batched_changelog_messages_and_applies_tombstones(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One changelog message per batch and partition; after recovery, one key per id;
+    a tombstone (an expired chunk) removes its ids."""
     from fmnist_faust import tables
 
-    tables.seen_table.data.clear()
-    batch = [_Event(_Message(2, 0)), _Event(_Message(2, 1))]
-    batch[0].value = {"partition": 2, "ids": ["a", "b"], "offsets": [7, 9]}  # type: ignore[attr-defined]
-    batch[1].value = {"partition": 2, "ids": ["c"], "offsets": [12]}  # type: ignore[attr-defined]
-    try:
-        tables.seen_table.apply_changelog_batch(batch)  # type: ignore[arg-type]
-        assert tables.counted_at(2, "a") == 7 and tables.counted_at(2, "b") == 9
-        assert tables.counted_at(2, "c") == 12
-        assert tables.counted_at(0, "a") is None and tables.counted_at(2, "z") is None
-    finally:
-        tables.seen_table.data.clear()
+    monkeypatch.setattr(tables, "seen_ids", SeenIds(3600))
+    batch = [_Event(_Message(2, 0)), _Event(_Message(2, 1)), _Event(_Message(2, 2)), _Event(_Message(2, 3))]
+    for event, key, value in zip(
+        batch,
+        ["2@7", "2@12", "2@20", "2@20"],
+        [
+            {"partition": 2, "ids": ["a", "b"], "offsets": [7, 9], "timestamp": 10.0},
+            {"partition": 2, "ids": ["c"], "offsets": [12], "timestamp": 11.0},
+            {"partition": 2, "ids": ["d"], "offsets": [20], "timestamp": 12.0},
+            None,
+        ],
+    ):
+        event.key, event.value = key, value  # type: ignore[attr-defined]
+    tables.seen_table.apply_changelog_batch(batch)  # type: ignore[arg-type]
+    assert tables.counted_at(2, "a") == 7 and tables.counted_at(2, "b") == 9
+    assert tables.counted_at(2, "c") == 12
+    assert tables.counted_at(2, "d") is None  # written, then tombstoned
+    assert tables.counted_at(0, "a") is None and tables.counted_at(2, "z") is None
 
 
 def test_marks_are_chunked_into_bounded_changelog_messages(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -177,16 +218,14 @@ def test_marks_are_chunked_into_bounded_changelog_messages(monkeypatch: pytest.M
         return done
 
     monkeypatch.setattr(type(app.producer), "send", lambda self, *a: record(*a))
-    tables.seen_table.data.clear()
+    monkeypatch.setattr(tables, "seen_ids", SeenIds(3600))
     marks = [(f"id-{n}", 100 + n) for n in range(tables.MARKS_PER_MESSAGE + 5)]
-    try:
-        acks = asyncio.run(tables.mark_counted(3, marks))
-        assert len(acks) == len(sent) == 2
-        assert {s[0] for s in sent} == {tables.seen_table.changelog_topic.get_topic_name()}
-        assert [json.loads(s[1]) for s in sent] == ["3@100", f"3@{100 + tables.MARKS_PER_MESSAGE}"]
-        assert all(s[3] == 3 for s in sent)  # the changelog partition is the input partition
-        entries = [json.loads(s[2]) for s in sent]
-        assert sum(len(e["ids"]) for e in entries) == len(marks) and all(len(s[2]) < 1 << 20 for s in sent)
-        assert tables.counted_at(3, "id-0") == 100 and tables.counted_at(3, f"id-{len(marks) - 1}") == 99 + len(marks)
-    finally:
-        tables.seen_table.data.clear()
+    acks = asyncio.run(tables.mark_counted(3, marks, 1000.0))
+    assert len(acks) == len(sent) == 2
+    assert {s[0] for s in sent} == {tables.seen_table.changelog_topic.get_topic_name()}
+    assert [json.loads(s[1]) for s in sent] == ["3@100", f"3@{100 + tables.MARKS_PER_MESSAGE}"]
+    assert all(s[3] == 3 for s in sent)  # the changelog partition is the input partition
+    entries = [json.loads(s[2]) for s in sent]
+    assert sum(len(e["ids"]) for e in entries) == len(marks) and all(len(s[2]) < 1 << 20 for s in sent)
+    assert tables.counted_at(3, "id-0") == 100 and tables.counted_at(3, f"id-{len(marks) - 1}") == 99 + len(marks)
+    assert all(e["timestamp"] == 1000.0 for e in entries)
