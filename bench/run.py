@@ -50,7 +50,6 @@ def ensure_model(models: ModelSettings, run_dir: Path, smoke: bool, log: Callabl
     except model.ModelError as reason:
         if not smoke:
             raise SystemExit(f"bench: {reason}. Run `make model` first.") from None
-        from fmnist_faust.core import dataset
 
         path = run_dir / "tiny-model" / "tiny.joblib"
         try:
@@ -59,18 +58,7 @@ def ensure_model(models: ModelSettings, run_dir: Path, smoke: bool, log: Callabl
         except model.ModelError:
             pass
         log(f"smoke: no verified model ({reason}); training a tiny one at {path}")
-        train, test = dataset.load_split("train", models.data_dir), dataset.load_split("test", models.data_dir)
-        model.train(
-            train.images[:3000],
-            train.labels[:3000],
-            test.images[:500],
-            test.labels[:500],
-            path,
-            hidden=(32,),
-            max_iter=10,
-            log=lambda _msg: None,
-        )
-        return path
+        return model.train_small(path, models.data_dir)
 
 
 def machine() -> dict[str, Any]:

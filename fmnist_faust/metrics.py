@@ -56,15 +56,20 @@ class RateMeter:
         self._lock = threading.Lock()
 
     def add(self, count: int) -> None:
+        now = self._clock()
         with self._lock:
-            self._events.append((self._clock(), count))
+            self._events.append((now, count))
+            self._forget_before(now - self.window_s)  # bounded even when nobody asks for the rate
+
+    def _forget_before(self, cutoff: float) -> None:
+        while self._events and self._events[0][0] < cutoff:
+            self._events.popleft()
 
     def rate(self) -> float:
         """Mean rate over the window (over the uptime while that is shorter, at least 1 s)."""
         now = self._clock()
         with self._lock:
-            while self._events and self._events[0][0] < now - self.window_s:
-                self._events.popleft()
+            self._forget_before(now - self.window_s)
             total = sum(count for _, count in self._events)
         return total / min(self.window_s, max(now - self._started, 1.0))
 

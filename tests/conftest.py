@@ -39,20 +39,7 @@ def test_split() -> dataset.Split:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small MLP trained on 3,000 images in a second or two, with its manifest."""
-    train = dataset.load_split("train", DATA_DIR)
-    test = dataset.load_split("test", DATA_DIR)
-    path = tmp_path_factory.mktemp("model") / "tiny.joblib"
-    model.train(
-        train.images[:3000],
-        train.labels[:3000],
-        test.images[:500],
-        test.labels[:500],
-        path,
-        hidden=(32,),
-        max_iter=10,
-        log=lambda _msg: None,
-    )
-    return path
+    return model.train_small(tmp_path_factory.mktemp("model") / "tiny.joblib", DATA_DIR)
 
 
 @pytest.fixture

@@ -225,3 +225,22 @@ def load_classifier(model_path: Path) -> Classifier:
     manifest = _verify_bytes(Path(model_path), data)
     estimator = joblib.load(io.BytesIO(data))
     return Classifier(estimator=estimator, version=str(manifest["model_version"]), manifest=manifest)
+
+
+def train_small(path: Path, data_dir: Path | None = None) -> Path:
+    """A small verified MLP (32 hidden units, 3,000 training images, a second or two) for the
+    tests and the benchmark's smoke run, where the default model would take minutes."""
+    from . import dataset
+
+    train_split, test_split = dataset.load_split("train", data_dir), dataset.load_split("test", data_dir)
+    train(
+        train_split.images[:3000],
+        train_split.labels[:3000],
+        test_split.images[:500],
+        test_split.labels[:500],
+        path,
+        hidden=(32,),
+        max_iter=10,
+        log=lambda _msg: None,
+    )
+    return path

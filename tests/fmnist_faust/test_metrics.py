@@ -42,6 +42,15 @@ def test_rate_meter_averages_over_the_window() -> None:
     assert meter.rate() == 0.0 and meter.uptime_s == 14.5
 
 
+def test_rate_meter_holds_one_window_even_if_never_read() -> None:
+    now = [0.0]
+    meter = RateMeter(window_s=10.0, clock=lambda: now[0])
+    for second in range(10_000):  # a worker nobody polls for /stats/
+        now[0] = float(second)
+        meter.add(500)
+    assert len(meter._events) == 11
+
+
 def test_stats_report_shape() -> None:
     report = stats_report(7, "pubsub_backlog")
     assert set(report) == {

@@ -23,3 +23,24 @@ def test_missing_model_stops_the_worker_at_start(worker_env: dict[str, str], tmp
     assert done.returncode != 0
     assert "cannot load the model" in done.stdout + done.stderr
     assert "model file missing (run `make model`)" in done.stdout + done.stderr
+
+
+def test_output_topics_exist_once_the_worker_answers(start_worker, worker_env: dict[str, str], kafka_bootstrap) -> None:
+    """A worker that answers /accuracy/ (503 before: starting) has created predictions and the DLQ."""
+    import asyncio
+
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    worker = start_worker()
+    assert worker.accuracy()["images"] == 0
+
+    async def topics() -> set[str]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        await admin.start()
+        try:
+            return set(await admin.list_topics())
+        finally:
+            await admin.close()
+
+    wanted = {worker_env[name] for name in ("FMNIST_IMAGES_TOPIC", "FMNIST_PREDICTIONS_TOPIC", "FMNIST_DLQ_TOPIC")}
+    assert wanted <= asyncio.run(topics())
