@@ -12,7 +12,8 @@ never counted when the broker hangs mid-batch (issue 14, measured here):
   (or offset 0), so the fetcher goes on past them;
 - ``Consumer._new_offset`` lets a commit jump a one-offset hole at the head of the acked
   offsets (``min(acked) - committed > 1``), and records a read-offset jump as a "gap"
-  that counts as acked.
+  that counts as acked; and it consumes the acks it commits even when the commit then
+  fails (a rebalance), so a partition with no new images is never committed again.
 
 The score row of a partition (``tables.scores_table``) says exactly which input offsets
 are counted: every offset up to ``row.offset``. So this consumer commits ``row.offset + 1``
@@ -24,7 +25,8 @@ read again (the rows skip what was already counted).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
@@ -39,6 +41,18 @@ class RowOffsetConsumer(faust_aiokafka.Consumer):
     """aiokafka consumer whose commit and resume position come from ``next_offset``."""
 
     next_offset: NextOffset = staticmethod(lambda tp: None)  # set by ``use_row_offsets``
+
+    def _filter_tps_with_pending_acks(self, topics: Any = None) -> Iterator[TP]:
+        """Faust's partitions with new acks, plus every assigned one whose row is past the
+        committed offset: a commit that failed (in a rebalance) has already consumed its acks,
+        and the partition would stay behind until new images arrive."""
+        tps = set(super()._filter_tps_with_pending_acks(topics))
+        for tp in self.assignment():
+            wanted = self.next_offset(tp)
+            if wanted is not None and (topics is None or tp in topics or tp.topic in topics):
+                if self._should_commit(tp, wanted):
+                    tps.add(tp)
+        return iter(tps)
 
     def _filter_committable_offsets(self, tps: Iterable[TP]) -> dict[TP, int]:
         commit: dict[TP, int] = {}
