@@ -137,6 +137,7 @@ class Settings:
     dead_letter_subscription: str = "images-dead-letter-sub"
     max_delivery_attempts: int = 5
     ack_deadline_s: int = 60
+    dedupe_seconds: float = 3600.0
 
     @property
     def manifest_path(self) -> Path:
@@ -223,6 +224,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             "PUBSUB_MAX_DELIVERY_ATTEMPTS", _int(env, "PUBSUB_MAX_DELIVERY_ATTEMPTS", 5, minimum=5), 100),
         ack_deadline_s=_at_most(
             "PUBSUB_ACK_DEADLINE_SECONDS", _int(env, "PUBSUB_ACK_DEADLINE_SECONDS", 60, minimum=10), 600),
+        dedupe_seconds=_float(env, "FMNIST_DEDUPE_SECONDS", 3600.0, minimum=1.0),
     )
 
 
@@ -273,6 +275,9 @@ ENV_VARS: dict[str, str] = {
     "PUBSUB_DEAD_LETTER_SUBSCRIPTION": "subscription keeping those dead letters (default images-dead-letter-sub)",
     "PUBSUB_MAX_DELIVERY_ATTEMPTS": "deliveries of one message on images-sub before it is dead-lettered, 5-100 (default 5)",
     "PUBSUB_ACK_DEADLINE_SECONDS": "ack deadline of the subscriptions and the bridge's lease renewals, 10-600 (default 60)",
+    "FMNIST_DEDUPE_SECONDS": "dedupe horizon, both backends: an image id re-sent within it is counted once, after it "
+                             "counts again; bounds the seen-ids state and the images subscription's retention "
+                             "(default 3600, minimum 1; see Long runs)",
 }
 
 
