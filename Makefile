@@ -33,3 +33,8 @@ bench-smoke: install
 
 clean: services-stop
 	rm -rf .run .cache .venv models bench/results/*.tmp
+
+# Long run of the worker and the bridge (issue 15): bench/results/soak.{json,md,png}.
+.PHONY: soak
+soak: install model
+	tools/soak.sh

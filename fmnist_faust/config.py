@@ -41,8 +41,9 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "FMNIST_WINDOW_SECONDS": ("10", "width of the accuracy windows in seconds (default {default})"),
     "FMNIST_DEDUPE_SECONDS": (
         "3600",
-        "dedupe horizon in seconds (default {default}): an image id re-sent within it is counted once, "
-        "after it as a new image; see Long runs",
+        "dedupe horizon, both backends: an image id re-sent within it is counted once, after it counts again; "
+        "bounds the seen-ids state and the images subscription's retention (default {default}, minimum 1; "
+        "see [Long runs](#long-runs))",
     ),
     "FMNIST_SESSION_TIMEOUT": (
         "60",

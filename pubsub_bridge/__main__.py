@@ -21,6 +21,7 @@ environment (all optional; see fmnist_faust/config.py):
   FMNIST_MODEL_PATH, FMNIST_BATCH_SIZE, FMNIST_BATCH_LINGER, FMNIST_MAX_MESSAGE_BYTES,
   FMNIST_WINDOW_SECONDS, FMNIST_WEB_HOST, FMNIST_LOG_LEVEL
   BRIDGE_MAX_MESSAGES, BRIDGE_MAX_BYTES, BRIDGE_STATE_PATH, BRIDGE_WEB_PORT
+  FMNIST_DEDUPE_SECONDS         dedupe horizon; also the retention setup gives the images subscription
 """
 
 

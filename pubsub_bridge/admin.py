@@ -7,12 +7,21 @@ never redelivered forever). Each topic the bridge writes has a subscription, so 
 published there is dropped for want of a reader.
 
 Running it again changes nothing, except that an existing subscription whose settings
-differ (ack deadline, dead-letter policy) is updated to the configured ones.
+differ (ack deadline, dead-letter policy, retention) is updated to the configured ones.
+
+Retention of the images subscription = the dedupe horizon (``FMNIST_DEDUPE_SECONDS``):
+the bridge counts a message before it acks it, so a counted-but-unacked message can come
+back for as long as the subscription retains it; with retention <= horizon it can never
+come back after its id left the bridge's store. Pub/Sub accepts 10 minutes to 7 days: a
+longer horizon is clamped to 7 days (still safe), a shorter one to 10 minutes with a
+warning (a message unacked for longer than the horizon could then be counted twice).
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from google.api_core import exceptions as gexc
@@ -21,7 +30,27 @@ from google.protobuf import field_mask_pb2, timestamp_pb2
 from fmnist_faust.config import Settings
 
 # The subscription settings setup brings back to the configured ones.
-_RECONCILED = ("ack_deadline_seconds", "dead_letter_policy")
+_RECONCILED = ("ack_deadline_seconds", "dead_letter_policy", "message_retention_duration")
+MIN_RETENTION_S = 600  # Pub/Sub's bounds on message_retention_duration
+MAX_RETENTION_S = 7 * 24 * 3600
+
+log = logging.getLogger(__name__)
+
+
+def images_retention_s(settings: Settings) -> int:
+    """The images subscription's retention: the dedupe horizon within Pub/Sub's bounds."""
+    return int(min(MAX_RETENTION_S, max(MIN_RETENTION_S, settings.pipeline.dedupe_seconds)))
+
+
+def retention_warning(settings: Settings) -> str | None:
+    """Why the configured horizon cannot cover the images subscription's retention, if so."""
+    if settings.pipeline.dedupe_seconds >= MIN_RETENTION_S:
+        return None
+    return (
+        f"warning: FMNIST_DEDUPE_SECONDS={settings.pipeline.dedupe_seconds:g} is shorter than Pub/Sub's minimum "
+        f"retention ({MIN_RETENTION_S} s): {settings.pubsub.images_subscription} retains messages for "
+        f"{MIN_RETENTION_S} s, so one left unacked for longer than the horizon could be counted twice"
+    )
 
 
 class SetupError(RuntimeError):
@@ -55,6 +84,7 @@ def plan(settings: Settings) -> tuple[list[str], list[SubscriptionSpec]]:
     common = {"ack_deadline_seconds": settings.pubsub.ack_deadline_s}
     images = dict(
         common,
+        message_retention_duration=timedelta(seconds=images_retention_s(settings)),
         dead_letter_policy=types.DeadLetterPolicy(
             dead_letter_topic=f"projects/{project}/topics/{settings.pubsub.dead_letter_topic}",
             max_delivery_attempts=settings.pubsub.max_delivery_attempts,
@@ -101,6 +131,10 @@ def setup(settings: Settings, purge: bool = False) -> list[str]:
                 subscriber.seek(request={"subscription": path, "time": now})
                 lines.append(f"purged  subscription {path} (backlog acknowledged)")
     publisher.stop()
+    warning = retention_warning(settings)
+    if warning:
+        log.warning("%s", warning)
+        lines.append(warning)
     if not settings.pubsub.emulator_host:
         lines.append(_dead_letter_note(settings))
     return lines

@@ -12,6 +12,9 @@ with the unary Acknowledge call (the stream's ack path is gone by then), within
 :data:`DRAIN_SECONDS`; whatever is left is neither acked nor counted, and Pub/Sub
 redelivers it after its ack deadline. A second signal exits at once: the store is
 always consistent, so nothing is lost either way.
+
+A :class:`Pruner` thread deletes keys older than ``FMNIST_DEDUPE_SECONDS`` from the
+store, a small batch per transaction, so the store stays about one horizon in size.
 """
 
 from __future__ import annotations
@@ -29,13 +32,14 @@ from types import FrameType
 from typing import Any
 
 from google.api_core.exceptions import GoogleAPICallError
+from prometheus_client import Counter, Gauge
 
 from fmnist_faust.config import Settings
 from fmnist_faust.core.model import ModelError, load_classifier
 from fmnist_faust.core.recent import RecentMistakes
 
 from .handler import BatchHandler, Delivery, TransientError
-from .store import StateStore
+from .store import PRUNE_BATCH, StateStore
 from .web import Views, WebServer
 
 log = logging.getLogger(__name__)
@@ -43,6 +47,12 @@ log = logging.getLogger(__name__)
 DRAIN_SECONDS = 5.0
 MAX_BACKOFF_SECONDS = 30.0
 _ACK_CHUNK = 1000  # ack ids per unary Acknowledge request (well under its 512 KB limit)
+PRUNE_PAUSE_SECONDS = 0.05  # between delete batches: at most PRUNE_BATCH / 0.05 = 40,000 keys/s
+
+PRUNED = Counter("fmnist_bridge_pruned_total", "Counted keys deleted from the store after the dedupe horizon")
+LONGEST_PRUNE = Gauge(
+    "fmnist_bridge_longest_prune_seconds", "Longest single delete transaction of the store's pruning so far"
+)
 
 
 class StreamAcker:
@@ -166,6 +176,37 @@ class Batcher(threading.Thread):
                 delay = min(delay * 2, MAX_BACKOFF_SECONDS)
 
 
+class Pruner(threading.Thread):
+    """Deletes expired keys from the store: batches of ``limit``, each its own transaction,
+    with a pause between them so the batching thread's commits get the write lock, and a
+    check every ``interval_s`` once nothing is left to delete."""
+
+    def __init__(
+        self, store: StateStore, interval_s: float, limit: int = PRUNE_BATCH, pause_s: float = PRUNE_PAUSE_SECONDS
+    ) -> None:
+        super().__init__(name="bridge-pruner", daemon=True)
+        self.store = store
+        self.interval_s = interval_s
+        self.limit = limit
+        self.pause_s = pause_s
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                deleted = self.store.prune(self.limit)
+            except sqlite3.Error as exc:  # locked or I/O: the next round tries again
+                log.warning("pruning the state store failed (%s); retrying in %.0f s", exc, self.interval_s)
+                deleted = 0
+            PRUNED.inc(deleted)
+            LONGEST_PRUNE.set(self.store.longest_prune_s)
+            self.stopping.wait(self.pause_s if deleted >= self.limit else self.interval_s)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(10)
+
+
 def run(settings: Settings) -> int:
     """The bridge's main loop; returns the process exit code."""
     from google.cloud import pubsub_v1
@@ -177,7 +218,7 @@ def run(settings: Settings) -> int:
         log.error("%s", exc)
         return 1
     try:
-        store = StateStore(settings.bridge.state_path)
+        store = StateStore(settings.bridge.state_path, horizon_s=settings.pipeline.dedupe_seconds)
     except sqlite3.Error as exc:
         log.error("cannot open the state store %s: %s", settings.bridge.state_path, exc)
         return 1
@@ -216,6 +257,9 @@ def run(settings: Settings) -> int:
         )
         batcher = Batcher(handler, settings.pipeline.batch_size, settings.pipeline.batch_linger_s)
         batcher.start()
+        # Expired keys leave within about a tenth of the horizon (1-60 s).
+        pruner = Pruner(store, interval_s=min(60.0, max(1.0, settings.pipeline.dedupe_seconds / 10)))
+        pruner.start()
         future = subscriber.subscribe(
             subscription,
             batcher.put,
@@ -247,6 +291,7 @@ def run(settings: Settings) -> int:
         batcher.drain(DRAIN_SECONDS)
         batcher.join(DRAIN_SECONDS + 5)
         error = error or batcher.error
+        pruner.stop()
     publisher.stop()  # flushes anything still batched
     web.stop()
     totals = store.scores

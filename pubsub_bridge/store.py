@@ -13,6 +13,13 @@ transaction (SQLite serialises writers across processes), so a message that two 
 both handled (Pub/Sub redelivered it to the other) is counted by whichever commits first
 and skipped by the other; the totals stay exact and global. Bridges on several machines
 would need a shared database instead.
+
+Dedupe horizon (``FMNIST_DEDUPE_SECONDS``): a key counted longer ago than the horizon no
+longer counts as seen, and :meth:`StateStore.prune` deletes such rows in small batches,
+each in its own short transaction, through an index on ``processed_at``; so the file
+holds about one horizon of keys, not the whole history, and opening it reads nothing but
+the schema version. ``setup`` keeps the images subscription's retention within the
+horizon, so Pub/Sub cannot redeliver a message after its key left the store.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from fmnist_faust.core.pipeline import BatchResult
@@ -39,6 +46,13 @@ CREATE TABLE IF NOT EXISTS processed (
     processed_at REAL NOT NULL
 ) WITHOUT ROWID;
 """
+# Schema migrations by ``PRAGMA user_version``: entry n takes a file from version n to n + 1.
+# Each runs once per file, inside ``BEGIN IMMEDIATE`` so replicas opening one file agree.
+MIGRATIONS = (
+    # 0 -> 1: pruning finds expired keys by time without scanning the table.
+    "CREATE INDEX IF NOT EXISTS processed_by_time ON processed (processed_at)",
+)
+PRUNE_BATCH = 2000  # rows per delete transaction: a few ms of write lock
 ROW = "total"
 _QUERY_CHUNK = 500  # well under SQLite's limit on bound parameters
 
@@ -57,14 +71,44 @@ class StateStore:
     :attr:`scores` reads the committed row, so every replica serves the global totals.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, horizon_s: float | None = None, clock: Callable[[], float] = time.time) -> None:
+        """``horizon_s``: how long a counted key counts as seen (None: forever, as before
+        the horizon existed). ``clock`` is injectable so tests can move time."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.horizon_s = horizon_s
+        self.clock = clock
+        self.longest_prune_s = 0.0  # the longest delete transaction so far (soak report)
         self._db_lock = threading.Lock()  # one connection, used from more than one thread
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring the file to the latest schema version; a no-op (one PRAGMA read) when it is."""
+        if self.schema_version() >= len(MIGRATIONS):
+            return
+        with self._db_lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+                for step in MIGRATIONS[version:]:
+                    self._db.execute(step)
+                self._db.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def schema_version(self) -> int:
+        with self._db_lock:
+            return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    def _cutoff(self) -> float:
+        """Keys processed before this time are expired (-inf without a horizon)."""
+        return float("-inf") if self.horizon_s is None else self.clock() - self.horizon_s
 
     def _row(self) -> tuple[str | None, Scores]:
         row = self._db.execute("SELECT model_version, scores FROM scores WHERE name = ?", (ROW,)).fetchone()
@@ -87,12 +131,16 @@ class StateStore:
             return self._seen(keys)
 
     def _seen(self, keys: Iterable[str]) -> set[str]:
+        """Keys counted within the horizon; an expired row not pruned yet does not count."""
         wanted = list(dict.fromkeys(keys))
+        cutoff = self._cutoff()
         found: set[str] = set()
         for start in range(0, len(wanted), _QUERY_CHUNK):
             chunk = wanted[start : start + _QUERY_CHUNK]
             marks = ",".join("?" * len(chunk))
-            rows = self._db.execute(f"SELECT key FROM processed WHERE key IN ({marks})", chunk).fetchall()
+            rows = self._db.execute(
+                f"SELECT key FROM processed WHERE key IN ({marks}) AND processed_at >= ?", [*chunk, cutoff]
+            ).fetchall()
             found.update(key for (key,) in rows)
         return found
 
@@ -102,7 +150,7 @@ class StateStore:
         new totals."""
         if len(keys) != len(result.outcomes) or len(set(keys)) != len(keys):
             raise ValueError("commit needs exactly one distinct key per outcome")
-        now = time.time()
+        now = self.clock()
         with self._db_lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -110,8 +158,11 @@ class StateStore:
                 keep = [i for i, key in enumerate(keys) if key not in counted]
                 _, scores = self._row()
                 result.subset(set(keep).__contains__).apply_to(scores, window_seconds)
+                # An expired key counted again (its row not pruned yet) restarts its horizon.
                 self._db.executemany(
-                    "INSERT INTO processed (key, processed_at) VALUES (?, ?)", [(keys[i], now) for i in keep]
+                    "INSERT INTO processed (key, processed_at) VALUES (?, ?) "
+                    "ON CONFLICT(key) DO UPDATE SET processed_at = excluded.processed_at",
+                    [(keys[i], now) for i in keep],
                 )
                 self._db.execute(
                     "INSERT INTO scores (name, model_version, scores, updated_at) VALUES (?, ?, ?, ?) "
@@ -129,6 +180,30 @@ class StateStore:
         """How many keys (images and rejected messages) the store holds."""
         with self._db_lock:
             return int(self._db.execute("SELECT COUNT(*) FROM processed").fetchone()[0])
+
+    def prune(self, limit: int = PRUNE_BATCH) -> int:
+        """Delete up to ``limit`` expired keys in one short transaction; returns how many.
+
+        Only rows older than the horizon go, and those no longer count as seen anyway, so
+        replicas pruning one file concurrently cannot change what any of them counts.
+        """
+        if self.horizon_s is None:
+            return 0
+        with self._db_lock:
+            started = time.perf_counter()
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                deleted = self._db.execute(
+                    "DELETE FROM processed WHERE key IN (SELECT key FROM processed INDEXED BY processed_by_time "
+                    "WHERE processed_at < ? ORDER BY processed_at LIMIT ?)",
+                    (self._cutoff(), limit),
+                ).rowcount
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self.longest_prune_s = max(self.longest_prune_s, time.perf_counter() - started)
+        return int(deleted)
 
     def close(self) -> None:
         with self._db_lock:

@@ -51,7 +51,8 @@ def test_bench_smoke_writes_every_stage(
     kafka = result["kafka"]
     assert kafka["table_confirmed_images_per_s"] > 0 and kafka["concurrent_images_per_s"] > 0
     assert kafka["peak_rss_mb"] > 0 and kafka["ready_s_empty_changelog"] > 0
-    assert kafka["worker_cpu_ms_per_image"] > 0
+    cpu = kafka["worker_cpu_ms_per_image"]
+    assert cpu is None or cpu > 0  # None: all counted by the worker's first answer
     for probe in kafka["diagnostics"].values():
         assert probe["images_per_s"] > 0
     latency = kafka["latency"]

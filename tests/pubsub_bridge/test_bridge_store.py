@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,120 @@ def test_replicas_sharing_a_store_count_each_key_once(tmp_path: Path) -> None:
         assert store.counted() == 3
     first.close()
     second.close()
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_an_id_resent_inside_the_horizon_counts_once_and_after_it_again(tmp_path: Path) -> None:
+    clock = Clock()
+    store = StateStore(tmp_path / "state.sqlite3", horizon_s=60, clock=clock)
+    store.commit(batch([(1, 1)]), [image_key("a")], "v1", 10)
+    clock.now += 59.9
+    assert store.seen([image_key("a")]) == {image_key("a")}
+    store.commit(batch([(1, 1)]), [image_key("a")], "v1", 10)
+    assert store.scores.images == 1
+    clock.now += 0.2  # 60.1 s after it was counted: expired, even before any pruning
+    assert store.seen([image_key("a")]) == set()
+    store.commit(batch([(1, 1)]), [image_key("a")], "v1", 10)
+    assert store.scores.images == 2
+    clock.now += 59.9  # counting it again restarted its horizon
+    assert store.seen([image_key("a")]) == {image_key("a")}
+    store.close()
+
+
+def test_a_restart_keeps_unexpired_ids(tmp_path: Path) -> None:
+    clock = Clock()
+    path = tmp_path / "state.sqlite3"
+    first = StateStore(path, horizon_s=60, clock=clock)
+    first.commit(batch([(1, 1), (2, 2)]), [image_key("old"), image_key("young")], "v1", 10)
+    first.close()
+    clock.now += 30
+    second = StateStore(path, horizon_s=60, clock=clock)
+    second.commit(batch([(1, 1)]), [image_key("young")], "v1", 10)
+    assert second.scores.images == 2
+    second.close()
+
+
+def test_prune_deletes_only_expired_keys_in_bounded_batches(tmp_path: Path) -> None:
+    clock = Clock()
+    path = tmp_path / "state.sqlite3"
+    store, replica = StateStore(path, horizon_s=100, clock=clock), StateStore(path, horizon_s=100, clock=clock)
+    old = [image_key(f"old{i}") for i in range(250)]
+    store.commit(batch([(0, 0)] * 250), old, "v1", 10)
+    clock.now += 50
+    young = [image_key(f"young{i}") for i in range(40)]
+    store.commit(batch([(0, 0)] * 40), young, "v1", 10)
+    assert store.prune(limit=100) == 0  # nothing is older than the horizon yet
+    clock.now += 60  # old: 110 s, young: 60 s
+    # Two replicas pruning one file take turns; neither deletes a key still inside the horizon.
+    deleted = [store.prune(limit=100), replica.prune(limit=100), store.prune(limit=100), replica.prune(limit=100)]
+    assert deleted == [100, 100, 50, 0]
+    assert store.counted() == 40 and store.seen(young) == set(young)
+    assert store.scores.images == 290  # pruning never changes the totals
+    assert store.longest_prune_s > 0
+    store.close()
+    replica.close()
+
+
+def test_without_a_horizon_nothing_expires(tmp_path: Path) -> None:
+    clock = Clock()
+    store = StateStore(tmp_path / "state.sqlite3", clock=clock)
+    store.commit(batch([(1, 1)]), [image_key("a")], "v1", 10)
+    clock.now += 10 * 365 * 86400
+    assert store.prune() == 0 and store.seen([image_key("a")]) == {image_key("a")}
+    store.close()
+
+
+def test_a_store_from_before_the_horizon_is_migrated_once(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    with sqlite3.connect(path) as old:  # the schema as it was: no index on processed_at, version 0
+        old.executescript("CREATE TABLE processed (key TEXT PRIMARY KEY, processed_at REAL NOT NULL) WITHOUT ROWID;")
+        old.execute("INSERT INTO processed VALUES ('id:a', 1.0)")
+    old.close()
+    store = StateStore(path, horizon_s=60, clock=Clock(1000.0))
+    assert store.schema_version() == 1
+    assert store.prune() == 1 and store.counted() == 0
+    store.close()
+    assert StateStore(path).schema_version() == 1  # reopening runs no migration again
+
+
+def test_opening_and_pruning_never_scan_the_processed_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A restarted bridge must not read history: every statement it runs at start, and the
+    prune, finds its rows through a key or an index (SQLite's plan says SEARCH, not SCAN)."""
+    path = tmp_path / "state.sqlite3"
+    clock = Clock()
+    seed = StateStore(path, horizon_s=60, clock=clock)
+    seed.commit(batch([(0, 0)] * 1000), [image_key(f"k{i}") for i in range(1000)], "v1", 10)
+    seed.close()
+
+    statements: list[str] = []
+    connect = sqlite3.connect
+
+    def traced(*args: object, **kwargs: object) -> sqlite3.Connection:
+        connection = connect(*args, **kwargs)  # type: ignore[arg-type]
+        connection.set_trace_callback(statements.append)
+        return connection
+
+    monkeypatch.setattr("pubsub_bridge.store.sqlite3.connect", traced)
+    store = StateStore(path, horizon_s=60, clock=clock)
+    _ = store.scores
+    store.seen([image_key("k1")])
+    clock.now += 120
+    store.prune(limit=10)
+    store.close()
+    monkeypatch.undo()
+
+    with closing(sqlite3.connect(path)) as check:
+        queries = [s for s in statements if s.lstrip().upper().startswith(("SELECT", "DELETE"))]
+        assert any(q.startswith("DELETE FROM processed") for q in queries)
+        for query in queries:
+            plan = " | ".join(row[3] for row in check.execute("EXPLAIN QUERY PLAN " + query))
+            assert "SCAN processed" not in plan, (query, plan)
