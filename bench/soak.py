@@ -72,10 +72,6 @@ def rss_mb(pid: int) -> float | None:
     return None
 
 
-def dir_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
 def store_stats(path: Path) -> dict[str, int | None]:
     """The bridge store's file sizes and key count (a WAL reader: no writer waits on it)."""
     sizes = {
@@ -117,18 +113,18 @@ class ChangelogProbe:
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False)
         await consumer.start()
         try:
-            topics = sorted(
-                t for t in await consumer.topics() if t.startswith(self.prefix) and t.endswith("-changelog")
-            )
-            tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
+            cluster = await consumer._client.fetch_all_metadata()  # the consumer's own view has no topics
+            topics = sorted(t for t in cluster.topics() if t.startswith(self.prefix) and t.endswith("-changelog"))
+            tps = [TopicPartition(t, p) for t in topics for p in sorted(cluster.partitions_for_topic(t) or ())]
             ends = await consumer.end_offsets(tps) if tps else {}
         finally:
             await consumer.stop()
         records = {t: int(sum(v for tp, v in ends.items() if tp.topic == t)) for t in topics}
         result: dict[str, Any] = {"changelog_records": records}
         if self.data_dir is not None:
+            # Segment files only: a partition's index files are preallocated (10 MiB) whatever it holds.
             result["changelog_bytes"] = {
-                t: sum(dir_bytes(d) for d in self.data_dir.glob(f"{t}-*") if d.is_dir()) for t in topics
+                t: sum(f.stat().st_size for f in self.data_dir.glob(f"{t}-*/*.log")) for t in topics
             }
         return result
 
@@ -342,6 +338,7 @@ class Soak:
             result["stream_seconds"] = round(time.perf_counter() - started, 1)
             for side in (worker, bridge):
                 result[side.name] = {"totals_before_restart": self.check_totals(side, side.total)}
+            result["bridge"]["pruned_before_restart"] = self.metric(bridge, "fmnist_bridge_pruned_total")
             for side in (worker, bridge):
                 result[side.name]["restart"] = self.restart(side)
                 result[side.name]["totals_after_restart"] = self.check_totals(side, side.total + RESTART_IMAGES)
@@ -352,7 +349,7 @@ class Soak:
                 result[side.name]["peak_rss_mb"] = side.proc.sample_rss()
             longest = self.metric(bridge, "fmnist_bridge_longest_prune_seconds")
             result["bridge"]["longest_prune_s"] = None if longest is None else round(longest, 4)
-            result["bridge"]["pruned"] = self.metric(bridge, "fmnist_bridge_pruned_total")
+            result["bridge"]["pruned_after_restart"] = self.metric(bridge, "fmnist_bridge_pruned_total")
         finally:
             self.stop_sampling.set()
             for side in (worker, bridge):
@@ -460,7 +457,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"{'met' if f['totals_exact'] else 'NOT met'} |",
         "",
         f"Worker peak RSS {result['worker']['peak_rss_mb']} MB; bridge peak RSS {result['bridge']['peak_rss_mb']} MB; "
-        f"bridge store at most {f['bridge_store_rows_max']:,} keys, {result['bridge'].get('pruned')} pruned, "
+        f"bridge store at most {f['bridge_store_rows_max']:,} keys, {result['bridge']['pruned_before_restart']:,.0f} "
+        f"pruned before the restart and {result['bridge']['pruned_after_restart']:,.0f} after, "
         f"longest delete transaction {result['bridge'].get('longest_prune_s')} s.",
         "",
         "![soak plot](soak.png)",
