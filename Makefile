@@ -1,6 +1,6 @@
 # fmnist-faust: the interface everybody relies on. `make demo` and `make test` are the two
 # commands; everything they need is installed and started by these targets.
-.PHONY: install services services-stop model test demo demo-pubsub bench bench-smoke clean
+.PHONY: install services services-stop model test demo demo-pubsub bench bench-smoke soak clean
 
 PY := .venv/bin/python
 
@@ -31,10 +31,9 @@ bench: install model
 bench-smoke: install
 	tools/bench.sh --smoke
 
-clean: services-stop
-	rm -rf .run .cache .venv models bench/results/*.tmp
-
-# Long run of the worker and the bridge (issue 15): bench/results/soak.{json,md,png}.
-.PHONY: soak
+# Long run of the worker and the bridge: bench/results/soak.{json,md,png}.
 soak: install model
 	tools/soak.sh
+
+clean: services-stop
+	rm -rf .run .cache .venv models bench/results/*.tmp
