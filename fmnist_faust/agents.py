@@ -44,15 +44,15 @@ RETRY_PAUSE_S = 1.0
 
 
 class Readiness:
-    """Set once the model is verified, the output topics exist and partitions are assigned."""
+    """Set once the model is verified and the output topics exist: the worker may answer.
+
+    Not gated on a partition assignment: a worker restarted after a crash may wait a whole
+    session timeout for the group to drop its dead predecessor, and its views (global totals
+    from the changelog) are right meanwhile; the "ready" log line marks the first assignment.
+    """
 
     def __init__(self) -> None:
-        self.prepared = False
-        self.assigned = False
-
-    @property
-    def ready(self) -> bool:
-        return self.prepared and self.assigned
+        self.ready = False
 
 
 readiness = Readiness()
@@ -87,7 +87,7 @@ async def prepare() -> None:
         except Exception as exc:
             log.warning("creating the topics failed (%r); retrying in 2 s", exc)
             await asyncio.sleep(2.0)
-    readiness.prepared = True
+    readiness.ready = True
 
 
 @app.agent(images_topic)

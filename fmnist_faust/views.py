@@ -1,9 +1,9 @@
 """HTTP views: the dashboard (``/``), running accuracy as JSON (``/accuracy/``,
 ``/accuracy/window/``, ``/recent/``), throughput and lag (``/stats/``) and Prometheus
 metrics (``/metrics``). The Pub/Sub bridge serves the same paths with the same JSON.
-Until the worker is ready (model verified, output topics created, partitions assigned) the
-JSON views answer 503, so "it answers /accuracy/" means "it is classifying". Also logs
-one "ready" line (and one per later change of assigned images partitions)."""
+Until the model is verified and the output topics exist the JSON views answer 503, so a
+client that sees an answer can rely on both. Also logs one "ready" line at the first
+partition assignment (and one per later change of assigned images partitions)."""
 
 from __future__ import annotations
 
@@ -31,14 +31,7 @@ def starting(web: Any) -> Any:
     """The 503 answer of a JSON view before the worker is ready, or None once it is."""
     if readiness.ready:
         return None
-    return web.json(
-        {
-            "status": "starting",
-            "model_verified_and_topics_created": readiness.prepared,
-            "partitions_assigned": readiness.assigned,
-        },
-        status=503,
-    )
+    return web.json({"status": "starting: verifying the model and creating the topics"}, status=503)
 
 
 @app.page("/accuracy/")
@@ -108,7 +101,6 @@ class AssignmentLog:
         if partitions == self.partitions:
             return
         first, self.partitions = self.partitions is None, partitions
-        readiness.assigned = True
         if first:
             url = f"http://{settings.web.host}:{settings.web.port}"
             log.info(
