@@ -15,7 +15,7 @@ Then each is restarted (SIGTERM, start) with new images already waiting, timing 
 first new image counted. Totals are checked against the model's offline predictions on
 the same images, to the image. Results: ``bench/results/soak.{json,md,png}``.
 
-Both processes run with ``FMNIST_DEDUPE_SECONDS`` = ``--horizon`` (default 120 s, shorter
+Both processes run with ``FMNIST_DEDUPE_SECONDS`` = ``--horizon`` (default 60 s, shorter
 than the run, so the horizon's effect on memory and store size shows).
 """
 
@@ -518,8 +518,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--horizon",
         type=float,
-        default=float(os.environ.get("FMNIST_DEDUPE_SECONDS") or 120),
-        help="FMNIST_DEDUPE_SECONDS for both processes (default 120, or the variable)",
+        default=float(os.environ.get("FMNIST_DEDUPE_SECONDS") or 60),
+        help="FMNIST_DEDUPE_SECONDS for both processes (default 60, or the variable)",
     )
     parser.add_argument("--sample-seconds", type=float, default=5.0)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
