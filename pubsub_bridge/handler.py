@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
-import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
@@ -30,7 +29,7 @@ from fmnist_faust.core.model import Classifier
 from fmnist_faust.core.pipeline import BatchResult, RawMessage, classify_batch, repeats
 from fmnist_faust.core.recent import RecentMistakes
 
-from .store import StateStore, image_key, message_key
+from .store import Store, image_key, message_key
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +80,7 @@ class BatchHandler:
     def __init__(
         self,
         classifier: Classifier,
-        store: StateStore,
+        store: Store,
         publisher: Publisher,
         acker: Acker,
         max_message_bytes: int,
@@ -144,7 +143,10 @@ class BatchHandler:
             image_key(outcome.id) if isinstance(outcome, Prediction) else message_key(delivery.message_id)
             for delivery, outcome in zip(batch, result.outcomes)
         ]
-        counted_before = self.store.seen(keys)
+        try:
+            counted_before = self.store.seen(keys)
+        except self.store.transient_errors as exc:  # unreachable, restarting, locked: retry the batch
+            raise self._unavailable(exc) from exc
         repeated = repeats(keys, lambda _index, key: key in counted_before)
         new = result.without(repeated)
         if new.outcomes:
@@ -152,14 +154,18 @@ class BatchHandler:
             self._publish([batch[i] for i in fresh], new)
             try:
                 self.store.commit(new, [keys[i] for i in fresh], self.classifier.version, self.window_seconds)
-            except sqlite3.OperationalError as exc:  # locked, disk full, I/O error: retry the batch
-                raise TransientError(f"cannot commit to {self.store.path}: {exc}") from exc
+            except self.store.transient_errors as exc:  # locked, disk full, I/O error, connection lost: retry
+                raise self._unavailable(exc) from exc
             self.recent.add_batch(new)
         metrics.observe_batch(new, len(repeated))
         if repeated:
             log.debug("acking %d messages counted before", len(repeated))
         self.acker.ack(batch)
         ACKED.inc(len(batch))
+
+    def _unavailable(self, exc: BaseException) -> TransientError:
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        return TransientError(f"the state store {self.store.location} is unavailable ({detail})")
 
     def _publish(self, deliveries: Sequence[Delivery], result: BatchResult) -> None:
         """One prediction per image (attribute ``id``), each invalid message to the DLQ

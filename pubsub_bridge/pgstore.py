@@ -61,8 +61,6 @@ CONNECT_TIMEOUT_S = 5
 # Errors that mean "not now": connection lost or refused, server shutting down, deadlock or
 # serialization failure (all psycopg.OperationalError subclasses).
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (psycopg.OperationalError,)
-# Errors at start that retrying will not fix; shown as such by :func:`describe_open_error`.
-_FATAL_AT_START = ("password authentication failed", "does not exist", "no pg_hba.conf entry", "role ")
 
 
 class PostgresStore:
@@ -243,24 +241,3 @@ class PostgresStore:
     def close(self) -> None:
         with self._lock:
             self._drop()
-
-
-def describe_open_error(url: str, exc: BaseException) -> str:
-    """One line for an error opening the store at start, without the password."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    password = _password(url)
-    if password:
-        text = text.replace(password, "***")
-    hint = ""
-    if any(marker in text for marker in _FATAL_AT_START):
-        hint = " (check the user, password and database name in BRIDGE_STATE_URL)"
-    return f"cannot open the state store {redact_url(url)}: {text}{hint}"
-
-
-def _password(url: str) -> str | None:
-    from urllib.parse import urlsplit
-
-    try:
-        return urlsplit(url).password
-    except ValueError:
-        return None

@@ -113,6 +113,25 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
+# Errors at start that retrying will not fix: say which setting to check.
+_CHECK_THE_URL = ("password authentication failed", "does not exist", "no pg_hba.conf entry")
+
+
+def describe_open_error(url: str, exc: BaseException) -> str:
+    """One line for an error opening the store at start, without the URL's password."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        password = None
+    if password:
+        text = text.replace(password, "***")
+    hint = ""
+    if any(marker in text for marker in _CHECK_THE_URL):
+        hint = " (check the user, password and database name in BRIDGE_STATE_URL)"
+    return f"cannot open the state store {redact_url(url)}: {text}{hint}"
+
+
 def sqlite_path(url: str) -> Path:
     """``sqlite:///relative/path`` or ``sqlite:////absolute/path`` -> the file's path."""
     if not url.startswith("sqlite:///") or len(url) == len("sqlite:///"):

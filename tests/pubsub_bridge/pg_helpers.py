@@ -42,8 +42,10 @@ def find_bin_dir() -> Path | None:
 class LocalPostgres:
     """One server: :meth:`start`, :meth:`restart`, :meth:`stop`, :meth:`create_database`."""
 
-    def __init__(self, bin_dir: Path) -> None:
+    def __init__(self, bin_dir: Path, fsync: bool = False) -> None:
+        """``fsync=False`` (tests): faster, and durability across a machine crash is not what they test."""
         self.bin_dir = bin_dir
+        self.fsync = fsync
         self.dir = Path(tempfile.mkdtemp(prefix="fmnist-pg-"))
         self.data = self.dir / "db"
         self.log = self.dir / "pg.log"
@@ -80,7 +82,7 @@ class LocalPostgres:
         return self
 
     def _options(self) -> str:
-        return f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.dir} -c fsync=off"
+        return f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.dir} -c fsync={'on' if self.fsync else 'off'}"
 
     def start(self) -> LocalPostgres:
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", self._options(), "-w", "start")
