@@ -14,8 +14,8 @@ import pytest
 from fmnist_faust.core.contract import Prediction
 from fmnist_faust.core.pipeline import BatchResult, RawMessage
 from pg_helpers import PASSWORD, LocalPostgres
-from pubsub_bridge.pgstore import PRUNE_LOCK, PostgresStore, describe_open_error
-from pubsub_bridge.store import image_key, open_store
+from pubsub_bridge.pgstore import PRUNE_LOCK, PostgresStore
+from pubsub_bridge.store import describe_open_error, image_key, open_store
 
 
 def batch_for(keys: list[str]) -> BatchResult:
