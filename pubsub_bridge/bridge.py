@@ -248,6 +248,7 @@ def run(settings: Settings) -> int:
         model_version=lambda: classifier.version,
         recent=recent,
         window_seconds=settings.pipeline.window_seconds,
+        unavailable=store.transient_errors,
     )
     try:
         web = WebServer(views, settings.web.host, settings.bridge.web_port).start()

@@ -6,7 +6,8 @@ the subscription and the database (``BRIDGE_STATE_URL``), pull a stream of label
 replicas are SIGKILLed and restarted mid-stream and the database is restarted once
 (``pg_ctl -m fast restart``: every connection cut). At the end every replica's
 ``/accuracy/`` equals the offline confusion matrix and every id was answered.
-``FLEET_CHAOS_IMAGES`` sets the count (CI default 2,000; the documented full run 20,000).
+``FLEET_CHAOS_IMAGES`` sets the count (CI default 2,000; the documented full run 20,000:
+beyond the test split's 10,000 images the split is sent again under new ids).
 """
 
 from __future__ import annotations
@@ -30,7 +31,14 @@ from pubsub_bridge.admin import setup
 from support import free_port, offline_confusion
 
 pytestmark = [pytest.mark.pubsub, pytest.mark.chaos]
-COUNT = min(int(os.environ.get("FLEET_CHAOS_IMAGES", "2000")), 20000)
+COUNT = min(int(os.environ.get("FLEET_CHAOS_IMAGES", "2000")), 50000)
+SPLIT = 10000  # images in the Fashion-MNIST test split
+ROUNDS = [(f"r{n}", range(min(SPLIT, COUNT - n * SPLIT))) for n in range((COUNT + SPLIT - 1) // SPLIT)]
+
+
+def publish_rounds(settings: Settings, split: dataset.Split) -> None:
+    for prefix, indices in ROUNDS:
+        publish_images(settings, split, indices, prefix=prefix, chunk=100, pause=0.15)
 
 
 class Replica(Bridge):
@@ -93,10 +101,9 @@ def test_three_replicas_on_one_postgres_survive_sigkills_and_a_database_restart(
     settings = pubsub_setup
     predictions: Collector = collect(settings.pubsub.predictions_subscription)
     setup(load_settings(dict(bridge_env, PUBSUB_MAX_DELIVERY_ATTEMPTS="100")))  # see test_bridge_chaos
-    indices = range(COUNT)
-    sender = threading.Thread(
-        target=publish_images, args=(settings, test_split, indices), kwargs={"chunk": 100, "pause": 0.15}, daemon=True
-    )
+    indices = [i for _, rows in ROUNDS for i in rows]  # test-split rows, in the order sent
+    ids = {f"{prefix}-{i:05d}" for prefix, rows in ROUNDS for i in rows}
+    sender = threading.Thread(target=publish_rounds, args=(settings, test_split), daemon=True)
     for replica in fleet:
         replica.start()
     sender.start()
@@ -111,18 +118,18 @@ def test_three_replicas_on_one_postgres_survive_sigkills_and_a_database_restart(
     fleet[2].stop(signal.SIGKILL)
     fleet[1].start()
     fleet[2].start()
-    sender.join(timeout=300)
+    sender.join(timeout=300 + COUNT / 100)
+    assert not sender.is_alive()
 
     expected, _, version = offline_scores(tiny_model, test_split, indices, settings.pipeline.window_seconds)
-    wait_images(fleet, COUNT, f"all {COUNT} images", timeout=300)
+    wait_images(fleet, COUNT, f"all {COUNT} images", timeout=300 + COUNT / 50)
     time.sleep(2.0)  # anything redelivered now must not change the totals
-    rows = list(indices)
-    confusion = offline_confusion(tiny_model, test_split.images[rows], test_split.labels[rows])
+    confusion = offline_confusion(tiny_model, test_split.images[indices], test_split.labels[indices])
     for replica in fleet:
         report = replica.accuracy()
         assert report == expected.report(version), replica.workdir
         assert report["confusion"] == confusion
-    assert {p.attributes["id"] for p in predictions.wait(COUNT)} == {f"img-{i:05d}" for i in indices}
+    assert {p.attributes["id"] for p in predictions.wait(COUNT, timeout=60 + COUNT / 100)} == ids
     logs = [replica.log_path.read_text(errors="replace") for replica in fleet]
     # The database restart reached the replicas: they held their batches and resumed by themselves.
     assert any("is unavailable" in log and "resumed: the held batch" in log for log in logs), logs[0][-3000:]

@@ -11,16 +11,20 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 from test_bridge_handler import DirectAcker, RecordingPublisher, image
 
 from fmnist_faust.config import ConfigError, load_settings
 from fmnist_faust.core import dataset
 from fmnist_faust.core.model import load_classifier
 from fmnist_faust.core.recent import RecentMistakes
+from fmnist_faust.core.scores import Scores
 from pg_helpers import PASSWORD, LocalPostgres
 from pubsub_bridge.bridge import Batcher
 from pubsub_bridge.handler import BatchHandler
 from pubsub_bridge.store import open_store, redact_url
+from pubsub_bridge.web import Views, WebServer
+from support import free_port
 
 
 def test_the_default_is_the_sqlite_file_of_bridge_state_path(tmp_path: Path) -> None:
@@ -119,3 +123,20 @@ def test_the_batch_is_held_while_postgres_restarts_then_goes_through(
     batcher.drain(2.0)
     batcher.join(5)
     store.close()
+
+
+def test_the_views_answer_503_while_the_store_is_away() -> None:
+    def away() -> Scores:
+        raise OSError("connection refused")
+
+    views = Views(
+        scores=away, model_version=lambda: "m", recent=RecentMistakes(), window_seconds=10, unavailable=(OSError,)
+    )
+    server = WebServer(views, "127.0.0.1", free_port()).start()
+    try:
+        response = requests.get(server.url + "/accuracy/", timeout=10)
+        assert response.status_code == 503
+        assert response.json() == {"error": "the state store is unavailable: connection refused"}
+        assert requests.get(server.url + "/recent/", timeout=10).status_code == 200
+    finally:
+        server.stop()
