@@ -71,7 +71,16 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "PUBSUB_DLQ_SUBSCRIPTION": ("images-dlq-sub", "subscription on the dead-letter topic (default {default})"),
     "BRIDGE_MAX_MESSAGES": ("2000", "bridge flow control: messages outstanding (default {default})"),
     "BRIDGE_MAX_BYTES": (str(64 << 20), "bridge flow control: bytes outstanding (default 64 MiB)"),
-    "BRIDGE_STATE_PATH": (".run/bridge-state.sqlite3", "bridge state database (default {default})"),
+    "BRIDGE_STATE_PATH": (
+        ".run/bridge-state.sqlite3",
+        "bridge state database, a SQLite file; alias of BRIDGE_STATE_URL=sqlite:///PATH (default {default})",
+    ),
+    "BRIDGE_STATE_URL": (
+        "",
+        "the bridge's state store: sqlite:///PATH (relative; sqlite:////PATH absolute) or "
+        "postgresql://USER:PASSWORD@HOST:PORT/DB, shared by a fleet of replicas (default: the SQLite file "
+        "BRIDGE_STATE_PATH; see [Bridge fleet](#bridge-fleet-postgresql))",
+    ),
     "BRIDGE_WEB_PORT": ("6067", "port of the bridge's web views (default {default})"),
     "PUBSUB_DEAD_LETTER_TOPIC": (
         "images-dead-letter",
@@ -273,6 +282,9 @@ class BridgeSettings:
     max_bytes: int
     state_path: Path
     web_port: int
+    # sqlite:///... or postgresql://...; may hold a password, so never in a repr (log
+    # pubsub_bridge.store.redact_url(state_url) instead).
+    state_url: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True)
@@ -354,10 +366,27 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             max_messages=_int(env, "BRIDGE_MAX_MESSAGES", minimum=1),
             max_bytes=_int(env, "BRIDGE_MAX_BYTES", minimum=1024),
             state_path=_path(env, "BRIDGE_STATE_PATH"),
+            state_url=_state_url(env),
             web_port=_int(env, "BRIDGE_WEB_PORT", minimum=1),
         ),
         log_level=_get(env, "FMNIST_LOG_LEVEL"),
     )
+
+
+_STATE_SCHEMES = ("sqlite:///", "postgresql://", "postgres://")
+
+
+def _state_url(env: Mapping[str, str]) -> str:
+    """``BRIDGE_STATE_URL``, or ``sqlite:///`` + ``BRIDGE_STATE_PATH`` when it is unset."""
+    url = _get(env, "BRIDGE_STATE_URL")
+    if not url:
+        return f"sqlite:///{_path(env, 'BRIDGE_STATE_PATH')}"
+    if not url.lower().startswith(_STATE_SCHEMES) or url.lower() == "sqlite:///":
+        scheme = url.partition("://")[0] if "://" in url else "no scheme"  # never echo the URL: it may hold a password
+        raise ConfigError(
+            f"BRIDGE_STATE_URL must be sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DB ({scheme!r} given)"
+        )
+    return url
 
 
 def _kafka_security(env: Mapping[str, str]) -> KafkaSecurity:

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 
 from fmnist_faust.config import ConfigError, Settings, load_settings
 
+from .store import redact_url
+
 ENVIRONMENT = """\
 environment (all optional; see fmnist_faust/config.py):
   GOOGLE_CLOUD_PROJECT          project (default fmnist-local)
@@ -21,6 +23,8 @@ environment (all optional; see fmnist_faust/config.py):
   FMNIST_MODEL_PATH, FMNIST_BATCH_SIZE, FMNIST_BATCH_LINGER, FMNIST_MAX_MESSAGE_BYTES,
   FMNIST_WINDOW_SECONDS, FMNIST_WEB_HOST, FMNIST_LOG_LEVEL
   BRIDGE_MAX_MESSAGES, BRIDGE_MAX_BYTES, BRIDGE_STATE_PATH, BRIDGE_WEB_PORT
+  BRIDGE_STATE_URL              sqlite:///PATH (default: BRIDGE_STATE_PATH) or
+                                postgresql://USER:PASSWORD@HOST:PORT/DB, shared by a fleet
   FMNIST_DEDUPE_SECONDS         dedupe horizon; also the retention setup gives the images subscription
 """
 
@@ -71,7 +75,7 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
             f"{settings.bridge.max_bytes} bytes), classify up to {settings.pipeline.batch_size} images per "
             f"predict call, publish one prediction per image to {settings.topics.predictions} "
             f"(attribute id) and each invalid message to {settings.topics.dlq} (attributes error_kind, "
-            f"error), count every image once in {settings.bridge.state_path}, and serve /, /accuracy/, "
+            f"error), count every image once in {redact_url(settings.bridge.state_url)}, and serve /, /accuracy/, "
             f"/accuracy/window/, /recent/, /stats/ and /metrics on "
             f"http://{settings.web.host}:{settings.bridge.web_port}/. A message is acked only after "
             f"its prediction or dead letter is published and its count is committed. "

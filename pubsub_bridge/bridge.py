@@ -24,7 +24,6 @@ import logging
 import os
 import queue
 import signal
-import sqlite3
 import threading
 import time
 from collections.abc import Sequence
@@ -39,7 +38,7 @@ from fmnist_faust.core.model import ModelError, load_classifier
 from fmnist_faust.core.recent import RecentMistakes
 
 from .handler import BatchHandler, Delivery, TransientError
-from .store import PRUNE_BATCH, StateStore
+from .store import PRUNE_BATCH, Store, describe_open_error, open_store
 from .web import Views, WebServer
 
 log = logging.getLogger(__name__)
@@ -161,19 +160,40 @@ class Batcher(threading.Thread):
 
     def _handle(self, batch: list[Delivery]) -> None:
         """Retry a transient failure (outage) with backoff, not by nacking: a nack would
-        spend the messages' delivery attempts and dead-letter them during an outage."""
+        spend the messages' delivery attempts and dead-letter them during an outage. One
+        warning when the outage starts, one line when the batch goes through again."""
         delay = 0.5
+        failed_at: float | None = None
+        retries = 0
         while True:
             try:
                 self.handler.handle(batch)
-                return
             except TransientError as exc:
                 if self.stopping.is_set():
                     log.warning("stopping: %d messages left unacked (%s); Pub/Sub redelivers them", len(batch), exc)
                     return
-                log.warning("%s; retrying the batch of %d in %.1f s", exc, len(batch), delay)
+                if failed_at is None:
+                    failed_at = time.monotonic()
+                    log.warning(
+                        "%s; holding the batch of %d (nothing acked) and retrying with backoff up to %.0f s",
+                        exc,
+                        len(batch),
+                        MAX_BACKOFF_SECONDS,
+                    )
+                else:
+                    log.debug("%s; retry %d of the batch of %d in %.1f s", exc, retries, len(batch), delay)
+                retries += 1
                 self.stopping.wait(delay)
                 delay = min(delay * 2, MAX_BACKOFF_SECONDS)
+                continue
+            if failed_at is not None:
+                log.info(
+                    "resumed: the held batch of %d went through after %.1f s and %d retries",
+                    len(batch),
+                    time.monotonic() - failed_at,
+                    retries,
+                )
+            return
 
 
 class Pruner(threading.Thread):
@@ -182,7 +202,7 @@ class Pruner(threading.Thread):
     check every ``interval_s`` once nothing is left to delete."""
 
     def __init__(
-        self, store: StateStore, interval_s: float, limit: int = PRUNE_BATCH, pause_s: float = PRUNE_PAUSE_SECONDS
+        self, store: Store, interval_s: float, limit: int = PRUNE_BATCH, pause_s: float = PRUNE_PAUSE_SECONDS
     ) -> None:
         super().__init__(name="bridge-pruner", daemon=True)
         self.store = store
@@ -195,7 +215,7 @@ class Pruner(threading.Thread):
         while not self.stopping.is_set():
             try:
                 deleted = self.store.prune(self.limit)
-            except sqlite3.Error as exc:  # locked or I/O: the next round tries again
+            except self.store.transient_errors as exc:  # locked, I/O, database away: the next round tries again
                 log.warning("pruning the state store failed (%s); retrying in %.0f s", exc, self.interval_s)
                 deleted = 0
             PRUNED.inc(deleted)
@@ -218,9 +238,9 @@ def run(settings: Settings) -> int:
         log.error("%s", exc)
         return 1
     try:
-        store = StateStore(settings.bridge.state_path, horizon_s=settings.pipeline.dedupe_seconds)
-    except sqlite3.Error as exc:
-        log.error("cannot open the state store %s: %s", settings.bridge.state_path, exc)
+        store = open_store(settings.bridge.state_url, horizon_s=settings.pipeline.dedupe_seconds)
+    except Exception as exc:  # not a database, bad credentials, a missing database, nobody listening
+        log.error("%s", describe_open_error(settings.bridge.state_url, exc))
         return 1
     recent = RecentMistakes()
     views = Views(
@@ -228,6 +248,7 @@ def run(settings: Settings) -> int:
         model_version=lambda: classifier.version,
         recent=recent,
         window_seconds=settings.pipeline.window_seconds,
+        unavailable=store.transient_errors,
     )
     try:
         web = WebServer(views, settings.web.host, settings.bridge.web_port).start()
@@ -278,7 +299,7 @@ def run(settings: Settings) -> int:
             classifier.version,
             subscription,
             where,
-            store.path,
+            store.location,
             store.scores.images,
             web.url,
         )

@@ -12,7 +12,8 @@ commit re-reads the scores and the counted keys inside one ``BEGIN IMMEDIATE``
 transaction (SQLite serialises writers across processes), so a message that two replicas
 both handled (Pub/Sub redelivered it to the other) is counted by whichever commits first
 and skipped by the other; the totals stay exact and global. Bridges on several machines
-would need a shared database instead.
+use the PostgreSQL store instead (:mod:`.pgstore`, ``BRIDGE_STATE_URL=postgresql://...``):
+both implement :class:`Store`, and :func:`open_store` picks one by the URL.
 
 Dedupe horizon (``FMNIST_DEDUPE_SECONDS``): a key counted longer ago than the horizon no
 longer counts as seen, and :meth:`StateStore.prune` deletes such rows in small batches,
@@ -30,6 +31,8 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 from fmnist_faust.core.pipeline import BatchResult
 from fmnist_faust.core.scores import Scores
@@ -57,6 +60,100 @@ ROW = "total"
 _QUERY_CHUNK = 500  # well under SQLite's limit on bound parameters
 
 
+class Store(Protocol):
+    """What the bridge needs from its durable state, whatever holds it (SQLite, PostgreSQL).
+
+    The contract, checked on both implementations by ``tests/pubsub_bridge/test_bridge_store.py``:
+    :meth:`commit` counts the outcomes whose keys nobody counted within the horizon and
+    records those keys, in one transaction with the new totals; :attr:`scores` are the
+    committed global totals; :meth:`prune` deletes only expired keys. A failure listed in
+    :attr:`transient_errors` (database locked, unreachable, restarting) leaves the store as
+    it was, and retrying the same call later may succeed.
+    """
+
+    horizon_s: float | None
+    longest_prune_s: float
+    transient_errors: tuple[type[BaseException], ...]
+
+    @property
+    def location(self) -> str:
+        """Where the state lives, fit for logs (a URL's password is masked)."""
+        ...
+
+    @property
+    def scores(self) -> Scores: ...
+
+    @property
+    def model_version(self) -> str | None: ...
+
+    def seen(self, keys: Iterable[str]) -> set[str]: ...
+
+    def commit(self, result: BatchResult, keys: Sequence[str], model_version: str, window_seconds: int) -> Scores: ...
+
+    def prune(self, limit: int = PRUNE_BATCH) -> int: ...
+
+    def counted(self) -> int: ...
+
+    def schema_version(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (for logs and error messages)."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return "<unparsable state URL>"
+    if not password:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+# Errors at start that retrying will not fix: say which setting to check.
+_CHECK_THE_URL = ("password authentication failed", "does not exist", "no pg_hba.conf entry")
+
+
+def describe_open_error(url: str, exc: BaseException) -> str:
+    """One line for an error opening the store at start, without the URL's password."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        password = None
+    if password:
+        text = text.replace(password, "***")
+    hint = ""
+    if any(marker in text for marker in _CHECK_THE_URL):
+        hint = " (check the user, password and database name in BRIDGE_STATE_URL)"
+    return f"cannot open the state store {redact_url(url)}: {text}{hint}"
+
+
+def sqlite_path(url: str) -> Path:
+    """``sqlite:///relative/path`` or ``sqlite:////absolute/path`` -> the file's path."""
+    if not url.startswith("sqlite:///") or len(url) == len("sqlite:///"):
+        raise ValueError(f"not a SQLite state URL: {url!r} (use sqlite:///relative or sqlite:////absolute)")
+    return Path(url[len("sqlite:///") :])
+
+
+def open_store(url: str, horizon_s: float | None = None, clock: Callable[[], float] = time.time) -> Store:
+    """The store ``url`` names: ``sqlite:///path`` or ``postgresql://user:pass@host:port/db``.
+
+    Raises the implementation's error when the store cannot be opened (a file that is not
+    a database, bad credentials, a missing database); see :func:`opening_errors`."""
+    scheme = url.partition(":")[0].lower()
+    if scheme == "sqlite":
+        return StateStore(sqlite_path(url), horizon_s=horizon_s, clock=clock)
+    if scheme in ("postgresql", "postgres"):
+        from .pgstore import PostgresStore
+
+        return PostgresStore(url, horizon_s=horizon_s, clock=clock)
+    raise ValueError(f"unknown state store scheme {scheme!r} in {redact_url(url)}: use sqlite:/// or postgresql://")
+
+
 def image_key(image_id: str) -> str:
     return f"id:{image_id}"
 
@@ -70,6 +167,8 @@ class StateStore:
 
     :attr:`scores` reads the committed row, so every replica serves the global totals.
     """
+
+    transient_errors: tuple[type[BaseException], ...] = (sqlite3.OperationalError,)
 
     def __init__(self, path: Path, horizon_s: float | None = None, clock: Callable[[], float] = time.time) -> None:
         """``horizon_s``: how long a counted key counts as seen (None: forever, as before
@@ -85,6 +184,10 @@ class StateStore:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
         self._migrate()
+
+    @property
+    def location(self) -> str:
+        return str(self.path)
 
     def _migrate(self) -> None:
         """Bring the file to the latest schema version; a no-op (one PRAGMA read) when it is."""

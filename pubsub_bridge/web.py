@@ -33,6 +33,9 @@ class Views:
     recent: RecentMistakes
     window_seconds: int
     dashboard: Path = DASHBOARD
+    # Errors of the store meaning "the database is away for now": answered 503, not 500
+    # with a traceback in the log (the batching thread already logs the outage once).
+    unavailable: tuple[type[BaseException], ...] = ()
 
 
 def make_app(views: Views) -> web.Application:
@@ -71,7 +74,15 @@ def make_app(views: Views) -> web.Application:
             )
         return web.FileResponse(views.dashboard, headers={"Cache-Control": "no-store"})
 
-    app = web.Application()
+    @web.middleware
+    async def store_away(request: web.Request, handler: Callable) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except views.unavailable as exc:
+            detail = " ".join(str(exc).split()) or type(exc).__name__
+            return web.json_response({"error": f"the state store is unavailable: {detail}"}, status=503)
+
+    app = web.Application(middlewares=[store_away])
     app.router.add_get("/", dashboard)
     app.router.add_get("/accuracy/", accuracy)
     app.router.add_get("/accuracy/window/", accuracy_window)

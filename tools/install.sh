@@ -5,7 +5,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 PYTHON=${PYTHON:-python3}
-APT_PACKAGES=(dataset-fashion-mnist kcat docker-compose curl chromium chromium-driver ${FMNIST_EXTRA_APT:-})
+APT_PACKAGES=(dataset-fashion-mnist kcat docker-compose curl chromium chromium-driver postgresql ${FMNIST_EXTRA_APT:-})
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -4,6 +4,7 @@ subprocess (see bridge_helpers.Bridge), readers for what it publishes."""
 from __future__ import annotations
 
 import os
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,7 +13,8 @@ import pytest
 
 from bridge_helpers import Bridge, Collector
 from fmnist_faust.config import Settings, load_settings, run_names
-from support import free_port
+from pg_helpers import LocalPostgres, find_bin_dir
+from support import IN_CI, free_port
 
 
 @pytest.fixture
@@ -77,3 +79,30 @@ def collect(pubsub_setup: Settings) -> Iterator[Callable[[str], Collector]]:
     yield start
     for collector in collectors:
         collector.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[LocalPostgres]:
+    """A real PostgreSQL server for the session (Debian's ``postgresql``; fail in CI, else skip)."""
+    bin_dir = find_bin_dir()
+    if bin_dir is None:
+        message = "PostgreSQL not installed: no /usr/lib/postgresql/*/bin/initdb (apt-get install postgresql)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    server = LocalPostgres(bin_dir)
+    try:
+        server.init().start()
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        server.cleanup()
+        if IN_CI:
+            pytest.fail(f"PostgreSQL did not start: {exc}")
+        pytest.skip(f"PostgreSQL did not start: {exc}")
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def pg_url(postgres: LocalPostgres) -> str:
+    """A fresh, empty database on the session's server."""
+    return postgres.create_database()

@@ -1,8 +1,14 @@
-"""The SQLite state store: counts and counted keys change together, once, across replicas."""
+"""The state stores: counts and counted keys change together, once, across replicas.
+
+The contract tests run on both implementations of :class:`pubsub_bridge.store.Store`
+(``kind`` = sqlite, postgres: a real server, see ``pg_helpers``); the last ones are about
+SQLite's file format and query plans.
+"""
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
 
@@ -10,7 +16,28 @@ import pytest
 
 from fmnist_faust.core.contract import InvalidMessage, Prediction
 from fmnist_faust.core.pipeline import BatchResult, RawMessage
-from pubsub_bridge.store import StateStore, image_key, message_key
+from pubsub_bridge.store import StateStore, Store, image_key, message_key, open_store
+
+OpenStore = Callable[..., Store]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def open_one(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OpenStore]:
+    """Factory: ``open_one(horizon_s=..., clock=...)`` opens a store on this test's one
+    location (a file, or a fresh database); several calls are replicas (or a reopen)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'state.sqlite3'}"
+    else:
+        url = request.getfixturevalue("pg_url")
+    opened: list[Store] = []
+
+    def open_(**kwargs: object) -> Store:
+        opened.append(open_store(url, **kwargs))  # type: ignore[arg-type]
+        return opened[-1]
+
+    yield open_
+    for store in opened:
+        store.close()
 
 
 def batch(labels_and_guesses: list[tuple[int | None, int]], rejected: int = 0) -> BatchResult:
@@ -22,9 +49,8 @@ def batch(labels_and_guesses: list[tuple[int | None, int]], rejected: int = 0) -
     return BatchResult([RawMessage(b"x", timestamp=100.0) for _ in outcomes], outcomes, [None] * len(outcomes))
 
 
-def test_commit_persists_across_reopen(tmp_path: Path) -> None:
-    path = tmp_path / "state.sqlite3"
-    store = StateStore(path)
+def test_commit_persists_across_reopen(open_one: OpenStore) -> None:
+    store = open_one()
     store.commit(
         batch([(1, 1), (2, 3), (None, 4)], rejected=1),
         [image_key("a"), image_key("b"), image_key("c"), message_key("m1")],
@@ -34,7 +60,7 @@ def test_commit_persists_across_reopen(tmp_path: Path) -> None:
     assert store.seen([image_key("a"), image_key("z"), message_key("m1")]) == {image_key("a"), message_key("m1")}
     store.close()
 
-    reopened = StateStore(path)
+    reopened = open_one()
     report = reopened.scores.report(reopened.model_version)
     assert (report["images"], report["labeled"], report["correct"], report["rejected"]) == (3, 2, 1, 1)
     assert report["model_version"] == "v1"
@@ -45,8 +71,8 @@ def test_commit_persists_across_reopen(tmp_path: Path) -> None:
     reopened.close()
 
 
-def test_a_key_counted_before_is_skipped_and_the_rest_counted(tmp_path: Path) -> None:
-    store = StateStore(tmp_path / "state.sqlite3")
+def test_a_key_counted_before_is_skipped_and_the_rest_counted(open_one: OpenStore) -> None:
+    store = open_one()
     store.commit(batch([(1, 1)]), [image_key("a")], "v1", 10)
     store.commit(batch([(2, 2), (3, 3)]), [image_key("b"), image_key("a")], "v1", 10)
     assert store.scores.images == 2 and store.counted() == 2
@@ -54,17 +80,17 @@ def test_a_key_counted_before_is_skipped_and_the_rest_counted(tmp_path: Path) ->
     store.close()
 
 
-def test_a_failed_commit_changes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    store = StateStore(tmp_path / "state.sqlite3")
+def test_a_failed_commit_changes_nothing(open_one: OpenStore) -> None:
+    store = open_one()
     store.commit(batch([(1, 1)]), [image_key("a")], "v1", 10)
-    with pytest.raises(sqlite3.IntegrityError):  # a NULL key breaks the NOT NULL primary key
+    with pytest.raises((sqlite3.IntegrityError, TypeError)):  # a NULL key: no key may be NULL
         store.commit(batch([(2, 2), (3, 3)]), [image_key("b"), None], "v1", 10)  # type: ignore[list-item]
     assert store.scores.images == 1 and store.counted() == 1 and store.seen([image_key("b")]) == set()
     store.close()
 
 
-def test_commit_needs_one_distinct_key_per_outcome(tmp_path: Path) -> None:
-    store = StateStore(tmp_path / "state.sqlite3")
+def test_commit_needs_one_distinct_key_per_outcome(open_one: OpenStore) -> None:
+    store = open_one()
     with pytest.raises(ValueError):
         store.commit(batch([(1, 1), (2, 2)]), [image_key("a"), image_key("a")], "v1", 10)
     with pytest.raises(ValueError):
@@ -72,18 +98,17 @@ def test_commit_needs_one_distinct_key_per_outcome(tmp_path: Path) -> None:
     store.close()
 
 
-def test_seen_handles_more_keys_than_one_query_binds(tmp_path: Path) -> None:
-    store = StateStore(tmp_path / "state.sqlite3")
+def test_seen_handles_more_keys_than_one_query_binds(open_one: OpenStore) -> None:
+    store = open_one()
     keys = [image_key(f"k{i}") for i in range(1200)]
     store.commit(batch([(0, 0)] * 1200), keys, "v1", 10)
     assert store.seen(keys + [image_key("new")]) == set(keys)
     store.close()
 
 
-def test_replicas_sharing_a_store_count_each_key_once(tmp_path: Path) -> None:
+def test_replicas_sharing_a_store_count_each_key_once(open_one: OpenStore) -> None:
     """Two bridges on one file (replicas on images-sub): totals are global and exact."""
-    path = tmp_path / "state.sqlite3"
-    first, second = StateStore(path), StateStore(path)
+    first, second = open_one(), open_one()
     first.commit(batch([(1, 1), (2, 2)]), [image_key("a"), image_key("b")], "v1", 10)
     # the second replica was handed "b" again (a redelivery) together with a new "c"
     second.commit(batch([(2, 2), (3, 0)]), [image_key("b"), image_key("c")], "v1", 10)
@@ -105,9 +130,9 @@ class Clock:
         return self.now
 
 
-def test_an_id_resent_inside_the_horizon_counts_once_and_after_it_again(tmp_path: Path) -> None:
+def test_an_id_resent_inside_the_horizon_counts_once_and_after_it_again(open_one: OpenStore) -> None:
     clock = Clock()
-    store = StateStore(tmp_path / "state.sqlite3", horizon_s=60, clock=clock)
+    store = open_one(horizon_s=60, clock=clock)
     store.commit(batch([(1, 1)]), [image_key("a")], "v1", 10)
     clock.now += 59.9
     assert store.seen([image_key("a")]) == {image_key("a")}
@@ -122,23 +147,21 @@ def test_an_id_resent_inside_the_horizon_counts_once_and_after_it_again(tmp_path
     store.close()
 
 
-def test_a_restart_keeps_unexpired_ids(tmp_path: Path) -> None:
+def test_a_restart_keeps_unexpired_ids(open_one: OpenStore) -> None:
     clock = Clock()
-    path = tmp_path / "state.sqlite3"
-    first = StateStore(path, horizon_s=60, clock=clock)
+    first = open_one(horizon_s=60, clock=clock)
     first.commit(batch([(1, 1), (2, 2)]), [image_key("old"), image_key("young")], "v1", 10)
     first.close()
     clock.now += 30
-    second = StateStore(path, horizon_s=60, clock=clock)
+    second = open_one(horizon_s=60, clock=clock)
     second.commit(batch([(1, 1)]), [image_key("young")], "v1", 10)
     assert second.scores.images == 2
     second.close()
 
 
-def test_prune_deletes_only_expired_keys_in_bounded_batches(tmp_path: Path) -> None:
+def test_prune_deletes_only_expired_keys_in_bounded_batches(open_one: OpenStore) -> None:
     clock = Clock()
-    path = tmp_path / "state.sqlite3"
-    store, replica = StateStore(path, horizon_s=100, clock=clock), StateStore(path, horizon_s=100, clock=clock)
+    store, replica = open_one(horizon_s=100, clock=clock), open_one(horizon_s=100, clock=clock)
     old = [image_key(f"old{i}") for i in range(250)]
     store.commit(batch([(0, 0)] * 250), old, "v1", 10)
     clock.now += 50
@@ -156,9 +179,9 @@ def test_prune_deletes_only_expired_keys_in_bounded_batches(tmp_path: Path) -> N
     replica.close()
 
 
-def test_without_a_horizon_nothing_expires(tmp_path: Path) -> None:
+def test_without_a_horizon_nothing_expires(open_one: OpenStore) -> None:
     clock = Clock()
-    store = StateStore(tmp_path / "state.sqlite3", clock=clock)
+    store = open_one(clock=clock)
     store.commit(batch([(1, 1)]), [image_key("a")], "v1", 10)
     clock.now += 10 * 365 * 86400
     assert store.prune() == 0 and store.seen([image_key("a")]) == {image_key("a")}
