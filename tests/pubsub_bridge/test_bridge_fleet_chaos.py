@@ -131,8 +131,8 @@ def test_three_replicas_on_one_postgres_survive_sigkills_and_a_database_restart(
         assert report["confusion"] == confusion
     assert {p.attributes["id"] for p in predictions.wait(COUNT, timeout=60 + COUNT / 100)} == ids
     logs = [replica.log_path.read_text(errors="replace") for replica in fleet]
-    # The database restart reached the replicas: they held their batches and resumed by themselves.
-    assert any("is unavailable" in log and "resumed: the held batch" in log for log in logs), logs[0][-3000:]
+    # Whether the database restart caught a replica mid-commit depends on timing; holding and
+    # resuming a batch through a database restart is asserted in test_bridge_pgstore.py.
     for replica, log in zip(fleet, logs):
         assert PASSWORD not in log
         assert not any(replica.workdir.glob("*.sqlite3")), "a replica kept state of its own"

@@ -62,9 +62,11 @@ def test_a_restart_keeps_unexpired_ids(
     assert first.stop() == 0
 
     second = start_bridge(FMNIST_DEDUPE_SECONDS="120")
-    publish_images(settings, test_split, range(3, 8), prefix="r")  # 3 seen before the restart, 3 new
+    publish_images(settings, test_split, range(3, 8), prefix="r")  # 2 seen before the restart, 3 new
     second.wait_for(lambda b: b.accuracy()["images"] == 8, "the 3 new images counted")
-    second.wait_for(lambda b: b.metric("fmnist_duplicates_total") == 2, "2 re-sent ids skipped")
+    # the 2 re-sent ids skipped (more if the emulator redelivers some of the first 5, whose acks
+    # the stopped bridge's stream may not have delivered: those are skipped too)
+    second.wait_for(lambda b: b.metric("fmnist_duplicates_total") >= 2, "2 re-sent ids skipped")
     time.sleep(1.5)  # nothing more arrives
     assert second.accuracy()["images"] == 8
 
