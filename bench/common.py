@@ -54,15 +54,20 @@ def span_rate(timestamps_ms: Sequence[int]) -> float:
 # --------------------------------------------------------------------------- processes
 
 
-def peak_rss_mb(pid: int) -> float | None:
-    """Peak resident set size (VmHWM from /proc/PID/status) in MiB, None if unreadable."""
+def status_mb(pid: int, field: str) -> float | None:
+    """A kB field of /proc/PID/status (``VmRSS``, ``VmHWM``) in MiB, None if unreadable."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return round(int(line.split()[1]) / 1024.0, 1)
     except OSError:
         return None
     return None
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """Peak resident set size (VmHWM) in MiB, None if unreadable."""
+    return status_mb(pid, "VmHWM")
 
 
 def cpu_seconds(pid: int) -> float | None:

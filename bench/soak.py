@@ -43,7 +43,16 @@ from fmnist_faust.config import Settings, load_settings, run_names
 from fmnist_faust.core import dataset
 from fmnist_faust.core.model import load_classifier
 
-from .common import ROOT, ServiceProc, create_topics, delete_topics_with_prefix, env_with, free_port, produce
+from .common import (
+    ROOT,
+    ServiceProc,
+    create_topics,
+    delete_topics_with_prefix,
+    env_with,
+    free_port,
+    produce,
+    status_mb,
+)
 from .stages import delete_pubsub_tagged
 
 TARGETS = {"worker_rss_growth_mb": 50, "restart_to_first_new_s": 15, "bridge_store_over_one_horizon": 1.5}
@@ -63,13 +72,7 @@ class SoakPlan:
 
 def rss_mb(pid: int) -> float | None:
     """Current resident set size (VmRSS) in MiB: growth shows here, not in the peak."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return round(int(line.split()[1]) / 1024.0, 1)
-    except OSError:
-        return None
-    return None
+    return status_mb(pid, "VmRSS")
 
 
 def store_stats(path: Path) -> dict[str, int | None]:
