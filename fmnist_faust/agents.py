@@ -43,19 +43,6 @@ PUBLISH_TIMEOUT_S = settings.kafka.session_timeout_s / 2
 RETRY_PAUSE_S = 1.0
 
 
-class Readiness:
-    """Set once the model is verified and the output topics exist: the worker may answer.
-
-    Not gated on a partition assignment: a worker restarted after a crash may wait a whole
-    session timeout for the group to drop its dead predecessor, and its views (global totals
-    from the changelog) are right meanwhile; the "ready" log line marks the first assignment.
-    """
-
-    def __init__(self) -> None:
-        self.ready = False
-
-
-readiness = Readiness()
 progress = Progress(settings.kafka.stall_seconds)
 
 
@@ -69,25 +56,23 @@ def get_classifier() -> Classifier:
     return classifier
 
 
-@app.task
 async def prepare() -> None:
-    """At start-up: verify and load the model (a bad one stops the worker at once, not at the
-    first image), and create images, predictions and DLQ with the configured partitions
-    before the worker reports ready (retrying while the broker does not answer)."""
+    """Before the worker starts anything (web views included, see ``faust_app.App.on_start``):
+    verify and load the model (a bad one stops the worker at once, not at the first image),
+    and create images, predictions and DLQ with the configured partitions, retrying while
+    the broker does not answer. So a worker that answers has both."""
     try:
         get_classifier()
     except Exception as exc:
         log.critical("cannot load the model: %s", exc)
-        await app.crash(exc)
-        return
+        raise
     while True:
         try:
             await ensure_topics(settings)
-            break
+            return
         except Exception as exc:
             log.warning("creating the topics failed (%r); retrying in 2 s", exc)
             await asyncio.sleep(2.0)
-    readiness.ready = True
 
 
 @app.agent(images_topic)

@@ -18,6 +18,14 @@ class App(faust.App):
     def _new_transport(self) -> Any:
         return RowOffsetTransport(self.conf.broker_consumer, self)
 
+    async def on_start(self) -> None:
+        """Verify the model and create the output topics before the consumer, the agents and
+        the web views start (``agents.prepare``; imported here: that module imports this one)."""
+        from .agents import prepare
+
+        await prepare()
+        await super().on_start()
+
 
 app = App(
     settings.kafka.app_id,

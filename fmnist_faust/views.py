@@ -1,9 +1,10 @@
 """HTTP views: the dashboard (``/``), running accuracy as JSON (``/accuracy/``,
 ``/accuracy/window/``, ``/recent/``), throughput and lag (``/stats/``) and Prometheus
 metrics (``/metrics``). The Pub/Sub bridge serves the same paths with the same JSON.
-Until the model is verified and the output topics exist the JSON views answer 503, so a
-client that sees an answer can rely on both. Also logs one "ready" line at the first
-partition assignment (and one per later change of assigned images partitions)."""
+The views start only once the model is verified and the output topics exist
+(``faust_app.App.on_start``), so a client that gets an answer can rely on both. Also logs
+one "ready" line at the first partition assignment (and one per later change of assigned
+images partitions)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import metrics
-from .agents import partition_lags, progress, readiness, recent_mistakes
+from .agents import partition_lags, progress, recent_mistakes
 from .faust_app import app, settings
 from .global_scores import global_totals
 from .topics import images_topic
@@ -27,26 +28,15 @@ async def dashboard(web: Any, request: Any) -> Any:
     return web.html(DASHBOARD.read_text(encoding="utf-8"))
 
 
-def starting(web: Any) -> Any:
-    """The 503 answer of a JSON view before the worker is ready, or None once it is."""
-    if readiness.ready:
-        return None
-    return web.json({"status": "starting: verifying the model and creating the topics"}, status=503)
-
-
 @app.page("/accuracy/")
 async def accuracy(web: Any, request: Any) -> Any:
     """Global totals, exact on any worker of the group (see :mod:`.global_scores`)."""
-    if (not_ready := starting(web)) is not None:
-        return not_ready
     scores, version = await global_totals()
     return web.json(scores.report(version))
 
 
 @app.page("/accuracy/window/")
 async def accuracy_window(web: Any, request: Any) -> Any:
-    if (not_ready := starting(web)) is not None:
-        return not_ready
     scores, _ = await global_totals()
     return web.json(
         {
@@ -59,16 +49,12 @@ async def accuracy_window(web: Any, request: Any) -> Any:
 @app.page("/recent/")
 async def recent(web: Any, request: Any) -> Any:
     """The latest misclassified images (base64 pixels), newest first."""
-    if (not_ready := starting(web)) is not None:
-        return not_ready
     return web.json({"misclassified": recent_mistakes.to_list()})
 
 
 @app.page("/stats/")
 async def stats(web: Any, request: Any) -> Any:
     """Images/s and Kafka consumer lag; the shape is documented in :func:`metrics.stats_report`."""
-    if (not_ready := starting(web)) is not None:
-        return not_ready
     return web.json(metrics.stats_report(consumer_lag(), "kafka_lag", sorted(progress.stalled)))
 
 

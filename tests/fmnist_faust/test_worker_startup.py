@@ -26,7 +26,7 @@ def test_missing_model_stops_the_worker_at_start(worker_env: dict[str, str], tmp
 
 
 def test_output_topics_exist_once_the_worker_answers(start_worker, worker_env: dict[str, str], kafka_bootstrap) -> None:
-    """A worker that answers /accuracy/ (503 before: starting) has created predictions and the DLQ."""
+    """A worker that answers /accuracy/ has created predictions and the DLQ."""
     import asyncio
 
     from aiokafka.admin import AIOKafkaAdminClient
