@@ -31,7 +31,7 @@ from .core.recent import RecentMistakes
 from .faust_app import app, settings
 from .kafka_admin import ensure_topics
 from .progress import Progress
-from .tables import counted_at, expire_marks, mark_counted, read_row, write_row
+from .tables import counted_at, expire_marks, mark_counted, read_row, row_offset, write_row
 from .topics import dlq_topic, images_topic, predictions_topic
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ async def watch_progress() -> None:
             partition,
             lags[partition],
             progress.bound_s,
-            read_row(partition)[0] + 1,
+            row_offset(partition) + 1,
         )
         await rewind([TP(images_topic.get_topic_name(), partition)], "stalled")
     metrics.STALLED.set(len(progress.stalled))
@@ -120,7 +120,7 @@ def partition_lags() -> dict[int, int] | None:
     known = {tp: hw for tp, hw in highwaters.items() if hw is not None}
     if partitions and not known:
         return None
-    return {tp.partition: max(0, hw - (read_row(tp.partition)[0] + 1)) for tp, hw in known.items()}
+    return {tp.partition: max(0, hw - (row_offset(tp.partition) + 1)) for tp, hw in known.items()}
 
 
 async def rewind(tps: Iterable[TP], why: str) -> None:

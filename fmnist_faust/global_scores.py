@@ -21,7 +21,7 @@ from mode import Service
 
 from .core.scores import Scores
 from .faust_app import app, settings
-from .tables import local_rows, scores_table, sum_rows, write_row
+from .tables import local_rows, resend_row, scores_table, sum_rows
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class ChangelogReaderService(Service):
 
 
 async def global_totals() -> tuple[Scores, str | None]:
-    """Sum over every partition of the newest row, local or from the changelog."""
+    """Sum over every partition of its highest-offset row, local or from the changelog."""
     try:
         tails = await changelog_rows.read()
     except Exception as exc:  # the broker may be briefly unreachable: say so, serve local rows
@@ -126,12 +126,12 @@ async def repair_tails() -> None:
     except Exception:  # reported by global_totals; the next tick retries
         return
     for partition in owned:
-        row, tail = local.get(partition), tails.get(partition)
-        if row is not None and tail and int(tail[-1]["offset"]) < int(row["offset"]):
+        row, tail = local[partition], tails.get(partition)
+        if tail and int(tail[-1]["offset"]) < int(row["offset"]):
             log.warning(
                 "partition %d: the scores changelog ends on an older row (offset %s < %s); rewriting ours",
                 partition,
                 tail[-1]["offset"],
                 row["offset"],
             )
-            write_row(partition, int(row["offset"]), Scores.from_dict(row["scores"]), row.get("model_version") or "")
+            resend_row(partition)

@@ -68,6 +68,12 @@ scores_table = app.tables.add(
 )
 
 
+def row_offset(partition: int) -> int:
+    """Last applied offset of one input partition, or -1 (cheap: the scores stay encoded)."""
+    row: dict[str, Any] | None = scores_table.data.get(str(partition))
+    return -1 if row is None else int(row["offset"])
+
+
 def read_row(partition: int) -> tuple[int, Scores]:
     """(last applied offset or -1, scores) of one input partition."""
     row: dict[str, Any] | None = scores_table.data.get(str(partition))
@@ -80,7 +86,7 @@ def next_offset(tp: TP) -> int | None:
     """First input offset of ``tp`` not yet counted: where the consumer commits and resumes."""
     if tp.topic != settings.topics.images:
         return None
-    return read_row(tp.partition)[0] + 1
+    return row_offset(tp.partition) + 1
 
 
 use_row_offsets(next_offset)
@@ -89,9 +95,14 @@ use_row_offsets(next_offset)
 def write_row(partition: int, offset: int, scores: Scores, model_version: str) -> None:
     """Store locally and send the row to changelog partition ``partition``."""
     row = {"offset": offset, "model_version": model_version, "scores": scores.to_dict()}
+    scores_table.data[str(partition)] = row
+    resend_row(partition)
+
+
+def resend_row(partition: int) -> None:
+    """Send this worker's row of ``partition`` to its changelog partition (again)."""
     key = str(partition)
-    scores_table.data[key] = row
-    scores_table.send_changelog(partition, key, row)
+    scores_table.send_changelog(partition, key, scores_table.data[key])
 
 
 class SeenIdsTable(faust.Table):

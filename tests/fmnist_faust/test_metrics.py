@@ -86,10 +86,9 @@ def test_consumer_lag_is_highwater_minus_next_unapplied_offset(monkeypatch: pyte
     from faust.types import TP
 
     from fmnist_faust import agents, views
-    from fmnist_faust.core.scores import Scores
 
     applied = {0: 99}  # the score table row of partition 0 covers offsets 0..99
-    monkeypatch.setattr(agents, "read_row", lambda partition: (applied.get(partition, -1), Scores()))
+    monkeypatch.setattr(agents, "row_offset", lambda partition: applied.get(partition, -1))
     images = views.images_topic.get_topic_name()
     consumer = FakeConsumer({TP(images, 0): 110, TP(images, 1): 5, TP("scores-changelog", 0): 1000})
     monkeypatch.setattr(views.app, "consumer", consumer)
