@@ -45,6 +45,22 @@ def _msg(key: str, **fields: Any) -> bytes:
     return _json(obj)
 
 
+def _batch(prefix: str, **fields: Any) -> bytes:
+    """A batch record of two images that is valid except for ``fields`` (``...`` removes one)."""
+    obj: dict[str, Any] = {
+        "ids": [f"{prefix}-0", f"{prefix}-1"],
+        "labels": [3, 4],
+        "pixels": base64.b64encode(GOOD_PIXELS * 2).decode("ascii"),
+        "sent_at": 1.7e9,
+    }
+    for name, value in fields.items():
+        if value is ...:
+            obj.pop(name, None)
+        else:
+            obj[name] = value
+    return _json(obj)
+
+
 class _Exploit:
     """Unpickling this would create a directory named by the marker (and prove code ran)."""
 
@@ -170,6 +186,25 @@ def catalogue(marker_dir: str = f"/nonexistent/{PWNED_MARKER}") -> list[Case]:
     ]:
         value = _msg(f"bad-sent_at_{name}", sent_at=0.5).replace(b"0.5", literal)
         add(f"sent_at_{name}", value, "bad_sent_at")
+
+    # --- batch records (``ids``): a fault of the record rejects it whole ---
+    def batch(name: str, kind: str, **fields: Any) -> None:
+        add(f"batch_{name}", _batch(f"bad-batch_{name}", **fields), kind)
+
+    batch("ids_empty", "bad_ids", ids=[], pixels="")
+    batch("ids_string", "bad_ids", ids="bad-batch_ids_string")
+    batch("ids_null", "bad_ids", ids=None)
+    batch("ids_object", "bad_ids", ids={"0": "x"})
+    batch("too_many_images", "too_many_images", ids=[f"i{n}" for n in range(1001)], labels=..., pixels="")
+    batch("labels_short", "bad_labels", labels=[1])
+    batch("labels_long", "bad_labels", labels=[1, 2, 3])
+    batch("labels_string", "bad_labels", labels="12")
+    batch("pixels_missing", "bad_pixels", pixels=...)
+    batch("pixels_list", "bad_pixels", pixels=list(GOOD_PIXELS * 2))
+    batch("base64_garbage", "bad_base64", pixels="!!!not base64!!!")
+    batch("pixels_one_image_short", "bad_pixel_count", pixels=base64.b64encode(GOOD_PIXELS * 2)[:-8].decode())
+    batch("pixels_one_image_for_two", "bad_pixel_count", pixels=GOOD_B64)
+    batch("sent_at_string", "bad_sent_at", sent_at="now")
 
     names = [case.name for case in cases]
     assert len(names) == len(set(names)), "catalogue names must be unique"

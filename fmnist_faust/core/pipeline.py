@@ -1,9 +1,11 @@
 """Decode/validate -> one batched predict -> outcomes: the transport-agnostic step.
 
 Both adapters (the Faust agent and the Pub/Sub bridge) hand a batch of raw messages to
-:func:`classify_batch` and get back one outcome per message, in order: a
-:class:`~.contract.Prediction` or an :class:`~.contract.InvalidMessage`. They only
-deal with transport concerns (offsets, acks, publishing).
+:func:`classify_batch` and get back one outcome per image, in order: a
+:class:`~.contract.Prediction` or an :class:`~.contract.InvalidMessage`. A one-image
+message gives one outcome; a batch record gives one per image, or one rejection when the
+record itself is malformed; :attr:`BatchResult.sources` maps each outcome back to its
+message. The adapters only deal with transport concerns (offsets, acks, publishing).
 
 The duplicate rule of the wire contract lives here too (:func:`repeats` and
 :meth:`BatchResult.without`), so both backends treat an id counted before the same way.
@@ -13,11 +15,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from .contract import DEFAULT_MAX_MESSAGE_BYTES, ImageMessage, InvalidMessage, Prediction, decode_image
+from .contract import (
+    DEFAULT_MAX_BATCH_IMAGES,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    ImageMessage,
+    InvalidMessage,
+    Prediction,
+    decode_record,
+    image_faults,
+)
 from .model import Classifier
 from .scores import Scores
 
@@ -35,12 +45,22 @@ class RawMessage:
 
 @dataclass
 class BatchResult:
-    """One outcome per message, in order, and the decoded pixels of each valid image
-    (``None`` for an invalid message), kept so that ``/recent/`` need not decode again."""
+    """One outcome per image, in order, and the decoded pixels of each valid image (``None``
+    for a rejection), kept so that ``/recent/`` need not decode again.
+
+    ``messages[i]`` is the message that carried outcome ``i`` (the same one for every image
+    of a batch record) and ``sources[i]`` its index among the messages classified; without
+    batch records both are one per message (``sources`` defaults to 0, 1, 2...).
+    """
 
     messages: Sequence[RawMessage]
     outcomes: list[Outcome]
     pixels: list[np.ndarray | None]
+    sources: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.sources and self.outcomes:
+            self.sources = list(range(len(self.outcomes)))
 
     @property
     def rejections(self) -> list[tuple[RawMessage, InvalidMessage]]:
@@ -63,7 +83,10 @@ class BatchResult:
         """The outcomes whose index satisfies ``keep`` (e.g. not yet applied)."""
         indices = [i for i in range(len(self.outcomes)) if keep(i)]
         return BatchResult(
-            [self.messages[i] for i in indices], [self.outcomes[i] for i in indices], [self.pixels[i] for i in indices]
+            [self.messages[i] for i in indices],
+            [self.outcomes[i] for i in indices],
+            [self.pixels[i] for i in indices],
+            [self.sources[i] for i in indices],
         )
 
     def without(self, repeated: Collection[int]) -> BatchResult:
@@ -98,30 +121,90 @@ def classify_batch(
     messages: Sequence[RawMessage],
     max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     clock: Callable[[], float] = time.time,
+    max_images: int = DEFAULT_MAX_BATCH_IMAGES,
 ) -> BatchResult:
-    """Validate every message, classify the valid ones in a single predict call."""
-    outcomes: list[Outcome | None] = [None] * len(messages)
-    pixels: list[np.ndarray | None] = [None] * len(messages)
-    valid: list[tuple[int, ImageMessage]] = []
-    for index, message in enumerate(messages):
+    """Validate every message, expand batch records into their images, and classify every
+    valid image in a single predict call (a batch record's pixels are one array already)."""
+    carriers: list[RawMessage] = []
+    sources: list[int] = []
+    outcomes: list[Outcome | None] = []
+    pixels: list[np.ndarray | None] = []
+    valid = _ValidImages()
+    for source, message in enumerate(messages):
         try:
-            image = decode_image(message.value, message.key, max_bytes)
+            decoded = decode_record(message.value, message.key, max_bytes, max_images)
         except InvalidMessage as error:
-            outcomes[index] = error
-        else:
-            valid.append((index, image))
-            pixels[index] = image.pixels
-    if valid:
-        predicted, confidence = classifier.predict(np.stack([image.pixels for _, image in valid]))
-        now = clock()
-        for (index, image), guess, conf in zip(valid, predicted.tolist(), confidence.tolist()):
-            latency = None if image.sent_at is None else max(0.0, (now - image.sent_at) * 1000.0)
+            carriers.append(message)
+            sources.append(source)
+            outcomes.append(error)
+            pixels.append(None)
+            continue
+        if isinstance(decoded, ImageMessage):
+            valid.add(len(outcomes), [decoded.id], [decoded.label], decoded.sent_at, decoded.pixels.reshape(1, -1))
+            carriers.append(message)
+            sources.append(source)
+            outcomes.append(None)
+            pixels.append(decoded.pixels)
+            continue
+        count, base = len(decoded.ids), len(outcomes)
+        carriers.extend([message] * count)
+        sources.extend([source] * count)
+        faults = image_faults(decoded)
+        if not faults:
+            valid.add(base, decoded.ids, decoded.labels, decoded.sent_at, decoded.pixels)
+            outcomes.extend([None] * count)
+            pixels.extend(decoded.pixels)
+            continue
+        good = [k for k in range(count) if k not in faults]
+        valid.add(
+            base,
+            [decoded.ids[k] for k in good],
+            [decoded.labels[k] for k in good],
+            decoded.sent_at,
+            decoded.pixels[good],
+            [base + k for k in good],
+        )
+        for k in range(count):
+            outcomes.append(faults.get(k))
+            pixels.append(None if k in faults else decoded.pixels[k])
+    if valid.ids:
+        predicted, confidence = classifier.predict(np.concatenate(valid.rows))
+        now, version = clock(), classifier.version
+        for index, image_id, label, sent_at, guess, conf in zip(
+            valid.at, valid.ids, valid.labels, valid.sent_at, predicted.tolist(), confidence.tolist()
+        ):
             outcomes[index] = Prediction(
-                id=image.id,
+                id=image_id,
                 predicted=guess,
                 confidence=conf,
-                label=image.label,
-                model_version=classifier.version,
-                latency_ms=latency,
+                label=label,
+                model_version=version,
+                latency_ms=None if sent_at is None else max(0.0, (now - sent_at) * 1000.0),
             )
-    return BatchResult(messages, outcomes, pixels)  # type: ignore[arg-type]
+    return BatchResult(carriers, outcomes, pixels, sources)  # type: ignore[arg-type]
+
+
+@dataclass
+class _ValidImages:
+    """The images to classify, gathered as parallel lists (no object per image)."""
+
+    at: list[int] = field(default_factory=list)  # outcome index of each image
+    ids: list[str] = field(default_factory=list)
+    labels: list[int | None] = field(default_factory=list)
+    sent_at: list[float | None] = field(default_factory=list)
+    rows: list[np.ndarray] = field(default_factory=list)  # (k, 784) pieces, in order
+
+    def add(
+        self,
+        base: int,
+        ids: list[str],
+        labels: list[int | None],
+        sent_at: float | None,
+        rows: np.ndarray,
+        at: list[int] | None = None,
+    ) -> None:
+        self.at.extend(range(base, base + len(ids)) if at is None else at)
+        self.ids.extend(ids)
+        self.labels.extend(labels)
+        self.sent_at.extend([sent_at] * len(ids))
+        self.rows.append(rows)

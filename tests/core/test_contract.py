@@ -31,6 +31,7 @@ from fmnist_faust.core.contract import (
     dead_letter_attributes,
     decode_image,
     decode_prediction,
+    decode_record,
     encode_image,
 )
 from malformed_catalogue import GOOD_B64, GOOD_PIXELS, Case, catalogue, pickle_payloads
@@ -47,7 +48,7 @@ FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCh
 @pytest.mark.parametrize("case", CATALOGUE, ids=[c.name for c in CATALOGUE])
 def test_catalogue_entry_is_rejected_with_its_kind(case: Case) -> None:
     with pytest.raises(InvalidMessage) as caught:
-        decode_image(case.value, case.key)
+        decode_record(case.value, case.key)
     error = caught.value
     assert error.kind == case.kind, f"{case.name}: {error}"
     # Informative: a sentence of its own (not just the kind), short enough for a DLQ header.
@@ -75,12 +76,15 @@ def test_catalogue_covers_every_error_kind() -> None:
         ("sent_at_nan", ["nan"]),
         ("oversize_valid", [str(DEFAULT_MAX_MESSAGE_BYTES + 1), str(DEFAULT_MAX_MESSAGE_BYTES)]),
         ("invalid_utf8", ["byte"]),
+        ("batch_too_many_images", ["1001", "1000"]),
+        ("batch_labels_short", ["1 labels", "2"]),
+        ("batch_pixels_one_image_for_two", ["784", "2 images", "1568"]),
     ],
 )
 def test_reason_names_the_offending_value(case_name: str, words: list[str]) -> None:
     case = next(c for c in CATALOGUE if c.name == case_name)
     with pytest.raises(InvalidMessage) as caught:
-        decode_image(case.value, case.key)
+        decode_record(case.value, case.key)
     for word in words:
         assert word in caught.value.reason, (word, caught.value.reason)
 
