@@ -8,6 +8,12 @@ commits and resumes at each row's offset + 1 (:mod:`.offsets`), so an image whos
 failed or was cut short by a rebalance is read again, and nothing is counted twice.
 A distinct message re-using an id already counted in its partition is neither counted
 nor published again (the core's duplicate rule; see ``tables.seen_table``).
+
+Batch records (many images in one record) are expanded by the core; offsets and rows stay
+per record (a record is counted whole, in one step), marks and the duplicate rule per image
+in the record's partition. A batch of events holding more than :data:`STEP_IMAGES` images
+is processed in consecutive steps (:func:`image_steps`), so one predict call and one batch
+of sends stay bounded whatever the records hold.
 """
 
 from __future__ import annotations
@@ -24,12 +30,13 @@ from faust.exceptions import ConsumerNotStarted
 from faust.types import TP
 
 from . import metrics
-from .core.contract import InvalidMessage, Prediction, dead_letter_attributes
+from .core.contract import Prediction, dead_letter_attributes, estimated_images
 from .core.model import Classifier, load_classifier
 from .core.pipeline import BatchResult, RawMessage, classify_batch, repeats
 from .core.recent import RecentMistakes
 from .faust_app import app, settings
 from .kafka_admin import ensure_topics
+from .keyed_send import send_keyed
 from .progress import Progress
 from .tables import counted_at, expire_marks, mark_counted, read_row, row_offset, write_row
 from .topics import dlq_topic, images_topic, predictions_topic
@@ -41,6 +48,8 @@ recent_mistakes = RecentMistakes()
 # rebalance waiting for it) for the producer's 20-minute request timeout.
 PUBLISH_TIMEOUT_S = settings.kafka.session_timeout_s / 2
 RETRY_PAUSE_S = 1.0
+# Most images classified and published in one step (one predict call: ~25 MB of float64).
+STEP_IMAGES = 4096
 
 
 progress = Progress(settings.kafka.stall_seconds)
@@ -79,13 +88,29 @@ async def prepare() -> None:
 async def classify(stream: Any) -> None:
     async for events in stream.take_events(settings.pipeline.batch_size, within=settings.pipeline.batch_linger_s):
         try:
-            await process_events(events)
+            for step in image_steps(events, STEP_IMAGES):
+                await process_events(step)
         except Exception as exc:  # the broker hung or failed: read the batch again, never skip it
             log.error(
                 "a batch of %d images failed (%r); reading it again from the last counted offsets", len(events), exc
             )
             await rewind({e.message.tp for e in events}, f"batch failed: {exc!r}")
             await asyncio.sleep(RETRY_PAUSE_S)
+
+
+def image_steps(events: list[Any], limit: int) -> list[list[Any]]:
+    """``events`` cut, in order, into runs of at most ``limit`` images (by each record's size:
+    :func:`~.core.contract.estimated_images`); a record is never split."""
+    steps: list[list[Any]] = [[]]
+    images = 0
+    for event in events:
+        size = estimated_images(event.message.value)
+        if steps[-1] and images + size > limit:
+            steps.append([])
+            images = 0
+        steps[-1].append(event)
+        images += size
+    return steps
 
 
 @app.timer(5.0)
@@ -243,9 +268,11 @@ def _without_gaps(fresh: list[Any], applied: dict[int, tuple[int, Any]]) -> tupl
 async def _count(fresh: list[Any], applied: dict[int, tuple[int, Any]], generation: int) -> None:
     classifier = get_classifier()
     messages = [RawMessage(value=e.message.value, key=e.message.key, timestamp=e.message.timestamp) for e in fresh]
+    pipeline = settings.pipeline
     with metrics.PREDICT_SECONDS.time():
-        result = classify_batch(classifier, messages, settings.pipeline.max_message_bytes)
-    duplicates, marks = await _duplicate_ids(fresh, result, {p: row[0] for p, row in applied.items()})
+        result = classify_batch(classifier, messages, pipeline.max_message_bytes, max_images=pipeline.max_batch_images)
+    carriers = [fresh[source] for source in result.sources]  # the event of each image
+    duplicates, marks = await _duplicate_ids(carriers, result, {p: row[0] for p, row in applied.items()})
     counted = result.without(duplicates)
     await asyncio.wait_for(_publish(counted), PUBLISH_TIMEOUT_S)
     await asyncio.wait_for(asyncio.gather(*marks), PUBLISH_TIMEOUT_S)  # ids durable before the rows
@@ -253,14 +280,17 @@ async def _count(fresh: list[Any], applied: dict[int, tuple[int, Any]], generati
     if app.consumer_generation_id != generation:  # revoked while publishing: the owner counts them
         log.warning("partitions were reassigned during a batch of %d images: not counting it here", len(fresh))
         return
-    by_partition: dict[int, list[int]] = defaultdict(list)
-    for index, event in enumerate(fresh):
-        by_partition[event.message.partition].append(index)
-    for partition, indices in by_partition.items():
+    last_offsets: dict[int, int] = {}
+    for event in fresh:
+        partition = event.message.partition
+        last_offsets[partition] = max(last_offsets.get(partition, -1), event.message.offset)
+    by_partition: dict[int, set[int]] = defaultdict(set)  # outcome indices
+    for index, event in enumerate(carriers):
+        by_partition[event.message.partition].add(index)
+    for partition, last_offset in last_offsets.items():
         _, scores = applied[partition]
-        wanted = set(indices) - duplicates
-        result.subset(wanted.__contains__).apply_to(scores, settings.pipeline.window_seconds)
-        last_offset = max(fresh[i].message.offset for i in indices)
+        wanted = by_partition[partition] - duplicates
+        result.subset(wanted.__contains__).apply_to(scores, pipeline.window_seconds)
         write_row(partition, last_offset, scores, classifier.version)
         progress.advanced(partition)
     metrics.observe_batch(counted, len(duplicates))
@@ -271,6 +301,7 @@ async def _duplicate_ids(
     fresh: list[Any], result: BatchResult, applied: dict[int, int]
 ) -> tuple[set[int], list[Awaitable[Any]]]:
     """Indices of images whose id was already counted in their partition; marks the others.
+    ``fresh[i]`` is the event that carried outcome ``i`` (the same for the images of a record).
 
     First each partition's marks older than the dedupe horizon (by record timestamps, up to
     the newest in this batch) expire. An earlier mark only counts if its offset is <= the
@@ -308,22 +339,22 @@ async def _duplicate_ids(
 
 
 async def _publish(result: BatchResult) -> None:
-    """Send one prediction per valid image and each invalid message to the DLQ; await acks."""
+    """Send one prediction per valid image (:func:`~.keyed_send.send_keyed`) and each invalid
+    message, or invalid image of a batch record, to the DLQ; await acks."""
     producer = app.producer
-    predictions = predictions_topic.get_topic_name()
     dlq = dlq_topic.get_topic_name()
     pending: list[Awaitable[Any]] = []
     rejected = result.rejections
     if rejected:  # one line per batch, not per message: a garbage producer must not flood the log
         log.warning("dead-lettering %d message(s) to %s, first: %s", len(rejected), dlq, rejected[0][1])
-    for message, outcome in zip(result.messages, result.outcomes):
-        if isinstance(outcome, InvalidMessage):
-            headers = [(name, value.encode()) for name, value in dead_letter_attributes(outcome).items()]
-            pending.append(await producer.send(dlq, _as_bytes(message.key), message.value, None, None, headers))
-        else:
-            pending.append(
-                await producer.send(predictions, outcome.id.encode("utf-8"), outcome.encode(), None, None, None)
-            )
+    for message, error in rejected:
+        headers = [(name, value.encode()) for name, value in dead_letter_attributes(error).items()]
+        value = error.dead_letter_value(message.value)
+        pending.append(await producer.send(dlq, _as_bytes(message.key), value, None, None, headers))
+    predictions = [
+        (outcome.id.encode("utf-8"), outcome.encode()) for outcome in result.outcomes if isinstance(outcome, Prediction)
+    ]
+    pending += await send_keyed(producer, predictions_topic.get_topic_name(), predictions)
     await asyncio.gather(*pending)
 
 

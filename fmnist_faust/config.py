@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .core.contract import BATCH_IMAGES_LIMIT
+
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # name -> (default, meaning). "{default}" in a meaning shows the default; a relative path
@@ -38,6 +40,11 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "FMNIST_BATCH_SIZE": ("500", "images per classification batch (default {default})"),
     "FMNIST_BATCH_LINGER": ("0.01", "seconds to wait filling a batch (default {default}: lowest p99 in make bench)"),
     "FMNIST_MAX_MESSAGE_BYTES": (str(1 << 20), "largest accepted message in bytes (default 1 MiB)"),
+    "FMNIST_MAX_BATCH_IMAGES": (
+        "1000",
+        "most images in one batch record, 1-2000 (default {default}); a record must also fit in "
+        "FMNIST_MAX_MESSAGE_BYTES: about 1,000 images with short ids per MiB (see [Wire contract](#wire-contract))",
+    ),
     "FMNIST_WINDOW_SECONDS": ("10", "width of the accuracy windows in seconds (default {default})"),
     "FMNIST_DEDUPE_SECONDS": (
         "3600",
@@ -247,6 +254,7 @@ class PipelineSettings:
     batch_size: int
     batch_linger_s: float
     max_message_bytes: int
+    max_batch_images: int
     window_seconds: int
     dedupe_seconds: float
 
@@ -346,6 +354,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             batch_size=_int(env, "FMNIST_BATCH_SIZE", minimum=1),
             batch_linger_s=_float(env, "FMNIST_BATCH_LINGER", minimum=0.001),
             max_message_bytes=_int(env, "FMNIST_MAX_MESSAGE_BYTES", minimum=1024),
+            max_batch_images=_int(env, "FMNIST_MAX_BATCH_IMAGES", minimum=1, maximum=BATCH_IMAGES_LIMIT),
             window_seconds=_int(env, "FMNIST_WINDOW_SECONDS", minimum=1),
             dedupe_seconds=_float(env, "FMNIST_DEDUPE_SECONDS", minimum=1.0),
         ),

@@ -41,6 +41,9 @@ app = App(
     autodiscover=False,
     origin="fmnist_faust",
     producer_max_request_size=4 * 1024 * 1024,
+    # per-partition batches (and keyed_send's builders) of up to 512 KiB: a batch of
+    # predictions goes out in a few record batches, each under the broker's 1 MiB limit
+    producer_max_batch_size=512 * 1024,
     consumer_max_fetch_size=4 * 1024 * 1024,
     broker_session_timeout=settings.kafka.session_timeout_s,
     broker_heartbeat_interval=min(3.0, settings.kafka.session_timeout_s / 10),

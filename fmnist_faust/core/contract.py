@@ -121,6 +121,12 @@ class ImageMessage:
     sent_at: float | None = None
 
 
+def estimated_images(value: bytes | None) -> int:
+    """About how many images a message of this size holds (at least 1): a batch record is
+    mostly its base64 blob, 4/3 x 784 bytes per image. Only for sizing work, never trusted."""
+    return max(1, len(value or b"") * 3 // (4 * IMAGE_BYTES))
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 

@@ -1,6 +1,6 @@
 """The classify agent through Faust's ``agent.test_context()`` (no broker).
 
-The producer's ``send`` (predictions, dead letters, seen-id marks) and the scores table's
+The producer's ``send`` (dead letters, seen-id marks), ``keyed_send.send_keyed`` (predictions) and the scores table's
 ``send_changelog`` are replaced by recorders: this tests the adapter's logic (batching, DLQ routing, offset-stamped rows,
 replay skipping); the real-broker behaviour is covered by test_pipeline_kafka.py.
 """
@@ -8,9 +8,11 @@ replay skipping); the real-broker behaviour is covered by test_pipeline_kafka.py
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from fmnist_faust.core.contract import decode_prediction, encode_image
@@ -39,8 +41,12 @@ def faust_app(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
         done.set_result(None)
         return done
 
+    async def record_keyed(producer: Any, topic: str, records: list[tuple[bytes, bytes]]) -> list[asyncio.Future]:
+        return [await record_send(topic, key, value, None, None, None) for key, value in records]
+
     changelog: list[tuple[int, str, dict]] = []
     monkeypatch.setattr(type(app.producer), "send", lambda self, *a, **k: record_send(*a, **k))
+    monkeypatch.setattr(agents, "send_keyed", record_keyed)
     monkeypatch.setattr(
         tables.scores_table,
         "send_changelog",
@@ -112,3 +118,60 @@ def test_replayed_offsets_are_not_counted_again(faust_app: Any, test_split) -> N
     assert faust_app.test_sent == []
     offset, scores = read_row(0)
     assert offset == 1_000_000 and scores.images == 0
+
+
+@pytest.mark.timeout(60)
+def test_batch_records_give_one_prediction_per_image_and_dead_letter_per_fault(faust_app: Any, test_split) -> None:
+    """A record of 10 images with one bad label: 9 predictions, that image dead-lettered alone
+    (one-image form, header batch_index); a malformed record dead-lettered whole, untouched."""
+    from fmnist_faust import agents
+    from fmnist_faust.core.contract import encode_batch
+    from fmnist_faust.tables import local_rows, sum_rows
+    from fmnist_faust.topics import dlq_topic, predictions_topic
+
+    images, labels = test_split.images[:10], [int(x) for x in test_split.labels[:10]]
+    record = encode_batch([f"b-{i}" for i in range(10)], images, labels).replace(
+        f'"labels":[{labels[0]},'.encode(), b'"labels":[12,'
+    )
+    malformed = encode_batch(["m-0", "m-1"], images[:2])[:-40]
+
+    async def run() -> None:
+        async with agents.classify.test_context() as agent:
+            await agent.put(record, key=b"gateway-1", wait=False)
+            await agent.put(malformed, key=b"gateway-2", wait=False)
+            await _until(lambda: len(faust_app.test_sent) >= 11)
+
+    asyncio.run(run())
+    predictions = [s for s in faust_app.test_sent if s[0] == predictions_topic.get_topic_name()]
+    dead = {s[1]: s for s in faust_app.test_sent if s[0] == dlq_topic.get_topic_name()}
+    assert sorted(decode_prediction(p[2])["id"] for p in predictions) == sorted(f"b-{i}" for i in range(1, 10))
+    assert all(p[1] == decode_prediction(p[2])["id"].encode() for p in predictions)
+    image = dead[b"gateway-1"]
+    assert dict(image[3]) == {
+        "error_kind": b"bad_label",
+        "error": b"image 0 of the batch record: label must be an integer 0-9 or null, got 12",
+        "batch_index": b"0",
+    }
+    assert json.loads(image[2])["id"] == "b-0" and json.loads(image[2])["label"] == 12
+    whole = dead[b"gateway-2"]
+    assert whole[2] == malformed and dict(whole[3])["error_kind"] == b"not_json"
+    offline, _ = faust_app.test_classifier.predict(images[1:])
+    scores, _ = sum_rows(local_rows())
+    assert scores.labeled == 9 and scores.correct == int((offline == np.asarray(labels[1:])).sum())
+    assert scores.rejected == {"bad_label": 1, "not_json": 1}
+
+
+def test_image_steps_bound_the_images_per_step_and_never_split_a_record() -> None:
+    from types import SimpleNamespace
+
+    from fmnist_faust import agents
+    from fmnist_faust.core.contract import encode_batch
+
+    def event(value: bytes) -> Any:
+        return SimpleNamespace(message=SimpleNamespace(value=value))
+
+    big = event(encode_batch([str(i) for i in range(600)], np.zeros((600, 784), np.uint8)))
+    one = event(encode_image("x", np.zeros(784, np.uint8)))
+    steps = agents.image_steps([one, big, big, one, big, one], limit=1300)
+    assert [[e is big for e in step] for step in steps] == [[False, True, True, False], [True, False]]
+    assert agents.image_steps([big], limit=10) == [[big]]  # a record larger than the limit is one step

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from fmnist_faust.config import load_settings
-from fmnist_faust.core.contract import InvalidMessage, decode_image, decode_prediction, encode_image
+from fmnist_faust.core.contract import InvalidMessage, decode_prediction, decode_record, encode_image
 from fmnist_faust.core.model import load_classifier
 from fmnist_faust.kafka_admin import ensure_topics_sync
 from malformed_catalogue import Case, catalogue
@@ -46,7 +46,7 @@ async def _produce(bootstrap: str, topic: str, messages: list[tuple[bytes | None
 
 def _expected_error(case: Case) -> InvalidMessage:
     with pytest.raises(InvalidMessage) as caught:
-        decode_image(case.value, case.key)
+        decode_record(case.value, case.key)
     return caught.value
 
 
