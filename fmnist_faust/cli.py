@@ -94,8 +94,16 @@ def produce_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--id-prefix", default="", help="prefix for image ids (default: the split name)")
     parser.add_argument("--topic", default=settings.topics.images)
     parser.add_argument("--no-labels", action="store_true", help="send images without labels")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=0,
+        help="images per message as batch records (1-FMNIST_MAX_BATCH_IMAGES; default 0: one image per message)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    if not 0 <= args.batch <= settings.pipeline.max_batch_images:
+        parser.error(f"--batch must be 0-{settings.pipeline.max_batch_images} (FMNIST_MAX_BATCH_IMAGES)")
 
     split = dataset.load_split(args.split, settings.model.data_dir)
     total = args.count or len(split)
@@ -106,19 +114,25 @@ def produce_main(argv: Sequence[str] | None = None) -> int:
         ensure_topics_sync(settings)
     producer = MainManager(args.backend, settings).create_producer(args.topic)
     chunk = 500 if not args.rate else max(1, min(500, int(args.rate / 20)))
+    chunk = max(chunk, args.batch)  # a record is sent whole
     started = time.perf_counter()
     sent = 0
     try:
         while sent < total:
             n = min(chunk, total - sent)
             now = time.time()
-            items = []
-            for i in range(sent, sent + n):
-                j = i % len(split)
-                image_id = f"{prefix}-{i:06d}"
-                label = None if args.no_labels else int(split.labels[j])
-                items.append((encode_image(image_id, split.images[j], label, now), image_id))
-            producer.produce_many(items)
+            rows = [i % len(split) for i in range(sent, sent + n)]
+            ids = [f"{prefix}-{i:06d}" for i in range(sent, sent + n)]
+            labels = [None if args.no_labels else int(split.labels[j]) for j in rows]
+            if args.batch:
+                for start in range(0, n, args.batch):
+                    part = slice(start, start + args.batch)
+                    producer.produce_batch(ids[part], split.images[rows[part]], labels[part], now)
+            else:
+                producer.produce_many(
+                    (encode_image(image_id, split.images[j], label, now), image_id)
+                    for image_id, j, label in zip(ids, rows, labels)
+                )
             sent += n
             if not args.quiet:
                 _progress(sent, total, started, "producing")

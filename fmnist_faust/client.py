@@ -3,6 +3,7 @@
     manager = MainManager("kafka")            # or "pubsub"
     producer = manager.create_producer("images")
     producer.produce(value, key="img-1")      # returns a future; errors surface there
+    producer.produce_batch(ids, pixels, labels)  # N images in one batch record (opt-in)
     producer.close()                          # flushes, raises if any send failed
     consumer = manager.create_consumer("predictions", callback, "prediction-receiver")
     ...; consumer.stop()
@@ -20,7 +21,7 @@ import json
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,6 +87,23 @@ class Producer:
     def produce_many(self, items: Iterable[tuple[bytes, str | None]]) -> list[concurrent.futures.Future]:
         """One future per message, in order, on every backend."""
         return [self.produce(value, key) for value, key in items]
+
+    def produce_batch(
+        self,
+        ids: Sequence[str],
+        pixels: Any,
+        labels: Sequence[int | None] | None = None,
+        sent_at: float | None = None,
+        key: str | None = None,
+    ) -> concurrent.futures.Future:
+        """Send N images as one batch record (``pixels``: N x 784 uint8, an array or bytes).
+
+        ``key`` defaults to the first id. On Kafka it picks the record's partition, which is
+        where its images' ids are deduplicated: a record re-sent whole lands there again.
+        """
+        from .core.contract import encode_batch
+
+        return self.produce(encode_batch(ids, pixels, labels, sent_at), key=ids[0] if key is None else key)
 
     def flush(self, timeout: float = 60.0) -> None:
         raise NotImplementedError

@@ -96,14 +96,29 @@ def test_produce_and_logger_commands(start_worker, worker_env: dict[str, str]) -
     assert produced.returncode == 0, produced.stderr
     assert "sent 300 images to kafka:" in produced.stdout
     assert "producing [" in produced.stderr  # the progress bar
-    wait_until(lambda: worker.accuracy()["images"] >= 300, timeout=60, what="300 images counted")
+    batched = subprocess.run(  # 300 more, as batch records of 64 (the last one of 44)
+        [
+            sys.executable,
+            "-c",
+            "from fmnist_faust.cli import produce_main; raise SystemExit(produce_main())",
+            *("--count", "300", "--batch", "64", "--id-prefix", "batched", "--quiet"),
+        ],
+        env=worker_env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert batched.returncode == 0, batched.stderr
+    assert "sent 300 images to kafka:" in batched.stdout
+    wait_until(lambda: worker.accuracy()["images"] >= 600, timeout=60, what="600 images counted")
     logged = subprocess.run(
         [
             sys.executable,
             "-c",
             "from fmnist_faust.cli import logger_main; raise SystemExit(logger_main())",
             "--count",
-            "300",
+            "600",
             "--timeout",
             "60",
         ],
@@ -116,7 +131,8 @@ def test_produce_and_logger_commands(start_worker, worker_env: dict[str, str]) -
     assert logged.returncode == 0, logged.stderr
     final = logged.stdout.strip().splitlines()[-1]
     report = worker.accuracy()
-    assert final.startswith(f"final: 300 predictions, 300 labelled, {report['correct']} correct")
+    assert report["images"] == 600
+    assert final.startswith(f"final: 600 predictions, 600 labelled, {report['correct']} correct")
 
 
 def test_a_kafka_consumer_that_cannot_start_fails_at_once_with_the_brokers_error() -> None:
