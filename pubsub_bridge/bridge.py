@@ -38,6 +38,7 @@ from fmnist_faust.core.model import ModelError, load_classifier
 from fmnist_faust.core.recent import RecentMistakes
 
 from .handler import BatchHandler, Delivery, TransientError
+from .publisher import BulkPublisher
 from .store import PRUNE_BATCH, Store, describe_open_error, open_store
 from .web import Views, WebServer
 
@@ -257,8 +258,12 @@ def run(settings: Settings) -> int:
         store.close()
         return 1
 
-    publisher = pubsub_v1.PublisherClient(
-        batch_settings=pubsub_v1.types.BatchSettings(max_messages=1000, max_bytes=8 * 1024 * 1024, max_latency=0.005)
+    publisher = BulkPublisher(
+        pubsub_v1.PublisherClient(
+            batch_settings=pubsub_v1.types.BatchSettings(
+                max_messages=1000, max_bytes=8 * 1024 * 1024, max_latency=0.005
+            )
+        )
     )
     subscriber = pubsub_v1.SubscriberClient()
     subscription = subscriber.subscription_path(settings.pubsub.project, settings.pubsub.images_subscription)
@@ -275,6 +280,7 @@ def run(settings: Settings) -> int:
             predictions_topic=publisher.topic_path(settings.pubsub.project, settings.topics.predictions),
             dlq_topic=publisher.topic_path(settings.pubsub.project, settings.topics.dlq),
             recent=recent,
+            max_batch_images=settings.pipeline.max_batch_images,
         )
         batcher = Batcher(handler, settings.pipeline.batch_size, settings.pipeline.batch_linger_s)
         batcher.start()

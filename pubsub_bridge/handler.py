@@ -24,7 +24,7 @@ from google.api_core import exceptions as gexc
 from prometheus_client import Counter, Histogram
 
 from fmnist_faust import metrics
-from fmnist_faust.core.contract import InvalidMessage, Prediction, dead_letter_attributes
+from fmnist_faust.core.contract import DEFAULT_MAX_BATCH_IMAGES, InvalidMessage, Prediction, dead_letter_attributes
 from fmnist_faust.core.model import Classifier
 from fmnist_faust.core.pipeline import BatchResult, RawMessage, classify_batch, repeats
 from fmnist_faust.core.recent import RecentMistakes
@@ -61,7 +61,13 @@ class Delivery(Protocol):
 
 
 class Publisher(Protocol):
+    """What the handler publishes with (:class:`~.publisher.BulkPublisher` in the bridge)."""
+
     def publish(self, topic: str, data: bytes, **attrs: str) -> concurrent.futures.Future: ...
+
+    def publish_many(
+        self, topic: str, messages: Sequence[tuple[bytes, Mapping[str, str]]]
+    ) -> list[concurrent.futures.Future]: ...
 
 
 class Acker(Protocol):
@@ -95,6 +101,7 @@ class BatchHandler:
         recent: RecentMistakes,
         publish_timeout_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        max_batch_images: int = DEFAULT_MAX_BATCH_IMAGES,
     ) -> None:
         self.classifier = classifier
         self.store = store
@@ -107,6 +114,7 @@ class BatchHandler:
         self.recent = recent
         self.publish_timeout_s = publish_timeout_s
         self.clock = clock
+        self.max_batch_images = max_batch_images
         # Set at shutdown: publish waits end by then, so stopping never hangs on an outage.
         self.deadline: float | None = None
 
@@ -143,10 +151,13 @@ class BatchHandler:
             for d in batch
         ]
         with metrics.PREDICT_SECONDS.time():
-            result = classify_batch(self.classifier, messages, self.max_message_bytes)
+            result = classify_batch(self.classifier, messages, self.max_message_bytes, max_images=self.max_batch_images)
+        carriers = [batch[source] for source in result.sources]  # the delivery of each image
         keys = [
-            image_key(outcome.id) if isinstance(outcome, Prediction) else message_key(delivery.message_id)
-            for delivery, outcome in zip(batch, result.outcomes)
+            image_key(outcome.id)
+            if isinstance(outcome, Prediction)
+            else message_key(delivery.message_id, outcome.index)
+            for delivery, outcome in zip(carriers, result.outcomes)
         ]
         try:
             counted_before = self.store.seen(keys)
@@ -155,8 +166,8 @@ class BatchHandler:
         repeated = repeats(keys, lambda _index, key: key in counted_before)
         new = result.without(repeated)
         if new.outcomes:
-            fresh = [i for i in range(len(batch)) if i not in repeated]
-            self._publish([batch[i] for i in fresh], new)
+            fresh = [i for i in range(len(keys)) if i not in repeated]
+            self._publish([carriers[i] for i in fresh], new)
             try:
                 with COMMIT_SECONDS.time():
                     self.store.commit(new, [keys[i] for i in fresh], self.classifier.version, self.window_seconds)
@@ -174,17 +185,21 @@ class BatchHandler:
         return TransientError(f"the state store {self.store.location} is unavailable ({detail})")
 
     def _publish(self, deliveries: Sequence[Delivery], result: BatchResult) -> None:
-        """One prediction per image (attribute ``id``), each invalid message to the DLQ
-        with its original bytes and attributes plus ``error_kind`` and ``error``; wait for
-        every publish to be confirmed."""
+        """One prediction per image (attribute ``id``), each invalid message to the DLQ with
+        its original bytes and attributes plus ``error_kind`` and ``error`` (an invalid image
+        of a batch record: that image alone, plus ``batch_index``); wait for every publish to
+        be confirmed. ``deliveries[i]`` carried outcome ``i``."""
         futures: list[concurrent.futures.Future] = []
+        predictions: list[tuple[bytes, Mapping[str, str]]] = []
         for delivery, outcome in zip(deliveries, result.outcomes):
             if isinstance(outcome, InvalidMessage):
                 log.warning("dead-lettering message %s: %s", delivery.message_id, outcome)
                 attributes: dict[str, Any] = dict(delivery.attributes, **dead_letter_attributes(outcome))
-                futures.append(self.publisher.publish(self.dlq_topic, delivery.data, **attributes))
+                data = outcome.dead_letter_value(delivery.data) or b""
+                futures.append(self.publisher.publish(self.dlq_topic, data, **attributes))
             else:
-                futures.append(self.publisher.publish(self.predictions_topic, outcome.encode(), id=outcome.id))
+                predictions.append((outcome.encode(), {"id": outcome.id}))
+        futures += self.publisher.publish_many(self.predictions_topic, predictions)
         timeout = self.publish_timeout_s
         if self.deadline is not None:
             timeout = max(0.1, min(timeout, self.deadline - self.clock()))

@@ -1,8 +1,9 @@
 """The bridge's durable state: running scores plus the set of messages already counted.
 
 Pub/Sub delivers at least once, so the bridge remembers what it counted: an image by its
-id (``id:<image id>``), a message that broke the contract by its Pub/Sub message id
-(``msg:<message id>``). One SQLite transaction per batch inserts those keys and rewrites
+id (``id:<image id>``, whether it came alone or in a batch record), a message that broke the
+contract by its Pub/Sub message id (``msg:<message id>``), an image of a batch record that
+broke it by both (``msg:<message id>#<index>``). One SQLite transaction per batch inserts those keys and rewrites
 the scores row, so the counts and the set of counted keys can never disagree, whatever
 kills the process. WAL with ``synchronous=FULL``: a committed batch survives a crash of
 the process and of the machine.
@@ -158,8 +159,9 @@ def image_key(image_id: str) -> str:
     return f"id:{image_id}"
 
 
-def message_key(message_id: str) -> str:
-    return f"msg:{message_id}"
+def message_key(message_id: str, index: int | None = None) -> str:
+    """A rejected message by its Pub/Sub id; one image of a batch record by the id and its index."""
+    return f"msg:{message_id}" if index is None else f"msg:{message_id}#{index}"
 
 
 class StateStore:

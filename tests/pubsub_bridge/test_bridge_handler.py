@@ -7,6 +7,7 @@ real emulator in test_bridge_integration.py.
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ from google.api_core import exceptions as gexc
 
 from fmnist_faust.config import Settings, load_settings
 from fmnist_faust.core import dataset
-from fmnist_faust.core.contract import encode_image
+from fmnist_faust.core.contract import encode_batch, encode_image
 from fmnist_faust.core.model import Classifier, load_classifier
 from fmnist_faust.core.recent import RecentMistakes
 from pubsub_bridge.bridge import Batcher
@@ -72,6 +73,9 @@ class RecordingPublisher:
         else:
             future.set_exception(error)
         return future
+
+    def publish_many(self, topic: str, messages: Any) -> list[concurrent.futures.Future]:
+        return [self.publish(topic, data, **attributes) for data, attributes in messages]
 
 
 @pytest.fixture(scope="module")
@@ -190,6 +194,9 @@ def test_publish_wait_ends_at_the_shutdown_deadline(
         def publish(self, topic: str, data: bytes, **attrs: str) -> concurrent.futures.Future:
             return concurrent.futures.Future()
 
+        def publish_many(self, topic: str, messages: Any) -> list[concurrent.futures.Future]:
+            return [concurrent.futures.Future()]
+
     handler.publisher = Hanging()
     handler.deadline = time.monotonic() + 0.3
     started = time.monotonic()
@@ -246,3 +253,33 @@ def test_batcher_retries_a_transient_failure_then_gives_up_at_shutdown() -> None
     batcher.drain(1.0)
     batcher.join(5)
     assert not batcher.is_alive() and recorder.batches == [["a"]], "left for redelivery, not handled"
+
+
+def test_batch_records_are_counted_per_image_and_a_redelivery_is_acked_uncounted(
+    handler: BatchHandler, publisher: RecordingPublisher, store: StateStore, test_split: dataset.Split
+) -> None:
+    """A record of 8 images, one with a bad label: 7 predictions, that image dead-lettered
+    alone (batch_index); a malformed record dead-lettered whole; redelivered, nothing changes."""
+    labels: list[int | None] = [int(x) for x in test_split.labels[:8]]
+    record = encode_batch([f"b-{i}" for i in range(8)], test_split.images[:8], labels)
+    record = record.replace(f'"labels":[{labels[0]},{labels[1]},'.encode(), f'"labels":[{labels[0]},-1,'.encode())
+    good = FakeDelivery(record, {"origin": "gateway"}, "m-record")
+    broken = FakeDelivery(encode_batch(["x", "y"], test_split.images[:1].tobytes() * 2)[:-5], {}, "m-broken")
+    handler.handle([good, broken])
+
+    predictions = [s for s in publisher.sent if s[0] == "predictions"]
+    assert [attrs["id"] for _, _, attrs in predictions] == [f"b-{i}" for i in range(8) if i != 1]
+    dead = {attrs.get("batch_index"): (data, attrs) for topic, data, attrs in publisher.sent if topic == "dlq"}
+    data, attrs = dead["1"]
+    assert attrs["error_kind"] == "bad_label" and attrs["origin"] == "gateway"
+    assert json.loads(data)["id"] == "b-1" and json.loads(data)["label"] == -1
+    data, attrs = dead[None]
+    assert data == broken.data and attrs["error_kind"] == "not_json"
+    assert store.scores.images == 7 and store.scores.rejected == {"bad_label": 1, "not_json": 1}
+    assert good.acks == 1 and broken.acks == 1
+
+    sent = len(publisher.sent)
+    again = [FakeDelivery(good.data, good.attributes, "m-record"), FakeDelivery(broken.data, {}, "m-broken")]
+    handler.handle(again)  # redelivered after a crash between commit and ack
+    assert len(publisher.sent) == sent and all(d.acks == 1 for d in again)
+    assert store.scores.images == 7 and store.scores.rejected == {"bad_label": 1, "not_json": 1}
