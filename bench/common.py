@@ -321,16 +321,19 @@ def produce(
     prefix: str,
     rate: float = 0.0,
     start_index: int = 0,
+    per_record: int = 0,
 ) -> Sent:
     """Send ``count`` labelled test images through a :class:`fmnist_faust.client.Producer`.
 
     ``rate`` > 0 paces the sends in 10 ms ticks (offered load); 0 sends as fast as the
     client goes. Each chunk is stamped with ``sent_at`` just before it is handed over.
+    ``per_record`` > 0 sends batch records of that many images (``produce_batch``).
     """
     from fmnist_faust.core.contract import encode_image
 
     sent = Sent()
     chunk = 500 if rate <= 0 else max(1, int(round(rate * 0.01)))
+    chunk = max(chunk, per_record)
     started = time.perf_counter()
     done = 0
     while done < count:
@@ -340,6 +343,14 @@ def produce(
             if wait > 0:
                 time.sleep(wait)
         now = time.time()
+        if per_record:
+            for first in range(start_index + done, start_index + done + n, per_record):
+                rows = [i % len(labels) for i in range(first, min(first + per_record, start_index + done + n))]
+                ids = [f"{prefix}-{first + k:07d}" for k in range(len(rows))]
+                producer.produce_batch(ids, images[rows], labels[rows].tolist(), now)
+                sent.sent_at.update(dict.fromkeys(ids, now))
+            done += n
+            continue
         items = []
         for i in range(start_index + done, start_index + done + n):
             j = i % len(labels)

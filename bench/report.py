@@ -88,6 +88,22 @@ def markdown(results: dict[str, Any]) -> str:
         f"| 5 | fmnist-faust Pub/Sub bridge end to end (emulator) | {_stage_rate(results, 'bridge')} | "
         f"{_n(bridge.get('images')) if bridge.get('available') else ''} |"
     )
+    kafka_batched = results.get("kafka_batched", {})
+    bridge_batched = results.get("bridge_batched", {})
+    lines.append(
+        f"| 6 | fmnist-faust Kafka, one worker, batch records of {kafka_batched.get('images_per_record', 'n/a')} "
+        f"images (`kafka_batched`) | {_stage_rate(results, 'kafka_batched')} | "
+        f"{_n(kafka_batched.get('images'))} pre-loaded images, rate from prediction timestamps; table-confirmed "
+        f"{_n(kafka_batched.get('table_confirmed_images_per_s'))}/s; worker CPU "
+        f"{_n(kafka_batched.get('worker_cpu_ms_per_image'), 3)} ms/image |"
+    )
+    lines.append(
+        f"| 7 | fmnist-faust Pub/Sub bridge, batch records of {bridge_batched.get('images_per_record', 'n/a')} "
+        f"images (`bridge_batched`, emulator) | {_stage_rate(results, 'bridge_batched')} | "
+        f"{_n(bridge_batched.get('images'))} pre-published images; table-confirmed "
+        f"{_n(bridge_batched.get('table_confirmed_images_per_s'))}/s; bridge CPU "
+        f"{_n(bridge_batched.get('bridge_cpu_ms_per_image'), 3)} ms/image |"
+    )
     lines += [
         "",
         "| Ratio | Value |",
@@ -97,6 +113,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"| (3)/`classify_batch` Kafka e2e over decode+predict | {_x(ratio.get('kafka_over_classify_batch'))} |",
         f"| (5)/(4) bridge over raw Pub/Sub | "
         f"{_x(ratio.get('bridge_over_raw')) if ratio.get('bridge_over_raw') else 'not measured'} |",
+        f"| (6)/(3) Kafka batch records over one image per record | {_x(ratio.get('kafka_batched_over_kafka'))} |",
+        f"| (7)/(5) bridge batch records over one image per message | {_x(ratio.get('bridge_batched_over_bridge'))} |",
         "",
     ]
     diagnostics = kafka.get("diagnostics", {})
@@ -214,6 +232,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
         ("(3) Kafka\ne2e", kafka.get("images_per_s"), "#27c"),
         ("(4) raw\nPub/Sub", results.get("pubsub", {}).get("images_per_s"), "#7a7"),
         ("(5) Pub/Sub\nbridge", results.get("bridge", {}).get("images_per_s"), "#2a7"),
+        ("(6) Kafka\nbatched", results.get("kafka_batched", {}).get("images_per_s"), "#15a"),
+        ("(7) bridge\nbatched", results.get("bridge_batched", {}).get("images_per_s"), "#185"),
     ]
     diag = kafka.get("diagnostics", {})
     for key, label in (

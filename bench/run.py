@@ -7,7 +7,8 @@
 Needs KAFKA_BOOTSTRAP_SERVERS and PUBSUB_EMULATOR_HOST (``tools/bench.sh`` sources
 ``.services.env``). Stages: (1) model ceiling, (2) naive per-message agent, (3) the
 fmnist-faust worker end to end, (4) raw Pub/Sub streaming pull, (5) the Pub/Sub bridge,
-(6) peak RSS and cold start of the worker / bridge.
+peak RSS and cold start of the worker / bridge; (6) the worker and (7) the bridge fed
+batch records (``kafka_batched``, ``bridge_batched``).
 """
 
 from __future__ import annotations
@@ -31,9 +32,11 @@ from fmnist_faust.core import model
 from . import report, stages
 from .common import ROOT, delete_topics_with_prefix
 
-ALL_STAGES = ("ceiling", "naive", "kafka", "pubsub", "bridge")
+ALL_STAGES = ("ceiling", "naive", "kafka", "pubsub", "bridge", "kafka_batched", "bridge_batched")
 TARGETS = {
     "kafka_images_per_s": 20_000,
+    "kafka_batched_images_per_s": 20_000,
+    "bridge_batched_images_per_s": 10_000,
     "kafka_over_naive": 20,
     "p99_ms_at_1000": 100,
     "bridge_over_raw": 0.9,
@@ -94,6 +97,8 @@ def ratios(results: dict[str, Any]) -> dict[str, float | None]:
         "kafka_over_ceiling": div(rate("kafka"), rate("ceiling")),
         "kafka_over_classify_batch": div(rate("kafka"), rate("ceiling", "classify_batch_per_s")),
         "bridge_over_raw": div(rate("bridge"), rate("pubsub")),
+        "kafka_batched_over_kafka": div(rate("kafka_batched"), rate("kafka")),
+        "bridge_batched_over_bridge": div(rate("bridge_batched"), rate("bridge")),
     }
 
 
@@ -122,6 +127,12 @@ def targets(results: dict[str, Any], ratio: dict[str, float | None]) -> dict[str
         "worker_ready_s": check(kafka.get("ready_s_empty_changelog"), TARGETS["worker_ready_s"], False),
         "bridge_rss_mb": check(bridge.get("peak_rss_mb"), TARGETS["worker_rss_mb"], False),
         "bridge_ready_s": check(bridge.get("ready_s"), TARGETS["worker_ready_s"], False),
+        "kafka_batched_images_per_s": check(
+            results.get("kafka_batched", {}).get("images_per_s"), TARGETS["kafka_batched_images_per_s"], True
+        ),
+        "bridge_batched_images_per_s": check(
+            results.get("bridge_batched", {}).get("images_per_s"), TARGETS["bridge_batched_images_per_s"], True
+        ),
     }
 
 
@@ -180,6 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "kafka": stages.kafka_e2e,
         "pubsub": stages.pubsub_raw,
         "bridge": stages.pubsub_bridge,
+        "kafka_batched": stages.kafka_batched,
+        "bridge_batched": stages.bridge_batched,
     }
     failed = []
     try:
@@ -201,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 log(f"bench: deleted {len(deleted)} topics of this run")
             except Exception as exc:
                 log(f"bench: could not delete topics: {exc!r}")
-            if {"pubsub", "bridge"} & set(wanted):
+            if {"pubsub", "bridge", "bridge_batched"} & set(wanted):
                 try:
                     log(f"bench: deleted {stages.delete_pubsub_tagged(settings, ctx.tag)} Pub/Sub resources")
                 except Exception as exc:

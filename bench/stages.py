@@ -59,6 +59,9 @@ class Plan:
     pubsub_images: int = 20_000
     probe_images: int = 20_000
     probe_modes: tuple[str, ...] = ("noop", "forward")
+    images_per_record: int = 500
+    kafka_batched_images: int = 200_000
+    bridge_batched_images: int = 100_000
 
     @classmethod
     def smoke(cls) -> Plan:
@@ -76,6 +79,9 @@ class Plan:
             pubsub_images=500,
             probe_images=500,
             probe_modes=("noop",),
+            images_per_record=100,
+            kafka_batched_images=2_000,
+            bridge_batched_images=5_000,
         )
 
 
@@ -109,10 +115,10 @@ class Context:
 
         return MainManager("kafka", self.settings).create_producer(topic)
 
-    def produce_kafka(self, topic: str, count: int, prefix: str, rate: float = 0.0) -> Sent:
+    def produce_kafka(self, topic: str, count: int, prefix: str, rate: float = 0.0, per_record: int = 0) -> Sent:
         producer = self.kafka_producer(topic)
         try:
-            return produce(producer, self.split.images, self.split.labels, count, prefix, rate)
+            return produce(producer, self.split.images, self.split.labels, count, prefix, rate, per_record=per_record)
         finally:
             producer.close()
 
@@ -555,6 +561,20 @@ def kafka_e2e(ctx: Context) -> dict[str, Any]:
     }
 
 
+def kafka_batched(ctx: Context) -> dict[str, Any]:
+    """Stage 6: one worker (code defaults) on a topic pre-loaded with batch records of
+    ``images_per_record`` images; the rate from the predictions' timestamps, as stage 3."""
+    plan = ctx.plan
+    n, per_record = plan.kafka_batched_images, plan.images_per_record
+    topic = ctx.name("kb-images")
+    create_topics(ctx.bootstrap, [topic], ctx.settings.kafka.partitions)
+    loaded = ctx.produce_kafka(topic, n, "kb", per_record=per_record)
+    ctx.log(f"  pre-loaded {n} images in records of {per_record} at {loaded.rate:,.0f} images/s")
+    row = preloaded_run(ctx, topic, n, CODE_DEFAULTS.pipeline.batch_size, CODE_DEFAULTS.pipeline.batch_linger_s, "kb")
+    ctx.log(f"  batched: {row['images_per_s']:,} images/s, {row['worker_cpu_ms_per_image']} CPU ms/image")
+    return {"images_per_record": per_record, "preload_producer_per_s": round(loaded.rate), **row}
+
+
 # =========================================================================== 4/5. Pub/Sub
 
 
@@ -577,12 +597,12 @@ class _PubSub:
         if with_subscription:
             self.subscriber.create_subscription(name=self.sub_path, topic=self.topic_path, ack_deadline_seconds=60)
 
-    def publish(self, count: int, prefix: str) -> Sent:
+    def publish(self, count: int, prefix: str, per_record: int = 0) -> Sent:
         from fmnist_faust.client import MainManager
 
         producer = MainManager("pubsub", self.ctx.settings).create_producer(self.topic)
         try:
-            return produce(producer, self.ctx.split.images, self.ctx.split.labels, count, prefix)
+            return produce(producer, self.ctx.split.images, self.ctx.split.labels, count, prefix, per_record=per_record)
         finally:
             producer.close()
 
@@ -641,6 +661,16 @@ def bridge_available() -> str | None:
 
 
 def pubsub_bridge(ctx: Context) -> dict[str, Any]:
+    """Stage 5: `python -m pubsub_bridge setup`, pre-publish one image per message, then `run`."""
+    return _bridge_run(ctx, ctx.plan.pubsub_images, "br", per_record=0)
+
+
+def bridge_batched(ctx: Context) -> dict[str, Any]:
+    """Stage 7: the same with batch records of ``images_per_record`` images."""
+    return _bridge_run(ctx, ctx.plan.bridge_batched_images, "bb", per_record=ctx.plan.images_per_record)
+
+
+def _bridge_run(ctx: Context, n: int, name: str, per_record: int) -> dict[str, Any]:
     """`python -m pubsub_bridge setup`, pre-publish, then `run`: time until /accuracy/ counts all.
 
     Rate: from the predictions' publish times (pulled back from the bridge's predictions
@@ -652,14 +682,13 @@ def pubsub_bridge(ctx: Context) -> dict[str, Any]:
     import subprocess
     import sys
 
-    n = ctx.plan.pubsub_images
     port = free_port()
-    names = run_names(ctx.name("br"))
+    names = run_names(ctx.name(name))
     env = env_with(
         **names,
         BRIDGE_WEB_PORT=str(port),
         FMNIST_WEB_HOST="127.0.0.1",
-        BRIDGE_STATE_PATH=str(ctx.run_dir / "bridge-state.sqlite3"),
+        BRIDGE_STATE_PATH=str(ctx.run_dir / f"{name}-state.sqlite3"),
         FMNIST_MODEL_PATH=str(ctx.model_path),
         FMNIST_LOG_LEVEL="warning",
     )
@@ -675,33 +704,39 @@ def pubsub_bridge(ctx: Context) -> dict[str, Any]:
     images = _PubSub(ctx, names["FMNIST_IMAGES_TOPIC"], names["PUBSUB_IMAGES_SUBSCRIPTION"])
     predictions = _PubSub(ctx, names["FMNIST_PREDICTIONS_TOPIC"], names["PUBSUB_PREDICTIONS_SUBSCRIPTION"])
     try:
-        published = images.publish(n, "br")
+        published = images.publish(n, name, per_record)
         bridge = ServiceProc(
-            [sys.executable, "-m", "pubsub_bridge", "run"], env, ctx.run_dir / "bridge.log", port, "/accuracy/"
+            [sys.executable, "-m", "pubsub_bridge", "run"], env, ctx.run_dir / f"{name}.log", port, "/accuracy/"
         )
         try:
             bridge.start()
             ready_at = time.time()
+            cpu_at_ready = bridge.cpu_seconds() or 0.0
             done = wait_until(lambda: bridge.get("/accuracy/")["images"] >= n, 60 + n / 200, interval=0.1)
             counted_at = time.time()
+            cpu_used = (bridge.cpu_seconds() or 0.0) - cpu_at_ready
             bridge.sample_rss()
         finally:
             bridge.stop()
         if done is None:
             raise RuntimeError(f"bridge did not count {n} images; log {bridge.log_path}")
-        stamps = _pull_publish_times(predictions, n)
-        return {
+        stamps = _pull_publish_times(predictions, n, timeout=60 + n / 2000)
+        out = {
             "available": True,
             "images": n,
             "publish_per_s": round(published.rate),
             "images_per_s": round(span_rate(stamps)),
             "predictions_read": len(stamps),
             "table_confirmed_images_per_s": round(n / max(counted_at - ready_at, 1e-3)),
+            "bridge_cpu_ms_per_image": round(cpu_used * 1000.0 / n, 4),
             "batch_size": CODE_DEFAULTS.pipeline.batch_size,
             "linger_s": CODE_DEFAULTS.pipeline.batch_linger_s,
             "ready_s": bridge.ready_s,
             "peak_rss_mb": bridge.peak_rss_mb,
         }
+        if per_record:
+            out["images_per_record"] = per_record
+        return out
     finally:
         for ps in (images, predictions):
             ps.close()

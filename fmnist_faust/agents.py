@@ -32,7 +32,7 @@ from faust.types import TP
 from . import metrics
 from .core.contract import Prediction, dead_letter_attributes, estimated_images
 from .core.model import Classifier, load_classifier
-from .core.pipeline import BatchResult, RawMessage, classify_batch, repeats
+from .core.pipeline import STEP_IMAGES, BatchResult, RawMessage, classify_batch, repeats
 from .core.recent import RecentMistakes
 from .faust_app import app, settings
 from .kafka_admin import ensure_topics
@@ -48,8 +48,6 @@ recent_mistakes = RecentMistakes()
 # rebalance waiting for it) for the producer's 20-minute request timeout.
 PUBLISH_TIMEOUT_S = settings.kafka.session_timeout_s / 2
 RETRY_PAUSE_S = 1.0
-# Most images classified and published in one step (one predict call: ~25 MB of float64).
-STEP_IMAGES = 4096
 
 
 progress = Progress(settings.kafka.stall_seconds)

@@ -2,7 +2,8 @@
 
 The client library calls back on many threads, one message at a time; the callbacks only
 queue the message. A single batching thread takes up to ``FMNIST_BATCH_SIZE`` messages
-(waiting at most ``FMNIST_BATCH_LINGER`` seconds for more) and hands them to the handler,
+(waiting at most ``FMNIST_BATCH_LINGER`` seconds for more; batch records: until about
+``STEP_IMAGES`` images) and hands them to the handler,
 which makes one predict call per batch. Flow control (``BRIDGE_MAX_MESSAGES`` /
 ``BRIDGE_MAX_BYTES``) bounds what is outstanding, so the queue cannot grow without limit.
 
@@ -34,11 +35,13 @@ from google.api_core.exceptions import GoogleAPICallError
 from prometheus_client import Counter, Gauge
 
 from fmnist_faust.config import Settings
+from fmnist_faust.core.contract import estimated_images
 from fmnist_faust.core.model import ModelError, load_classifier
+from fmnist_faust.core.pipeline import STEP_IMAGES
 from fmnist_faust.core.recent import RecentMistakes
 
+from .clients import BulkPublisher, subscriber_client
 from .handler import BatchHandler, Delivery, TransientError
-from .publisher import BulkPublisher
 from .store import PRUNE_BATCH, Store, describe_open_error, open_store
 from .web import Views, WebServer
 
@@ -106,11 +109,12 @@ class StreamAcker:
 class Batcher(threading.Thread):
     """The one thread that takes batches off the queue and hands them to the handler."""
 
-    def __init__(self, handler: BatchHandler, batch_size: int, linger_s: float) -> None:
+    def __init__(self, handler: BatchHandler, batch_size: int, linger_s: float, max_images: int = STEP_IMAGES) -> None:
         super().__init__(name="bridge-batcher", daemon=True)
         self.handler = handler
         self.batch_size = batch_size
         self.linger_s = linger_s
+        self.max_images = max_images  # batch records: a batch stops once it holds about this many images
         self.queue: queue.SimpleQueue[Delivery] = queue.SimpleQueue()
         self.stopping = threading.Event()
         self.error: BaseException | None = None
@@ -151,12 +155,14 @@ class Batcher(threading.Thread):
         except queue.Empty:
             return []
         end = time.monotonic() + self.linger_s
-        while len(batch) < self.batch_size:
+        images = estimated_images(batch[0].data)
+        while len(batch) < self.batch_size and images < self.max_images:
             remaining = end - time.monotonic()
             try:
                 batch.append(self.queue.get_nowait() if remaining <= 0 else self.queue.get(timeout=remaining))
             except queue.Empty:
                 break
+            images += estimated_images(batch[-1].data)
         return batch
 
     def _handle(self, batch: list[Delivery]) -> None:
@@ -265,7 +271,7 @@ def run(settings: Settings) -> int:
             )
         )
     )
-    subscriber = pubsub_v1.SubscriberClient()
+    subscriber = subscriber_client(settings.pubsub.emulator_host)
     subscription = subscriber.subscription_path(settings.pubsub.project, settings.pubsub.images_subscription)
     error: BaseException | None = None
     with subscriber:

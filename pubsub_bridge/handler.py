@@ -61,7 +61,7 @@ class Delivery(Protocol):
 
 
 class Publisher(Protocol):
-    """What the handler publishes with (:class:`~.publisher.BulkPublisher` in the bridge)."""
+    """What the handler publishes with (:class:`~.clients.BulkPublisher` in the bridge)."""
 
     def publish(self, topic: str, data: bytes, **attrs: str) -> concurrent.futures.Future: ...
 

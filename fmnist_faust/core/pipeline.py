@@ -32,6 +32,10 @@ from .model import Classifier
 from .scores import Scores
 
 Outcome = Prediction | InvalidMessage
+# Most images both adapters hand to one classify_batch call when batch records fill their
+# batches (one predict call: ~25 MB of float64); a record is never split, so a call holds at
+# most this plus one record.
+STEP_IMAGES = 4096
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from support import ROOT
 
 pytestmark = [pytest.mark.kafka, pytest.mark.pubsub, pytest.mark.timeout(240)]
 
-RATE_STAGES = ("ceiling", "naive", "kafka", "pubsub")
+RATE_STAGES = ("ceiling", "naive", "kafka", "pubsub", "kafka_batched")
 
 
 def test_bench_smoke_writes_every_stage(
@@ -68,8 +68,12 @@ def test_bench_smoke_writes_every_stage(
         assert result["ratios"]["bridge_over_raw"] > 0
     else:  # only when pubsub_bridge is missing: never a made-up number
         assert bridge["reason"].startswith("not measured"), bridge
+    batched = result["bridge_batched"]
+    if batched.get("available"):
+        assert batched["images_per_s"] > 0 and batched["predictions_read"] == batched["images"]
+    assert result["kafka_batched"]["predictions_read"] == result["kafka_batched"]["images"]
     assert result["ratios"]["kafka_over_naive"] > 0 and result["ratios"]["kafka_over_ceiling"] > 0
 
     markdown = (tmp_path / "latest.md").read_text()
-    assert "(3)/(2)" in markdown and "(5)/(4)" in markdown
+    assert "(3)/(2)" in markdown and "(5)/(4)" in markdown and "(6)/(3)" in markdown
     assert (tmp_path / "latest.png").stat().st_size > 10_000
