@@ -221,38 +221,62 @@ class RecordingHandler:
             self.done.set()
 
 
+@dataclass
+class Queued:
+    """What the batcher sees of a delivery: its bytes (sized for the image budget)."""
+
+    name: Any
+    data: bytes = b"{}"
+
+
 def test_batcher_takes_up_to_batch_size_then_lingers() -> None:
     recorder = RecordingHandler()
     batcher = Batcher(recorder, batch_size=500, linger_s=0.05)  # type: ignore[arg-type]
     for n in range(1200):
-        batcher.put(n)  # type: ignore[arg-type]
+        batcher.put(Queued(n))  # type: ignore[arg-type]
     batcher.start()
     assert recorder.done.wait(5)
     assert [len(b) for b in recorder.batches] == [500, 500, 200]
-    assert [n for b in recorder.batches for n in b] == list(range(1200))
+    assert [q.name for b in recorder.batches for q in b] == list(range(1200))
 
-    batcher.put("late")  # type: ignore[arg-type]
+    batcher.put(Queued("late"))  # type: ignore[arg-type]
     batcher.drain(2.0)
     batcher.join(5)
-    assert not batcher.is_alive() and recorder.batches[-1] == ["late"] and batcher.error is None
+    assert not batcher.is_alive() and recorder.batches[-1] == [Queued("late")] and batcher.error is None
+
+
+def test_batcher_stops_a_batch_at_its_image_budget() -> None:
+    """Batch records: a batch ends once it holds about max_images images (a record whole)."""
+    recorder = RecordingHandler()
+    batcher = Batcher(recorder, batch_size=500, linger_s=0.05, max_images=1000)  # type: ignore[arg-type]
+    record = encode_batch([str(i) for i in range(400)], bytes(400 * 784))
+    for n in range(6):
+        batcher.put(Queued(n, record))  # type: ignore[arg-type]
+    batcher.start()
+    deadline = time.monotonic() + 5
+    while sum(len(b) for b in recorder.batches) < 6 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    batcher.drain(1.0)
+    batcher.join(5)
+    assert [[q.name for q in b] for b in recorder.batches] == [[0, 1, 2], [3, 4, 5]]
 
 
 def test_batcher_retries_a_transient_failure_then_gives_up_at_shutdown() -> None:
     recorder = RecordingHandler(fail_times=2)
     batcher = Batcher(recorder, batch_size=10, linger_s=0.01)  # type: ignore[arg-type]
-    batcher.put("a")  # type: ignore[arg-type]
+    batcher.put(Queued("a"))  # type: ignore[arg-type]
     batcher.start()
     deadline = time.monotonic() + 10
     while not recorder.batches and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert recorder.batches == [["a"]], "handled after two failed attempts"
+    assert recorder.batches == [[Queued("a")]], "handled after two failed attempts"
 
     recorder.fail_times = 10**6
-    batcher.put("b")  # type: ignore[arg-type]
+    batcher.put(Queued("b"))  # type: ignore[arg-type]
     time.sleep(0.2)
     batcher.drain(1.0)
     batcher.join(5)
-    assert not batcher.is_alive() and recorder.batches == [["a"]], "left for redelivery, not handled"
+    assert not batcher.is_alive() and recorder.batches == [[Queued("a")]], "left for redelivery, not handled"
 
 
 def test_batch_records_are_counted_per_image_and_a_redelivery_is_acked_uncounted(
