@@ -28,9 +28,12 @@ pytestmark = [pytest.mark.kafka, pytest.mark.chaos]
 COUNT = int(os.environ.get("CHAOS_IMAGES", "3000"))
 
 
-def stream_in_background(bootstrap: str, topic: str, images, labels, chunks: int = 20) -> threading.Thread:
+def stream_in_background(
+    bootstrap: str, topic: str, images, labels, chunks: int = 20, per_record: int = 0
+) -> threading.Thread:
     """Produce the images in ``chunks`` slices over a few seconds, ids unique per image, with
-    one long-lived producer: across the broker restart aiokafka reconnects and retries."""
+    one long-lived producer: across the broker restart aiokafka reconnects and retries.
+    ``per_record`` > 0: as batch records of that many images."""
 
     def run() -> None:
         try:
@@ -40,10 +43,17 @@ def stream_in_background(bootstrap: str, topic: str, images, labels, chunks: int
             try:
                 step = -(-len(images) // chunks)
                 for start in range(0, len(images), step):
-                    producer.produce_many(
-                        (encode_image(f"chaos-{i}", images[i], int(labels[i]), time.time()), f"chaos-{i}")
-                        for i in range(start, min(start + step, len(images)))
-                    )
+                    end = min(start + step, len(images))
+                    if per_record:
+                        for first in range(start, end, per_record):
+                            last = min(first + per_record, end)
+                            ids = [f"chaos-{i}" for i in range(first, last)]
+                            producer.produce_batch(ids, images[first:last], labels[first:last].tolist(), time.time())
+                    else:
+                        producer.produce_many(
+                            (encode_image(f"chaos-{i}", images[i], int(labels[i]), time.time()), f"chaos-{i}")
+                            for i in range(start, end)
+                        )
                     time.sleep(0.3)
                 producer.flush(timeout=180)
             finally:
@@ -99,6 +109,31 @@ def test_sigkill_three_times_and_broker_restart_exact(
     records = consume_topic(kafka_bootstrap, worker_env["FMNIST_PREDICTIONS_TOPIC"], COUNT, timeout=120)
     ids = {r.key.decode() for r in records}
     assert ids == {f"chaos-{i}" for i in range(COUNT)}  # every image answered (at least once)
+
+
+def test_batch_records_exact_under_a_sigkill(start_worker, worker_env, kafka_bootstrap, test_split, tiny_model) -> None:
+    """The same, fed batch records of 50 images: a record is counted whole or not at all, its
+    images once each, whatever the worker was doing when it died. (One kill, and a short
+    session timeout so the dead member leaves the group in seconds: CI time.)"""
+    images, labels = test_split.images[:COUNT], test_split.labels[:COUNT]
+    quick = {"FMNIST_SESSION_TIMEOUT": "8"}
+    worker = start_worker(**quick)
+    port = str(worker.port)
+    producer = stream_in_background(
+        kafka_bootstrap, worker_env["FMNIST_IMAGES_TOPIC"], images, labels, chunks=10, per_record=50
+    )
+    wait_until(lambda: worker.accuracy()["images"] >= 0.4 * COUNT, timeout=180, what="40% counted")
+    worker.stop(signal.SIGKILL)
+    worker = start_worker(FMNIST_WEB_PORT=port, **quick)
+    producer.join(timeout=300)
+    assert not producer.is_alive() and producer.error is None, f"the producer failed: {producer.error!r}"
+    wait_until(lambda: worker.accuracy()["images"] >= COUNT, timeout=300, what=f"all {COUNT} images counted")
+    time.sleep(2)  # anything counted twice would show up now
+    report = worker.accuracy()
+    assert report["images"] == COUNT and report["labeled"] == COUNT
+    assert report["confusion"] == offline_confusion(tiny_model, images, labels)
+    records = consume_topic(kafka_bootstrap, worker_env["FMNIST_PREDICTIONS_TOPIC"], COUNT, timeout=120)
+    assert {r.key.decode() for r in records} == {f"chaos-{i}" for i in range(COUNT)}
 
 
 def test_two_workers_share_partitions_and_both_report_global_totals(
