@@ -87,7 +87,7 @@ def worker_window(worker) -> dict:
 
 
 def test_kcat_interop(start_worker, worker_env, kafka_bootstrap, test_split, tmp_path) -> None:
-    """Produce with kcat (librdkafka, not our code) in the documented contract."""
+    """Produce with kcat (librdkafka, not our code) in the documented contract, both forms."""
     kcat = shutil.which("kcat")
     if kcat is None:
         if IN_CI:
@@ -104,6 +104,13 @@ def test_kcat_interop(start_worker, worker_env, kafka_bootstrap, test_split, tmp
         else:
             value = {"id": image_id, "pixels": pixels, "label": int(test_split.labels[i]), "extra": "ignored"}
         lines.append(f"{image_id}\t{json.dumps(value)}")
+    # and one batch record of 5 images (ids kcat-20..24), keyed by a gateway name, as in the README
+    batch = {
+        "ids": [f"kcat-{i}" for i in range(20, 25)],
+        "labels": [int(label) for label in test_split.labels[20:25]],
+        "pixels": base64.b64encode(test_split.images[20:25].tobytes()).decode(),
+    }
+    lines.append(f"gateway-1\t{json.dumps(batch)}")
     data = tmp_path / "images.txt"
     data.write_text("\n".join(lines) + "\n")
     # murmur2 = the Java/aiokafka partitioner, so a key lands where our producer puts it.
@@ -125,7 +132,7 @@ def test_kcat_interop(start_worker, worker_env, kafka_bootstrap, test_split, tmp
         check=True,
         timeout=30,
     )
-    wait_until(lambda: worker.accuracy()["images"] >= 20, timeout=60, what="kcat images counted")
+    wait_until(lambda: worker.accuracy()["images"] >= 25, timeout=60, what="kcat images counted")
     out = subprocess.run(
         [
             kcat,
@@ -150,6 +157,6 @@ def test_kcat_interop(start_worker, worker_env, kafka_bootstrap, test_split, tmp
     for line in out.strip().splitlines():
         key, value = line.split("\t", 1)
         got[key] = json.loads(value)
-    assert set(got) == {f"kcat-{i}" for i in range(20)}
-    offline, _ = load_classifier(Path(worker_env["FMNIST_MODEL_PATH"])).predict(test_split.images[:20])
-    assert [got[f"kcat-{i}"]["predicted"] for i in range(20)] == offline.tolist()
+    assert set(got) == {f"kcat-{i}" for i in range(25)}
+    offline, _ = load_classifier(Path(worker_env["FMNIST_MODEL_PATH"])).predict(test_split.images[:25])
+    assert [got[f"kcat-{i}"]["predicted"] for i in range(25)] == offline.tolist()

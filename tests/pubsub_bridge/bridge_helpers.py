@@ -89,18 +89,25 @@ def publish_images(
     extra: list[tuple[bytes, dict[str, str]]] | None = None,
     chunk: int = 0,
     pause: float = 0.0,
+    per_record: int = 0,
 ) -> list[str]:
     """Publish labelled images (key attribute = id) plus ``extra`` raw messages; returns the ids.
 
     With ``chunk``, waits for each ``chunk`` images to be published, then ``pause`` seconds.
+    With ``per_record``, sends batch records of that many images (``chunk`` a multiple of it).
     """
     producer = MainManager("pubsub", settings).create_producer(settings.topics.images)
     ids = []
+    rows = list(indices)
     try:
-        for n, i in enumerate(indices, 1):
+        for n, i in enumerate(rows, 1):
             image_id = f"{prefix}-{i:05d}"
             ids.append(image_id)
-            producer.produce(encode_image(image_id, split.images[i], int(split.labels[i])), key=image_id)
+            if not per_record:
+                producer.produce(encode_image(image_id, split.images[i], int(split.labels[i])), key=image_id)
+            elif n % per_record == 0 or n == len(rows):
+                record = rows[(n - 1) // per_record * per_record : n]
+                producer.produce_batch(ids[-len(record) :], split.images[record], split.labels[record].tolist())
             if chunk and n % chunk == 0:
                 producer.flush()
                 time.sleep(pause)

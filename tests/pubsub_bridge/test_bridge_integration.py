@@ -22,7 +22,7 @@ from google.cloud import pubsub_v1
 from bridge_helpers import Bridge, Collector, offline_scores, publish_images
 from fmnist_faust.config import Settings, load_settings
 from fmnist_faust.core import dataset
-from fmnist_faust.core.contract import decode_prediction, encode_image
+from fmnist_faust.core.contract import decode_prediction, encode_batch, encode_image
 from pubsub_bridge.admin import setup
 from support import ROOT
 
@@ -187,6 +187,58 @@ def test_sigkill_mid_stream_then_restart_keeps_totals_exact(
     # At least once on the predictions topic: a batch published but not committed at the kill
     # is published again; every image is there.
     assert set(prediction_ids(predictions.wait(2000))) == {f"img-{i:05d}" for i in indices}
+
+
+def test_batch_records_exact_under_a_sigkill_with_faults_dead_lettered(
+    pubsub_setup: Settings,
+    start_bridge: Callable[..., Bridge],
+    collect: Callable[[str], Collector],
+    test_split: dataset.Split,
+    tiny_model: Path,
+    bridge_env: dict[str, str],
+) -> None:
+    """Batch records of 50 images streamed while the bridge is killed and restarted: every
+    image counted once; a malformed record dead-lettered whole, untouched; a record with one
+    bad label: the others counted, that image dead-lettered alone with its index."""
+    settings = pubsub_setup
+    predictions = collect(settings.pubsub.predictions_subscription)
+    dead_letters = collect(settings.pubsub.dlq_subscription)
+    setup(load_settings(dict(bridge_env, PUBSUB_MAX_DELIVERY_ATTEMPTS="100")))  # as in the test above
+    small = {"BRIDGE_MAX_MESSAGES": "10", "FMNIST_BATCH_SIZE": "4"}
+    indices = range(2000)
+    malformed = encode_batch(["m-0", "m-1"], test_split.images[:2])[:-20]
+    labels = test_split.labels[2000:2004].tolist()
+    faulty = encode_batch([f"img-{i:05d}" for i in range(2000, 2004)], test_split.images[2000:2004], labels)
+    faulty = faulty.replace(f'"labels":[{labels[0]},{labels[1]},'.encode(), f'"labels":[{labels[0]},"x",'.encode())
+    extra = [(malformed, {"key": "gateway-m"}), (faulty, {"key": "gateway-f"})]
+    first = start_bridge(**small)
+    sender = threading.Thread(
+        target=publish_images,
+        args=(settings, test_split, indices),
+        kwargs={"chunk": 200, "pause": 0.2, "per_record": 50, "extra": extra},
+    )
+    sender.start()
+    first.wait_for(lambda b: b.accuracy()["images"] >= 400, "the first 400 images")
+    assert first.stop(signal.SIGKILL) == -signal.SIGKILL
+    assert 400 <= _counted(Path(bridge_env["BRIDGE_STATE_PATH"])) < 2000, "killed mid-stream"
+
+    second = start_bridge(**small)
+    second.wait_for(lambda b: b.accuracy()["images"] >= 2003, "all 2,003 valid images", timeout=120)
+    sender.join()
+    counted = [*indices, 2000, 2002, 2003]
+    expected, _, version = offline_scores(tiny_model, test_split, counted, settings.pipeline.window_seconds)
+    expected.reject("not_json")
+    expected.reject("bad_label")
+    time.sleep(1.0)  # anything still redelivered must not change the totals
+    assert second.accuracy() == expected.report(version)
+    assert second.stop() == 0
+    assert set(prediction_ids(predictions.wait(2003))) == {f"img-{i:05d}" for i in counted}
+    letters = {m.attributes["key"]: m for m in dead_letters.wait(2)}
+    assert sorted(letters) == ["gateway-f", "gateway-m"]
+    assert letters["gateway-m"].value == malformed and letters["gateway-m"].attributes["error_kind"] == "not_json"
+    image = letters["gateway-f"]
+    assert image.attributes["error_kind"] == "bad_label" and image.attributes["batch_index"] == "1"
+    assert json.loads(image.value)["id"] == "img-02001" and json.loads(image.value)["label"] == "x"
 
 
 def _counted(state: Path) -> int:
