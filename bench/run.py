@@ -125,7 +125,9 @@ def targets(results: dict[str, Any], ratio: dict[str, float | None]) -> dict[str
         "p99_ms_at_1000": check(p99_at_1000(), TARGETS["p99_ms_at_1000"], False),
         "bridge_over_raw": check(ratio["bridge_over_raw"], TARGETS["bridge_over_raw"], True),
         "bridge_multistream_over_raw_single_stream": check(
-            ratio["bridge_multistream_over_raw_single_stream"], TARGETS["bridge_multistream_over_raw_single_stream"], True
+            ratio["bridge_multistream_over_raw_single_stream"],
+            TARGETS["bridge_multistream_over_raw_single_stream"],
+            True,
         ),
         "worker_rss_mb": check(kafka.get("peak_rss_mb"), TARGETS["worker_rss_mb"], False),
         "worker_ready_s": check(kafka.get("ready_s_empty_changelog"), TARGETS["worker_ready_s"], False),

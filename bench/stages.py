@@ -948,7 +948,7 @@ def _group_drain(ctx: Context, topic: str, n: int, name: str, workers: int) -> d
     return out
 
 
-def _images_total(worker: ServiceProc) -> float | None:
+def _images_total(worker: ServiceProc) -> int | None:
     """The worker's own ``fmnist_images_total`` (images it classified, not the group's)."""
     import urllib.request
 
@@ -959,5 +959,5 @@ def _images_total(worker: ServiceProc) -> float | None:
         return None
     for line in text.splitlines():
         if line.startswith("fmnist_images_total "):
-            return float(line.split()[1])
+            return int(float(line.split()[1]))
     return None
