@@ -36,6 +36,26 @@ def _stage_rate(results: dict[str, Any], stage: str, key: str = "images_per_s") 
     return _n(data.get(key))
 
 
+def _two_workers_bound(two: dict[str, Any]) -> str:
+    """One sentence, from the measured CPU, on what held two workers' rate to its ratio over one."""
+    one, pair = two.get("one_worker", {}), two.get("two_workers", {})
+    if one.get("cpu_cores_busy") is None or pair.get("cpu_cores_busy") is None:
+        return "Too few images in this run to read the workers' CPU over the drain."
+    busy, cpus = pair.get("machine_busy_cores") or 0.0, two.get("cpus") or 1
+    machine = (
+        f"the machine's CPUs were full ({busy} of {cpus} cores busy"
+        if busy >= 0.9 * cpus
+        else f"not the machine's CPUs ({busy} of {cpus} cores busy"
+    )
+    return (
+        f"What bounds the ratio ({_x(two.get('ratio'))}): {machine}: broker {_n(pair.get('broker_cpu_cores_busy'), 2)}, "
+        f"other work {_n(pair.get('other_cores_busy'), 2)}); the two workers together used "
+        f"{pair['cpu_cores_busy']:.2f} cores against {one['cpu_cores_busy']:.2f} for one, and each image cost "
+        f"{_n(pair.get('worker_cpu_ms_per_image'), 3)} ms of worker CPU against "
+        f"{_n(one.get('worker_cpu_ms_per_image'), 3)} ms with one worker."
+    )
+
+
 def markdown(results: dict[str, Any]) -> str:
     """The results as Markdown: stages, ratios, latency, sweeps, footprint, targets."""
     ceiling = results.get("ceiling", {})
@@ -139,16 +159,19 @@ def markdown(results: dict[str, Any]) -> str:
             "Two workers against one: CPU over each drain, in cores busy (of "
             f"{two.get('cpus')}; the machine's total includes everything else running on it):",
             "",
-            "| Workers | images/s | each worker | broker | machine | worker CPU ms/image |",
-            "|---:|---:|---|---:|---:|---:|",
+            "| Workers | images/s | images/s once all busy | each worker | broker | bench harness | "
+            "other work on the machine | machine | worker CPU ms/image |",
+            "|---:|---:|---:|---|---:|---:|---:|---:|---:|",
         ]
         for run in (two["one_worker"], two.get("two_workers", {})):
             lines.append(
-                f"| {run.get('workers')} | {_n(run.get('images_per_s'))} | {run.get('worker_cpu_cores_busy', 'n/a')} | "
-                f"{_n(run.get('broker_cpu_cores_busy'), 2)} | {_n(run.get('machine_busy_cores'), 2)} | "
+                f"| {run.get('workers')} | {_n(run.get('images_per_s'))} | {_n(run.get('all_busy_images_per_s'))} | "
+                f"{run.get('worker_cpu_cores_busy', 'n/a')} | {_n(run.get('broker_cpu_cores_busy'), 2)} | "
+                f"{_n(run.get('harness_cores_busy'), 2)} | "
+                f"{_n(run.get('other_cores_busy'), 2)} | {_n(run.get('machine_busy_cores'), 2)} | "
                 f"{_n(run.get('worker_cpu_ms_per_image'), 3)} |"
             )
-        lines.append("")
+        lines += ["", _two_workers_bound(two), ""]
     diagnostics = kafka.get("diagnostics", {})
     if diagnostics:
         lines += [

@@ -861,6 +861,9 @@ def two_workers(ctx: Context) -> dict[str, Any]:
         "images_per_s": two["images_per_s"],
         "one_worker_images_per_s": one["images_per_s"],
         "ratio": round(two["images_per_s"] / one["images_per_s"], 3) if one["images_per_s"] else None,
+        "all_busy_ratio": round(two["all_busy_images_per_s"] / one["all_busy_images_per_s"], 3)
+        if two["all_busy_images_per_s"] and one["all_busy_images_per_s"]
+        else None,
         "one_worker": one,
         "two_workers": two,
     }
@@ -892,19 +895,25 @@ def _group_drain(ctx: Context, topic: str, n: int, name: str, workers: int) -> d
     starters = [threading.Thread(target=start, args=(proc,)) for proc in procs]
     for thread in starters:
         thread.start()
-    first: list[tuple[float, int, list[float], float | None, tuple[float, float]]] = []
+    first: list[tuple[float, int, list[float], float | None, float, tuple[float, float]]] = []
 
-    def sample() -> tuple[list[float], float | None, tuple[float, float]]:
+    def sample() -> tuple[list[float], float | None, float, tuple[float, float]]:
+        """CPU seconds so far: each worker, the broker, this harness, the whole machine."""
         return (
             [proc.cpu_seconds() or 0.0 for proc in procs],
             cpu_seconds(broker) if broker else None,
+            time.process_time(),
             machine_cpu_seconds(),
         )
+
+    all_busy: list[tuple[float, int]] = []  # (time, images) when every worker had classified some
 
     def all_counted() -> bool:
         counted = procs[0].get("/accuracy/")["images"]
         if counted and not first:
             first.append((time.time(), counted, *sample()))
+        if counted and not all_busy and all(_images_total(proc) for proc in procs):
+            all_busy.append((time.time(), counted))
         return counted >= n
 
     try:
@@ -913,7 +922,7 @@ def _group_drain(ctx: Context, topic: str, n: int, name: str, workers: int) -> d
         if errors:
             raise errors[0]
         done = wait_until(all_counted, timeout=60 + n / 200, interval=0.1)
-        ended_at, (cpu_end, broker_end, machine_end) = time.time(), sample()
+        ended_at, (cpu_end, broker_end, harness_end, machine_end) = time.time(), sample()
         per_worker = [_images_total(proc) for proc in procs]
         for proc in procs:
             proc.sample_rss()
@@ -930,9 +939,14 @@ def _group_drain(ctx: Context, topic: str, n: int, name: str, workers: int) -> d
         "images_classified_by_worker": per_worker,
         "ready_s": [proc.ready_s for proc in procs],
         "cpu_cores_busy": None,
+        # From the moment every worker had classified images (after the group's first
+        # rebalances) to all counted: the rate with the work shared
+        "all_busy_images_per_s": round((n - all_busy[0][1]) / max(ended_at - all_busy[0][0], 1e-3))
+        if all_busy and all_busy[0][1] < n
+        else None,
     }
     if first and first[0][1] < n:  # else every image was counted by the first answer (tiny smoke run)
-        t0, c0, cpu0, broker0, machine0 = first[0]
+        t0, c0, cpu0, broker0, harness0, machine0 = first[0]
         seconds = max(ended_at - t0, 1e-3)
         out.update(
             window_s=round(seconds, 2),
@@ -942,9 +956,18 @@ def _group_drain(ctx: Context, topic: str, n: int, name: str, workers: int) -> d
             broker_cpu_cores_busy=round((broker_end - broker0) / seconds, 2)
             if broker0 is not None and broker_end is not None
             else None,
+            harness_cores_busy=round((harness_end - harness0) / seconds, 2),
             machine_busy_cores=round((machine_end[0] - machine0[0]) / seconds, 2),
             cpu_cores_busy=round((sum(cpu_end) - sum(cpu0)) / seconds, 2),
         )
+        if out["broker_cpu_cores_busy"] is not None:  # whatever else runs on the machine
+            out["other_cores_busy"] = round(
+                out["machine_busy_cores"]
+                - out["cpu_cores_busy"]
+                - out["broker_cpu_cores_busy"]
+                - out["harness_cores_busy"],
+                2,
+            )
     return out
 
 
