@@ -41,18 +41,14 @@ def _two_workers_bound(two: dict[str, Any]) -> str:
     one, pair = two.get("one_worker", {}), two.get("two_workers", {})
     if one.get("cpu_cores_busy") is None or pair.get("cpu_cores_busy") is None:
         return "Too few images in this run to read the workers' CPU over the drain."
-    busy, cpus = pair.get("machine_busy_cores") or 0.0, two.get("cpus") or 1
-    machine = (
-        f"the machine's CPUs were full ({busy} of {cpus} cores busy"
-        if busy >= 0.9 * cpus
-        else f"not the machine's CPUs ({busy} of {cpus} cores busy"
-    )
     return (
-        f"What bounds the ratio ({_x(two.get('ratio'))}): {machine}: broker {_n(pair.get('broker_cpu_cores_busy'), 2)}, "
-        f"other work {_n(pair.get('other_cores_busy'), 2)}); the two workers together used "
-        f"{pair['cpu_cores_busy']:.2f} cores against {one['cpu_cores_busy']:.2f} for one, and each image cost "
-        f"{_n(pair.get('worker_cpu_ms_per_image'), 3)} ms of worker CPU against "
-        f"{_n(one.get('worker_cpu_ms_per_image'), 3)} ms with one worker."
+        f"What bounds the ratio ({_x(two.get('ratio'))}): the workers' rate is the CPU they get over what an image "
+        f"costs them. Two workers got {pair['cpu_cores_busy']:.2f} cores between them "
+        f"({pair.get('worker_cpu_cores_busy')}) against {one['cpu_cores_busy']:.2f} for one alone, on "
+        f"{two.get('cpus')} cores of which the machine had {pair.get('machine_busy_cores')} busy (broker "
+        f"{_n(pair.get('broker_cpu_cores_busy'), 2)}, other work {_n(pair.get('other_cores_busy'), 2)}); and an image "
+        f"cost {_n(pair.get('worker_cpu_ms_per_image'), 3)} ms of worker CPU with two against "
+        f"{_n(one.get('worker_cpu_ms_per_image'), 3)} ms with one."
     )
 
 
@@ -304,7 +300,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     ax.set_yscale("log")
     ax.set_ylabel("images/s (log)")
     ax.set_title("Throughput per stage (light: what bounds the Kafka path)")
-    ax.tick_params(axis="x", labelsize=8)
+    ax.tick_params(axis="x", labelsize=7)
     for bar, value in zip(bars, values):
         ax.annotate(
             f"{value:,.0f}" if value else "not\nmeasured",
