@@ -48,7 +48,10 @@ def _two_workers_bound(two: dict[str, Any]) -> str:
         f"{two.get('cpus')} cores of which the machine had {pair.get('machine_busy_cores')} busy (broker "
         f"{_n(pair.get('broker_cpu_cores_busy'), 2)}, other work {_n(pair.get('other_cores_busy'), 2)}); and an image "
         f"cost {_n(pair.get('worker_cpu_ms_per_image'), 3)} ms of worker CPU with two against "
-        f"{_n(one.get('worker_cpu_ms_per_image'), 3)} ms with one."
+        f"{_n(one.get('worker_cpu_ms_per_image'), 3)} ms with one. Of the two workers' drain, "
+        f"{pair.get('before_all_busy_s')} s passed before both had work (joining the group, rebalancing), "
+        f"{pair.get('all_busy_s')} s with both busy at {_n(pair.get('all_busy_images_per_s'))} images/s "
+        f"({_x(two.get('all_busy_ratio'))} one worker), and {pair.get('tail_s')} s with one finishing alone."
     )
 
 
@@ -155,13 +158,14 @@ def markdown(results: dict[str, Any]) -> str:
             "Two workers against one: CPU over each drain, in cores busy (of "
             f"{two.get('cpus')}; the machine's total includes everything else running on it):",
             "",
-            "| Workers | images/s | images/s once all busy | each worker | broker | bench harness | "
-            "other work on the machine | machine | worker CPU ms/image |",
-            "|---:|---:|---:|---|---:|---:|---:|---:|---:|",
+            "| Workers | images/s | s before all busy / all busy / tail | images/s while all busy | each worker | "
+            "broker | bench harness | other work on the machine | machine | worker CPU ms/image |",
+            "|---:|---:|---|---:|---|---:|---:|---:|---:|---:|",
         ]
         for run in (two["one_worker"], two.get("two_workers", {})):
             lines.append(
-                f"| {run.get('workers')} | {_n(run.get('images_per_s'))} | {_n(run.get('all_busy_images_per_s'))} | "
+                f"| {run.get('workers')} | {_n(run.get('images_per_s'))} | {run.get('before_all_busy_s')} / "
+                f"{run.get('all_busy_s')} / {run.get('tail_s')} | {_n(run.get('all_busy_images_per_s'))} | "
                 f"{run.get('worker_cpu_cores_busy', 'n/a')} | {_n(run.get('broker_cpu_cores_busy'), 2)} | "
                 f"{_n(run.get('harness_cores_busy'), 2)} | "
                 f"{_n(run.get('other_cores_busy'), 2)} | {_n(run.get('machine_busy_cores'), 2)} | "

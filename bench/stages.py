@@ -906,14 +906,14 @@ def _group_drain(ctx: Context, topic: str, n: int, name: str, workers: int) -> d
             machine_cpu_seconds(),
         )
 
-    all_busy: list[tuple[float, int]] = []  # (time, images) when every worker had classified some
+    timeline: list[tuple[float, list[int]]] = []  # (time, images each worker classified so far)
 
     def all_counted() -> bool:
         counted = procs[0].get("/accuracy/")["images"]
         if counted and not first:
             first.append((time.time(), counted, *sample()))
-        if counted and not all_busy and all(_images_total(proc) for proc in procs):
-            all_busy.append((time.time(), counted))
+        if counted:
+            timeline.append((time.time(), [_images_total(proc) or 0 for proc in procs]))
         return counted >= n
 
     try:
@@ -939,11 +939,7 @@ def _group_drain(ctx: Context, topic: str, n: int, name: str, workers: int) -> d
         "images_classified_by_worker": per_worker,
         "ready_s": [proc.ready_s for proc in procs],
         "cpu_cores_busy": None,
-        # From the moment every worker had classified images (after the group's first
-        # rebalances) to all counted: the rate with the work shared
-        "all_busy_images_per_s": round((n - all_busy[0][1]) / max(ended_at - all_busy[0][0], 1e-3))
-        if all_busy and all_busy[0][1] < n
-        else None,
+        **_drain_phases(timeline),
     }
     if first and first[0][1] < n:  # else every image was counted by the first answer (tiny smoke run)
         t0, c0, cpu0, broker0, harness0, machine0 = first[0]
@@ -969,6 +965,31 @@ def _group_drain(ctx: Context, topic: str, n: int, name: str, workers: int) -> d
                 2,
             )
     return out
+
+
+def _drain_phases(timeline: list[tuple[float, list[int]]]) -> dict[str, Any]:
+    """Split a group's drain (polled per-worker totals) into: fewer workers busy than
+    started (before the last one's first batch: joining, rebalancing), all busy (until
+    the first one classified its last image), and the tail (the others finishing alone).
+    ``all_busy_images_per_s`` is the group's rate while every worker had work."""
+    if len(timeline) < 2:
+        return {"all_busy_images_per_s": None}
+    start, end = timeline[0][0], timeline[-1][0]
+    workers = range(len(timeline[0][1]))
+    joined = min((t for t, totals in timeline if all(totals)), default=end)
+    finished = [min(t for t, totals in timeline if totals[w] == timeline[-1][1][w]) for w in workers]
+    first_done = min(finished)
+
+    def images_at(moment: float) -> int:
+        return sum(next(totals for t, totals in timeline if t >= moment))
+
+    busy_s = first_done - joined
+    return {
+        "before_all_busy_s": round(joined - start, 2),
+        "all_busy_s": round(max(busy_s, 0.0), 2),
+        "tail_s": round(end - first_done, 2) if len(finished) > 1 else 0.0,
+        "all_busy_images_per_s": round((images_at(first_done) - images_at(joined)) / busy_s) if busy_s > 0.2 else None,
+    }
 
 
 def _images_total(worker: ServiceProc) -> int | None:
