@@ -2,13 +2,14 @@
 
     python -m bench.run            # full run -> bench/results/latest.{json,md,png}
     python -m bench.run --smoke    # seconds; same stages, tiny counts -> .run/bench/smoke/
-    python -m bench.run --out DIR --stages ceiling,naive,kafka,pubsub,bridge
+    python -m bench.run --out DIR --stages ceiling,naive,kafka,pubsub,bridge,bridge_multistream,two_workers,kafka_batched,bridge_batched
 
 Needs KAFKA_BOOTSTRAP_SERVERS and PUBSUB_EMULATOR_HOST (``tools/bench.sh`` sources
 ``.services.env``). Stages: (1) model ceiling, (2) naive per-message agent, (3) the
 fmnist-faust worker end to end, (4) raw Pub/Sub streaming pull, (5) the Pub/Sub bridge,
-peak RSS and cold start of the worker / bridge; (6) the worker and (7) the bridge fed
-batch records (``kafka_batched``, ``bridge_batched``).
+(6) the bridge's several streams against one raw stream (``bridge_multistream``), (7) two
+Kafka workers against one (``two_workers``), (8) the worker and (9) the bridge fed batch
+records (``kafka_batched``, ``bridge_batched``); peak RSS and cold start of the worker / bridge.
 """
 
 from __future__ import annotations
@@ -32,7 +33,17 @@ from fmnist_faust.core import model
 from . import report, stages
 from .common import ROOT, delete_topics_with_prefix
 
-ALL_STAGES = ("ceiling", "naive", "kafka", "pubsub", "bridge", "kafka_batched", "bridge_batched")
+ALL_STAGES = (
+    "ceiling",
+    "naive",
+    "kafka",
+    "pubsub",
+    "bridge",
+    "bridge_multistream",
+    "two_workers",
+    "kafka_batched",
+    "bridge_batched",
+)
 TARGETS = {
     "kafka_images_per_s": 20_000,
     "kafka_batched_images_per_s": 20_000,
@@ -40,6 +51,7 @@ TARGETS = {
     "kafka_over_naive": 20,
     "p99_ms_at_1000": 100,
     "bridge_over_raw": 0.9,
+    "bridge_multistream_over_raw_single_stream": 1.5,
     "worker_rss_mb": 400,
     "worker_ready_s": 15,
 }
@@ -97,6 +109,10 @@ def ratios(results: dict[str, Any]) -> dict[str, float | None]:
         "kafka_over_ceiling": div(rate("kafka"), rate("ceiling")),
         "kafka_over_classify_batch": div(rate("kafka"), rate("ceiling", "classify_batch_per_s")),
         "bridge_over_raw": div(rate("bridge"), rate("pubsub")),
+        "bridge_multistream_over_raw_single_stream": div(
+            rate("bridge_multistream"), rate("bridge_multistream", "raw_single_stream_images_per_s")
+        ),
+        "two_workers_over_one": div(rate("two_workers"), rate("two_workers", "one_worker_images_per_s")),
         "kafka_batched_over_kafka": div(rate("kafka_batched"), rate("kafka")),
         "bridge_batched_over_bridge": div(rate("bridge_batched"), rate("bridge")),
     }
@@ -123,6 +139,11 @@ def targets(results: dict[str, Any], ratio: dict[str, float | None]) -> dict[str
         "kafka_over_naive": check(ratio["kafka_over_naive"], TARGETS["kafka_over_naive"], True),
         "p99_ms_at_1000": check(p99_at_1000(), TARGETS["p99_ms_at_1000"], False),
         "bridge_over_raw": check(ratio["bridge_over_raw"], TARGETS["bridge_over_raw"], True),
+        "bridge_multistream_over_raw_single_stream": check(
+            ratio["bridge_multistream_over_raw_single_stream"],
+            TARGETS["bridge_multistream_over_raw_single_stream"],
+            True,
+        ),
         "worker_rss_mb": check(kafka.get("peak_rss_mb"), TARGETS["worker_rss_mb"], False),
         "worker_ready_s": check(kafka.get("ready_s_empty_changelog"), TARGETS["worker_ready_s"], False),
         "bridge_rss_mb": check(bridge.get("peak_rss_mb"), TARGETS["worker_rss_mb"], False),
@@ -191,6 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "kafka": stages.kafka_e2e,
         "pubsub": stages.pubsub_raw,
         "bridge": stages.pubsub_bridge,
+        "bridge_multistream": stages.bridge_multistream,
+        "two_workers": stages.two_workers,
         "kafka_batched": stages.kafka_batched,
         "bridge_batched": stages.bridge_batched,
     }
@@ -214,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 log(f"bench: deleted {len(deleted)} topics of this run")
             except Exception as exc:
                 log(f"bench: could not delete topics: {exc!r}")
-            if {"pubsub", "bridge", "bridge_batched"} & set(wanted):
+            if {"pubsub", "bridge", "bridge_multistream", "bridge_batched"} & set(wanted):
                 try:
                     log(f"bench: deleted {stages.delete_pubsub_tagged(settings, ctx.tag)} Pub/Sub resources")
                 except Exception as exc:
