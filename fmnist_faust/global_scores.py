@@ -19,9 +19,10 @@ from typing import Any
 
 from mode import Service
 
+from .core.rollout import ModelTally
 from .core.scores import Scores
 from .faust_app import app, settings
-from .tables import local_rows, resend_row, scores_table, sum_rows
+from .tables import local_rows, resend_row, scores_table, sum_rows, sum_tallies
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,18 @@ class ChangelogReaderService(Service):
 
 async def global_totals() -> tuple[Scores, str | None]:
     """Sum over every partition of its highest-offset row, local or from the changelog."""
+    return sum_rows(await global_rows())
+
+
+async def global_totals_by_model() -> tuple[Scores, str | None, ModelTally]:
+    """:func:`global_totals` and the per-model tally of the very same rows (they sum exactly)."""
+    rows = await global_rows()
+    scores, version = sum_rows(rows)
+    return scores, version, sum_tallies(rows)
+
+
+async def global_rows() -> dict[int, dict[str, Any]]:
+    """partition -> its highest-offset row, local or from the changelog."""
     try:
         tails = await changelog_rows.read()
     except Exception as exc:  # the broker may be briefly unreachable: say so, serve local rows
@@ -102,7 +115,7 @@ async def global_totals() -> tuple[Scores, str | None]:
     for partition, row in local_rows().items():
         if partition not in rows or row["offset"] > rows[partition]["offset"]:
             rows[partition] = row
-    return sum_rows(rows)
+    return rows
 
 
 _idle_rows: dict[int, int] = {}  # partition -> this worker's row offset at the previous tick

@@ -16,7 +16,7 @@ import pytest
 
 from fmnist_faust.core.contract import InvalidMessage, Prediction
 from fmnist_faust.core.pipeline import BatchResult, RawMessage
-from pubsub_bridge.store import StateStore, Store, image_key, message_key, open_store
+from pubsub_bridge.store import MIGRATIONS, StateStore, Store, image_key, message_key, open_store
 
 OpenStore = Callable[..., Store]
 
@@ -195,10 +195,10 @@ def test_a_store_from_before_the_horizon_is_migrated_once(tmp_path: Path) -> Non
         old.execute("INSERT INTO processed VALUES ('id:a', 1.0)")
     old.close()
     store = StateStore(path, horizon_s=60, clock=Clock(1000.0))
-    assert store.schema_version() == 1
+    assert store.schema_version() == len(MIGRATIONS)
     assert store.prune() == 1 and store.counted() == 0
     store.close()
-    assert StateStore(path).schema_version() == 1  # reopening runs no migration again
+    assert StateStore(path).schema_version() == len(MIGRATIONS)  # reopening runs no migration again
 
 
 def test_opening_and_pruning_never_scan_the_processed_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
