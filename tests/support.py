@@ -198,6 +198,21 @@ def wait_until(condition, timeout: float = 60.0, interval: float = 0.25, what: s
     raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
 
 
+def model_cli(env: dict[str, str], *args: str, directory: Path | None = None) -> subprocess.CompletedProcess:
+    """``fmnist-model ARGS`` in ``env`` (with ``directory`` as its model directory and its
+    m0.joblib as the default), as an operator runs it; returns the finished process."""
+    if directory is not None:
+        env = dict(env, FMNIST_MODEL_DIR=str(directory), FMNIST_MODEL_PATH=str(directory / "m0.joblib"))
+    return subprocess.run(
+        [sys.executable, "-m", "fmnist_faust.model_cli", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def offline_confusion(model_path, images, labels) -> list[list[int]]:
     """The confusion matrix the model gives offline: what exact streamed totals must equal."""
     import numpy as np
