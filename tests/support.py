@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -211,6 +212,23 @@ def model_cli(env: dict[str, str], *args: str, directory: Path | None = None) ->
         text=True,
         timeout=60,
     )
+
+
+def print_figures(backend: str, report: dict, killed_at: int, promoted_at: int) -> None:
+    """One line for the record (``pytest -s``): what the run streamed, when it switched, and how it counted."""
+    parts = {
+        version: {
+            "role": part["role"],
+            "live_images": part["live"] and part["live"]["images"],
+            "live_accuracy": part["live"] and part["live"]["accuracy"],
+            "shadow_images": part["shadow"] and part["shadow"]["images"],
+            "shadow_accuracy": part["shadow"] and part["shadow"]["accuracy"],
+            "agreement": part["shadow"] and part["shadow"]["agreement"],
+        }
+        for version, part in report["by_model"].items()
+    }
+    figures = {"images": report["images"], "accuracy": report["accuracy"], "by_model": parts}
+    print(f"ROLLOUT {backend}: SIGKILL at {killed_at}, promoted at {promoted_at}:", json.dumps(figures))
 
 
 def offline_confusion(model_path, images, labels) -> list[list[int]]:

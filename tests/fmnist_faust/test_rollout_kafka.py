@@ -20,7 +20,7 @@ import pytest
 
 from fmnist_faust.core.contract import decode_prediction
 from fmnist_faust.core.model import load_classifier
-from support import consume_topic, model_cli, produce_images, wait_until
+from support import consume_topic, model_cli, print_figures, produce_images, wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.chaos]
 COUNT = 3000
@@ -67,6 +67,7 @@ def test_shadow_sigkill_promote_and_a_tampered_candidate(
     background = threading.Thread(target=lambda: [send(i, i + 100) for i in range(800, 2000, 100)], daemon=True)
     background.start()
     wait_until(lambda: worker.accuracy()["images"] >= 1100, 60, what="1100 images")
+    killed_at = worker.accuracy()["images"]
     worker.stop(signal.SIGKILL)
     worker = start_worker(FMNIST_SESSION_TIMEOUT="8", FMNIST_WEB_PORT=port, **serving)
     assert served(worker) | {"refused": {}} == {
@@ -79,6 +80,7 @@ def test_shadow_sigkill_promote_and_a_tampered_candidate(
     pid = worker.proc.pid
     operator("promote", v1)
     wait_until(lambda: served(worker)["live"] == v1, 30, what="v1 live")
+    promoted_at = worker.accuracy()["images"]
     background.join(60)
     assert not background.is_alive()
     send(2000, 2600)
@@ -96,6 +98,7 @@ def test_shadow_sigkill_promote_and_a_tampered_candidate(
     assert served(worker)["live"] == v1
     assert worker.log().count(f"refusing live model {v2}") == 1
 
+    print_figures("kafka", report, killed_at, promoted_at)
     assert report["images"] == report["labeled"] == COUNT
     assert_by_model_sums(report)
     by_model = report["by_model"]

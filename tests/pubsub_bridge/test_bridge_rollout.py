@@ -23,7 +23,7 @@ from bridge_helpers import Bridge, Collector, publish_images
 from fmnist_faust.config import Settings, load_settings
 from fmnist_faust.core import dataset
 from pubsub_bridge.admin import setup
-from support import model_cli
+from support import model_cli, print_figures
 
 pytestmark = [pytest.mark.pubsub, pytest.mark.chaos]
 COUNT = 2000
@@ -78,6 +78,7 @@ def test_bridge_shadow_sigkill_promote_and_a_tampered_candidate(
     )
     sender.start()
     bridge.wait_for(lambda b: images(b) >= 700, "700 images")
+    killed_at = images(bridge)
     bridge.stop(signal.SIGKILL)
     bridge = start_bridge(**serving)
     assert (served(bridge)["live"], served(bridge)["shadow"]) == (v0, v1)  # back on the pointer's models
@@ -85,7 +86,8 @@ def test_bridge_shadow_sigkill_promote_and_a_tampered_candidate(
     pid = bridge.proc.pid if bridge.proc else None
     operator("promote", v1)
     bridge.wait_for(lambda b: served(b)["live"] == v1, "v1 live")
-    assert images(bridge) < COUNT  # promoted mid-stream
+    promoted_at = images(bridge)
+    assert promoted_at < COUNT  # promoted mid-stream
     operator("promote", v2)  # the operator's copy is good; the bridge's was tampered with
     bridge.wait_for(lambda b: v2 in served(b)["refused"], "the bridge refusing v2")
     assert "refusing to unpickle a file that was changed" in served(bridge)["refused"][v2]
@@ -97,6 +99,7 @@ def test_bridge_shadow_sigkill_promote_and_a_tampered_candidate(
     assert bridge.log().count(f"refusing live model {v2}") == 1
 
     report = bridge.accuracy()
+    print_figures("pubsub", report, killed_at, promoted_at)
     assert report["images"] == report["labeled"] == COUNT
     by_model = report["by_model"]
     live = [part["live"] for part in by_model.values() if part["live"]]
