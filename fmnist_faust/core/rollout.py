@@ -321,6 +321,12 @@ def count_batch(
     tally.record(counted, live_version, shadow.subset(keep) if shadow else None, window_seconds)
 
 
+def totals_report(document: dict[str, Any]) -> dict[str, Any]:
+    """An ``/accuracy/`` document without ``by_model``: what ``Scores.report`` of the totals gives
+    (to compare streamed totals with offline ones)."""
+    return {key: value for key, value in document.items() if key != "by_model"}
+
+
 def _part_report(scores: Scores) -> dict[str, Any]:
     report = scores.report(None)
     report.pop("model_version")
