@@ -44,7 +44,7 @@ async def read_pointer() -> RolloutState:
 
 async def apply_pointer(state: RolloutState) -> None:
     """Serve what ``state`` names; models are loaded in a thread, off the event loop."""
-    if _switch is not None:
+    if _switch is not None and state != _switch.state:  # unchanged (the usual case): no thread hop
         await asyncio.to_thread(_switch.apply, state)
 
 

@@ -254,6 +254,8 @@ class RolloutFollower(threading.Thread):
                 continue
             except ValueError as exc:  # a pointer row that is not one: keep the models, say why
                 log.error("ignoring the rollout pointer in %s: %s", self.store.location, exc)
+            except Exception:  # a bug must not stop following the pointer silently
+                log.exception("following the rollout pointer failed; keeping the current models")
 
     def stop(self) -> None:
         self.stopping.set()

@@ -71,6 +71,11 @@ class ModelSwitch:
     def current(self) -> ActiveModels:
         return self._current
 
+    @property
+    def state(self) -> RolloutState | None:
+        """The last pointer state applied (None: none yet)."""
+        return self._state
+
     def apply(self, state: RolloutState) -> bool:
         """Serve what ``state`` names; True if a model changed. Called off the batch path
         (loading takes a while); the swap itself is one assignment."""
