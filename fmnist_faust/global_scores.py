@@ -33,6 +33,7 @@ class ChangelogRows:
     def __init__(self) -> None:
         self._consumer: Any = None
         self._lock = asyncio.Lock()
+        self._stopped = False
 
     async def _start(self) -> Any:
         from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -51,6 +52,8 @@ class ChangelogRows:
     async def read(self, timeout: float = 5.0) -> dict[int, list[dict[str, Any]]]:
         """partition -> its last (up to :data:`TAIL`) rows in the changelog, oldest first."""
         async with self._lock:
+            if self._stopped:
+                raise RuntimeError("the worker is stopping")
             if self._consumer is None:
                 self._consumer = await self._start()
             consumer = self._consumer
@@ -75,9 +78,13 @@ class ChangelogRows:
             return rows
 
     async def stop(self) -> None:
-        if self._consumer is not None:
-            await self._consumer.stop()
-            self._consumer = None
+        """After the read in flight, if any: a consumer stopped under a read left that read (and
+        the web server's shutdown, waiting for the request) hanging for the 40 s request timeout."""
+        async with self._lock:
+            self._stopped = True
+            if self._consumer is not None:
+                await self._consumer.stop()
+                self._consumer = None
 
 
 changelog_rows = ChangelogRows()

@@ -262,6 +262,3 @@ def test_dashboard_shows_live_and_shadow_side_by_side_and_marks_the_promotion(
     assert v0 in page["retired"] and "1,200 images" in page["retired"]
     assert report["images"] == 1800 == sum(p["live"]["images"] for p in report["by_model"].values() if p["live"])
     assert browser.save_screenshot(str(worker.log_path.with_name("dashboard-rollout.png")))
-    # Stopped here, with the page still open: stopped after the browser quits, this worker's web
-    # server waited 30 s for a connection at shutdown in every run (the first test's did not).
-    worker.stop()
