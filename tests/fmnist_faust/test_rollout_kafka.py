@@ -97,6 +97,10 @@ def test_shadow_sigkill_promote_and_a_tampered_candidate(
     assert worker.proc.pid == pid and worker.proc.poll() is None  # switched and refused in the same process
     assert served(worker)["live"] == v1
     assert worker.log().count(f"refusing live model {v2}") == 1
+    status = model_cli(env | {"FMNIST_WEB_PORT": port}, "status", directory=models.trusted)
+    assert status.returncode == 0, status.stderr
+    assert f"live:   {v2}" in status.stdout and f"serving (http://127.0.0.1:{port}): live {v1}" in status.stdout
+    assert f"refused {v2}:" in status.stdout
 
     print_figures("kafka", report, killed_at, promoted_at)
     assert report["images"] == report["labeled"] == COUNT
