@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable
 
@@ -64,7 +65,12 @@ def test_shadow_sigkill_promote_and_a_tampered_candidate(
     operator("shadow", v1)
     wait_until(lambda: served(worker)["shadow"] == v1, 30, what="the worker shadowing v1")
 
-    background = threading.Thread(target=lambda: [send(i, i + 100) for i in range(800, 2000, 100)], daemon=True)
+    def paced(first: int, last: int) -> None:
+        for start in range(first, last, 100):
+            send(start, start + 100)
+            time.sleep(0.7)
+
+    background = threading.Thread(target=paced, args=(800, 1400), daemon=True)
     background.start()
     wait_until(lambda: worker.accuracy()["images"] >= 1100, 60, what="1100 images")
     killed_at = worker.accuracy()["images"]
@@ -76,14 +82,18 @@ def test_shadow_sigkill_promote_and_a_tampered_candidate(
         "pointer": {"live": None, "shadow": v1},
         "refused": {},
     }  # a restarted worker comes back on the pointer's models before its first batch
-    wait_until(lambda: worker.accuracy()["images"] >= 1400, 60, what="1400 images after the restart")
+    background.join(60)
+    wait_until(lambda: worker.accuracy()["images"] >= 1400, 60, what="the restarted worker caught up")
+    background = threading.Thread(target=paced, args=(1400, 2600), daemon=True)  # ~15 s of images
+    background.start()
+    wait_until(lambda: worker.accuracy()["images"] >= 1500, 60, what="1500 images after the restart")
     pid = worker.proc.pid
     operator("promote", v1)
     wait_until(lambda: served(worker)["live"] == v1, 30, what="v1 live")
     promoted_at = worker.accuracy()["images"]
+    assert background.is_alive() and promoted_at < 2600  # promoted mid-stream
     background.join(60)
     assert not background.is_alive()
-    send(2000, 2600)
     wait_until(lambda: worker.accuracy()["images"] >= 2600, 60, what="2600 images")
 
     assert model_cli(env, "promote", v2, directory=models.serving).returncode == 2  # the CLI checks its own copy
@@ -108,7 +118,7 @@ def test_shadow_sigkill_promote_and_a_tampered_candidate(
     by_model = report["by_model"]
     assert set(by_model) == {v0, v1}  # v2 was refused: it never classified an image
     assert by_model[v0]["role"] == "retired" and by_model[v1]["role"] == "live"
-    assert by_model[v0]["live"]["images"] >= 1400 and by_model[v1]["live"]["images"] >= COUNT - 2000
+    assert by_model[v0]["live"]["images"] >= 1500 and by_model[v1]["live"]["images"] >= COUNT - promoted_at
     assert by_model[v1]["live_since"] > by_model[v0]["live_since"]
     shadow = by_model[v1]["shadow"]
     assert shadow["compared"] >= 600 and 0.5 < shadow["agreement"] <= 1.0
