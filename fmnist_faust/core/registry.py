@@ -93,9 +93,6 @@ class RolloutState:
     def shadowed(self, pointer: ModelPointer | None) -> RolloutState:
         return RolloutState(self.live, pointer, time.time())
 
-    def same_models(self, other: RolloutState) -> bool:
-        return (self.live, self.shadow) == (other.live, other.shadow)
-
 
 @dataclass(frozen=True)
 class ModelEntry:
