@@ -8,6 +8,8 @@ commits and resumes at each row's offset + 1 (:mod:`.offsets`), so an image whos
 failed or was cut short by a rebalance is read again, and nothing is counted twice.
 A distinct message re-using an id already counted in its partition is neither counted
 nor published again (the core's duplicate rule; see ``tables.seen_table``).
+Each batch is classified by one snapshot of the live (and shadow) models (:mod:`.rollout`)
+and counted under that live version in the same row (``core.rollout.count_batch``).
 
 Batch records (many images in one record) are expanded by the core; offsets and rows stay
 per record (a record is counted whole, in one step), marks and the duplicate rule per image
@@ -23,7 +25,6 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
-from functools import lru_cache
 from typing import Any
 
 from faust.exceptions import ConsumerNotStarted
@@ -31,14 +32,15 @@ from faust.types import TP
 
 from . import metrics
 from .core.contract import Prediction, dead_letter_attributes, estimated_images
-from .core.model import Classifier, load_classifier
 from .core.pipeline import STEP_IMAGES, BatchResult, RawMessage, classify_batch, repeats
 from .core.recent import RecentMistakes
+from .core.rollout import count_batch, shadow_predict
 from .faust_app import app, settings
 from .kafka_admin import ensure_topics
 from .keyed_send import send_keyed
 from .progress import Progress
-from .tables import counted_at, expire_marks, mark_counted, read_row, row_offset, write_row
+from .rollout import apply_pointer, current_models, load_default, read_pointer
+from .tables import counted_at, expire_marks, mark_counted, read_row, read_tally, row_offset, write_row
 from .topics import dlq_topic, images_topic, predictions_topic
 
 log = logging.getLogger(__name__)
@@ -53,33 +55,26 @@ RETRY_PAUSE_S = 1.0
 progress = Progress(settings.kafka.stall_seconds)
 
 
-@lru_cache(maxsize=1)
-def get_classifier() -> Classifier:
-    """Load and verify the model once per worker process."""
-    classifier = load_classifier(settings.model.path)
-    log.info(
-        "model loaded: version %s (test accuracy %s)", classifier.version, classifier.manifest.get("test_accuracy")
-    )
-    return classifier
-
-
 async def prepare() -> None:
     """Before the worker starts anything (web views included, see ``faust_app.App.on_start``):
-    verify and load the model (a bad one stops the worker at once, not at the first image),
-    and create images, predictions and DLQ with the configured partitions, retrying while
-    the broker does not answer. So a worker that answers has both."""
+    verify and load the default model (a bad one stops the worker at once, not at the first
+    image), create images, predictions and DLQ with the configured partitions, and read the
+    rollout pointer and load the versions it names, retrying while the broker does not
+    answer. So a worker that answers has its topics and the promoted models."""
     try:
-        get_classifier()
+        load_default()
     except Exception as exc:
         log.critical("cannot load the model: %s", exc)
         raise
     while True:
         try:
             await ensure_topics(settings)
-            return
+            state = await read_pointer()
+            break
         except Exception as exc:
-            log.warning("creating the topics failed (%r); retrying in 2 s", exc)
+            log.warning("creating the topics or reading the model pointer failed (%r); retrying in 2 s", exc)
             await asyncio.sleep(2.0)
+    await apply_pointer(state)
 
 
 @app.agent(images_topic)
@@ -264,11 +259,12 @@ def _without_gaps(fresh: list[Any], applied: dict[int, tuple[int, Any]]) -> tupl
 
 
 async def _count(fresh: list[Any], applied: dict[int, tuple[int, Any]], generation: int) -> None:
-    classifier = get_classifier()
+    models = current_models()
     messages = [RawMessage(value=e.message.value, key=e.message.key, timestamp=e.message.timestamp) for e in fresh]
     pipeline = settings.pipeline
     with metrics.PREDICT_SECONDS.time():
-        result = classify_batch(classifier, messages, pipeline.max_message_bytes, max_images=pipeline.max_batch_images)
+        result = classify_batch(models.live, messages, pipeline.max_message_bytes, max_images=pipeline.max_batch_images)
+        shadow = shadow_predict(models.shadow, result)
     carriers = [fresh[source] for source in result.sources]  # the event of each image
     duplicates, marks = await _duplicate_ids(carriers, result, {p: row[0] for p, row in applied.items()})
     counted = result.without(duplicates)
@@ -288,8 +284,9 @@ async def _count(fresh: list[Any], applied: dict[int, tuple[int, Any]], generati
     for partition, last_offset in last_offsets.items():
         _, scores = applied[partition]
         wanted = by_partition[partition] - duplicates
-        result.subset(wanted.__contains__).apply_to(scores, pipeline.window_seconds)
-        write_row(partition, last_offset, scores, classifier.version)
+        tally = read_tally(partition, scores)
+        count_batch(scores, tally, result, wanted.__contains__, models.live.version, shadow, pipeline.window_seconds)
+        write_row(partition, last_offset, scores, models.live.version, tally)
         progress.advanced(partition)
     metrics.observe_batch(counted, len(duplicates))
     recent_mistakes.add_batch(counted)

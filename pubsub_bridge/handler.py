@@ -28,6 +28,7 @@ from fmnist_faust.core.contract import DEFAULT_MAX_BATCH_IMAGES, InvalidMessage,
 from fmnist_faust.core.model import Classifier
 from fmnist_faust.core.pipeline import BatchResult, RawMessage, classify_batch, repeats
 from fmnist_faust.core.recent import RecentMistakes
+from fmnist_faust.core.rollout import ModelSwitch, shadow_predict
 
 from .store import Store, image_key, message_key
 
@@ -90,7 +91,7 @@ class BatchHandler:
 
     def __init__(
         self,
-        classifier: Classifier,
+        classifier: Classifier | ModelSwitch,
         store: Store,
         publisher: Publisher,
         acker: Acker,
@@ -103,7 +104,8 @@ class BatchHandler:
         clock: Callable[[], float] = time.monotonic,
         max_batch_images: int = DEFAULT_MAX_BATCH_IMAGES,
     ) -> None:
-        self.classifier = classifier
+        # Each batch is classified by the models of one snapshot of the switch (see core.rollout).
+        self.models = classifier if isinstance(classifier, ModelSwitch) else ModelSwitch.fixed(classifier)
         self.store = store
         self.publisher = publisher
         self.acker = acker
@@ -150,8 +152,10 @@ class BatchHandler:
             RawMessage(value=d.data, key=transport_key(d.attributes), timestamp=d.publish_time.timestamp())
             for d in batch
         ]
+        models = self.models.current()
         with metrics.PREDICT_SECONDS.time():
-            result = classify_batch(self.classifier, messages, self.max_message_bytes, max_images=self.max_batch_images)
+            result = classify_batch(models.live, messages, self.max_message_bytes, max_images=self.max_batch_images)
+            shadow = shadow_predict(models.shadow, result)
         carriers = [batch[source] for source in result.sources]  # the delivery of each image
         keys = [
             image_key(outcome.id)
@@ -170,7 +174,13 @@ class BatchHandler:
             self._publish([carriers[i] for i in fresh], new)
             try:
                 with COMMIT_SECONDS.time():
-                    self.store.commit(new, [keys[i] for i in fresh], self.classifier.version, self.window_seconds)
+                    self.store.commit(
+                        new,
+                        [keys[i] for i in fresh],
+                        models.live.version,
+                        self.window_seconds,
+                        shadow.subset(lambda i: i not in repeated) if shadow else None,
+                    )
             except self.store.transient_errors as exc:  # locked, disk full, I/O error, connection lost: retry
                 raise self._unavailable(exc) from exc
             self.recent.add_batch(new)
