@@ -10,7 +10,8 @@ fails to import.
 
 from typing import Any
 
-__all__ = ["app"]
+__all__ = ["WORKER_LOOP", "app"]
+WORKER_LOOP = "aio"  # the worker's event loop (Faust's -L names)
 
 
 def __getattr__(name: str) -> Any:
