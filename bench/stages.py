@@ -335,12 +335,9 @@ def preloaded_run(
     return _preloaded_stats([r.timestamp_ms for r in records], n, drained, spawned, worker, batch, linger)
 
 
-def probe_run(ctx: Context, topic: str, n: int, mode: str, loop: str | None = None, name: str = "") -> dict[str, Any]:
-    """A diagnostic Faust app (bench/probe_app.py) over the pre-loaded topic: rate and CPU/image.
-
-    ``loop``: Faust's ``-L`` (None: asyncio's default loop); ``name`` tells repeated runs apart."""
+def start_probe(ctx: Context, topic: str, mode: str, loop: str | None, name: str) -> ServiceProc:
+    """Start bench/probe_app.py in ``mode`` on ``topic`` (own app id, output topic, port)."""
     port = free_port()
-    name = name or f"probe-{mode}"
     env = env_with(
         BENCH_PROBE_MODE=mode,
         BENCH_PROBE_APP_ID=ctx.name(name),
@@ -351,7 +348,14 @@ def probe_run(ctx: Context, topic: str, n: int, mode: str, loop: str | None = No
         FMNIST_BATCH_SIZE=str(CODE_DEFAULTS.pipeline.batch_size),
         FMNIST_BATCH_LINGER=str(CODE_DEFAULTS.pipeline.batch_linger_s),
     )
-    worker = ServiceProc.faust("bench.probe_app", env, ctx.run_dir / f"{name}.log", port, "/count/", loop).start()
+    return ServiceProc.faust("bench.probe_app", env, ctx.run_dir / f"{name}.log", port, "/count/", loop).start()
+
+
+def probe_run(ctx: Context, topic: str, n: int, mode: str, loop: str | None = None, name: str = "") -> dict[str, Any]:
+    """A diagnostic Faust app (bench/probe_app.py) over the pre-loaded topic: rate and CPU/image.
+
+    ``loop``: Faust's ``-L`` (None: asyncio's default loop); ``name`` tells repeated runs apart."""
+    worker = start_probe(ctx, topic, mode, loop, name or f"probe-{mode}")
     first: list[tuple[float, int, float]] = []
     ready = (time.perf_counter(), 0, worker.cpu_seconds() or 0.0)
 

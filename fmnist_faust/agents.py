@@ -24,7 +24,8 @@ from faust.exceptions import ConsumerNotStarted
 from faust.types import TP
 
 from . import metrics
-from .core.contract import InvalidMessage, Prediction, dead_letter_attributes
+from .batch_send import send_batched
+from .core.contract import Prediction, dead_letter_attributes
 from .core.model import Classifier, load_classifier
 from .core.pipeline import BatchResult, RawMessage, classify_batch, repeats
 from .core.recent import RecentMistakes
@@ -308,22 +309,22 @@ async def _duplicate_ids(
 
 
 async def _publish(result: BatchResult) -> None:
-    """Send one prediction per valid image and each invalid message to the DLQ; await acks."""
+    """Send one prediction per valid image (one record batch per partition, see
+    :mod:`.batch_send`) and each invalid message to the DLQ; await the broker's acks."""
     producer = app.producer
-    predictions = predictions_topic.get_topic_name()
-    dlq = dlq_topic.get_topic_name()
     pending: list[Awaitable[Any]] = []
     rejected = result.rejections
     if rejected:  # one line per batch, not per message: a garbage producer must not flood the log
+        dlq = dlq_topic.get_topic_name()
         log.warning("dead-lettering %d message(s) to %s, first: %s", len(rejected), dlq, rejected[0][1])
-    for message, outcome in zip(result.messages, result.outcomes):
-        if isinstance(outcome, InvalidMessage):
-            headers = [(name, value.encode()) for name, value in dead_letter_attributes(outcome).items()]
+        for message, error in rejected:
+            headers = [(name, value.encode()) for name, value in dead_letter_attributes(error).items()]
             pending.append(await producer.send(dlq, _as_bytes(message.key), message.value, None, None, headers))
-        else:
-            pending.append(
-                await producer.send(predictions, outcome.id.encode("utf-8"), outcome.encode(), None, None, None)
-            )
+    predictions = [
+        (outcome.id.encode("utf-8"), outcome.encode()) for outcome in result.outcomes if isinstance(outcome, Prediction)
+    ]
+    if predictions:
+        pending += await send_batched(producer, predictions_topic.get_topic_name(), predictions)
     await asyncio.gather(*pending)
 
 

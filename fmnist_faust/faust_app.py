@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
 import faust
@@ -10,6 +12,7 @@ from .config import load_settings
 from .offsets import RowOffsetTransport
 
 settings = load_settings()
+log = logging.getLogger(__name__)
 
 
 class App(faust.App):
@@ -23,6 +26,8 @@ class App(faust.App):
         the web views start (``agents.prepare``; imported here: that module imports this one)."""
         from .agents import prepare
 
+        loop = asyncio.get_running_loop()
+        log.info("event loop: %s.%s", type(loop).__module__, type(loop).__name__)
         await prepare()
         await super().on_start()
 
