@@ -27,10 +27,11 @@ from . import stages
 from .common import create_topics, delete_topics_with_prefix, wait_until
 
 
-def record(pid: int, out: Path, rate: int) -> subprocess.Popen[bytes]:
-    """py-spy sampling ``pid`` into collapsed stacks at ``out`` until terminated."""
+def record(pid: int, out: Path, rate: int, gil: bool) -> subprocess.Popen[bytes]:
+    """py-spy sampling ``pid`` into collapsed stacks at ``out`` until interrupted."""
     py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
     argv = [py_spy, "record", "--pid", str(pid), "--rate", str(rate), "--nonblocking", "--format", "raw"]
+    argv += ["--gil"] if gil else []
     return subprocess.Popen([*argv, "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -60,6 +61,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path(".run/profile"))
     parser.add_argument("--loop", default=None, help="Faust's -L (default: the worker's own loop)")
     parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
+    parser.add_argument("--gil", action="store_true", help="only samples holding the GIL (py-spy --gil)")
     parser.add_argument("--probe", choices=stages.PROBE_MODES, help="profile bench/probe_app.py in this mode instead")
     args = parser.parse_args()
     settings = load_settings()
@@ -80,7 +82,7 @@ def main() -> int:
     try:
         assert worker.proc is not None
         wait_until(lambda: worker.get(path)[field] > 0, timeout=60, interval=0.05)
-        spy = record(worker.proc.pid, raw, args.rate)
+        spy = record(worker.proc.pid, raw, args.rate, args.gil)
         t0, c0 = time.perf_counter(), worker.get(path)[field]
         wait_until(lambda: worker.get(path)[field] >= args.images, timeout=600, interval=0.2)
         seconds, counted = time.perf_counter() - t0, worker.get(path)[field] - c0

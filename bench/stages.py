@@ -62,7 +62,7 @@ class Plan:
     probe_images: int = 20_000
     probe_modes: tuple[str, ...] = ("noop", "forward")
     per_record_images: int = 20_000
-    per_record_rounds: int = 2
+    per_record_rounds: int = 3
     per_record_loops: tuple[str, ...] = ("aio", "uvloop")
     per_record_latency_seconds: float = 10.0
 
