@@ -47,15 +47,17 @@ def _per_record_lines(per_record: dict[str, Any]) -> list[str]:
         f"images, one per record, batch {per_record.get('batch_size')}, linger {per_record.get('linger_s')} s, "
         f"best of {per_record.get('rounds')} rounds each; the worker's loop is `{per_record.get('worker_loop')}`:",
         "",
-        "| Event loop | worker /s | noop probe /s | forward probe /s | worker/forward | worker/noop "
-        "| CPU ms/image worker, noop, forward |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        "| Event loop | worker /s | noop probe /s | forward probe /s | worker/forward | per round (median) "
+        "| worker/noop | CPU ms/image worker, noop, forward |",
+        "|---|---:|---:|---:|---:|---|---:|---|",
     ]
     for loop, row in per_record.get("by_loop", {}).items():
         rate, cpu = row.get("images_per_s", {}), row.get("cpu_ms_per_image", {})
         lines.append(
             f"| {loop} | {_n(rate.get('worker'))} | {_n(rate.get('noop'))} | {_n(rate.get('forward'))} | "
-            f"{_x(row.get('ratio_to_forward'))} | {_x(row.get('ratio_to_noop'))} | "
+            f"{_x(row.get('ratio_to_forward'))} | "
+            f"{', '.join(_g(r) for r in row.get('round_ratios_to_forward', []))} "
+            f"({_x(row.get('median_round_ratio_to_forward'))}) | {_x(row.get('ratio_to_noop'))} | "
             f"{', '.join(_n(cpu.get(k), 3) for k in ('worker', 'noop', 'forward'))} |"
         )
     latency = per_record.get("rate_1000", {}).get("to_prediction_published_ms", {})

@@ -270,9 +270,9 @@ def _wait_counted(worker: ServiceProc, count: int, timeout: float) -> float:
     return time.time()
 
 
-def _drain(worker: ServiceProc, n: int) -> tuple[float, float, int]:
-    """Wait until the worker counted ``n`` images: (wall time then, CPU s since its first
-    counted batch, images counted at that first observation)."""
+def _drain(worker: ServiceProc, n: int, poll_s: float = 0.1) -> tuple[float, float, int]:
+    """Wait until the worker counted ``n`` images (polling /accuracy/ every ``poll_s``): (wall
+    time then, CPU s since its first counted batch, images counted at that first observation)."""
     seen_first: list[tuple[int, float]] = []
 
     def all_counted() -> bool:
@@ -281,7 +281,7 @@ def _drain(worker: ServiceProc, n: int) -> tuple[float, float, int]:
             seen_first.append((images, worker.cpu_seconds() or 0.0))
         return images >= n
 
-    if wait_until(all_counted, timeout=60 + n / 200, interval=0.1) is None:
+    if wait_until(all_counted, timeout=60 + n / 200, interval=poll_s) is None:
         raise RuntimeError(f"worker did not count {n} images; log {worker.log_path}")
     counted_at = time.time()
     return counted_at, (worker.cpu_seconds() or 0.0) - seen_first[0][1], seen_first[0][0]
@@ -315,19 +315,27 @@ def _preloaded_stats(
 
 
 def preloaded_run(
-    ctx: Context, topic: str, n: int, batch: int, linger: float, name: str, loop: str | None = None
+    ctx: Context,
+    topic: str,
+    n: int,
+    batch: int,
+    linger: float,
+    name: str,
+    loop: str | None = None,
+    poll_s: float = 0.1,
 ) -> dict[str, Any]:
     """Start a worker on a topic already holding ``n`` images; time until all are counted.
 
     Also its CPU time per image (user + system, all threads, from the first counted batch
     to the last, so the one-off model load is left out): less sensitive than wall-clock
-    rates to what else runs on the machine. ``loop``: Faust's ``-L`` (None: the worker's default).
+    rates to what else runs on the machine. ``loop``: Faust's ``-L`` (None: the worker's default);
+    ``poll_s``: how often /accuracy/ is asked (the rate comes from the predictions' timestamps).
     """
     env = _worker_env(ctx, name, topic, batch, linger)
     spawned = time.time()
     worker = _start_worker(ctx, name, env, loop)
     try:
-        drained = _drain(worker, n)
+        drained = _drain(worker, n, poll_s)
         worker.sample_rss()
     finally:
         worker.stop()
@@ -376,13 +384,18 @@ def probe_run(ctx: Context, topic: str, n: int, mode: str, loop: str | None = No
     # From the first count seen (startup excluded), or from readiness when the probe had
     # already taken every event by then (a small smoke run on a fast machine)
     t0, c0, cpu0 = first[0] if first[0][1] < n else ready
-    return {
+    out = {
         "mode": mode,
         "images": n,
         "images_per_s": round((n - c0) / max(finished - t0, 1e-3)),
         "cpu_ms_per_image": round((cpu - cpu0) * 1000.0 / max(n - c0, 1), 4),
         "peak_rss_mb": worker.peak_rss_mb,
     }
+    if mode == "forward":  # measured like the worker: from the sent records' timestamps
+        out["images_per_s_polled"] = out["images_per_s"]
+        sent = read_records(ctx.bootstrap, worker.env["BENCH_PROBE_OUT"], n)
+        out["images_per_s"] = round(span_rate([r.timestamp_ms for r in sent]))
+    return out
 
 
 def raw_kafka_consume(ctx: Context, topic: str, n: int) -> dict[str, Any]:
@@ -583,8 +596,8 @@ def per_record(ctx: Context) -> dict[str, Any]:
     Per event loop (Faust's ``-L``), rounds of: the worker, the ``noop`` probe (Faust's
     consume -> ``take_events`` path, no work) and the ``forward`` probe (plus one send per
     event and the acks awaited per batch, as the worker publishes). Each reader keeps its
-    best round (the least disturbed by the rest of the machine). The headline compares the
-    worker on its own loop (:data:`fmnist_faust.WORKER_LOOP`) with the probes on the same
+    best round (the least disturbed by the rest of the machine); each round's worker/forward
+    ratio is kept too, and their median. The headline compares the worker on its own loop (:data:`fmnist_faust.WORKER_LOOP`) with the probes on the same
     loop; then the p99 latency at 1,000 images/s offered, one image per record.
     """
     plan = ctx.plan
@@ -599,7 +612,7 @@ def per_record(ctx: Context) -> dict[str, Any]:
     }
     for round_ in range(plan.per_record_rounds):
         for loop in plan.per_record_loops:
-            worker = preloaded_run(ctx, topic, n, batch, linger, f"pr-{loop}-{round_}", loop)
+            worker = preloaded_run(ctx, topic, n, batch, linger, f"pr-{loop}-{round_}", loop, poll_s=0.5)
             runs[loop]["worker"].append(worker | {"cpu_ms_per_image": worker["worker_cpu_ms_per_image"]})
             for mode in PROBE_MODES:
                 runs[loop][mode].append(probe_run(ctx, topic, n, mode, loop, f"pr-{mode}-{loop}-{round_}"))
@@ -616,7 +629,14 @@ def per_record(ctx: Context) -> dict[str, Any]:
             "rounds_images_per_s": {reader: [r["images_per_s"] for r in rows] for reader, rows in readers.items()},
             "ratio_to_forward": _ratio(best["worker"]["images_per_s"], best["forward"]["images_per_s"]),
             "ratio_to_noop": _ratio(best["worker"]["images_per_s"], best["noop"]["images_per_s"]),
+            # each round's worker over the forward probe run right after it: less luck than best of
+            "round_ratios_to_forward": [
+                _ratio(w["images_per_s"], f["images_per_s"]) for w, f in zip(readers["worker"], readers["forward"])
+            ],
         }
+        by_loop[loop]["median_round_ratio_to_forward"] = statistics.median(
+            r or 0.0 for r in by_loop[loop]["round_ratios_to_forward"]
+        )
     headline = by_loop[WORKER_LOOP] if WORKER_LOOP in by_loop else next(iter(by_loop.values()))
     lat = latency_run(ctx, batch, linger, "pr-lat", ((1000, plan.per_record_latency_seconds),), 0, live=False)
     out: dict[str, Any] = {
@@ -628,6 +648,7 @@ def per_record(ctx: Context) -> dict[str, Any]:
         "images_per_s": headline["images_per_s"],
         "cpu_ms_per_image": headline["cpu_ms_per_image"],
         "ratio_to_forward": headline["ratio_to_forward"],
+        "median_round_ratio_to_forward": headline["median_round_ratio_to_forward"],
         "ratio_to_noop": headline["ratio_to_noop"],
         "by_loop": by_loop,
         "rate_1000": lat["rate_1000"],
