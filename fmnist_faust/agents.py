@@ -17,7 +17,6 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from typing import Any
 
@@ -46,10 +45,6 @@ RETRY_PAUSE_S = 1.0
 
 
 progress = Progress(settings.kafka.stall_seconds)
-# Decode + predict run here, one batch at a time, so that meanwhile the event loop goes on
-# fetching and queueing the next images (predict's BLAS releases the GIL): the worker uses
-# a second core for what was a third of its time on the loop.
-classify_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fmnist-classify")
 
 
 @lru_cache(maxsize=1)
@@ -250,9 +245,7 @@ async def _count(fresh: list[Any], applied: dict[int, tuple[int, Any]], generati
     classifier = get_classifier()
     messages = [RawMessage(value=e.message.value, key=e.message.key, timestamp=e.message.timestamp) for e in fresh]
     with metrics.PREDICT_SECONDS.time():
-        result = await asyncio.get_running_loop().run_in_executor(
-            classify_thread, classify_batch, classifier, messages, settings.pipeline.max_message_bytes
-        )
+        result = classify_batch(classifier, messages, settings.pipeline.max_message_bytes)
     duplicates, marks = await _duplicate_ids(fresh, result, {p: row[0] for p, row in applied.items()})
     counted = result.without(duplicates)
     await asyncio.wait_for(_publish(counted), PUBLISH_TIMEOUT_S)
