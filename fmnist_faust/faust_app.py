@@ -46,6 +46,10 @@ app = App(
     autodiscover=False,
     origin="fmnist_faust",
     producer_max_request_size=4 * 1024 * 1024,
+    # A batch's predictions for one partition fit one record batch (agents._publish: ~220 B
+    # each, 500 per batch), not seven 16 KiB ones, each waiting for the previous one to leave:
+    # +11% images/s in make bench's per_record stage. Under the broker's 1 MiB message limit.
+    producer_max_batch_size=256 * 1024,
     consumer_max_fetch_size=4 * 1024 * 1024,
     broker_session_timeout=settings.kafka.session_timeout_s,
     broker_heartbeat_interval=min(3.0, settings.kafka.session_timeout_s / 10),
