@@ -18,7 +18,7 @@ from .config import load_settings
 
 def train_main(argv: Sequence[str] | None = None) -> int:
     """Train the default MLP unless a verified model already exists."""
-    from .core import dataset, model
+    from .core import augment, dataset, model
 
     settings = load_settings()
     parser = argparse.ArgumentParser(prog="fmnist-train", description=train_main.__doc__)
@@ -28,6 +28,26 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         "--hidden", default=",".join(map(str, model.DEFAULT_HIDDEN)), help="hidden layer sizes, comma separated"
     )
     parser.add_argument("--max-iter", type=int, default=model.DEFAULT_MAX_ITER, help="max epochs")
+    parser.add_argument(
+        "--augment",
+        choices=tuple(augment.SHIFTS),
+        default=augment.DEFAULT_AUGMENTATION,
+        help="training-set augmentation: shift1 adds 4 copies shifted by one pixel (up, down, left, "
+        "right), none trains on the images as they are (default %(default)s)",
+    )
+    parser.add_argument(
+        "--time-budget",
+        type=float,
+        default=model.DEFAULT_TIME_BUDGET,
+        help="seconds; no epoch starts that would end after it (default %(default).0f)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split, shuffling and weights")
+    parser.add_argument(
+        "--blas-threads",
+        type=int,
+        default=model.DEFAULT_TRAIN_BLAS_THREADS or 0,
+        help="BLAS threads while training; 0 = the library's default, all cores (default %(default)s)",
+    )
     parser.add_argument("--subset", type=int, default=0, help="train on the first N images only (0 = all)")
     parser.add_argument("--quiet", action="store_true", help="no per-epoch progress")
     args = parser.parse_args(argv)
@@ -57,7 +77,11 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         args.out,
         hidden=hidden,
         max_iter=args.max_iter,
+        seed=args.seed,
         verbose=not args.quiet,
+        augmentation=args.augment,
+        time_budget=args.time_budget,
+        blas_threads=args.blas_threads or None,
     )
     print(
         f"saved {args.out} ({manifest['model_version']}): test accuracy "

@@ -37,6 +37,11 @@ def test_split() -> dataset.Split:
 
 
 @pytest.fixture(scope="session")
+def train_split() -> dataset.Split:
+    return dataset.load_split("train", DATA_DIR)
+
+
+@pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small MLP trained on 3,000 images in a second or two, with its manifest."""
     return model.train_small(tmp_path_factory.mktemp("model") / "tiny.joblib", DATA_DIR)
