@@ -79,6 +79,24 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_cpu_seconds() -> tuple[float, float]:
+    """(busy, elapsed) CPU seconds of the whole machine so far, summed over its CPUs, from
+    /proc/stat: busy is everything but idle and iowait."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    tick = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields) - idle) / tick, sum(fields) / tick
+
+
+def local_broker_pid() -> int | None:
+    """The pid of the Kafka broker ``tools/services.sh`` started from this checkout, if it runs."""
+    try:
+        pid = int((ROOT / ".run" / "kafka" / "pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if cpu_seconds(pid) is not None else None
+
+
 class ServiceProc:
     """A service subprocess (Faust worker or bridge) with a JSON readiness endpoint."""
 

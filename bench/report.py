@@ -71,6 +71,25 @@ def _per_record_lines(per_record: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _two_workers_bound(two: dict[str, Any]) -> str:
+    """One sentence, from the measured CPU, on what held two workers' rate to its ratio over one."""
+    one, pair = two.get("one_worker", {}), two.get("two_workers", {})
+    if one.get("cpu_cores_busy") is None or pair.get("cpu_cores_busy") is None:
+        return "Too few images in this run to read the workers' CPU over the drain."
+    return (
+        f"What bounds the ratio ({_x(two.get('ratio'))}): the workers' rate is the CPU they get over what an image "
+        f"costs them. Two workers got {pair['cpu_cores_busy']:.2f} cores between them "
+        f"({pair.get('worker_cpu_cores_busy')}) against {one['cpu_cores_busy']:.2f} for one alone, on "
+        f"{two.get('cpus')} cores of which the machine had {pair.get('machine_busy_cores')} busy (broker "
+        f"{_n(pair.get('broker_cpu_cores_busy'), 2)}, other work {_n(pair.get('other_cores_busy'), 2)}); and an image "
+        f"cost {_n(pair.get('worker_cpu_ms_per_image'), 3)} ms of worker CPU with two against "
+        f"{_n(one.get('worker_cpu_ms_per_image'), 3)} ms with one. Of the two workers' drain, "
+        f"{pair.get('before_all_busy_s')} s passed before both had work (joining the group, rebalancing), "
+        f"{pair.get('all_busy_s')} s with both busy at {_n(pair.get('all_busy_images_per_s'))} images/s "
+        f"({_x(two.get('all_busy_ratio'))} one worker), and {pair.get('tail_s')} s with one finishing alone."
+    )
+
+
 def markdown(results: dict[str, Any]) -> str:
     """The results as Markdown: stages, ratios, latency, sweeps, footprint, targets."""
     ceiling = results.get("ceiling", {})
@@ -78,6 +97,8 @@ def markdown(results: dict[str, Any]) -> str:
     kafka = results.get("kafka", {})
     pubsub = results.get("pubsub", {})
     bridge = results.get("bridge", {})
+    multistream = results.get("bridge_multistream", {})
+    two = results.get("two_workers", {})
     ratio = results.get("ratios", {})
     machine = results.get("machine", {})
     lines = [
@@ -94,13 +115,14 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     blas = ceiling.get("by_blas_threads", {})
     batch = ceiling.get("batch_size")
-    two = blas.get("2", {})
+    two_blas = blas.get("2", {})
     lines.append(
         f"| 1 | Model ceiling: `Classifier.predict` on {ceiling.get('images', 'n/a')} test images, one batch, "
         f"BLAS pinned to {ceiling.get('blas_threads_pinned', 1)} thread | {_stage_rate(results, 'ceiling')} | "
         f"`classify_batch` (JSON+base64 decode + predict, batches of {batch}): {_n(ceiling.get('classify_batch_per_s'))}/s; "
         f"single-image predict: {_n(ceiling.get('single_image_per_s'))}/s; with 2 BLAS threads: "
-        f"{_n(two.get('predict_whole_batch_per_s'))}/s batched, {_n(two.get(f'classify_batch_of_{batch}_per_s'))}/s classify_batch |"
+        f"{_n(two_blas.get('predict_whole_batch_per_s'))}/s batched, "
+        f"{_n(two_blas.get(f'classify_batch_of_{batch}_per_s'))}/s classify_batch |"
     )
     lines.append(
         f"| 2 | Naive baseline: per-message Faust agent (one predict + one send per event) | "
@@ -123,6 +145,22 @@ def markdown(results: dict[str, Any]) -> str:
         f"| 5 | fmnist-faust Pub/Sub bridge end to end (emulator) | {_stage_rate(results, 'bridge')} | "
         f"{_n(bridge.get('images')) if bridge.get('available') else ''} |"
     )
+    streams = multistream.get("streams")
+    lines.append(
+        f"| 6 | Pub/Sub bridge with {streams} streams (`bridge_multistream`) against one raw stream, same run | "
+        f"{_stage_rate(results, 'bridge_multistream')} | raw single stream "
+        f"{_n(multistream.get('raw_single_stream_images_per_s'))}/s (ratio {_x(multistream.get('ratio'))}, target "
+        f"{_x(multistream.get('target_ratio'))}); raw with {streams} streams "
+        f"{_n(multistream.get(f'raw_{streams}_streams_images_per_s'))}/s; bridge CPU "
+        f"{_n(multistream.get('bridge_cpu_ms_per_image'), 3)} ms/image, {_n(multistream.get('cpu_cores_busy'), 2)} cores busy |"
+    )
+    pair = two.get("two_workers", {})
+    lines.append(
+        f"| 7 | Two Kafka workers, one group, against one (`two_workers`), same pre-loaded topic | "
+        f"{_stage_rate(results, 'two_workers')} | one worker {_n(two.get('one_worker_images_per_s'))}/s "
+        f"(ratio {_x(two.get('ratio'))}); {_n(two.get('images'))} images on {two.get('partitions')} partitions; "
+        f"split {pair.get('images_classified_by_worker')} |"
+    )
     lines += [
         "",
         "| Ratio | Value |",
@@ -132,8 +170,43 @@ def markdown(results: dict[str, Any]) -> str:
         f"| (3)/`classify_batch` Kafka e2e over decode+predict | {_x(ratio.get('kafka_over_classify_batch'))} |",
         f"| (5)/(4) bridge over raw Pub/Sub | "
         f"{_x(ratio.get('bridge_over_raw')) if ratio.get('bridge_over_raw') else 'not measured'} |",
+        f"| (6) bridge, {streams} streams, over one raw stream | "
+        f"{_x(ratio.get('bridge_multistream_over_raw_single_stream'))} |",
+        f"| (7) two Kafka workers over one | {_x(ratio.get('two_workers_over_one'))} |",
         "",
     ]
+    if multistream.get("sweep"):
+        lines += [
+            "Bridge by number of streaming pulls (`BRIDGE_STREAMS`), same backlog size each:",
+            "",
+            "| BRIDGE_STREAMS | images/s | table-confirmed images/s | CPU ms/image | cores busy |",
+            "|---:|---:|---:|---:|---:|",
+        ]
+        for row in multistream["sweep"]:
+            lines.append(
+                f"| {row['streams']} | {_n(row['images_per_s'])} | {_n(row['table_confirmed_images_per_s'])} | "
+                f"{_n(row['bridge_cpu_ms_per_image'], 3)} | {_n(row['cpu_cores_busy'], 2)} |"
+            )
+        lines.append("")
+    if two.get("one_worker"):
+        lines += [
+            "Two workers against one: CPU over each drain, in cores busy (of "
+            f"{two.get('cpus')}; the machine's total includes everything else running on it):",
+            "",
+            "| Workers | images/s | s before all busy / all busy / tail | images/s while all busy | each worker | "
+            "broker | bench harness | other work on the machine | machine | worker CPU ms/image |",
+            "|---:|---:|---|---:|---|---:|---:|---:|---:|---:|",
+        ]
+        for run in (two["one_worker"], two.get("two_workers", {})):
+            lines.append(
+                f"| {run.get('workers')} | {_n(run.get('images_per_s'))} | {run.get('before_all_busy_s')} / "
+                f"{run.get('all_busy_s')} / {run.get('tail_s')} | {_n(run.get('all_busy_images_per_s'))} | "
+                f"{run.get('worker_cpu_cores_busy', 'n/a')} | {_n(run.get('broker_cpu_cores_busy'), 2)} | "
+                f"{_n(run.get('harness_cores_busy'), 2)} | "
+                f"{_n(run.get('other_cores_busy'), 2)} | {_n(run.get('machine_busy_cores'), 2)} | "
+                f"{_n(run.get('worker_cpu_ms_per_image'), 3)} |"
+            )
+        lines += ["", _two_workers_bound(two), ""]
     diagnostics = kafka.get("diagnostics", {})
     if diagnostics:
         lines += [
@@ -250,6 +323,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
         ("(3) Kafka\ne2e", kafka.get("images_per_s"), "#27c"),
         ("(4) raw\nPub/Sub", results.get("pubsub", {}).get("images_per_s"), "#7a7"),
         ("(5) Pub/Sub\nbridge", results.get("bridge", {}).get("images_per_s"), "#2a7"),
+        ("(6) bridge\nstreams", results.get("bridge_multistream", {}).get("images_per_s"), "#2a7"),
+        ("(7) two\nworkers", results.get("two_workers", {}).get("images_per_s"), "#27c"),
     ]
     diag = kafka.get("diagnostics", {})
     for key, label in (
@@ -265,7 +340,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     ax.set_yscale("log")
     ax.set_ylabel("images/s (log)")
     ax.set_title("Throughput per stage (light: what bounds the Kafka path)")
-    ax.tick_params(axis="x", labelsize=8)
+    ax.tick_params(axis="x", labelsize=7)
     for bar, value in zip(bars, values):
         ax.annotate(
             f"{value:,.0f}" if value else "not\nmeasured",

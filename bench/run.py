@@ -2,14 +2,15 @@
 
     python -m bench.run            # full run -> bench/results/latest.{json,md,png}
     python -m bench.run --smoke    # seconds; same stages, tiny counts -> .run/bench/smoke/
-    python -m bench.run --out DIR --stages ceiling,naive,kafka,per_record,pubsub,bridge
+    python -m bench.run --out DIR --stages ceiling,naive,kafka,per_record,pubsub,bridge,bridge_multistream,two_workers
 
 Needs KAFKA_BOOTSTRAP_SERVERS and PUBSUB_EMULATOR_HOST (``tools/bench.sh`` sources
 ``.services.env``). Stages: (1) model ceiling, (2) naive per-message agent, (3) the
 fmnist-faust worker end to end, (3b) ``per_record``: the worker against Faust's own
 ``noop`` / ``forward`` probes on one pre-loaded topic, per event loop, and its p99 at 1,000
-images/s, (4) raw Pub/Sub streaming pull, (5) the Pub/Sub bridge, (6) peak RSS and cold
-start of the worker / bridge.
+images/s, (4) raw Pub/Sub streaming pull, (5) the Pub/Sub bridge, (6) the bridge's several
+streams against one raw stream (``bridge_multistream``), (7) two Kafka workers against one
+(``two_workers``); peak RSS and cold start of the worker / bridge.
 """
 
 from __future__ import annotations
@@ -33,13 +34,14 @@ from fmnist_faust.core import model
 from . import report, stages
 from .common import ROOT, delete_topics_with_prefix
 
-ALL_STAGES = ("ceiling", "naive", "kafka", "per_record", "pubsub", "bridge")
+ALL_STAGES = ("ceiling", "naive", "kafka", "per_record", "pubsub", "bridge", "bridge_multistream", "two_workers")
 TARGETS = {
     "kafka_images_per_s": 20_000,
     "kafka_over_naive": 20,
     "p99_ms_at_1000": 100,
     "per_record_ratio_to_forward": 0.75,
     "bridge_over_raw": 0.9,
+    "bridge_multistream_over_raw_single_stream": 1.5,
     "worker_rss_mb": 400,
     "worker_ready_s": 15,
 }
@@ -97,6 +99,10 @@ def ratios(results: dict[str, Any]) -> dict[str, float | None]:
         "kafka_over_ceiling": div(rate("kafka"), rate("ceiling")),
         "kafka_over_classify_batch": div(rate("kafka"), rate("ceiling", "classify_batch_per_s")),
         "bridge_over_raw": div(rate("bridge"), rate("pubsub")),
+        "bridge_multistream_over_raw_single_stream": div(
+            rate("bridge_multistream"), rate("bridge_multistream", "raw_single_stream_images_per_s")
+        ),
+        "two_workers_over_one": div(rate("two_workers"), rate("two_workers", "one_worker_images_per_s")),
     }
 
 
@@ -126,6 +132,11 @@ def targets(results: dict[str, Any], ratio: dict[str, float | None]) -> dict[str
             per_record.get("ratio_to_forward"), TARGETS["per_record_ratio_to_forward"], True
         ),
         "per_record_p99_ms_at_1000": check(per_record.get("p99_ms_at_1000"), TARGETS["p99_ms_at_1000"], False),
+        "bridge_multistream_over_raw_single_stream": check(
+            ratio["bridge_multistream_over_raw_single_stream"],
+            TARGETS["bridge_multistream_over_raw_single_stream"],
+            True,
+        ),
         "worker_rss_mb": check(kafka.get("peak_rss_mb"), TARGETS["worker_rss_mb"], False),
         "worker_ready_s": check(kafka.get("ready_s_empty_changelog"), TARGETS["worker_ready_s"], False),
         "bridge_rss_mb": check(bridge.get("peak_rss_mb"), TARGETS["worker_rss_mb"], False),
@@ -189,6 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "per_record": stages.per_record,
         "pubsub": stages.pubsub_raw,
         "bridge": stages.pubsub_bridge,
+        "bridge_multistream": stages.bridge_multistream,
+        "two_workers": stages.two_workers,
     }
     failed = []
     try:
@@ -210,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 log(f"bench: deleted {len(deleted)} topics of this run")
             except Exception as exc:
                 log(f"bench: could not delete topics: {exc!r}")
-            if {"pubsub", "bridge"} & set(wanted):
+            if {"pubsub", "bridge", "bridge_multistream"} & set(wanted):
                 try:
                     log(f"bench: deleted {stages.delete_pubsub_tagged(settings, ctx.tag)} Pub/Sub resources")
                 except Exception as exc:

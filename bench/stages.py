@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import statistics
 import threading
 import time
@@ -29,9 +30,12 @@ from .common import (
     LiveConsumer,
     Sent,
     ServiceProc,
+    cpu_seconds,
     create_topics,
     env_with,
     free_port,
+    local_broker_pid,
+    machine_cpu_seconds,
     percentiles,
     produce,
     read_records,
@@ -65,6 +69,8 @@ class Plan:
     per_record_rounds: int = 3
     per_record_loops: tuple[str, ...] = ("aio", "uvloop")
     per_record_latency_seconds: float = 10.0
+    stream_sweep: tuple[int, ...] = (1, 2, 4, 8)  # BRIDGE_STREAMS values (the default is always run)
+    two_workers_images: int = 50_000
 
     @classmethod
     def smoke(cls) -> Plan:
@@ -86,6 +92,8 @@ class Plan:
             per_record_rounds=1,
             per_record_loops=(WORKER_LOOP,),
             per_record_latency_seconds=0.5,
+            stream_sweep=(),
+            two_workers_images=1_000,
         )
 
 
@@ -702,13 +710,20 @@ class _PubSub:
 
 def pubsub_raw(ctx: Context) -> dict[str, Any]:
     """Streaming pull + ack of pre-published images with the bridge's flow control; no work."""
+    return _raw_streaming_pull(ctx, "raw", ctx.plan.pubsub_images, streams=1)
+
+
+def _raw_streaming_pull(ctx: Context, name: str, n: int, streams: int) -> dict[str, Any]:
+    """``streams`` streaming pulls that only ack, sharing the bridge's flow control as the
+    bridge divides it (:func:`pubsub_bridge.bridge.stream_flow_limits`)."""
     from google.cloud import pubsub_v1
 
-    n = ctx.plan.pubsub_images
-    ps = _PubSub(ctx, ctx.name("raw"), ctx.name("raw-sub"))
+    from pubsub_bridge.bridge import stream_flow_limits
+
+    ps = _PubSub(ctx, ctx.name(name), ctx.name(f"{name}-sub"))
     ps.create()
     try:
-        published = ps.publish(n, "raw")
+        published = ps.publish(n, name)
         lock = threading.Lock()
         stamps: list[float] = []
         finished = threading.Event()
@@ -720,20 +735,28 @@ def pubsub_raw(ctx: Context) -> dict[str, Any]:
                 if len(stamps) >= n:
                     finished.set()
 
-        flow = pubsub_v1.types.FlowControl(
-            max_messages=ctx.settings.bridge.max_messages, max_bytes=ctx.settings.bridge.max_bytes
-        )
-        future = ps.subscriber.subscribe(ps.sub_path, on_message, flow_control=flow)
+        limits = stream_flow_limits(ctx.settings.bridge.max_messages, ctx.settings.bridge.max_bytes, streams)
+        futures = [
+            ps.subscriber.subscribe(
+                ps.sub_path,
+                on_message,
+                flow_control=pubsub_v1.types.FlowControl(max_messages=messages, max_bytes=size),
+            )
+            for messages, size in limits
+        ]
         ok = finished.wait(60 + n / 200)
-        future.cancel()
-        try:
-            future.result(timeout=30)
-        except Exception:
-            pass
+        for future in futures:
+            future.cancel()
+        for future in futures:
+            try:
+                future.result(timeout=30)
+            except Exception:
+                pass
         if not ok:
-            raise RuntimeError(f"raw streaming pull received {len(stamps)}/{n} messages")
+            raise RuntimeError(f"raw streaming pull ({streams} streams) received {len(stamps)}/{n} messages")
         return {
             "images": n,
+            "streams": len(futures),
             "images_per_s": round(span_rate([int(t * 1000) for t in stamps])),
             "publish_per_s": round(published.rate),
             "received": len(stamps),
@@ -751,25 +774,33 @@ def bridge_available() -> str | None:
 
 
 def pubsub_bridge(ctx: Context) -> dict[str, Any]:
-    """`python -m pubsub_bridge setup`, pre-publish, then `run`: time until /accuracy/ counts all.
-
-    Rate: from the predictions' publish times (pulled back from the bridge's predictions
-    subscription), like stage 4; also table-confirmed from ready to all counted.
-    """
+    """`python -m pubsub_bridge setup`, pre-publish, then `run` with the default
+    ``BRIDGE_STREAMS``: time until /accuracy/ counts all."""
     reason = bridge_available()
     if reason:
         return {"available": False, "reason": reason}
+    return _bridge_run(ctx, "br", ctx.plan.pubsub_images, CODE_DEFAULTS.bridge.streams)
+
+
+def _bridge_run(ctx: Context, name: str, n: int, streams: int) -> dict[str, Any]:
+    """The bridge (its own process, as deployed) with ``streams`` pulls over ``n`` pre-published images.
+
+    Rate: from the predictions' publish times (pulled back from the bridge's predictions
+    subscription), like stage 4; also table-confirmed from ready to all counted, and the
+    bridge's CPU (user + system, all threads) from its first counted batch to the last:
+    ``cpu_cores_busy`` near 1.0 means the process itself, one interpreter, is the bound.
+    """
     import subprocess
     import sys
 
-    n = ctx.plan.pubsub_images
     port = free_port()
-    names = run_names(ctx.name("br"))
+    names = run_names(ctx.name(name))
     env = env_with(
         **names,
         BRIDGE_WEB_PORT=str(port),
+        BRIDGE_STREAMS=str(streams),
         FMNIST_WEB_HOST="127.0.0.1",
-        BRIDGE_STATE_PATH=str(ctx.run_dir / "bridge-state.sqlite3"),
+        BRIDGE_STATE_PATH=str(ctx.run_dir / f"{name}-state.sqlite3"),
         FMNIST_MODEL_PATH=str(ctx.model_path),
         FMNIST_LOG_LEVEL="warning",
     )
@@ -785,28 +816,45 @@ def pubsub_bridge(ctx: Context) -> dict[str, Any]:
     images = _PubSub(ctx, names["FMNIST_IMAGES_TOPIC"], names["PUBSUB_IMAGES_SUBSCRIPTION"])
     predictions = _PubSub(ctx, names["FMNIST_PREDICTIONS_TOPIC"], names["PUBSUB_PREDICTIONS_SUBSCRIPTION"])
     try:
-        published = images.publish(n, "br")
+        published = images.publish(n, name)
         bridge = ServiceProc(
-            [sys.executable, "-m", "pubsub_bridge", "run"], env, ctx.run_dir / "bridge.log", port, "/accuracy/"
+            [sys.executable, "-m", "pubsub_bridge", "run"], env, ctx.run_dir / f"{name}.log", port, "/accuracy/"
         )
+        first: list[tuple[float, int, float]] = []  # (time, images, CPU s) at the first count seen
+
+        def all_counted() -> bool:
+            counted = bridge.get("/accuracy/")["images"]
+            if counted and not first:
+                first.append((time.time(), counted, bridge.cpu_seconds() or 0.0))
+            return counted >= n
+
         try:
             bridge.start()
             ready_at = time.time()
-            done = wait_until(lambda: bridge.get("/accuracy/")["images"] >= n, 60 + n / 200, interval=0.1)
-            counted_at = time.time()
+            done = wait_until(all_counted, 60 + n / 200, interval=0.1)
+            counted_at, cpu_at_end = time.time(), bridge.cpu_seconds() or 0.0
             bridge.sample_rss()
         finally:
             bridge.stop()
         if done is None:
             raise RuntimeError(f"bridge did not count {n} images; log {bridge.log_path}")
         stamps = _pull_publish_times(predictions, n)
+        busy: dict[str, Any] = {"bridge_cpu_ms_per_image": None, "cpu_cores_busy": None}
+        if first and first[0][1] < n:  # None when it had counted them all by its first answer
+            t0, c0, cpu0 = first[0]
+            busy = {
+                "bridge_cpu_ms_per_image": round((cpu_at_end - cpu0) * 1000.0 / (n - c0), 4),
+                "cpu_cores_busy": round((cpu_at_end - cpu0) / max(counted_at - t0, 1e-3), 2),
+            }
         return {
             "available": True,
             "images": n,
+            "streams": streams,
             "publish_per_s": round(published.rate),
             "images_per_s": round(span_rate(stamps)),
             "predictions_read": len(stamps),
             "table_confirmed_images_per_s": round(n / max(counted_at - ready_at, 1e-3)),
+            **busy,
             "batch_size": CODE_DEFAULTS.pipeline.batch_size,
             "linger_s": CODE_DEFAULTS.pipeline.batch_linger_s,
             "ready_s": bridge.ready_s,
@@ -848,3 +896,222 @@ def delete_pubsub_tagged(settings: Settings, tag: str) -> int:
                 publisher.delete_topic(topic=topic.name)
                 removed += 1
     return removed
+
+
+# =========================================================================== 6/7. scale-out
+
+
+def bridge_multistream(ctx: Context) -> dict[str, Any]:
+    """The bridge with ``BRIDGE_STREAMS`` pulls against one raw streaming pull, same run.
+
+    The raw single stream is the emulator's per-stream ceiling (stage 4's measure, taken
+    again here, just before, so the ratio is of neighbours in time); the raw pull with as
+    many streams as the bridge shows what the emulator could hand over without work, so
+    the gap between it and the bridge is the bridge's own cost. Also a sweep of stream
+    counts (full runs), which is how the default was chosen.
+    """
+    reason = bridge_available()
+    if reason:
+        return {"available": False, "reason": reason}
+    n, streams = ctx.plan.pubsub_images, CODE_DEFAULTS.bridge.streams
+    raw_one = _raw_streaming_pull(ctx, "ms-raw1", n, streams=1)
+    ctx.log(f"  raw streaming pull, 1 stream: {raw_one['images_per_s']:,}/s")
+    raw_many = _raw_streaming_pull(ctx, f"ms-raw{streams}", n, streams=streams)
+    ctx.log(f"  raw streaming pull, {streams} streams: {raw_many['images_per_s']:,}/s")
+    sweep = []
+    for count in sorted(set(ctx.plan.stream_sweep) | {streams}):
+        row = _bridge_run(ctx, f"ms-br{count}", n, count)
+        ctx.log(
+            f"  bridge, {count} streams: {row['images_per_s']:,}/s "
+            f"({row['bridge_cpu_ms_per_image']} CPU ms/image, {row['cpu_cores_busy']} cores busy)"
+        )
+        sweep.append(row)
+    headline = next(r for r in sweep if r["streams"] == streams)
+    single = next((r for r in sweep if r["streams"] == 1), None)
+    return {
+        "available": True,
+        "images": n,
+        "streams": streams,
+        "images_per_s": headline["images_per_s"],
+        "raw_single_stream_images_per_s": raw_one["images_per_s"],
+        "ratio": round(headline["images_per_s"] / raw_one["images_per_s"], 3) if raw_one["images_per_s"] else None,
+        "target_ratio": 1.5,
+        f"raw_{streams}_streams_images_per_s": raw_many["images_per_s"],
+        "bridge_single_stream_images_per_s": single["images_per_s"] if single else None,
+        "bridge_cpu_ms_per_image": headline["bridge_cpu_ms_per_image"],
+        "cpu_cores_busy": headline["cpu_cores_busy"],
+        "sweep": sweep,
+    }
+
+
+def two_workers(ctx: Context) -> dict[str, Any]:
+    """Two worker processes of one group against one, each draining the same pre-loaded topic.
+
+    One topic with ``FMNIST_PARTITIONS`` (at least 2) partitions and ``n`` images; first one
+    worker (its own group) drains it, then two workers (another group, started together)
+    do. Rates from the predictions' timestamps, as in stage 3. What bounds the ratio is
+    read from CPU time over each drain: each worker's, the local broker's (when
+    ``tools/services.sh`` started it from this checkout) and the whole machine's (/proc/stat,
+    so other work on the machine shows as ``machine_busy_cores`` above the parts).
+    """
+    n = ctx.plan.two_workers_images
+    partitions = max(2, ctx.settings.kafka.partitions)
+    topic = ctx.name("two-images")
+    create_topics(ctx.bootstrap, [topic], partitions)
+    loaded = ctx.produce_kafka(topic, n, "two")
+    ctx.log(f"  pre-loaded {n} images on {partitions} partitions at {loaded.rate:,.0f}/s")
+    one = _group_drain(ctx, topic, n, "two-w1", workers=1)
+    ctx.log(f"  one worker: {one['images_per_s']:,}/s, CPU cores busy {one['cpu_cores_busy']}")
+    two = _group_drain(ctx, topic, n, "two-w2", workers=2)
+    ctx.log(f"  two workers: {two['images_per_s']:,}/s, CPU cores busy {two['cpu_cores_busy']}")
+    return {
+        "images": n,
+        "partitions": partitions,
+        "cpus": os.cpu_count(),
+        "images_per_s": two["images_per_s"],
+        "one_worker_images_per_s": one["images_per_s"],
+        "ratio": round(two["images_per_s"] / one["images_per_s"], 3) if one["images_per_s"] else None,
+        "all_busy_ratio": round(two["all_busy_images_per_s"] / one["all_busy_images_per_s"], 3)
+        if two["all_busy_images_per_s"] and one["all_busy_images_per_s"]
+        else None,
+        "one_worker": one,
+        "two_workers": two,
+    }
+
+
+def _group_drain(ctx: Context, topic: str, n: int, name: str, workers: int) -> dict[str, Any]:
+    """``workers`` processes of one new group, started together, until /accuracy/ counts ``n``."""
+    batch, linger = CODE_DEFAULTS.pipeline.batch_size, CODE_DEFAULTS.pipeline.batch_linger_s
+    base = _worker_env(ctx, name, topic, batch, linger)
+    procs = [
+        ServiceProc.faust(
+            "fmnist_faust",
+            dict(base, FMNIST_WEB_PORT=str(port), FMNIST_WORKER_DATADIR=str(ctx.run_dir / f"{name}-{i}")),
+            ctx.run_dir / f"{name}-{i}.log",
+            port,
+            "/accuracy/",
+        )
+        for i, port in enumerate(free_port() for _ in range(workers))
+    ]
+    broker = local_broker_pid()
+    errors: list[BaseException] = []
+
+    def start(proc: ServiceProc) -> None:
+        try:
+            proc.start()
+        except BaseException as exc:  # reported below, after every start has ended
+            errors.append(exc)
+
+    starters = [threading.Thread(target=start, args=(proc,)) for proc in procs]
+    for thread in starters:
+        thread.start()
+    first: list[tuple[float, int, list[float], float | None, float, tuple[float, float]]] = []
+
+    def sample() -> tuple[list[float], float | None, float, tuple[float, float]]:
+        """CPU seconds so far: each worker, the broker, this harness, the whole machine."""
+        return (
+            [proc.cpu_seconds() or 0.0 for proc in procs],
+            cpu_seconds(broker) if broker else None,
+            time.process_time(),
+            machine_cpu_seconds(),
+        )
+
+    timeline: list[tuple[float, list[int]]] = []  # (time, images each worker classified so far)
+
+    def all_counted() -> bool:
+        counted = procs[0].get("/accuracy/")["images"]
+        if counted and not first:
+            first.append((time.time(), counted, *sample()))
+        if counted:
+            timeline.append((time.time(), [_images_total(proc) or 0 for proc in procs]))
+        return counted >= n
+
+    try:
+        for thread in starters:
+            thread.join()
+        if errors:
+            raise errors[0]
+        done = wait_until(all_counted, timeout=60 + n / 200, interval=0.1)
+        ended_at, (cpu_end, broker_end, harness_end, machine_end) = time.time(), sample()
+        per_worker = [_images_total(proc) for proc in procs]
+        for proc in procs:
+            proc.sample_rss()
+    finally:
+        for proc in procs:
+            proc.stop()
+    if done is None:
+        raise RuntimeError(f"{workers} worker(s) did not count {n} images; logs {[str(p.log_path) for p in procs]}")
+    records = read_records(ctx.bootstrap, base["FMNIST_PREDICTIONS_TOPIC"], n)
+    out: dict[str, Any] = {
+        "workers": workers,
+        "images_per_s": round(span_rate([r.timestamp_ms for r in records])),
+        "predictions_read": len(records),
+        "images_classified_by_worker": per_worker,
+        "ready_s": [proc.ready_s for proc in procs],
+        "cpu_cores_busy": None,
+        **_drain_phases(timeline),
+    }
+    if first and first[0][1] < n:  # else every image was counted by the first answer (tiny smoke run)
+        t0, c0, cpu0, broker0, harness0, machine0 = first[0]
+        seconds = max(ended_at - t0, 1e-3)
+        out.update(
+            window_s=round(seconds, 2),
+            window_images=n - c0,
+            worker_cpu_cores_busy=[round((b - a) / seconds, 2) for a, b in zip(cpu0, cpu_end)],
+            worker_cpu_ms_per_image=round((sum(cpu_end) - sum(cpu0)) * 1000.0 / (n - c0), 4),
+            broker_cpu_cores_busy=round((broker_end - broker0) / seconds, 2)
+            if broker0 is not None and broker_end is not None
+            else None,
+            harness_cores_busy=round((harness_end - harness0) / seconds, 2),
+            machine_busy_cores=round((machine_end[0] - machine0[0]) / seconds, 2),
+            cpu_cores_busy=round((sum(cpu_end) - sum(cpu0)) / seconds, 2),
+        )
+        if out["broker_cpu_cores_busy"] is not None:  # whatever else runs on the machine
+            out["other_cores_busy"] = round(
+                out["machine_busy_cores"]
+                - out["cpu_cores_busy"]
+                - out["broker_cpu_cores_busy"]
+                - out["harness_cores_busy"],
+                2,
+            )
+    return out
+
+
+def _drain_phases(timeline: list[tuple[float, list[int]]]) -> dict[str, Any]:
+    """Split a group's drain (polled per-worker totals) into: fewer workers busy than
+    started (before the last one's first batch: joining, rebalancing), all busy (until
+    the first one classified its last image), and the tail (the others finishing alone).
+    ``all_busy_images_per_s`` is the group's rate while every worker had work."""
+    if len(timeline) < 2:
+        return {"all_busy_images_per_s": None}
+    start, end = timeline[0][0], timeline[-1][0]
+    workers = range(len(timeline[0][1]))
+    joined = min((t for t, totals in timeline if all(totals)), default=end)
+    finished = [min(t for t, totals in timeline if totals[w] == timeline[-1][1][w]) for w in workers]
+    first_done = min(finished)
+
+    def images_at(moment: float) -> int:
+        return sum(next(totals for t, totals in timeline if t >= moment))
+
+    busy_s = first_done - joined
+    return {
+        "before_all_busy_s": round(joined - start, 2),
+        "all_busy_s": round(max(busy_s, 0.0), 2),
+        "tail_s": round(end - first_done, 2) if len(finished) > 1 else 0.0,
+        "all_busy_images_per_s": round((images_at(first_done) - images_at(joined)) / busy_s) if busy_s > 0.2 else None,
+    }
+
+
+def _images_total(worker: ServiceProc) -> int | None:
+    """The worker's own ``fmnist_images_total`` (images it classified, not the group's)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(worker.url("/metrics"), timeout=2) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("fmnist_images_total "):
+            return int(float(line.split()[1]))
+    return None

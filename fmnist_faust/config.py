@@ -71,6 +71,11 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "PUBSUB_DLQ_SUBSCRIPTION": ("images-dlq-sub", "subscription on the dead-letter topic (default {default})"),
     "BRIDGE_MAX_MESSAGES": ("2000", "bridge flow control: messages outstanding (default {default})"),
     "BRIDGE_MAX_BYTES": (str(64 << 20), "bridge flow control: bytes outstanding (default 64 MiB)"),
+    "BRIDGE_STREAMS": (
+        "4",
+        "streaming pulls the bridge opens on its subscription, sharing BRIDGE_MAX_MESSAGES and BRIDGE_MAX_BYTES "
+        "between them (default {default}: the emulator serves each stream at about 2,000 messages/s)",
+    ),
     "BRIDGE_STATE_PATH": (
         ".run/bridge-state.sqlite3",
         "bridge state database, a SQLite file; alias of BRIDGE_STATE_URL=sqlite:///PATH (default {default})",
@@ -280,6 +285,7 @@ class PubSubSettings:
 class BridgeSettings:
     max_messages: int
     max_bytes: int
+    streams: int
     state_path: Path
     web_port: int
     # sqlite:///... or postgresql://...; may hold a password, so never in a repr (log
@@ -365,6 +371,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         bridge=BridgeSettings(
             max_messages=_int(env, "BRIDGE_MAX_MESSAGES", minimum=1),
             max_bytes=_int(env, "BRIDGE_MAX_BYTES", minimum=1024),
+            streams=_int(env, "BRIDGE_STREAMS", minimum=1, maximum=64),
             state_path=_path(env, "BRIDGE_STATE_PATH"),
             state_url=_state_url(env),
             web_port=_int(env, "BRIDGE_WEB_PORT", minimum=1),

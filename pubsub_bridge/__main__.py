@@ -22,7 +22,7 @@ environment (all optional; see fmnist_faust/config.py):
   PUBSUB_DEAD_LETTER_SUBSCRIPTION, PUBSUB_MAX_DELIVERY_ATTEMPTS, PUBSUB_ACK_DEADLINE_SECONDS
   FMNIST_MODEL_PATH, FMNIST_BATCH_SIZE, FMNIST_BATCH_LINGER, FMNIST_MAX_MESSAGE_BYTES,
   FMNIST_WINDOW_SECONDS, FMNIST_WEB_HOST, FMNIST_LOG_LEVEL
-  BRIDGE_MAX_MESSAGES, BRIDGE_MAX_BYTES, BRIDGE_STATE_PATH, BRIDGE_WEB_PORT
+  BRIDGE_MAX_MESSAGES, BRIDGE_MAX_BYTES, BRIDGE_STREAMS, BRIDGE_STATE_PATH, BRIDGE_WEB_PORT
   BRIDGE_STATE_URL              sqlite:///PATH (default: BRIDGE_STATE_PATH) or
                                 postgresql://USER:PASSWORD@HOST:PORT/DB, shared by a fleet
   FMNIST_DEDUPE_SECONDS         dedupe horizon; also the retention setup gives the images subscription
@@ -71,7 +71,8 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
         epilog=ENVIRONMENT,
         help="run the bridge until SIGTERM / Ctrl-C",
         description=_wrap(
-            f"Pull {settings.pubsub.images_subscription} (flow control: {settings.bridge.max_messages} messages, "
+            f"Pull {settings.pubsub.images_subscription} over {settings.bridge.streams} streaming pulls (flow "
+            f"control shared between them: {settings.bridge.max_messages} messages, "
             f"{settings.bridge.max_bytes} bytes), classify up to {settings.pipeline.batch_size} images per "
             f"predict call, publish one prediction per image to {settings.topics.predictions} "
             f"(attribute id) and each invalid message to {settings.topics.dlq} (attributes error_kind, "

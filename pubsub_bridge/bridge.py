@@ -1,17 +1,22 @@
-"""``run``: streaming pull -> one batching thread -> :class:`~.handler.BatchHandler`.
+"""``run``: streaming pulls -> one batching thread -> :class:`~.handler.BatchHandler`.
 
-The client library calls back on many threads, one message at a time; the callbacks only
+The bridge opens ``BRIDGE_STREAMS`` streaming pulls on its subscription (the emulator
+serves each stream at about 2,000 messages/s, so one stream would bound the bridge). The
+client library calls back on many threads, one message at a time; the callbacks only
 queue the message. A single batching thread takes up to ``FMNIST_BATCH_SIZE`` messages
 (waiting at most ``FMNIST_BATCH_LINGER`` seconds for more) and hands them to the handler,
 which makes one predict call per batch. Flow control (``BRIDGE_MAX_MESSAGES`` /
-``BRIDGE_MAX_BYTES``) bounds what is outstanding, so the queue cannot grow without limit.
+``BRIDGE_MAX_BYTES``, divided between the streams) bounds what is outstanding in total,
+so the queue cannot grow without limit. A message is acked or nacked on the stream that
+delivered it (the library's message knows its stream).
 
-Stopping (SIGTERM, Ctrl-C): the stream is cancelled first, so nothing new arrives (the
+Stopping (SIGTERM, Ctrl-C): every stream is cancelled first, so nothing new arrives (the
 library nacks what it held back), then the messages already queued are handled and acked
-with the unary Acknowledge call (the stream's ack path is gone by then), within
+with the unary Acknowledge call (the streams' ack paths are gone by then), within
 :data:`DRAIN_SECONDS`; whatever is left is neither acked nor counted, and Pub/Sub
 redelivers it after its ack deadline. A second signal exits at once: the store is
-always consistent, so nothing is lost either way.
+always consistent, so nothing is lost either way. A stream that ends on its own (an error
+the library does not retry) stops the whole bridge the same way.
 
 A :class:`Pruner` thread deletes keys older than ``FMNIST_DEDUPE_SECONDS`` from the
 store, a small batch per transaction, so the store stays about one horizon in size.
@@ -55,7 +60,10 @@ LONGEST_PRUNE = Gauge(
 
 
 class StreamAcker:
-    """Acks through the streaming pull while it is open, with unary calls once it is closed."""
+    """Acks through the streaming pulls while they are open, with unary calls once they are closed.
+
+    A streamed message acks on its own stream, so messages from several streams need no routing
+    here; the switch to unary acks happens for all streams at once, before any is cancelled."""
 
     def __init__(self, subscriber: Any, subscription: str) -> None:
         self.subscriber = subscriber
@@ -81,25 +89,40 @@ class StreamAcker:
             )
 
     def nack(self, deliveries: Sequence[Delivery]) -> None:
-        """Nack on the stream; once it is closed, leave the messages to their ack deadline
+        """Nack on the message's stream; once the streams are closed, leave the messages to their ack deadline
         (the emulator drops a unary deadline change for a message leased on a closed stream)."""
         with self._lock:
             if self._streaming:
                 for delivery in deliveries:
                     delivery.nack()
 
-    def close_stream(self, future: Any, timeout: float = 30.0) -> BaseException | None:
-        """Cancel the streaming pull and wait for it; returns the error it ended with, if any."""
+    def close_streams(self, futures: Sequence[Any], timeout: float = 30.0) -> BaseException | None:
+        """Cancel every streaming pull and wait for each; returns the first error one ended with."""
         with self._lock:
             self._streaming = False
-            future.cancel()
-            try:
-                future.result(timeout=timeout)
-            except concurrent.futures.CancelledError:
-                pass
-            except Exception as exc:  # the stream's own failure, for the caller to report
-                return exc
-            return None
+            for future in futures:
+                future.cancel()
+            error: BaseException | None = None
+            deadline = time.monotonic() + timeout
+            for future in futures:
+                try:
+                    future.result(timeout=max(0.0, deadline - time.monotonic()))
+                except concurrent.futures.CancelledError:
+                    pass
+                except Exception as exc:  # the stream's own failure, for the caller to report
+                    error = error or exc
+            return error
+
+
+def stream_flow_limits(max_messages: int, max_bytes: int, streams: int) -> list[tuple[int, int]]:
+    """(messages, bytes) of flow control for each stream: the totals divided between them,
+    so all the streams together hold at most ``max_messages`` and ``max_bytes``. Never more
+    streams than messages (each stream needs room for one)."""
+    count = max(1, min(streams, max_messages))
+    return [
+        (max_messages // count + (1 if i < max_messages % count else 0), max(1, max_bytes // count))
+        for i in range(count)
+    ]
 
 
 class Batcher(threading.Thread):
@@ -281,34 +304,40 @@ def run(settings: Settings) -> int:
         # Expired keys leave within about a tenth of the horizon (1-60 s).
         pruner = Pruner(store, interval_s=min(60.0, max(1.0, settings.pipeline.dedupe_seconds / 10)))
         pruner.start()
-        future = subscriber.subscribe(
-            subscription,
-            batcher.put,
-            flow_control=pubsub_v1.types.FlowControl(
-                max_messages=settings.bridge.max_messages,
-                max_bytes=settings.bridge.max_bytes,
-                # Leases are renewed this far ahead (the library's default is 60 s): after a
-                # crash, the messages this process held are redelivered about this soon.
-                max_duration_per_lease_extension=settings.pubsub.ack_deadline_s,
-            ),
-            await_callbacks_on_shutdown=True,
-        )
+        futures = [
+            subscriber.subscribe(
+                subscription,
+                batcher.put,
+                flow_control=pubsub_v1.types.FlowControl(
+                    max_messages=messages,
+                    max_bytes=size,
+                    # Leases are renewed this far ahead (the library's default is 60 s): after a
+                    # crash, the messages this process held are redelivered about this soon.
+                    max_duration_per_lease_extension=settings.pubsub.ack_deadline_s,
+                ),
+                await_callbacks_on_shutdown=True,
+            )
+            for messages, size in stream_flow_limits(
+                settings.bridge.max_messages, settings.bridge.max_bytes, settings.bridge.streams
+            )
+        ]
         where = f"emulator {settings.pubsub.emulator_host}" if settings.pubsub.emulator_host else "Google Cloud"
         log.info(
-            "bridge running: model %s, pulling %s on %s, scores %s (%d images so far), web %s/",
+            "bridge running: model %s, pulling %s on %s (%d streams), scores %s (%d images so far), web %s/",
             classifier.version,
             subscription,
             where,
+            len(futures),
             store.location,
             store.scores.images,
             web.url,
         )
         while not stop.wait(0.5):
-            if future.done() or not batcher.is_alive():
+            if any(future.done() for future in futures) or not batcher.is_alive():
                 break
         if stop.is_set():
             log.info("stopping: no more pulls, finishing what is in flight")
-        error = acker.close_stream(future)
+        error = acker.close_streams(futures)
         batcher.drain(DRAIN_SECONDS)
         batcher.join(DRAIN_SECONDS + 5)
         error = error or batcher.error

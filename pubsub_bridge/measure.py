@@ -5,8 +5,9 @@
 Both sides consume the same backlog (the Fashion-MNIST test images, encoded as the
 producer sends them) from a fresh subscription with the bridge's flow control:
 
-* raw: the client library's streaming pull with a callback that only acks;
-* bridge: ``python -m pubsub_bridge run`` (its own process, as deployed): decode,
+* raw: one streaming pull of the client library with a callback that only acks;
+* bridge: ``python -m pubsub_bridge run`` (its own process, as deployed, with
+  ``BRIDGE_STREAMS`` streaming pulls): decode,
   one predict per batch, publish predictions, commit to SQLite, ack.
 
 Each rate is messages handled between the first and the last one seen, divided by the
@@ -161,8 +162,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"flow control {base.bridge.max_messages} messages, batch {base.pipeline.batch_size}"
     )
     print(f"publish (backlog)          {published:8,.0f} messages/s")
-    print(f"raw streaming pull + ack   {raw:8,.0f} messages/s")
-    print(f"bridge (classify+publish+commit+ack) {bridged:8,.0f} images/s  ({bridged / raw:.0%} of raw)")
+    print(f"raw streaming pull + ack, 1 stream   {raw:8,.0f} messages/s")
+    print(
+        f"bridge, {base.bridge.streams} streams (classify+publish+commit+ack) {bridged:8,.0f} images/s  "
+        f"({bridged / raw:.0%} of one raw stream)"
+    )
     return 0
 
 

@@ -75,6 +75,16 @@ def test_bench_smoke_writes_every_stage(
         assert bridge["reason"].startswith("not measured"), bridge
     assert result["ratios"]["kafka_over_naive"] > 0 and result["ratios"]["kafka_over_ceiling"] > 0
 
+    multistream = result["bridge_multistream"]
+    assert "error" not in multistream, multistream.get("traceback")
+    assert multistream["streams"] > 1 and multistream["images_per_s"] > 0
+    assert multistream["raw_single_stream_images_per_s"] > 0 and multistream["ratio"] > 0
+    two = result["two_workers"]
+    assert "error" not in two, two.get("traceback")
+    assert two["partitions"] >= 2 and two["images_per_s"] > 0 and two["one_worker_images_per_s"] > 0
+    assert sum(two["two_workers"]["images_classified_by_worker"]) >= two["images"], "the group counted them all"
+    assert result["ratios"]["two_workers_over_one"] > 0
+
     markdown = (tmp_path / "latest.md").read_text()
-    assert "(3)/(2)" in markdown and "(5)/(4)" in markdown
+    assert "(3)/(2)" in markdown and "(5)/(4)" in markdown and "`bridge_multistream`" in markdown
     assert (tmp_path / "latest.png").stat().st_size > 10_000

@@ -23,7 +23,7 @@ from fmnist_faust.core import dataset
 from fmnist_faust.core.contract import encode_image
 from fmnist_faust.core.model import Classifier, load_classifier
 from fmnist_faust.core.recent import RecentMistakes
-from pubsub_bridge.bridge import Batcher
+from pubsub_bridge.bridge import Batcher, StreamAcker, stream_flow_limits
 from pubsub_bridge.handler import BatchHandler, TransientError
 from pubsub_bridge.store import StateStore
 
@@ -246,3 +246,63 @@ def test_batcher_retries_a_transient_failure_then_gives_up_at_shutdown() -> None
     batcher.drain(1.0)
     batcher.join(5)
     assert not batcher.is_alive() and recorder.batches == [["a"]], "left for redelivery, not handled"
+
+
+@pytest.mark.parametrize(
+    ("messages", "size", "streams", "expected"),
+    [
+        (2000, 64 << 20, 1, [(2000, 64 << 20)]),
+        (2000, 64 << 20, 4, [(500, 16 << 20)] * 4),
+        (100, 4096, 3, [(34, 1365), (33, 1365), (33, 1365)]),
+        (2, 4096, 4, [(1, 2048), (1, 2048)]),  # never a stream without room for one message
+    ],
+)
+def test_stream_flow_limits_share_the_totals(
+    messages: int, size: int, streams: int, expected: list[tuple[int, int]]
+) -> None:
+    limits = stream_flow_limits(messages, size, streams)
+    assert limits == expected
+    assert sum(m for m, _ in limits) == messages and sum(b for _, b in limits) <= size
+
+
+class FakeStream:
+    """A streaming pull future: cancelled by ``cancel``; ``error`` is what it ended with."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error = error
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def result(self, timeout: float | None = None) -> None:
+        if self.error is not None:
+            raise self.error
+        raise concurrent.futures.CancelledError()
+
+
+class UnarySubscriber:
+    def __init__(self) -> None:
+        self.acked: list[str] = []
+
+    def acknowledge(self, subscription: str, ack_ids: list[str]) -> None:
+        self.acked += ack_ids
+
+
+def test_closing_several_streams_cancels_all_then_acks_unary() -> None:
+    subscriber = UnarySubscriber()
+    acker = StreamAcker(subscriber, "projects/p/subscriptions/s")
+    on_stream = [FakeDelivery(b"", {}, "m1", ack_id="a1"), FakeDelivery(b"", {}, "m2", ack_id="a2")]
+    acker.ack(on_stream)
+    assert [d.acks for d in on_stream] == [1, 1] and subscriber.acked == [], "on each message's own stream"
+
+    failed = gexc.NotFound("subscription gone")
+    streams = [FakeStream(), FakeStream(failed), FakeStream()]
+    assert acker.close_streams(streams) is failed
+    assert all(stream.cancelled for stream in streams)
+
+    after = [FakeDelivery(b"", {}, f"m{i}", ack_id=f"late-{i}") for i in range(3)]
+    acker.ack(after)
+    acker.nack(after)
+    assert subscriber.acked == ["late-0", "late-1", "late-2"]
+    assert all(d.acks == 0 and d.nacks == 0 for d in after), "no stream left to ack or nack on"

@@ -94,6 +94,7 @@ def test_every_image_once_and_totals_equal_offline(
     assert bridge.stop(signal.SIGTERM) == 0
     assert time.monotonic() - started < 10
     assert "stopped cleanly: 1200 images counted" in bridge.log()
+    assert f"({load_settings({}).bridge.streams} streams)" in bridge.log(), "several streams, by default"
 
 
 def test_redelivered_and_duplicate_messages_count_once(
@@ -202,7 +203,7 @@ def test_rest_publisher_interop(
     attribute, or none) and garbage, and pulls the predictions back."""
     settings = pubsub_setup
     base = f"http://{bridge_env['PUBSUB_EMULATOR_HOST']}/v1/projects/{settings.pubsub.project}"
-    bridge = start_bridge()
+    bridge = start_bridge(BRIDGE_STREAMS="1")  # the other tests run the default, several streams
 
     def b64(data: bytes) -> str:
         return base64.b64encode(data).decode("ascii")
