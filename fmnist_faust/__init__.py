@@ -7,8 +7,8 @@ so ``fmnist_faust.core`` and the Pub/Sub bridge never import Faust. No submodule
 explicitly rather than by Faust's autodiscovery, which only logs a warning when a module
 fails to import.
 
-The worker runs on :data:`WORKER_LOOP` (uvloop: ~25% less CPU per image than asyncio's
-loop, measured by ``make bench``'s ``per_record`` stage) unless the command names a loop,
+The worker runs on :data:`WORKER_LOOP` (uvloop: 9-28% less CPU per image than asyncio's
+loop across runs of ``make bench``'s ``per_record`` stage) unless the command names a loop,
 ``faust -L aio -A fmnist_faust worker`` (or ``FAUST_LOOP``): the loop policy is set when
 Faust asks for the app, before it creates the worker's loop.
 """
