@@ -8,6 +8,8 @@ commits and resumes at each row's offset + 1 (:mod:`.offsets`), so an image whos
 failed or was cut short by a rebalance is read again, and nothing is counted twice.
 A distinct message re-using an id already counted in its partition is neither counted
 nor published again (the core's duplicate rule; see ``tables.seen_table``).
+Each batch is classified by one snapshot of the live (and shadow) models (:mod:`.rollout`)
+and counted under that live version in the same row (``core.rollout.count_batch``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
-from functools import lru_cache
 from typing import Any
 
 from faust.exceptions import ConsumerNotStarted
@@ -26,13 +27,14 @@ from faust.types import TP
 from . import metrics
 from .batch_send import send_batched
 from .core.contract import Prediction, dead_letter_attributes
-from .core.model import Classifier, load_classifier
 from .core.pipeline import BatchResult, RawMessage, classify_batch, repeats
 from .core.recent import RecentMistakes
+from .core.rollout import count_batch, shadow_predict
 from .faust_app import app, settings
 from .kafka_admin import ensure_topics
 from .progress import Progress
-from .tables import counted_at, expire_marks, mark_counted, read_row, row_offset, write_row
+from .rollout import apply_pointer, current_models, load_default, read_pointer
+from .tables import counted_at, expire_marks, mark_counted, read_row, read_tally, row_offset, write_row
 from .topics import dlq_topic, images_topic, predictions_topic
 
 log = logging.getLogger(__name__)
@@ -47,33 +49,26 @@ RETRY_PAUSE_S = 1.0
 progress = Progress(settings.kafka.stall_seconds)
 
 
-@lru_cache(maxsize=1)
-def get_classifier() -> Classifier:
-    """Load and verify the model once per worker process."""
-    classifier = load_classifier(settings.model.path)
-    log.info(
-        "model loaded: version %s (test accuracy %s)", classifier.version, classifier.manifest.get("test_accuracy")
-    )
-    return classifier
-
-
 async def prepare() -> None:
     """Before the worker starts anything (web views included, see ``faust_app.App.on_start``):
-    verify and load the model (a bad one stops the worker at once, not at the first image),
-    and create images, predictions and DLQ with the configured partitions, retrying while
-    the broker does not answer. So a worker that answers has both."""
+    verify and load the default model (a bad one stops the worker at once, not at the first
+    image), create images, predictions and DLQ with the configured partitions, and read the
+    rollout pointer and load the versions it names, retrying while the broker does not
+    answer. So a worker that answers has its topics and the promoted models."""
     try:
-        get_classifier()
+        load_default()
     except Exception as exc:
         log.critical("cannot load the model: %s", exc)
         raise
     while True:
         try:
             await ensure_topics(settings)
-            return
+            state = await read_pointer()
+            break
         except Exception as exc:
-            log.warning("creating the topics failed (%r); retrying in 2 s", exc)
+            log.warning("creating the topics or reading the model pointer failed (%r); retrying in 2 s", exc)
             await asyncio.sleep(2.0)
+    await apply_pointer(state)
 
 
 @app.agent(images_topic)
@@ -242,10 +237,11 @@ def _without_gaps(fresh: list[Any], applied: dict[int, tuple[int, Any]]) -> tupl
 
 
 async def _count(fresh: list[Any], applied: dict[int, tuple[int, Any]], generation: int) -> None:
-    classifier = get_classifier()
+    models = current_models()
     messages = [RawMessage(value=e.message.value, key=e.message.key, timestamp=e.message.timestamp) for e in fresh]
     with metrics.PREDICT_SECONDS.time():
-        result = classify_batch(classifier, messages, settings.pipeline.max_message_bytes)
+        result = classify_batch(models.live, messages, settings.pipeline.max_message_bytes)
+        shadow = shadow_predict(models.shadow, result)
     duplicates, marks = await _duplicate_ids(fresh, result, {p: row[0] for p, row in applied.items()})
     counted = result.without(duplicates)
     await asyncio.wait_for(_publish(counted), PUBLISH_TIMEOUT_S)
@@ -254,17 +250,26 @@ async def _count(fresh: list[Any], applied: dict[int, tuple[int, Any]], generati
     if app.consumer_generation_id != generation:  # revoked while publishing: the owner counts them
         log.warning("partitions were reassigned during a batch of %d images: not counting it here", len(fresh))
         return
-    counted_by_partition: dict[int, list[int]] = defaultdict(list)  # indices that count, per partition
+    counted_by_partition: dict[int, set[int]] = defaultdict(set)  # indices that count, per partition
     last_offsets: dict[int, int] = {}
     for index, event in enumerate(fresh):
         message = event.message
         if index not in duplicates:
-            counted_by_partition[message.partition].append(index)
+            counted_by_partition[message.partition].add(index)
         last_offsets[message.partition] = max(last_offsets.get(message.partition, -1), message.offset)
     for partition, last_offset in last_offsets.items():
         _, scores = applied[partition]
-        result.take(counted_by_partition[partition]).apply_to(scores, settings.pipeline.window_seconds)
-        write_row(partition, last_offset, scores, classifier.version)
+        tally = read_tally(partition, scores)
+        count_batch(
+            scores,
+            tally,
+            result,
+            counted_by_partition[partition].__contains__,
+            models.live.version,
+            shadow,
+            settings.pipeline.window_seconds,
+        )
+        write_row(partition, last_offset, scores, models.live.version, tally)
         progress.advanced(partition)
     metrics.observe_batch(counted, len(duplicates))
     recent_mistakes.add_batch(counted)

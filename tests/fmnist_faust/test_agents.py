@@ -15,6 +15,7 @@ import pytest
 
 from fmnist_faust.core.contract import decode_prediction, encode_image
 from fmnist_faust.core.model import load_classifier
+from fmnist_faust.core.rollout import ActiveModels
 from fmnist_faust.seen_ids import SeenIds
 
 
@@ -27,7 +28,7 @@ def faust_app(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     app.finalize()
     app.flow_control.resume()
     classifier = load_classifier(tiny_model)
-    monkeypatch.setattr(agents, "get_classifier", lambda: classifier)
+    monkeypatch.setattr(agents, "current_models", lambda: ActiveModels(classifier))
 
     sent: list[tuple[str, bytes | None, bytes | None, Any]] = []
 
