@@ -31,13 +31,13 @@ from faust.exceptions import ConsumerNotStarted
 from faust.types import TP
 
 from . import metrics
+from .batch_send import send_batched
 from .core.contract import Prediction, dead_letter_attributes, estimated_images
 from .core.pipeline import STEP_IMAGES, BatchResult, RawMessage, classify_batch, repeats
 from .core.recent import RecentMistakes
 from .core.rollout import count_batch, shadow_predict
 from .faust_app import app, settings
 from .kafka_admin import ensure_topics
-from .keyed_send import send_keyed
 from .progress import Progress
 from .rollout import apply_pointer, current_models, load_default, read_pointer
 from .tables import counted_at, expire_marks, mark_counted, read_row, read_tally, row_offset, write_row
@@ -247,15 +247,15 @@ def _without_gaps(fresh: list[Any], applied: dict[int, tuple[int, Any]]) -> tupl
     by_partition: dict[int, list[Any]] = defaultdict(list)
     for event in fresh:
         by_partition[event.message.partition].append(event)
-    kept: set[int] = set()
+    dropped: set[int] = set()
     cut: set[TP] = set()
     for partition, items in by_partition.items():
         items.sort(key=lambda e: e.message.offset)
         count = gap_guard.contiguous(partition, applied[partition][0], [e.message.offset for e in items])
-        kept.update(id(e) for e in items[:count])
         if count < len(items):
+            dropped.update(id(e) for e in items[count:])
             cut.add(items[0].message.tp)
-    return [e for e in fresh if id(e) in kept], cut
+    return ([e for e in fresh if id(e) not in dropped] if dropped else fresh), cut
 
 
 async def _count(fresh: list[Any], applied: dict[int, tuple[int, Any]], generation: int) -> None:
@@ -274,18 +274,26 @@ async def _count(fresh: list[Any], applied: dict[int, tuple[int, Any]], generati
     if app.consumer_generation_id != generation:  # revoked while publishing: the owner counts them
         log.warning("partitions were reassigned during a batch of %d images: not counting it here", len(fresh))
         return
-    last_offsets: dict[int, int] = {}
-    for event in fresh:
-        partition = event.message.partition
-        last_offsets[partition] = max(last_offsets.get(partition, -1), event.message.offset)
-    by_partition: dict[int, set[int]] = defaultdict(set)  # outcome indices
+    counted_by_partition: dict[int, set[int]] = defaultdict(set)  # outcome indices that count, per partition
     for index, event in enumerate(carriers):
-        by_partition[event.message.partition].add(index)
+        if index not in duplicates:
+            counted_by_partition[event.message.partition].add(index)
+    last_offsets: dict[int, int] = {}  # per record: every record of the batch is applied
+    for event in fresh:
+        message = event.message
+        last_offsets[message.partition] = max(last_offsets.get(message.partition, -1), message.offset)
     for partition, last_offset in last_offsets.items():
         _, scores = applied[partition]
-        wanted = by_partition[partition] - duplicates
         tally = read_tally(partition, scores)
-        count_batch(scores, tally, result, wanted.__contains__, models.live.version, shadow, pipeline.window_seconds)
+        count_batch(
+            scores,
+            tally,
+            result,
+            counted_by_partition[partition].__contains__,
+            models.live.version,
+            shadow,
+            pipeline.window_seconds,
+        )
         write_row(partition, last_offset, scores, models.live.version, tally)
         progress.advanced(partition)
     metrics.observe_batch(counted, len(duplicates))
@@ -304,27 +312,27 @@ async def _duplicate_ids(
     made earlier in this batch.
     """
     newest: dict[int, float] = {}
+    partitions: list[int] = []
     for event in fresh:
-        partition = event.message.partition
-        newest[partition] = max(newest.get(partition, 0.0), event.message.timestamp or 0.0)
+        message = event.message
+        partitions.append(message.partition)
+        newest[message.partition] = max(newest.get(message.partition, 0.0), message.timestamp or 0.0)
     acks: list[Awaitable[Any]] = []
     for partition, timestamp in newest.items():
         acks.extend(await expire_marks(partition, timestamp))
-    keys = [
-        f"{event.message.partition}/{outcome.id}" if isinstance(outcome, Prediction) else None
-        for event, outcome in zip(fresh, result.outcomes)
-    ]
+    ids = [outcome.id if isinstance(outcome, Prediction) else None for outcome in result.outcomes]
+    keys = [None if image_id is None else f"{p}/{image_id}" for p, image_id in zip(partitions, ids)]
 
     def counted(index: int, key: str) -> bool:
-        partition = fresh[index].message.partition
-        earlier = counted_at(partition, key.split("/", 1)[1])
+        partition, image_id = partitions[index], ids[index]
+        earlier = None if image_id is None else counted_at(partition, image_id)
         return earlier is not None and earlier <= applied[partition]
 
     duplicates = repeats(keys, counted)
     marks: dict[int, dict[str, int]] = defaultdict(dict)  # partition -> id -> offset
-    for index, (event, outcome) in enumerate(zip(fresh, result.outcomes)):
-        if isinstance(outcome, Prediction) and index not in duplicates:
-            marks[event.message.partition][outcome.id] = event.message.offset
+    for index, (event, image_id) in enumerate(zip(fresh, ids)):
+        if image_id is not None and index not in duplicates:
+            marks[partitions[index]][image_id] = event.message.offset
     if duplicates:
         log.info("not counting %d images whose id was already counted", len(duplicates))
     for partition, new in marks.items():
@@ -334,22 +342,24 @@ async def _duplicate_ids(
 
 
 async def _publish(result: BatchResult) -> None:
-    """Send one prediction per valid image (:func:`~.keyed_send.send_keyed`) and each invalid
-    message, or invalid image of a batch record, to the DLQ; await acks."""
+    """Send one prediction per valid image (one record batch per partition, see
+    :mod:`.batch_send`) and each invalid message, or invalid image of a batch record, to the
+    DLQ; await the broker's acks."""
     producer = app.producer
-    dlq = dlq_topic.get_topic_name()
     pending: list[Awaitable[Any]] = []
     rejected = result.rejections
     if rejected:  # one line per batch, not per message: a garbage producer must not flood the log
+        dlq = dlq_topic.get_topic_name()
         log.warning("dead-lettering %d message(s) to %s, first: %s", len(rejected), dlq, rejected[0][1])
-    for message, error in rejected:
-        headers = [(name, value.encode()) for name, value in dead_letter_attributes(error).items()]
-        value = error.dead_letter_value(message.value)
-        pending.append(await producer.send(dlq, _as_bytes(message.key), value, None, None, headers))
+        for message, error in rejected:
+            headers = [(name, value.encode()) for name, value in dead_letter_attributes(error).items()]
+            value = error.dead_letter_value(message.value)
+            pending.append(await producer.send(dlq, _as_bytes(message.key), value, None, None, headers))
     predictions = [
         (outcome.id.encode("utf-8"), outcome.encode()) for outcome in result.outcomes if isinstance(outcome, Prediction)
     ]
-    pending += await send_keyed(producer, predictions_topic.get_topic_name(), predictions)
+    if predictions:
+        pending += await send_batched(producer, predictions_topic.get_topic_name(), predictions)
     await asyncio.gather(*pending)
 
 
