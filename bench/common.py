@@ -112,8 +112,11 @@ class ServiceProc:
         self.peak_rss_mb: float | None = None
 
     @classmethod
-    def faust(cls, module: str, env: dict[str, str], log_path: Path, port: int, ready_path: str) -> ServiceProc:
-        argv = [sys.executable, "-m", "faust", "-A", module, "worker", "-l", "warn"]
+    def faust(
+        cls, module: str, env: dict[str, str], log_path: Path, port: int, ready_path: str, loop: str | None = None
+    ) -> ServiceProc:
+        """``faust -A module worker``; ``loop`` (``aio``, ``uvloop``) is Faust's ``-L`` option."""
+        argv = [sys.executable, "-m", "faust", *(["-L", loop] if loop else []), "-A", module, "worker", "-l", "warn"]
         return cls(argv, env, log_path, port, ready_path)
 
     def url(self, path: str) -> str:

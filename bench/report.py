@@ -36,6 +36,41 @@ def _stage_rate(results: dict[str, Any], stage: str, key: str = "images_per_s") 
     return _n(data.get(key))
 
 
+def _per_record_lines(per_record: dict[str, Any]) -> list[str]:
+    """Stage 3b: the worker vs Faust's probes on one pre-loaded topic, per event loop."""
+    if not per_record:
+        return []
+    if "error" in per_record:
+        return [f"Per-record worker vs Faust's probes: FAILED: {per_record['error'][:200]}", ""]
+    lines = [
+        f"Per-record worker vs Faust's own probes (`per_record`): {_n(per_record.get('images'))} pre-loaded "
+        f"images, one per record, batch {per_record.get('batch_size')}, linger {per_record.get('linger_s')} s, "
+        f"best of {per_record.get('rounds')} rounds each; the worker's loop is `{per_record.get('worker_loop')}`:",
+        "",
+        "| Event loop | worker /s | noop probe /s | forward probe /s | worker/forward | per round (median) "
+        "| worker/noop | CPU ms/image worker, noop, forward |",
+        "|---|---:|---:|---:|---:|---|---:|---|",
+    ]
+    for loop, row in per_record.get("by_loop", {}).items():
+        rate, cpu = row.get("images_per_s", {}), row.get("cpu_ms_per_image", {})
+        lines.append(
+            f"| {loop} | {_n(rate.get('worker'))} | {_n(rate.get('noop'))} | {_n(rate.get('forward'))} | "
+            f"{_x(row.get('ratio_to_forward'))} | "
+            f"{', '.join(_g(r) for r in row.get('round_ratios_to_forward', []))} "
+            f"({_x(row.get('median_round_ratio_to_forward'))}) | {_x(row.get('ratio_to_noop'))} | "
+            f"{', '.join(_n(cpu.get(k), 3) for k in ('worker', 'noop', 'forward'))} |"
+        )
+    latency = per_record.get("rate_1000", {}).get("to_prediction_published_ms", {})
+    lines += [
+        "",
+        f"Worker/forward on the worker's loop: {_x(per_record.get('ratio_to_forward'))} (target 0.75x); "
+        f"worker on uvloop over asyncio: {_x(per_record.get('worker_uvloop_over_aio'))}. At 1,000 images/s "
+        f"offered: p50 {_n(latency.get('p50'), 1)} ms, p99 {_n(latency.get('p99'), 1)} ms (target <= 100 ms).",
+        "",
+    ]
+    return lines
+
+
 def _two_workers_bound(two: dict[str, Any]) -> str:
     """One sentence, from the measured CPU, on what held two workers' rate to its ratio over one."""
     one, pair = two.get("one_worker", {}), two.get("two_workers", {})
@@ -196,6 +231,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"{_n(kafka.get('worker_cpu_ms_per_image'), 3)} |"
         )
         lines.append("")
+    lines += _per_record_lines(results.get("per_record", {}))
     lat = kafka.get("latency", {})
     if lat:
         lines += [

@@ -2,13 +2,15 @@
 
     python -m bench.run            # full run -> bench/results/latest.{json,md,png}
     python -m bench.run --smoke    # seconds; same stages, tiny counts -> .run/bench/smoke/
-    python -m bench.run --out DIR --stages ceiling,naive,kafka,pubsub,bridge,bridge_multistream,two_workers
+    python -m bench.run --out DIR --stages ceiling,naive,kafka,per_record,pubsub,bridge,bridge_multistream,two_workers
 
 Needs KAFKA_BOOTSTRAP_SERVERS and PUBSUB_EMULATOR_HOST (``tools/bench.sh`` sources
 ``.services.env``). Stages: (1) model ceiling, (2) naive per-message agent, (3) the
-fmnist-faust worker end to end, (4) raw Pub/Sub streaming pull, (5) the Pub/Sub bridge,
-(6) the bridge's several streams against one raw stream (``bridge_multistream``), (7) two
-Kafka workers against one (``two_workers``); peak RSS and cold start of the worker / bridge.
+fmnist-faust worker end to end, (3b) ``per_record``: the worker against Faust's own
+``noop`` / ``forward`` probes on one pre-loaded topic, per event loop, and its p99 at 1,000
+images/s, (4) raw Pub/Sub streaming pull, (5) the Pub/Sub bridge, (6) the bridge's several
+streams against one raw stream (``bridge_multistream``), (7) two Kafka workers against one
+(``two_workers``); peak RSS and cold start of the worker / bridge.
 """
 
 from __future__ import annotations
@@ -32,11 +34,12 @@ from fmnist_faust.core import model
 from . import report, stages
 from .common import ROOT, delete_topics_with_prefix
 
-ALL_STAGES = ("ceiling", "naive", "kafka", "pubsub", "bridge", "bridge_multistream", "two_workers")
+ALL_STAGES = ("ceiling", "naive", "kafka", "per_record", "pubsub", "bridge", "bridge_multistream", "two_workers")
 TARGETS = {
     "kafka_images_per_s": 20_000,
     "kafka_over_naive": 20,
     "p99_ms_at_1000": 100,
+    "per_record_ratio_to_forward": 0.75,
     "bridge_over_raw": 0.9,
     "bridge_multistream_over_raw_single_stream": 1.5,
     "worker_rss_mb": 400,
@@ -106,6 +109,7 @@ def ratios(results: dict[str, Any]) -> dict[str, float | None]:
 def targets(results: dict[str, Any], ratio: dict[str, float | None]) -> dict[str, dict[str, Any]]:
     kafka = results.get("kafka", {})
     bridge = results.get("bridge", {})
+    per_record = results.get("per_record", {})
 
     def p99_at_1000() -> float | None:
         try:
@@ -124,6 +128,10 @@ def targets(results: dict[str, Any], ratio: dict[str, float | None]) -> dict[str
         "kafka_over_naive": check(ratio["kafka_over_naive"], TARGETS["kafka_over_naive"], True),
         "p99_ms_at_1000": check(p99_at_1000(), TARGETS["p99_ms_at_1000"], False),
         "bridge_over_raw": check(ratio["bridge_over_raw"], TARGETS["bridge_over_raw"], True),
+        "per_record_ratio_to_forward": check(
+            per_record.get("ratio_to_forward"), TARGETS["per_record_ratio_to_forward"], True
+        ),
+        "per_record_p99_ms_at_1000": check(per_record.get("p99_ms_at_1000"), TARGETS["p99_ms_at_1000"], False),
         "bridge_multistream_over_raw_single_stream": check(
             ratio["bridge_multistream_over_raw_single_stream"],
             TARGETS["bridge_multistream_over_raw_single_stream"],
@@ -189,6 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ceiling": stages.model_ceiling,
         "naive": stages.naive_baseline,
         "kafka": stages.kafka_e2e,
+        "per_record": stages.per_record,
         "pubsub": stages.pubsub_raw,
         "bridge": stages.pubsub_bridge,
         "bridge_multistream": stages.bridge_multistream,

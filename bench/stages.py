@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fmnist_faust import WORKER_LOOP
 from fmnist_faust.config import Settings, load_settings, run_names
 from fmnist_faust.core import dataset
 from fmnist_faust.core.contract import encode_image
@@ -43,6 +44,7 @@ from .common import (
 )
 
 CODE_DEFAULTS = load_settings({})  # the defaults a user gets (batch size, linger, ...)
+PROBE_MODES = ("noop", "forward")
 
 
 @dataclass
@@ -63,6 +65,10 @@ class Plan:
     pubsub_images: int = 20_000
     probe_images: int = 20_000
     probe_modes: tuple[str, ...] = ("noop", "forward")
+    per_record_images: int = 20_000
+    per_record_rounds: int = 3
+    per_record_loops: tuple[str, ...] = ("aio", "uvloop")
+    per_record_latency_seconds: float = 10.0
     stream_sweep: tuple[int, ...] = (1, 2, 4, 8)  # BRIDGE_STREAMS values (the default is always run)
     two_workers_images: int = 50_000
 
@@ -82,6 +88,10 @@ class Plan:
             pubsub_images=500,
             probe_images=500,
             probe_modes=("noop",),
+            per_record_images=500,
+            per_record_rounds=1,
+            per_record_loops=(WORKER_LOOP,),
+            per_record_latency_seconds=0.5,
             stream_sweep=(),
             two_workers_images=1_000,
         )
@@ -253,9 +263,9 @@ def _worker_env(ctx: Context, name: str, images_topic: str, batch: int, linger: 
     )
 
 
-def _start_worker(ctx: Context, name: str, env: dict[str, str]) -> ServiceProc:
+def _start_worker(ctx: Context, name: str, env: dict[str, str], loop: str | None = None) -> ServiceProc:
     return ServiceProc.faust(
-        "fmnist_faust", env, ctx.run_dir / f"{name}.log", int(env["FMNIST_WEB_PORT"]), "/accuracy/"
+        "fmnist_faust", env, ctx.run_dir / f"{name}.log", int(env["FMNIST_WEB_PORT"]), "/accuracy/", loop
     ).start()
 
 
@@ -268,9 +278,9 @@ def _wait_counted(worker: ServiceProc, count: int, timeout: float) -> float:
     return time.time()
 
 
-def _drain(worker: ServiceProc, n: int) -> tuple[float, float, int]:
-    """Wait until the worker counted ``n`` images: (wall time then, CPU s since its first
-    counted batch, images counted at that first observation)."""
+def _drain(worker: ServiceProc, n: int, poll_s: float = 0.1) -> tuple[float, float, int]:
+    """Wait until the worker counted ``n`` images (polling /accuracy/ every ``poll_s``): (wall
+    time then, CPU s since its first counted batch, images counted at that first observation)."""
     seen_first: list[tuple[int, float]] = []
 
     def all_counted() -> bool:
@@ -279,7 +289,7 @@ def _drain(worker: ServiceProc, n: int) -> tuple[float, float, int]:
             seen_first.append((images, worker.cpu_seconds() or 0.0))
         return images >= n
 
-    if wait_until(all_counted, timeout=60 + n / 200, interval=0.1) is None:
+    if wait_until(all_counted, timeout=60 + n / 200, interval=poll_s) is None:
         raise RuntimeError(f"worker did not count {n} images; log {worker.log_path}")
     counted_at = time.time()
     return counted_at, (worker.cpu_seconds() or 0.0) - seen_first[0][1], seen_first[0][0]
@@ -312,18 +322,28 @@ def _preloaded_stats(
     }
 
 
-def preloaded_run(ctx: Context, topic: str, n: int, batch: int, linger: float, name: str) -> dict[str, Any]:
+def preloaded_run(
+    ctx: Context,
+    topic: str,
+    n: int,
+    batch: int,
+    linger: float,
+    name: str,
+    loop: str | None = None,
+    poll_s: float = 0.1,
+) -> dict[str, Any]:
     """Start a worker on a topic already holding ``n`` images; time until all are counted.
 
     Also its CPU time per image (user + system, all threads, from the first counted batch
     to the last, so the one-off model load is left out): less sensitive than wall-clock
-    rates to what else runs on the machine.
+    rates to what else runs on the machine. ``loop``: Faust's ``-L`` (None: the worker's default);
+    ``poll_s``: how often /accuracy/ is asked (the rate comes from the predictions' timestamps).
     """
     env = _worker_env(ctx, name, topic, batch, linger)
     spawned = time.time()
-    worker = _start_worker(ctx, name, env)
+    worker = _start_worker(ctx, name, env, loop)
     try:
-        drained = _drain(worker, n)
+        drained = _drain(worker, n, poll_s)
         worker.sample_rss()
     finally:
         worker.stop()
@@ -331,20 +351,27 @@ def preloaded_run(ctx: Context, topic: str, n: int, batch: int, linger: float, n
     return _preloaded_stats([r.timestamp_ms for r in records], n, drained, spawned, worker, batch, linger)
 
 
-def probe_run(ctx: Context, topic: str, n: int, mode: str) -> dict[str, Any]:
-    """A diagnostic Faust app (bench/probe_app.py) over the pre-loaded topic: rate and CPU/image."""
+def start_probe(ctx: Context, topic: str, mode: str, loop: str | None, name: str) -> ServiceProc:
+    """Start bench/probe_app.py in ``mode`` on ``topic`` (own app id, output topic, port)."""
     port = free_port()
     env = env_with(
         BENCH_PROBE_MODE=mode,
-        BENCH_PROBE_APP_ID=ctx.name(f"probe-{mode}"),
+        BENCH_PROBE_APP_ID=ctx.name(name),
         BENCH_PROBE_IN=topic,
-        BENCH_PROBE_OUT=ctx.name(f"probe-{mode}-out"),
+        BENCH_PROBE_OUT=ctx.name(f"{name}-out"),
         BENCH_PROBE_WEB_PORT=str(port),
-        BENCH_PROBE_DATADIR=str(ctx.run_dir / f"probe-{mode}"),
+        BENCH_PROBE_DATADIR=str(ctx.run_dir / name),
         FMNIST_BATCH_SIZE=str(CODE_DEFAULTS.pipeline.batch_size),
         FMNIST_BATCH_LINGER=str(CODE_DEFAULTS.pipeline.batch_linger_s),
     )
-    worker = ServiceProc.faust("bench.probe_app", env, ctx.run_dir / f"probe-{mode}.log", port, "/count/").start()
+    return ServiceProc.faust("bench.probe_app", env, ctx.run_dir / f"{name}.log", port, "/count/", loop).start()
+
+
+def probe_run(ctx: Context, topic: str, n: int, mode: str, loop: str | None = None, name: str = "") -> dict[str, Any]:
+    """A diagnostic Faust app (bench/probe_app.py) over the pre-loaded topic: rate and CPU/image.
+
+    ``loop``: Faust's ``-L`` (None: asyncio's default loop); ``name`` tells repeated runs apart."""
+    worker = start_probe(ctx, topic, mode, loop, name or f"probe-{mode}")
     first: list[tuple[float, int, float]] = []
     ready = (time.perf_counter(), 0, worker.cpu_seconds() or 0.0)
 
@@ -365,13 +392,18 @@ def probe_run(ctx: Context, topic: str, n: int, mode: str) -> dict[str, Any]:
     # From the first count seen (startup excluded), or from readiness when the probe had
     # already taken every event by then (a small smoke run on a fast machine)
     t0, c0, cpu0 = first[0] if first[0][1] < n else ready
-    return {
+    out = {
         "mode": mode,
         "images": n,
         "images_per_s": round((n - c0) / max(finished - t0, 1e-3)),
         "cpu_ms_per_image": round((cpu - cpu0) * 1000.0 / max(n - c0, 1), 4),
         "peak_rss_mb": worker.peak_rss_mb,
     }
+    if mode == "forward":  # measured like the worker: from the sent records' timestamps
+        out["images_per_s_polled"] = out["images_per_s"]
+        sent = read_records(ctx.bootstrap, worker.env["BENCH_PROBE_OUT"], n)
+        out["images_per_s"] = round(span_rate([r.timestamp_ms for r in sent]))
+    return out
 
 
 def raw_kafka_consume(ctx: Context, topic: str, n: int) -> dict[str, Any]:
@@ -561,6 +593,84 @@ def kafka_e2e(ctx: Context) -> dict[str, Any]:
         "ready_s_all_workers": {"min": min(ready), "median": statistics.median(ready), "max": max(ready)},
         "peak_rss_mb": max(r["peak_rss_mb"] or 0 for r in sweep + [lat]),
     }
+
+
+# =========================================================================== 3b. per record vs Faust
+
+
+def per_record(ctx: Context) -> dict[str, Any]:
+    """The worker against what Faust itself allows, on one pre-loaded topic in one run.
+
+    Per event loop (Faust's ``-L``), rounds of: the worker, the ``noop`` probe (Faust's
+    consume -> ``take_events`` path, no work) and the ``forward`` probe (plus one send per
+    event and the acks awaited per batch, as the worker publishes). Each reader keeps its
+    best round (the least disturbed by the rest of the machine); each round's worker/forward
+    ratio is kept too, and their median. The headline compares the worker on its own loop (:data:`fmnist_faust.WORKER_LOOP`) with the probes on the same
+    loop; then the p99 latency at 1,000 images/s offered, one image per record.
+    """
+    plan = ctx.plan
+    n = plan.per_record_images
+    batch, linger = CODE_DEFAULTS.pipeline.batch_size, CODE_DEFAULTS.pipeline.batch_linger_s
+    topic = ctx.name("pr-images")
+    create_topics(ctx.bootstrap, [topic], ctx.settings.kafka.partitions)
+    loaded = ctx.produce_kafka(topic, n, "pr")
+    ctx.log(f"  pre-loaded {n} images at {loaded.rate:,.0f}/s")
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {
+        loop: {reader: [] for reader in ("worker", *PROBE_MODES)} for loop in plan.per_record_loops
+    }
+    for round_ in range(plan.per_record_rounds):
+        for loop in plan.per_record_loops:
+            worker = preloaded_run(ctx, topic, n, batch, linger, f"pr-{loop}-{round_}", loop, poll_s=0.5)
+            runs[loop]["worker"].append(worker | {"cpu_ms_per_image": worker["worker_cpu_ms_per_image"]})
+            for mode in PROBE_MODES:
+                runs[loop][mode].append(probe_run(ctx, topic, n, mode, loop, f"pr-{mode}-{loop}-{round_}"))
+            ctx.log(
+                f"  round {round_} {loop}: "
+                + ", ".join(f"{reader} {rows[-1]['images_per_s']:,}/s" for reader, rows in runs[loop].items())
+            )
+    by_loop: dict[str, dict[str, Any]] = {}
+    for loop, readers in runs.items():
+        best = {reader: max(rows, key=lambda r: r["images_per_s"]) for reader, rows in readers.items()}
+        by_loop[loop] = {
+            "images_per_s": {reader: row["images_per_s"] for reader, row in best.items()},
+            "cpu_ms_per_image": {reader: row["cpu_ms_per_image"] for reader, row in best.items()},
+            "rounds_images_per_s": {reader: [r["images_per_s"] for r in rows] for reader, rows in readers.items()},
+            "ratio_to_forward": _ratio(best["worker"]["images_per_s"], best["forward"]["images_per_s"]),
+            "ratio_to_noop": _ratio(best["worker"]["images_per_s"], best["noop"]["images_per_s"]),
+            # each round's worker over the forward probe run right after it: less luck than best of
+            "round_ratios_to_forward": [
+                _ratio(w["images_per_s"], f["images_per_s"]) for w, f in zip(readers["worker"], readers["forward"])
+            ],
+        }
+        by_loop[loop]["median_round_ratio_to_forward"] = statistics.median(
+            r or 0.0 for r in by_loop[loop]["round_ratios_to_forward"]
+        )
+    headline = by_loop[WORKER_LOOP] if WORKER_LOOP in by_loop else next(iter(by_loop.values()))
+    lat = latency_run(ctx, batch, linger, "pr-lat", ((1000, plan.per_record_latency_seconds),), 0, live=False)
+    out: dict[str, Any] = {
+        "images": n,
+        "rounds": plan.per_record_rounds,
+        "batch_size": batch,
+        "linger_s": linger,
+        "worker_loop": WORKER_LOOP,
+        "images_per_s": headline["images_per_s"],
+        "cpu_ms_per_image": headline["cpu_ms_per_image"],
+        "ratio_to_forward": headline["ratio_to_forward"],
+        "median_round_ratio_to_forward": headline["median_round_ratio_to_forward"],
+        "ratio_to_noop": headline["ratio_to_noop"],
+        "by_loop": by_loop,
+        "rate_1000": lat["rate_1000"],
+        "p99_ms_at_1000": lat["rate_1000"]["to_prediction_published_ms"]["p99"],
+    }
+    if {"aio", "uvloop"} <= by_loop.keys():
+        out["worker_uvloop_over_aio"] = _ratio(
+            by_loop["uvloop"]["images_per_s"]["worker"], by_loop["aio"]["images_per_s"]["worker"]
+        )
+    return out
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a and b else None
 
 
 # =========================================================================== 4/5. Pub/Sub

@@ -8,6 +8,8 @@ commits and resumes at each row's offset + 1 (:mod:`.offsets`), so an image whos
 failed or was cut short by a rebalance is read again, and nothing is counted twice.
 A distinct message re-using an id already counted in its partition is neither counted
 nor published again (the core's duplicate rule; see ``tables.seen_table``).
+Each batch is classified by one snapshot of the live (and shadow) models (:mod:`.rollout`)
+and counted under that live version in the same row (``core.rollout.count_batch``).
 """
 
 from __future__ import annotations
@@ -17,21 +19,22 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
-from functools import lru_cache
 from typing import Any
 
 from faust.exceptions import ConsumerNotStarted
 from faust.types import TP
 
 from . import metrics
-from .core.contract import InvalidMessage, Prediction, dead_letter_attributes
-from .core.model import Classifier, load_classifier
+from .batch_send import send_batched
+from .core.contract import Prediction, dead_letter_attributes
 from .core.pipeline import BatchResult, RawMessage, classify_batch, repeats
 from .core.recent import RecentMistakes
+from .core.rollout import count_batch, shadow_predict
 from .faust_app import app, settings
 from .kafka_admin import ensure_topics
 from .progress import Progress
-from .tables import counted_at, expire_marks, mark_counted, read_row, row_offset, write_row
+from .rollout import apply_pointer, current_models, load_default, read_pointer
+from .tables import counted_at, expire_marks, mark_counted, read_row, read_tally, row_offset, write_row
 from .topics import dlq_topic, images_topic, predictions_topic
 
 log = logging.getLogger(__name__)
@@ -46,33 +49,26 @@ RETRY_PAUSE_S = 1.0
 progress = Progress(settings.kafka.stall_seconds)
 
 
-@lru_cache(maxsize=1)
-def get_classifier() -> Classifier:
-    """Load and verify the model once per worker process."""
-    classifier = load_classifier(settings.model.path)
-    log.info(
-        "model loaded: version %s (test accuracy %s)", classifier.version, classifier.manifest.get("test_accuracy")
-    )
-    return classifier
-
-
 async def prepare() -> None:
     """Before the worker starts anything (web views included, see ``faust_app.App.on_start``):
-    verify and load the model (a bad one stops the worker at once, not at the first image),
-    and create images, predictions and DLQ with the configured partitions, retrying while
-    the broker does not answer. So a worker that answers has both."""
+    verify and load the default model (a bad one stops the worker at once, not at the first
+    image), create images, predictions and DLQ with the configured partitions, and read the
+    rollout pointer and load the versions it names, retrying while the broker does not
+    answer. So a worker that answers has its topics and the promoted models."""
     try:
-        get_classifier()
+        load_default()
     except Exception as exc:
         log.critical("cannot load the model: %s", exc)
         raise
     while True:
         try:
             await ensure_topics(settings)
-            return
+            state = await read_pointer()
+            break
         except Exception as exc:
-            log.warning("creating the topics failed (%r); retrying in 2 s", exc)
+            log.warning("creating the topics or reading the model pointer failed (%r); retrying in 2 s", exc)
             await asyncio.sleep(2.0)
+    await apply_pointer(state)
 
 
 @app.agent(images_topic)
@@ -229,22 +225,23 @@ def _without_gaps(fresh: list[Any], applied: dict[int, tuple[int, Any]]) -> tupl
     by_partition: dict[int, list[Any]] = defaultdict(list)
     for event in fresh:
         by_partition[event.message.partition].append(event)
-    kept: set[int] = set()
+    dropped: set[int] = set()
     cut: set[TP] = set()
     for partition, items in by_partition.items():
         items.sort(key=lambda e: e.message.offset)
         count = gap_guard.contiguous(partition, applied[partition][0], [e.message.offset for e in items])
-        kept.update(id(e) for e in items[:count])
         if count < len(items):
+            dropped.update(id(e) for e in items[count:])
             cut.add(items[0].message.tp)
-    return [e for e in fresh if id(e) in kept], cut
+    return ([e for e in fresh if id(e) not in dropped] if dropped else fresh), cut
 
 
 async def _count(fresh: list[Any], applied: dict[int, tuple[int, Any]], generation: int) -> None:
-    classifier = get_classifier()
+    models = current_models()
     messages = [RawMessage(value=e.message.value, key=e.message.key, timestamp=e.message.timestamp) for e in fresh]
     with metrics.PREDICT_SECONDS.time():
-        result = classify_batch(classifier, messages, settings.pipeline.max_message_bytes)
+        result = classify_batch(models.live, messages, settings.pipeline.max_message_bytes)
+        shadow = shadow_predict(models.shadow, result)
     duplicates, marks = await _duplicate_ids(fresh, result, {p: row[0] for p, row in applied.items()})
     counted = result.without(duplicates)
     await asyncio.wait_for(_publish(counted), PUBLISH_TIMEOUT_S)
@@ -253,15 +250,26 @@ async def _count(fresh: list[Any], applied: dict[int, tuple[int, Any]], generati
     if app.consumer_generation_id != generation:  # revoked while publishing: the owner counts them
         log.warning("partitions were reassigned during a batch of %d images: not counting it here", len(fresh))
         return
-    by_partition: dict[int, list[int]] = defaultdict(list)
+    counted_by_partition: dict[int, set[int]] = defaultdict(set)  # indices that count, per partition
+    last_offsets: dict[int, int] = {}
     for index, event in enumerate(fresh):
-        by_partition[event.message.partition].append(index)
-    for partition, indices in by_partition.items():
+        message = event.message
+        if index not in duplicates:
+            counted_by_partition[message.partition].add(index)
+        last_offsets[message.partition] = max(last_offsets.get(message.partition, -1), message.offset)
+    for partition, last_offset in last_offsets.items():
         _, scores = applied[partition]
-        wanted = set(indices) - duplicates
-        result.subset(wanted.__contains__).apply_to(scores, settings.pipeline.window_seconds)
-        last_offset = max(fresh[i].message.offset for i in indices)
-        write_row(partition, last_offset, scores, classifier.version)
+        tally = read_tally(partition, scores)
+        count_batch(
+            scores,
+            tally,
+            result,
+            counted_by_partition[partition].__contains__,
+            models.live.version,
+            shadow,
+            settings.pipeline.window_seconds,
+        )
+        write_row(partition, last_offset, scores, models.live.version, tally)
         progress.advanced(partition)
     metrics.observe_batch(counted, len(duplicates))
     recent_mistakes.add_batch(counted)
@@ -278,27 +286,27 @@ async def _duplicate_ids(
     made earlier in this batch.
     """
     newest: dict[int, float] = {}
+    partitions: list[int] = []
     for event in fresh:
-        partition = event.message.partition
-        newest[partition] = max(newest.get(partition, 0.0), event.message.timestamp or 0.0)
+        message = event.message
+        partitions.append(message.partition)
+        newest[message.partition] = max(newest.get(message.partition, 0.0), message.timestamp or 0.0)
     acks: list[Awaitable[Any]] = []
     for partition, timestamp in newest.items():
         acks.extend(await expire_marks(partition, timestamp))
-    keys = [
-        f"{event.message.partition}/{outcome.id}" if isinstance(outcome, Prediction) else None
-        for event, outcome in zip(fresh, result.outcomes)
-    ]
+    ids = [outcome.id if isinstance(outcome, Prediction) else None for outcome in result.outcomes]
+    keys = [None if image_id is None else f"{p}/{image_id}" for p, image_id in zip(partitions, ids)]
 
     def counted(index: int, key: str) -> bool:
-        partition = fresh[index].message.partition
-        earlier = counted_at(partition, key.split("/", 1)[1])
+        partition, image_id = partitions[index], ids[index]
+        earlier = None if image_id is None else counted_at(partition, image_id)
         return earlier is not None and earlier <= applied[partition]
 
     duplicates = repeats(keys, counted)
     marks: dict[int, dict[str, int]] = defaultdict(dict)  # partition -> id -> offset
-    for index, (event, outcome) in enumerate(zip(fresh, result.outcomes)):
-        if isinstance(outcome, Prediction) and index not in duplicates:
-            marks[event.message.partition][outcome.id] = event.message.offset
+    for index, (event, image_id) in enumerate(zip(fresh, ids)):
+        if image_id is not None and index not in duplicates:
+            marks[partitions[index]][image_id] = event.message.offset
     if duplicates:
         log.info("not counting %d images whose id was already counted", len(duplicates))
     for partition, new in marks.items():
@@ -308,22 +316,22 @@ async def _duplicate_ids(
 
 
 async def _publish(result: BatchResult) -> None:
-    """Send one prediction per valid image and each invalid message to the DLQ; await acks."""
+    """Send one prediction per valid image (one record batch per partition, see
+    :mod:`.batch_send`) and each invalid message to the DLQ; await the broker's acks."""
     producer = app.producer
-    predictions = predictions_topic.get_topic_name()
-    dlq = dlq_topic.get_topic_name()
     pending: list[Awaitable[Any]] = []
     rejected = result.rejections
     if rejected:  # one line per batch, not per message: a garbage producer must not flood the log
+        dlq = dlq_topic.get_topic_name()
         log.warning("dead-lettering %d message(s) to %s, first: %s", len(rejected), dlq, rejected[0][1])
-    for message, outcome in zip(result.messages, result.outcomes):
-        if isinstance(outcome, InvalidMessage):
-            headers = [(name, value.encode()) for name, value in dead_letter_attributes(outcome).items()]
+        for message, error in rejected:
+            headers = [(name, value.encode()) for name, value in dead_letter_attributes(error).items()]
             pending.append(await producer.send(dlq, _as_bytes(message.key), message.value, None, None, headers))
-        else:
-            pending.append(
-                await producer.send(predictions, outcome.id.encode("utf-8"), outcome.encode(), None, None, None)
-            )
+    predictions = [
+        (outcome.id.encode("utf-8"), outcome.encode()) for outcome in result.outcomes if isinstance(outcome, Prediction)
+    ]
+    if predictions:
+        pending += await send_batched(producer, predictions_topic.get_topic_name(), predictions)
     await asyncio.gather(*pending)
 
 

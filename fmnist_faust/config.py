@@ -59,6 +59,11 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "FMNIST_WEB_HOST": ("127.0.0.1", "address the web views bind to (default {default})"),
     "FMNIST_WEB_PORT": ("6066", "port of the Faust worker's web views (default {default})"),
     "FMNIST_MODEL_PATH": ("models/fmnist-mlp.joblib", "model file (.joblib; manifest beside it as .json)"),
+    "FMNIST_MODEL_DIR": (
+        "",
+        "trusted model directory: the versions `fmnist-model` can shadow and promote, each a .joblib with "
+        "its manifest (default: the folder of FMNIST_MODEL_PATH; see [Live rollout](#live-rollout))",
+    ),
     "FMNIST_DATA_DIR": ("", "folder with the Fashion-MNIST IDX files (default: Debian's package)"),
     "FMNIST_LOG_LEVEL": ("info", "log level (default {default})"),
     "GOOGLE_CLOUD_PROJECT": ("fmnist-local", "Google Cloud project for Pub/Sub (default {default})"),
@@ -230,6 +235,11 @@ class KafkaSettings:
     stall_seconds: float
 
     @property
+    def pointer_topic(self) -> str:
+        """The compacted topic holding the rollout pointer of this app's workers (live/shadow)."""
+        return f"{self.app_id}-model-pointer"
+
+    @property
     def broker_url(self) -> str:
         """Faust's broker URL list: ``kafka://h1:p1;kafka://h2:p2``."""
         hosts = [h.strip() for h in self.bootstrap_servers.split(",") if h.strip()]
@@ -258,8 +268,9 @@ class PipelineSettings:
 
 @dataclass(frozen=True)
 class ModelSettings:
-    path: Path
+    path: Path  # the default model: live until a version is promoted
     data_dir: Path | None  # Fashion-MNIST IDX files; None: Debian's package
+    directory: Path = Path("models")  # the trusted versions a pointer may name
 
 
 @dataclass(frozen=True)
@@ -355,7 +366,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             window_seconds=_int(env, "FMNIST_WINDOW_SECONDS", minimum=1),
             dedupe_seconds=_float(env, "FMNIST_DEDUPE_SECONDS", minimum=1.0),
         ),
-        model=ModelSettings(path=_path(env, "FMNIST_MODEL_PATH"), data_dir=Path(data_dir) if data_dir else None),
+        model=_model_settings(env, data_dir),
         web=WebSettings(host=_get(env, "FMNIST_WEB_HOST"), port=_int(env, "FMNIST_WEB_PORT", minimum=1)),
         pubsub=PubSubSettings(
             project=_get(env, "GOOGLE_CLOUD_PROJECT"),
@@ -377,6 +388,16 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             web_port=_int(env, "BRIDGE_WEB_PORT", minimum=1),
         ),
         log_level=_get(env, "FMNIST_LOG_LEVEL"),
+    )
+
+
+def _model_settings(env: Mapping[str, str], data_dir: str) -> ModelSettings:
+    path = _path(env, "FMNIST_MODEL_PATH")
+    directory = _get(env, "FMNIST_MODEL_DIR")
+    return ModelSettings(
+        path=path,
+        data_dir=Path(data_dir) if data_dir else None,
+        directory=Path(directory) if directory else path.parent,
     )
 
 

@@ -19,9 +19,10 @@ from typing import Any
 
 from mode import Service
 
+from .core.rollout import ModelTally
 from .core.scores import Scores
 from .faust_app import app, settings
-from .tables import local_rows, resend_row, scores_table, sum_rows
+from .tables import local_rows, resend_row, scores_table, sum_rows, sum_tallies
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ class ChangelogRows:
     def __init__(self) -> None:
         self._consumer: Any = None
         self._lock = asyncio.Lock()
+        self._stopped = False
 
     async def _start(self) -> Any:
         from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -50,6 +52,8 @@ class ChangelogRows:
     async def read(self, timeout: float = 5.0) -> dict[int, list[dict[str, Any]]]:
         """partition -> its last (up to :data:`TAIL`) rows in the changelog, oldest first."""
         async with self._lock:
+            if self._stopped:
+                raise RuntimeError("the worker is stopping")
             if self._consumer is None:
                 self._consumer = await self._start()
             consumer = self._consumer
@@ -74,9 +78,13 @@ class ChangelogRows:
             return rows
 
     async def stop(self) -> None:
-        if self._consumer is not None:
-            await self._consumer.stop()
-            self._consumer = None
+        """After the read in flight, if any: a consumer stopped under a read left that read (and
+        the web server's shutdown, waiting for the request) hanging for the 40 s request timeout."""
+        async with self._lock:
+            self._stopped = True
+            if self._consumer is not None:
+                await self._consumer.stop()
+                self._consumer = None
 
 
 changelog_rows = ChangelogRows()
@@ -93,6 +101,18 @@ class ChangelogReaderService(Service):
 
 async def global_totals() -> tuple[Scores, str | None]:
     """Sum over every partition of its highest-offset row, local or from the changelog."""
+    return sum_rows(await global_rows())
+
+
+async def global_totals_by_model() -> tuple[Scores, str | None, ModelTally]:
+    """:func:`global_totals` and the per-model tally of the very same rows (they sum exactly)."""
+    rows = await global_rows()
+    scores, version = sum_rows(rows)
+    return scores, version, sum_tallies(rows)
+
+
+async def global_rows() -> dict[int, dict[str, Any]]:
+    """partition -> its highest-offset row, local or from the changelog."""
     try:
         tails = await changelog_rows.read()
     except Exception as exc:  # the broker may be briefly unreachable: say so, serve local rows
@@ -102,7 +122,7 @@ async def global_totals() -> tuple[Scores, str | None]:
     for partition, row in local_rows().items():
         if partition not in rows or row["offset"] > rows[partition]["offset"]:
             rows[partition] = row
-    return sum_rows(rows)
+    return rows
 
 
 _idle_rows: dict[int, int] = {}  # partition -> this worker's row offset at the previous tick

@@ -7,8 +7,10 @@ the dashboard and a Prometheus scraper see the same shapes from either one.
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -87,6 +89,7 @@ def observe_batch(counted: BatchResult, duplicates: int) -> None:
     DUPLICATES.inc(duplicates)
     result = counted
     BATCH_SIZE.observe(len(result.outcomes) + duplicates)
+    latencies: list[float] = []
     classified = 0
     for outcome in result.outcomes:
         if isinstance(outcome, InvalidMessage):
@@ -94,9 +97,24 @@ def observe_batch(counted: BatchResult, duplicates: int) -> None:
         else:
             classified += 1
             if outcome.latency_ms is not None:
-                LATENCY_SECONDS.observe(outcome.latency_ms / 1000.0)
+                latencies.append(outcome.latency_ms / 1000.0)
+    observe_many(LATENCY_SECONDS, latencies)
     IMAGES.inc(classified)
     IMAGE_RATE.add(classified)
+
+
+def observe_many(histogram: Histogram, values: list[float]) -> None:
+    """``histogram.observe(v)`` for every ``v``, with one increment per bucket touched rather than
+    two locked increments per value (a batch's latencies). Works on the fields ``observe``
+    itself updates in prometheus_client (``_upper_bounds``, ``_buckets``, ``_sum``); the same
+    bucket is chosen: the first bound ``>= v``."""
+    if not values:
+        return
+    histogram._raise_if_not_observable()
+    histogram._sum.inc(sum(values))
+    bounds = histogram._upper_bounds
+    for index, count in collections.Counter(bisect_left(bounds, value) for value in values).items():
+        histogram._buckets[index].inc(count)
 
 
 def stats_report(lag: int | None, backlog_kind: str, stalled: list[int] | None = None) -> dict[str, Any]:

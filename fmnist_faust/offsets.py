@@ -64,6 +64,16 @@ class RowOffsetConsumer(faust_aiokafka.Consumer):
                 commit[tp] = offset
         return commit
 
+    async def _seek(self, partition: TP, offset: int) -> None:
+        """Seek on the consumer's own thread, as Faust's ``seek_wait`` does. Faust's
+        ``_seek`` calls aiokafka's ``seek`` from the event loop's thread while the fetcher
+        runs on the consumer thread, and both delete the partition from the fetcher's
+        record buffer (``Fetcher.seek_to`` / ``fetched_records``): under repeated rewinds
+        (a broker frozen past the session) the fetcher crashed with ``KeyError`` and took
+        the worker down."""
+        thread = self._thread
+        await thread.call_thread(thread.seek, partition, offset)
+
     async def perform_seek(self) -> None:
         await super().perform_seek()
         for tp in self.assignment():

@@ -1,9 +1,11 @@
 """Running accuracy in a changelog-backed Faust table, exact under replay.
 
 One row per ``images`` partition: ``{"offset": last applied input offset,
-"model_version": str, "scores": Scores.to_dict()}``. A row is written to its own
-changelog partition (the same number as the input partition), in one message, so the
-counts and the offset they include can never disagree. After a crash the worker
+"model_version": str, "scores": Scores.to_dict(), "models": ModelTally.to_dict()}`` (the
+tally: each live version's part of the scores, and shadow scores with their agreement;
+see :mod:`.core.rollout`). A row is written to its own changelog partition (the same
+number as the input partition), in one message, so the counts, the per-model parts and the
+offset they include can never disagree. After a crash the worker
 re-reads input from the last committed offset and skips every event whose offset the
 row already covers: each image is counted exactly once, whatever Faust replays.
 
@@ -29,6 +31,7 @@ from typing import Any
 import faust
 from faust.types import TP, EventT
 
+from .core.rollout import ModelTally
 from .core.scores import Scores
 from .faust_app import app, settings
 from .offsets import use_row_offsets
@@ -92,9 +95,19 @@ def next_offset(tp: TP) -> int | None:
 use_row_offsets(next_offset)
 
 
-def write_row(partition: int, offset: int, scores: Scores, model_version: str) -> None:
+def read_tally(partition: int, scores: Scores) -> ModelTally:
+    """The per-model tally of one partition's row (``scores``: that row's scores, as read)."""
+    row: dict[str, Any] | None = scores_table.data.get(str(partition))
+    if row is None:
+        return ModelTally()
+    return ModelTally.of_record(row.get("models"), scores, row.get("model_version"))
+
+
+def write_row(partition: int, offset: int, scores: Scores, model_version: str, tally: ModelTally | None = None) -> None:
     """Store locally and send the row to changelog partition ``partition``."""
     row = {"offset": offset, "model_version": model_version, "scores": scores.to_dict()}
+    if tally is not None:
+        row["models"] = tally.to_dict()
     scores_table.data[str(partition)] = row
     resend_row(partition)
 
@@ -192,6 +205,14 @@ async def mark_counted(partition: int, marks: list[tuple[str, int]], timestamp: 
 def local_rows() -> dict[int, dict[str, Any]]:
     """partition -> row, for every row this worker holds (active and standby partitions)."""
     return {int(key): row for key, row in list(scores_table.data.items())}
+
+
+def sum_tallies(rows: dict[int, dict[str, Any]]) -> ModelTally:
+    """The per-model tallies of ``rows`` added up: the live parts sum to :func:`sum_rows`' totals."""
+    total = ModelTally()
+    for row in rows.values():
+        total.merge(ModelTally.of_record(row.get("models"), Scores.from_dict(row["scores"]), row.get("model_version")))
+    return total
 
 
 def sum_rows(rows: dict[int, dict[str, Any]]) -> tuple[Scores, str | None]:

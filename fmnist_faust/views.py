@@ -15,7 +15,8 @@ from typing import Any
 from . import metrics
 from .agents import partition_lags, progress, recent_mistakes
 from .faust_app import app, settings
-from .global_scores import global_totals
+from .global_scores import global_totals, global_totals_by_model
+from .rollout import status as rollout_status
 from .topics import images_topic
 
 log = logging.getLogger(__name__)
@@ -30,9 +31,13 @@ async def dashboard(web: Any, request: Any) -> Any:
 
 @app.page("/accuracy/")
 async def accuracy(web: Any, request: Any) -> Any:
-    """Global totals, exact on any worker of the group (see :mod:`.global_scores`)."""
-    scores, version = await global_totals()
-    return web.json(scores.report(version))
+    """Global totals, exact on any worker of the group (see :mod:`.global_scores`), and
+    ``by_model``: each version's part of them (live parts sum to the totals) and shadow scores."""
+    scores, version, tally = await global_totals_by_model()
+    report = scores.report(version)
+    serving = rollout_status()
+    report["by_model"] = tally.report(serving.get("live"), serving.get("shadow"))
+    return web.json(report)
 
 
 @app.page("/accuracy/window/")
@@ -55,7 +60,9 @@ async def recent(web: Any, request: Any) -> Any:
 @app.page("/stats/")
 async def stats(web: Any, request: Any) -> Any:
     """Images/s and Kafka consumer lag; the shape is documented in :func:`metrics.stats_report`."""
-    return web.json(metrics.stats_report(consumer_lag(), "kafka_lag", sorted(progress.stalled)))
+    document = metrics.stats_report(consumer_lag(), "kafka_lag", sorted(progress.stalled))
+    document["models"] = rollout_status()  # what this worker serves, and versions it refused
+    return web.json(document)
 
 
 @app.page("/metrics")

@@ -20,6 +20,11 @@ the library does not retry) stops the whole bridge the same way.
 
 A :class:`Pruner` thread deletes keys older than ``FMNIST_DEDUPE_SECONDS`` from the
 store, a small batch per transaction, so the store stays about one horizon in size.
+
+Live rollout: the models come from the rollout pointer in the store (read before the
+first pull, so a restarted bridge serves the promoted version from its first batch); a
+:class:`RolloutFollower` thread reads the pointer every :data:`POINTER_POLL_SECONDS` and
+loads what it names off the batching thread; the handler takes one snapshot per batch.
 """
 
 from __future__ import annotations
@@ -39,8 +44,10 @@ from google.api_core.exceptions import GoogleAPICallError
 from prometheus_client import Counter, Gauge
 
 from fmnist_faust.config import Settings
-from fmnist_faust.core.model import ModelError, load_classifier
+from fmnist_faust.core.model import ModelError
 from fmnist_faust.core.recent import RecentMistakes
+from fmnist_faust.core.registry import ModelRegistry
+from fmnist_faust.core.rollout import ModelSwitch
 
 from .handler import BatchHandler, Delivery, TransientError
 from .store import PRUNE_BATCH, Store, describe_open_error, open_store
@@ -52,6 +59,7 @@ DRAIN_SECONDS = 5.0
 MAX_BACKOFF_SECONDS = 30.0
 _ACK_CHUNK = 1000  # ack ids per unary Acknowledge request (well under its 512 KB limit)
 PRUNE_PAUSE_SECONDS = 0.05  # between delete batches: at most PRUNE_BATCH / 0.05 = 40,000 keys/s
+POINTER_POLL_SECONDS = 0.5  # one primary-key read of the store per poll
 
 PRUNED = Counter("fmnist_bridge_pruned_total", "Counted keys deleted from the store after the dedupe horizon")
 LONGEST_PRUNE = Gauge(
@@ -250,28 +258,58 @@ class Pruner(threading.Thread):
         self.join(10)
 
 
+class RolloutFollower(threading.Thread):
+    """Reads the rollout pointer from the store and hands it to the model switch, which
+    loads and verifies new versions here, off the batching thread."""
+
+    def __init__(self, store: Store, switch: ModelSwitch, interval_s: float = POINTER_POLL_SECONDS) -> None:
+        super().__init__(name="bridge-rollout", daemon=True)
+        self.store = store
+        self.switch = switch
+        self.interval_s = interval_s
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.wait(self.interval_s):
+            try:
+                self.switch.apply(self.store.rollout_state())
+            except self.store.transient_errors:  # the store is away: the batcher reports it; keep the models
+                continue
+            except ValueError as exc:  # a pointer row that is not one: keep the models, say why
+                log.error("ignoring the rollout pointer in %s: %s", self.store.location, exc)
+            except Exception:  # a bug must not stop following the pointer silently
+                log.exception("following the rollout pointer failed; keeping the current models")
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(10)
+
+
 def run(settings: Settings) -> int:
     """The bridge's main loop; returns the process exit code."""
     from google.cloud import pubsub_v1
 
     stop = _install_signal_handlers()
     try:
-        classifier = load_classifier(settings.model.path)
-    except ModelError as exc:
-        log.error("%s", exc)
-        return 1
-    try:
         store = open_store(settings.bridge.state_url, horizon_s=settings.pipeline.dedupe_seconds)
     except Exception as exc:  # not a database, bad credentials, a missing database, nobody listening
         log.error("%s", describe_open_error(settings.bridge.state_url, exc))
         return 1
+    try:
+        models = ModelSwitch.start(ModelRegistry(settings.model.directory, settings.model.path), store.rollout_state())
+    except (ModelError, ValueError) as exc:
+        log.error("%s", exc)
+        store.close()
+        return 1
     recent = RecentMistakes()
     views = Views(
         scores=lambda: store.scores,
-        model_version=lambda: classifier.version,
+        model_version=lambda: models.current().live.version,
         recent=recent,
         window_seconds=settings.pipeline.window_seconds,
         unavailable=store.transient_errors,
+        totals=store.totals,
+        rollout=models.status,
     )
     try:
         web = WebServer(views, settings.web.host, settings.bridge.web_port).start()
@@ -289,7 +327,7 @@ def run(settings: Settings) -> int:
     with subscriber:
         acker = StreamAcker(subscriber, subscription)
         handler = BatchHandler(
-            classifier,
+            models,
             store,
             publisher,
             acker,
@@ -304,6 +342,8 @@ def run(settings: Settings) -> int:
         # Expired keys leave within about a tenth of the horizon (1-60 s).
         pruner = Pruner(store, interval_s=min(60.0, max(1.0, settings.pipeline.dedupe_seconds / 10)))
         pruner.start()
+        follower = RolloutFollower(store, models)
+        follower.start()
         futures = [
             subscriber.subscribe(
                 subscription,
@@ -324,7 +364,7 @@ def run(settings: Settings) -> int:
         where = f"emulator {settings.pubsub.emulator_host}" if settings.pubsub.emulator_host else "Google Cloud"
         log.info(
             "bridge running: model %s, pulling %s on %s (%d streams), scores %s (%d images so far), web %s/",
-            classifier.version,
+            models.current().live.version,
             subscription,
             where,
             len(futures),
@@ -342,6 +382,7 @@ def run(settings: Settings) -> int:
         batcher.join(DRAIN_SECONDS + 5)
         error = error or batcher.error
         pruner.stop()
+        follower.stop()
     publisher.stop()  # flushes anything still batched
     web.stop()
     totals = store.scores
@@ -349,9 +390,7 @@ def run(settings: Settings) -> int:
     if error is not None:
         log.error("the bridge stopped on an error: %s", _explain(error, subscription))
         return 1
-    log.info(
-        "stopped cleanly: %d images counted, accuracy %s", totals.images, totals.report(classifier.version)["accuracy"]
-    )
+    log.info("stopped cleanly: %d images counted, accuracy %s", totals.images, totals.report(None)["accuracy"])
     return 0
 
 

@@ -26,6 +26,7 @@ import numpy as np
 from fmnist_faust.config import Settings, load_settings, run_names
 from fmnist_faust.core import dataset
 from fmnist_faust.core.model import load_classifier
+from fmnist_faust.core.rollout import totals_report
 from fmnist_faust.core.scores import Scores
 from fmnist_faust.netutil import NotReady, free_port, get_json, port_free, wait_ready
 
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         echo.join(5)
 
         offline = _offline(settings, split, count).report(classifier.version)
-        identical = report == offline
+        identical = totals_report(report) == offline
         print(
             f"streamed accuracy (bridge /accuracy/): {report['accuracy']:.4f} "
             f"({report['correct']}/{report['labeled']}, {report['rejected']} rejected)"

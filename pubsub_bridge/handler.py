@@ -28,6 +28,7 @@ from fmnist_faust.core.contract import InvalidMessage, Prediction, dead_letter_a
 from fmnist_faust.core.model import Classifier
 from fmnist_faust.core.pipeline import BatchResult, RawMessage, classify_batch, repeats
 from fmnist_faust.core.recent import RecentMistakes
+from fmnist_faust.core.rollout import ModelSwitch, shadow_predict
 
 from .store import Store, image_key, message_key
 
@@ -84,7 +85,7 @@ class BatchHandler:
 
     def __init__(
         self,
-        classifier: Classifier,
+        classifier: Classifier | ModelSwitch,
         store: Store,
         publisher: Publisher,
         acker: Acker,
@@ -96,7 +97,8 @@ class BatchHandler:
         publish_timeout_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.classifier = classifier
+        # Each batch is classified by the models of one snapshot of the switch (see core.rollout).
+        self.models = classifier if isinstance(classifier, ModelSwitch) else ModelSwitch.fixed(classifier)
         self.store = store
         self.publisher = publisher
         self.acker = acker
@@ -142,8 +144,10 @@ class BatchHandler:
             RawMessage(value=d.data, key=transport_key(d.attributes), timestamp=d.publish_time.timestamp())
             for d in batch
         ]
+        models = self.models.current()
         with metrics.PREDICT_SECONDS.time():
-            result = classify_batch(self.classifier, messages, self.max_message_bytes)
+            result = classify_batch(models.live, messages, self.max_message_bytes)
+            shadow = shadow_predict(models.shadow, result)
         keys = [
             image_key(outcome.id) if isinstance(outcome, Prediction) else message_key(delivery.message_id)
             for delivery, outcome in zip(batch, result.outcomes)
@@ -159,7 +163,13 @@ class BatchHandler:
             self._publish([batch[i] for i in fresh], new)
             try:
                 with COMMIT_SECONDS.time():
-                    self.store.commit(new, [keys[i] for i in fresh], self.classifier.version, self.window_seconds)
+                    self.store.commit(
+                        new,
+                        [keys[i] for i in fresh],
+                        models.live.version,
+                        self.window_seconds,
+                        shadow.subset(lambda i: i not in repeated) if shadow else None,
+                    )
             except self.store.transient_errors as exc:  # locked, disk full, I/O error, connection lost: retry
                 raise self._unavailable(exc) from exc
             self.recent.add_batch(new)

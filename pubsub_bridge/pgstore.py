@@ -41,9 +41,11 @@ from typing import Any
 import psycopg
 
 from fmnist_faust.core.pipeline import BatchResult
+from fmnist_faust.core.registry import RolloutState
+from fmnist_faust.core.rollout import ModelTally, ShadowBatch, count_batch
 from fmnist_faust.core.scores import Scores
 
-from .store import PRUNE_BATCH, ROW, redact_url
+from .store import POINTER, PRUNE_BATCH, ROW, redact_url, tally_row
 
 # Schema migrations: entry n takes a database from version n to n + 1 (one transaction each).
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -52,6 +54,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         " name text PRIMARY KEY, model_version text, scores text NOT NULL, updated_at double precision NOT NULL)",
         "CREATE TABLE IF NOT EXISTS bridge_processed (key text PRIMARY KEY, processed_at double precision NOT NULL)",
         "CREATE INDEX IF NOT EXISTS bridge_processed_by_time ON bridge_processed (processed_at)",
+    ),
+    (  # live rollout: per-model scores beside the totals, and the pointer the bridges follow
+        "ALTER TABLE bridge_scores ADD COLUMN IF NOT EXISTS models text",
+        "CREATE TABLE IF NOT EXISTS bridge_model_pointer ("
+        " name text PRIMARY KEY, state text NOT NULL, updated_at double precision NOT NULL)",
     ),
 )
 # Advisory lock keys (64-bit, arbitrary but fixed): schema migration, pruning.
@@ -154,10 +161,30 @@ class PostgresStore:
         return float("-inf") if self.horizon_s is None else self.clock() - self.horizon_s
 
     @staticmethod
-    def _row(conn: psycopg.Connection[Any], lock: bool = False) -> tuple[str | None, Scores]:
-        query = "SELECT model_version, scores FROM bridge_scores WHERE name = %s" + (" FOR UPDATE" if lock else "")
-        row = conn.execute(query, (ROW,)).fetchone()
-        return (row[0], Scores.from_dict(json.loads(row[1]))) if row else (None, Scores())
+    def _row(conn: psycopg.Connection[Any], lock: bool = False) -> tuple[str | None, Scores, ModelTally]:
+        query = "SELECT model_version, scores, models FROM bridge_scores WHERE name = %s" + (
+            " FOR UPDATE" if lock else ""
+        )
+        return tally_row(conn.execute(query, (ROW,)).fetchone())
+
+    def totals(self) -> tuple[Scores, ModelTally]:
+        """The committed totals and per-model tally, read in one statement."""
+        with self._using() as conn:
+            _, scores, tally = self._row(conn)
+        return scores, tally
+
+    def rollout_state(self) -> RolloutState:
+        with self._using() as conn:
+            row = conn.execute("SELECT state FROM bridge_model_pointer WHERE name = %s", (POINTER,)).fetchone()
+        return RolloutState.from_json(row[0] if row else None)
+
+    def set_rollout_state(self, state: RolloutState) -> None:
+        with self._using() as conn:
+            conn.execute(
+                "INSERT INTO bridge_model_pointer (name, state, updated_at) VALUES (%s, %s, %s) "
+                "ON CONFLICT (name) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
+                (POINTER, state.to_json(), self.clock()),
+            )
 
     @property
     def scores(self) -> Scores:
@@ -189,9 +216,17 @@ class PostgresStore:
 
     # -- writes ------------------------------------------------------------------------
 
-    def commit(self, result: BatchResult, keys: Sequence[str], model_version: str, window_seconds: int) -> Scores:
+    def commit(
+        self,
+        result: BatchResult,
+        keys: Sequence[str],
+        model_version: str,
+        window_seconds: int,
+        shadow: ShadowBatch | None = None,
+    ) -> Scores:
         """Count the outcomes of ``result`` (keyed by ``keys``) that nobody counted within the
-        horizon, in one transaction with the new totals; returns the totals."""
+        horizon, in one transaction with the new totals and the per-model tally (``shadow``:
+        the shadow's predictions of the same images); returns the totals."""
         if len(keys) != len(result.outcomes) or len(set(keys)) != len(keys):
             raise ValueError("commit needs exactly one distinct key per outcome")
         now = self.clock()
@@ -206,13 +241,20 @@ class PostgresStore:
                     {"now": now, "keys": sorted(keys), "cutoff": self._cutoff()},
                 ).fetchall()
                 fresh = {key for (key,) in inserted}
-                _, scores = self._row(conn, lock=True)
-                result.subset(lambda i: keys[i] in fresh).apply_to(scores, window_seconds)
+                _, scores, tally = self._row(conn, lock=True)
+                count_batch(scores, tally, result, lambda i: keys[i] in fresh, model_version, shadow, window_seconds)
                 conn.execute(
-                    "INSERT INTO bridge_scores (name, model_version, scores, updated_at) VALUES (%s, %s, %s, %s) "
+                    "INSERT INTO bridge_scores (name, model_version, scores, models, updated_at) "
+                    "VALUES (%s, %s, %s, %s, %s) "
                     "ON CONFLICT (name) DO UPDATE SET model_version = excluded.model_version, "
-                    "scores = excluded.scores, updated_at = excluded.updated_at",
-                    (ROW, model_version, json.dumps(scores.to_dict(), separators=(",", ":")), now),
+                    "scores = excluded.scores, models = excluded.models, updated_at = excluded.updated_at",
+                    (
+                        ROW,
+                        model_version,
+                        json.dumps(scores.to_dict(), separators=(",", ":")),
+                        json.dumps(tally.to_dict(), separators=(",", ":")),
+                        now,
+                    ),
                 )
         return scores
 

@@ -35,6 +35,8 @@ from typing import Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from fmnist_faust.core.pipeline import BatchResult
+from fmnist_faust.core.registry import RolloutState
+from fmnist_faust.core.rollout import ModelTally, ShadowBatch, count_batch
 from fmnist_faust.core.scores import Scores
 
 SCHEMA = """
@@ -54,9 +56,14 @@ CREATE TABLE IF NOT EXISTS processed (
 MIGRATIONS = (
     # 0 -> 1: pruning finds expired keys by time without scanning the table.
     "CREATE INDEX IF NOT EXISTS processed_by_time ON processed (processed_at)",
+    # 1 -> 2: per-model scores beside the totals, written in the same statement (live rollout).
+    "ALTER TABLE scores ADD COLUMN models TEXT",
+    # 2 -> 3: the rollout pointer (live / shadow version + SHA-256) the bridges follow.
+    "CREATE TABLE IF NOT EXISTS model_pointer (name TEXT PRIMARY KEY, state TEXT NOT NULL, updated_at REAL NOT NULL)",
 )
 PRUNE_BATCH = 2000  # rows per delete transaction: a few ms of write lock
 ROW = "total"
+POINTER = "rollout"  # the one row of the rollout pointer
 _QUERY_CHUNK = 500  # well under SQLite's limit on bound parameters
 
 
@@ -65,8 +72,11 @@ class Store(Protocol):
 
     The contract, checked on both implementations by ``tests/pubsub_bridge/test_bridge_store.py``:
     :meth:`commit` counts the outcomes whose keys nobody counted within the horizon and
-    records those keys, in one transaction with the new totals; :attr:`scores` are the
-    committed global totals; :meth:`prune` deletes only expired keys. A failure listed in
+    records those keys, in one transaction with the new totals and per-model tally (the
+    live model's part, the shadow's scores); :attr:`scores` are the committed global
+    totals, :meth:`totals` the totals and tally of one commit; :meth:`prune` deletes only
+    expired keys; :meth:`rollout_state` / :meth:`set_rollout_state` hold the pointer the
+    bridges follow. A failure listed in
     :attr:`transient_errors` (database locked, unreachable, restarting) leaves the store as
     it was, and retrying the same call later may succeed.
     """
@@ -86,9 +96,22 @@ class Store(Protocol):
     @property
     def model_version(self) -> str | None: ...
 
+    def totals(self) -> tuple[Scores, ModelTally]: ...
+
     def seen(self, keys: Iterable[str]) -> set[str]: ...
 
-    def commit(self, result: BatchResult, keys: Sequence[str], model_version: str, window_seconds: int) -> Scores: ...
+    def commit(
+        self,
+        result: BatchResult,
+        keys: Sequence[str],
+        model_version: str,
+        window_seconds: int,
+        shadow: ShadowBatch | None = None,
+    ) -> Scores: ...
+
+    def rollout_state(self) -> RolloutState: ...
+
+    def set_rollout_state(self, state: RolloutState) -> None: ...
 
     def prune(self, limit: int = PRUNE_BATCH) -> int: ...
 
@@ -154,6 +177,19 @@ def open_store(url: str, horizon_s: float | None = None, clock: Callable[[], flo
     raise ValueError(f"unknown state store scheme {scheme!r} in {redact_url(url)}: use sqlite:/// or postgresql://")
 
 
+def _compact(data: object) -> str:
+    return json.dumps(data, separators=(",", ":"))
+
+
+def tally_row(row: Sequence[str | None] | None) -> tuple[str | None, Scores, ModelTally]:
+    """(model version, totals, per-model tally) of a scores row ``(model_version, scores, models)``."""
+    if not row:
+        return None, Scores(), ModelTally()
+    version, scores_text, models_text = row
+    scores = Scores.from_dict(json.loads(scores_text)) if scores_text else Scores()
+    return version, scores, ModelTally.of_record(json.loads(models_text) if models_text else None, scores, version)
+
+
 def image_key(image_id: str) -> str:
     return f"id:{image_id}"
 
@@ -214,8 +250,31 @@ class StateStore:
         return float("-inf") if self.horizon_s is None else self.clock() - self.horizon_s
 
     def _row(self) -> tuple[str | None, Scores]:
-        row = self._db.execute("SELECT model_version, scores FROM scores WHERE name = ?", (ROW,)).fetchone()
-        return (row[0], Scores.from_dict(json.loads(row[1]))) if row else (None, Scores())
+        version, scores, _ = self._full_row()
+        return version, scores
+
+    def _full_row(self) -> tuple[str | None, Scores, ModelTally]:
+        row = self._db.execute("SELECT model_version, scores, models FROM scores WHERE name = ?", (ROW,)).fetchone()
+        return tally_row(row)
+
+    def totals(self) -> tuple[Scores, ModelTally]:
+        """The committed totals and per-model tally, read together (they always sum)."""
+        with self._db_lock:
+            _, scores, tally = self._full_row()
+        return scores, tally
+
+    def rollout_state(self) -> RolloutState:
+        with self._db_lock:
+            row = self._db.execute("SELECT state FROM model_pointer WHERE name = ?", (POINTER,)).fetchone()
+        return RolloutState.from_json(row[0] if row else None)
+
+    def set_rollout_state(self, state: RolloutState) -> None:
+        with self._db_lock:
+            self._db.execute(
+                "INSERT INTO model_pointer (name, state, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
+                (POINTER, state.to_json(), self.clock()),
+            )
 
     @property
     def scores(self) -> Scores:
@@ -247,10 +306,18 @@ class StateStore:
             found.update(key for (key,) in rows)
         return found
 
-    def commit(self, result: BatchResult, keys: Sequence[str], model_version: str, window_seconds: int) -> Scores:
+    def commit(
+        self,
+        result: BatchResult,
+        keys: Sequence[str],
+        model_version: str,
+        window_seconds: int,
+        shadow: ShadowBatch | None = None,
+    ) -> Scores:
         """Count the outcomes of ``result`` (keyed by ``keys``) that no one counted yet, in
-        one transaction; a key another replica committed meanwhile is skipped. Returns the
-        new totals."""
+        one transaction, into the totals and under ``model_version`` in the tally (with the
+        ``shadow``'s predictions of the same images); a key another replica committed
+        meanwhile is skipped. Returns the new totals."""
         if len(keys) != len(result.outcomes) or len(set(keys)) != len(keys):
             raise ValueError("commit needs exactly one distinct key per outcome")
         now = self.clock()
@@ -258,20 +325,20 @@ class StateStore:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 counted = self._seen(keys)
-                keep = [i for i, key in enumerate(keys) if key not in counted]
-                _, scores = self._row()
-                result.subset(set(keep).__contains__).apply_to(scores, window_seconds)
+                keep = set(i for i, key in enumerate(keys) if key not in counted)
+                _, scores, tally = self._full_row()
+                count_batch(scores, tally, result, keep.__contains__, model_version, shadow, window_seconds)
                 # An expired key counted again (its row not pruned yet) restarts its horizon.
                 self._db.executemany(
                     "INSERT INTO processed (key, processed_at) VALUES (?, ?) "
                     "ON CONFLICT(key) DO UPDATE SET processed_at = excluded.processed_at",
-                    [(keys[i], now) for i in keep],
+                    [(keys[i], now) for i in sorted(keep)],
                 )
                 self._db.execute(
-                    "INSERT INTO scores (name, model_version, scores, updated_at) VALUES (?, ?, ?, ?) "
+                    "INSERT INTO scores (name, model_version, scores, models, updated_at) VALUES (?, ?, ?, ?, ?) "
                     "ON CONFLICT(name) DO UPDATE SET model_version = excluded.model_version, "
-                    "scores = excluded.scores, updated_at = excluded.updated_at",
-                    (ROW, model_version, json.dumps(scores.to_dict(), separators=(",", ":")), now),
+                    "scores = excluded.scores, models = excluded.models, updated_at = excluded.updated_at",
+                    (ROW, model_version, _compact(scores.to_dict()), _compact(tally.to_dict()), now),
                 )
                 self._db.execute("COMMIT")
             except BaseException:

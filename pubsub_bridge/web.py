@@ -19,6 +19,7 @@ from aiohttp import web
 import fmnist_faust
 from fmnist_faust import metrics
 from fmnist_faust.core.recent import RecentMistakes
+from fmnist_faust.core.rollout import ModelTally
 from fmnist_faust.core.scores import Scores
 
 DASHBOARD = Path(fmnist_faust.__file__).resolve().parent / "static" / "dashboard.html"
@@ -36,13 +37,23 @@ class Views:
     # Errors of the store meaning "the database is away for now": answered 503, not 500
     # with a traceback in the log (the batching thread already logs the outage once).
     unavailable: tuple[type[BaseException], ...] = ()
+    # Live rollout: the totals with their per-model tally (read together, so by_model sums to
+    # them) and what this process serves (``ModelSwitch.status``).
+    totals: Callable[[], tuple[Scores, ModelTally]] | None = None
+    rollout: Callable[[], dict] | None = None
 
 
 def make_app(views: Views) -> web.Application:
     """The aiohttp application; separate from the server so it can be served anywhere."""
 
     def report() -> dict:
-        return views.scores().report(views.model_version())
+        if views.totals is None:
+            return views.scores().report(views.model_version())
+        scores, tally = views.totals()
+        serving = views.rollout() if views.rollout else {}
+        document = scores.report(views.model_version())
+        document["by_model"] = tally.report(serving.get("live"), serving.get("shadow"))
+        return document
 
     async def accuracy(request: web.Request) -> web.Response:
         return web.json_response(report())
@@ -58,7 +69,10 @@ def make_app(views: Views) -> web.Application:
     async def stats(request: web.Request) -> web.Response:
         # The subscription's backlog is only known to Cloud Monitoring (not the emulator):
         # reported as unknown rather than guessed.
-        return web.json_response(metrics.stats_report(None, "pubsub_backlog"))
+        document = metrics.stats_report(None, "pubsub_backlog")
+        if views.rollout is not None:
+            document["models"] = views.rollout()
+        return web.json_response(document)
 
     async def prometheus(request: web.Request) -> web.Response:
         body, content_type = metrics.exposition(report(), None)

@@ -8,8 +8,10 @@ with the reason. Helpers live in ``support.py``.
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -45,6 +47,35 @@ def train_split() -> dataset.Split:
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small MLP trained on 3,000 images in a second or two, with its manifest."""
     return model.train_small(tmp_path_factory.mktemp("model") / "tiny.joblib", DATA_DIR)
+
+
+@dataclass(frozen=True)
+class RolloutModels:
+    """Three tiny versions: ``trusted`` holds them as trained (the operator's directory, where
+    ``fmnist-model`` checks them); ``serving`` is the processes' directory, where the third
+    was tampered with after training (its manifest untouched). ``versions[0]`` is the default."""
+
+    trusted: Path
+    serving: Path
+    versions: tuple[str, str, str]
+
+    def default(self, directory: Path) -> Path:
+        return directory / "m0.joblib"
+
+
+@pytest.fixture(scope="session")
+def rollout_models(tmp_path_factory: pytest.TempPathFactory) -> RolloutModels:
+    root = tmp_path_factory.mktemp("rollout")
+    trusted, serving = root / "trusted", root / "serving"
+    trusted.mkdir()
+    model.train_small(trusted / "m0.joblib", DATA_DIR)
+    model.train_small(trusted / "m1.joblib", DATA_DIR, seed=1, hidden=(24,))
+    model.train_small(trusted / "m2.joblib", DATA_DIR, seed=2, hidden=(16,))
+    shutil.copytree(trusted, serving)
+    with open(serving / "m2.joblib", "ab") as tampered:
+        tampered.write(b"\0")
+    versions = tuple(model.read_manifest(trusted / f"m{i}.joblib")["model_version"] for i in range(3))
+    return RolloutModels(trusted, serving, versions)  # type: ignore[arg-type]
 
 
 @pytest.fixture

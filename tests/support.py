@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -196,6 +197,38 @@ def wait_until(condition, timeout: float = 60.0, interval: float = 0.25, what: s
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
+
+
+def model_cli(env: dict[str, str], *args: str, directory: Path | None = None) -> subprocess.CompletedProcess:
+    """``fmnist-model ARGS`` in ``env`` (with ``directory`` as its model directory and its
+    m0.joblib as the default), as an operator runs it; returns the finished process."""
+    if directory is not None:
+        env = dict(env, FMNIST_MODEL_DIR=str(directory), FMNIST_MODEL_PATH=str(directory / "m0.joblib"))
+    return subprocess.run(
+        [sys.executable, "-m", "fmnist_faust.model_cli", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def print_figures(backend: str, report: dict, killed_at: int, promoted_at: int) -> None:
+    """One line for the record (``pytest -s``): what the run streamed, when it switched, and how it counted."""
+    parts = {
+        version: {
+            "role": part["role"],
+            "live_images": part["live"] and part["live"]["images"],
+            "live_accuracy": part["live"] and part["live"]["accuracy"],
+            "shadow_images": part["shadow"] and part["shadow"]["images"],
+            "shadow_accuracy": part["shadow"] and part["shadow"]["accuracy"],
+            "agreement": part["shadow"] and part["shadow"]["agreement"],
+        }
+        for version, part in report["by_model"].items()
+    }
+    figures = {"images": report["images"], "accuracy": report["accuracy"], "by_model": parts}
+    print(f"ROLLOUT {backend}: SIGKILL at {killed_at}, promoted at {promoted_at}:", json.dumps(figures))
 
 
 def offline_confusion(model_path, images, labels) -> list[list[int]]:

@@ -61,7 +61,10 @@ class BatchResult:
 
     def subset(self, keep: Callable[[int], bool]) -> BatchResult:
         """The outcomes whose index satisfies ``keep`` (e.g. not yet applied)."""
-        indices = [i for i in range(len(self.outcomes)) if keep(i)]
+        return self.take([i for i in range(len(self.outcomes)) if keep(i)])
+
+    def take(self, indices: Sequence[int]) -> BatchResult:
+        """The outcomes at ``indices``, in that order."""
         return BatchResult(
             [self.messages[i] for i in indices], [self.outcomes[i] for i in indices], [self.pixels[i] for i in indices]
         )

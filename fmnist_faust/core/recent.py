@@ -23,10 +23,15 @@ class RecentMistakes:
         self._lock = threading.Lock()
 
     def add_batch(self, result: BatchResult) -> None:
-        """Keep the batch's wrong predictions, with the pixels the pipeline decoded."""
-        for outcome, pixels in zip(result.outcomes, result.pixels):
-            if not isinstance(outcome, Prediction) or outcome.correct is not False or pixels is None:
-                continue
+        """Keep the batch's wrong predictions, with the pixels the pipeline decoded (only the
+        last ones the buffer can hold are encoded: the others would be pushed out at once)."""
+        wrong: list[tuple[Prediction, Any]] = []
+        for outcome, pixels in zip(reversed(result.outcomes), reversed(result.pixels)):
+            if isinstance(outcome, Prediction) and outcome.correct is False and pixels is not None:
+                wrong.append((outcome, pixels))
+                if len(wrong) == self._items.maxlen:
+                    break
+        for outcome, pixels in reversed(wrong):
             item = {
                 "id": outcome.id,
                 "label": outcome.label,

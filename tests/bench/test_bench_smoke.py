@@ -62,6 +62,11 @@ def test_bench_smoke_writes_every_stage(
         assert measured["p50"] > 0 and measured["p99"] >= measured["p50"]
     assert latency["rate_1000"]["consumer_observed_ms"]["p99"] > 0
 
+    per_record = result["per_record"]  # the worker vs Faust's probes on one topic, and its p99 at 1,000/s
+    assert "error" not in per_record, per_record.get("traceback")
+    assert all(per_record["images_per_s"][reader] > 0 for reader in ("worker", "noop", "forward"))
+    assert per_record["ratio_to_forward"] > 0 and per_record["p99_ms_at_1000"] > 0
+
     bridge = result["bridge"]
     if bridge.get("available"):
         assert bridge["images_per_s"] > 0 and bridge["peak_rss_mb"] > 0 and bridge["ready_s"] > 0

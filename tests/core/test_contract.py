@@ -357,6 +357,99 @@ def test_fuzz_valid_images_always_decode_to_the_same_pixels(
 
 
 # ---------------------------------------------------------------------------------------
+# The fast path (orjson, strict base64) decides exactly as json + base64 do
+# ---------------------------------------------------------------------------------------
+
+
+def _verdict(value: bytes, key: bytes | str | None) -> tuple[Any, ...]:
+    try:
+        m = decode_image(value, key)
+    except InvalidMessage as error:
+        return ("rejected", error.kind, error.reason)
+    return ("valid", m.id, m.pixels.tobytes(), m.label, m.sent_at)
+
+
+def _both_verdicts(value: bytes, key: bytes | str | None = None) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """(decode_image as it runs, decode_image with only the reference parsers)."""
+    fast = _verdict(value, key)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(contract, "_parse_fast", lambda value: None)
+        patch.setattr(contract, "_b64_fast", lambda raw: None)
+        reference = _verdict(value, key)
+    return fast, reference
+
+
+def _with(field: str, literal: str) -> bytes:
+    """A valid message whose ``field`` is the raw JSON ``literal`` (numbers json.dumps cannot write)."""
+    fields = {"id": '"x"', "pixels": json.dumps(GOOD_B64), "label": "1", "sent_at": "2.5", field: literal}
+    return ("{" + ",".join(f'"{name}":{text}' for name, text in fields.items()) + "}").encode()
+
+
+EDGE_CASES = [
+    _with("label", str(2**64)),  # orjson: a float; json: an int
+    _with("label", str(2**63)),
+    _with("label", "-" + str(2**63 + 1)),
+    _with("id", str(2**70)),
+    _with("sent_at", str(10**30)),
+    _with("sent_at", str(10**400)),
+    _with("sent_at", "1e400"),
+    _with("sent_at", "NaN"),
+    _with("sent_at", "-Infinity"),
+    _with("label", "1.0"),
+    _with("label", "true"),
+    _with("id", '"\\ud800"'),
+    _with("id", '"\\ud83d\\udc55"'),
+    _with("pixels", "[" + ",".join(["1"] * (IMAGE_BYTES - 1) + [str(2**64)]) + "]"),
+    _with("pixels", json.dumps(GOOD_B64[:-2] + "==")),
+    _with("pixels", json.dumps(GOOD_B64 + "=")),
+    _with("pixels", json.dumps(GOOD_B64[:4] + "\\n" + GOOD_B64[4:])),
+    _with("extra", "[" * 950 + "]" * 950),
+    _with("extra", "[" * 2000 + "]" * 2000),
+    _with("extra", '{"a":NaN}'),
+    _with("label", '1,"label":2'),  # a repeated key: the last one wins in both
+    b"\xef\xbb\xbf" + _with("label", "1"),
+]
+
+
+@pytest.mark.parametrize("case", CATALOGUE, ids=[c.name for c in CATALOGUE])
+def test_fast_path_agrees_with_the_reference_on_the_catalogue(case: Case) -> None:
+    fast, reference = _both_verdicts(case.value, case.key)
+    assert fast == reference
+
+
+@pytest.mark.parametrize("value", EDGE_CASES)
+def test_fast_path_agrees_with_the_reference_where_orjson_differs_from_json(value: bytes) -> None:
+    fast, reference = _both_verdicts(value)
+    assert fast == reference
+
+
+@FUZZ
+@given(
+    field=st.sampled_from(["id", "pixels", "label", "sent_at"]),
+    replacement=numbers | json_values | st.integers(min_value=-(2**80), max_value=2**80),
+    form=st.sampled_from(["base64", "list"]),
+)
+def test_fuzz_fast_path_agrees_with_the_reference(field: str, replacement: Any, form: str) -> None:
+    obj: dict[str, Any] = {
+        "id": "fz",
+        "pixels": GOOD_B64 if form == "base64" else list(GOOD_PIXELS),
+        "label": 1,
+        "sent_at": 2.0,
+    }
+    obj[field] = replacement
+    fast, reference = _both_verdicts(json.dumps(obj).encode("utf-8"))
+    assert fast == reference
+
+
+@FUZZ
+@given(value=st.binary(min_size=1, max_size=64), cut=st.integers(min_value=0, max_value=1100))
+def test_fuzz_fast_path_agrees_on_corrupted_bytes(value: bytes, cut: int) -> None:
+    good = encode_image("cb", GOOD_PIXELS, 5, 1.0)
+    fast, reference = _both_verdicts(good[:cut] + value + good[cut + len(value) :], b"cb")
+    assert fast == reference
+
+
+# ---------------------------------------------------------------------------------------
 # Predictions
 # ---------------------------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """The classify agent through Faust's ``agent.test_context()`` (no broker).
 
-The producer's ``send`` (predictions, dead letters, seen-id marks) and the scores table's
-``send_changelog`` are replaced by recorders: this tests the adapter's logic (batching, DLQ routing, offset-stamped rows,
+The producer's ``send`` (dead letters, seen-id marks), the batched send of predictions
+(``agents.send_batched``) and the scores table's ``send_changelog`` are replaced by recorders: this tests the adapter's logic (batching, DLQ routing, offset-stamped rows,
 replay skipping); the real-broker behaviour is covered by test_pipeline_kafka.py.
 """
 
@@ -15,6 +15,7 @@ import pytest
 
 from fmnist_faust.core.contract import decode_prediction, encode_image
 from fmnist_faust.core.model import load_classifier
+from fmnist_faust.core.rollout import ActiveModels
 from fmnist_faust.seen_ids import SeenIds
 
 
@@ -27,7 +28,7 @@ def faust_app(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     app.finalize()
     app.flow_control.resume()
     classifier = load_classifier(tiny_model)
-    monkeypatch.setattr(agents, "get_classifier", lambda: classifier)
+    monkeypatch.setattr(agents, "current_models", lambda: ActiveModels(classifier))
 
     sent: list[tuple[str, bytes | None, bytes | None, Any]] = []
 
@@ -39,8 +40,12 @@ def faust_app(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
         done.set_result(None)
         return done
 
+    async def record_batched(producer: Any, topic: str, records: list[tuple[bytes, bytes]]) -> list[asyncio.Future]:
+        return [await record_send(topic, key, value, None, None, None) for key, value in records]
+
     changelog: list[tuple[int, str, dict]] = []
     monkeypatch.setattr(type(app.producer), "send", lambda self, *a, **k: record_send(*a, **k))
+    monkeypatch.setattr(agents, "send_batched", record_batched)  # predictions: one record batch per partition
     monkeypatch.setattr(
         tables.scores_table,
         "send_changelog",

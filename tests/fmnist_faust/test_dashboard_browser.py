@@ -190,3 +190,75 @@ def test_dashboard_shows_and_updates_the_live_totals(
     wait_page(browser, lambda p: p["polls"] > page["polls"], "a refresh at full height")
     target = SCREENSHOT if os.environ.get("UPDATE_SCREENSHOT") == "1" else tmp_path / "dashboard.png"
     assert browser.save_screenshot(str(target))
+
+
+READ_MODELS = """
+const cells = (cls) => Object.fromEntries(Array.from(document.querySelectorAll("#models-table td." + cls),
+                                                     (td) => [td.dataset.version, td.dataset.value]));
+return {
+  polls: Number(document.body.dataset.polls),
+  columns: Array.from(document.querySelectorAll("#models-table th.model"), (th) => [th.dataset.version, th.dataset.role]),
+  images: cells("images"), accuracy: cells("accuracy"), agreement: cells("agreement"),
+  recall: Array.from(document.querySelectorAll("#models-table td.recall"),
+                     (td) => [td.dataset.version, td.dataset.class, td.dataset.value]),
+  promotions: Array.from(document.querySelectorAll("#chart-accuracy g.promotion"), (g) => g.dataset.version),
+  retired: document.getElementById("models-retired").textContent,
+};
+"""
+
+
+def number(value: str) -> float | None:
+    return float(value) if value else None
+
+
+def test_dashboard_shows_live_and_shadow_side_by_side_and_marks_the_promotion(
+    start_worker: Callable, worker_env: dict[str, str], browser: Any, test_split: Any, rollout_models: Any
+) -> None:
+    from support import model_cli
+
+    models = rollout_models
+    v0, v1, _ = models.versions
+    worker = start_worker(
+        FMNIST_WINDOW_SECONDS="1",
+        FMNIST_MODEL_DIR=str(models.serving),
+        FMNIST_MODEL_PATH=str(models.default(models.serving)),
+    )
+    browser.get(worker.url + "/")
+
+    def read(until: Callable[[dict], bool], what: str) -> dict:
+        def page() -> dict | None:
+            shown = browser.execute_script(READ_MODELS)
+            return shown if until(shown) else None
+
+        return wait_until(page, 60, what=f"the page to show {what}")
+
+    def operator(*args: str) -> None:
+        assert model_cli(worker_env, *args, directory=models.trusted).returncode == 0
+
+    settings = load_settings(worker_env)
+    with MainManager("kafka", settings).create_producer(settings.topics.images) as producer:
+        stream_wave(producer, test_split, 0, 600, chunks=3)
+        operator("shadow", v1)
+        wait_until(lambda: requests.get(worker.url + "/stats/", timeout=5).json()["models"]["shadow"] == v1, 30)
+        stream_wave(producer, test_split, 600, 600, chunks=3)
+        page = read(lambda p: p["images"].get(v0) == "1200" and p["agreement"].get(v1), "live and shadow")
+        assert page["columns"] == [[v0, "live"], [v1, "shadow"]] and page["promotions"] == []
+        report = worker.accuracy()["by_model"]
+        assert number(page["agreement"][v1]) == report[v1]["shadow"]["agreement"]
+        assert int(page["images"][v1]) == report[v1]["shadow"]["images"] == 600
+        assert number(page["accuracy"][v0]) == report[v0]["live"]["accuracy"]
+        shown = {(v, name): number(value) for v, name, value in page["recall"]}
+        for version, part in ((v0, report[v0]["live"]), (v1, report[v1]["shadow"])):
+            assert {name: shown[version, name] for name in part["per_class"]} == {
+                name: c["recall"] for name, c in part["per_class"].items()
+            }
+
+        operator("promote", v1)
+        wait_until(lambda: requests.get(worker.url + "/stats/", timeout=5).json()["models"]["live"] == v1, 30)
+        stream_wave(producer, test_split, 1200, 600, chunks=3)
+    page = read(lambda p: p["images"].get(v1) == "600" and p["promotions"] == [v1], "the promotion")
+    report = worker.accuracy()
+    assert page["columns"] == [[v1, "live"]]
+    assert v0 in page["retired"] and "1,200 images" in page["retired"]
+    assert report["images"] == 1800 == sum(p["live"]["images"] for p in report["by_model"].values() if p["live"])
+    assert browser.save_screenshot(str(worker.log_path.with_name("dashboard-rollout.png")))

@@ -25,7 +25,7 @@ import pytest
 
 from fmnist_faust.config import KafkaSecurity, Settings, load_settings
 from fmnist_faust.core.contract import decode_prediction, encode_image
-from support import IN_CI, ROOT, Worker, free_port, wait_for_port, wait_until
+from support import IN_CI, ROOT, Worker, free_port, model_cli, wait_for_port, wait_until
 
 pytestmark = pytest.mark.kafka
 
@@ -181,7 +181,7 @@ async def _consume(bootstrap: str, topics: list[str], expected: int, security: K
 
 @pytest.mark.timeout(180)
 def test_worker_and_clients_over_sasl(
-    sasl_broker: str, worker_env: dict[str, str], tmp_path: Path, test_split: Any
+    sasl_broker: str, worker_env: dict[str, str], tmp_path: Path, test_split: Any, rollout_models: Any
 ) -> None:
     from fmnist_faust.client import MainManager
     from fmnist_faust.kafka_admin import ensure_topics_sync
@@ -215,6 +215,7 @@ def test_worker_and_clients_over_sasl(
 
     # ... classified by a worker that authenticates with SCRAM-SHA-512, from the environment only.
     env = dict(worker_env, **_env(sasl_broker, "SCRAM-SHA-512", SCRAM_USER, SCRAM_PASSWORD))
+    env["FMNIST_MODEL_DIR"] = str(rollout_models.trusted)
     worker = Worker(env, tmp_path / "sasl-worker.log").start(ready_timeout=90)
     try:
         report = wait_until(
@@ -231,6 +232,17 @@ def test_worker_and_clients_over_sasl(
         dead = [r for r in records if r.topic == scram.topics.dlq]
         assert [(r.key, r.value) for r in dead] == [(b"s-bad", b"not json")]
         assert worker.proc is not None and worker.proc.poll() is None
+
+        # fmnist-model writes the rollout pointer with the broker's credentials (PLAIN here).
+        shadow = rollout_models.versions[1]
+        operator = dict(worker_env, **_env(sasl_broker, "PLAIN", PLAIN_USER, PLAIN_PASSWORD))
+        refused = model_cli(
+            dict(operator, KAFKA_SASL_PASSWORD="wrong"), "shadow", shadow, directory=rollout_models.trusted
+        )
+        assert refused.returncode == 1 and "cannot reach" in refused.stderr
+        done = model_cli(operator, "shadow", shadow, directory=rollout_models.trusted)
+        assert done.returncode == 0, done.stderr
+        wait_until(lambda: worker.get("/stats/").json()["models"]["shadow"] == shadow, 30, what="shadow over SASL")
     finally:
         worker.stop()
     assert "SaslAuthenticationFailed" not in worker.log_path.read_text(errors="replace")

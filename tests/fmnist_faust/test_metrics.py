@@ -26,6 +26,33 @@ from support import wait_until
 SampleKey = tuple[str, tuple[tuple[str, str], ...]]
 
 
+def test_observe_many_fills_the_buckets_observe_would() -> None:
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from fmnist_faust.metrics import observe_many
+
+    values = [0.0, 0.004, 0.005, 0.0051, 0.1, 0.1000001, 3.0, 11.0, float("inf"), 0.02, 0.02]
+    registry = CollectorRegistry()
+    one_by_one = Histogram("one", "", buckets=(0.005, 0.01, 0.1, 1, 10), registry=registry)
+    batched = Histogram("many", "", buckets=(0.005, 0.01, 0.1, 1, 10), registry=registry)
+    for value in values:
+        one_by_one.observe(value)
+    observe_many(batched, values[:4])
+    observe_many(batched, values[4:])
+    observe_many(batched, [])
+
+    def samples(name: str) -> list[tuple[str, dict[str, str], float]]:
+        return [
+            (s.name[len(name) :], s.labels, s.value)
+            for metric in registry.collect()
+            if metric.name == name
+            for s in metric.samples
+            if not s.name.endswith("_created")
+        ]
+
+    assert samples("one") == samples("many")
+
+
 def test_rate_meter_averages_over_the_window() -> None:
     now = [100.0]
     meter = RateMeter(window_s=10.0, clock=lambda: now[0])

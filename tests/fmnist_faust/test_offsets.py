@@ -87,3 +87,28 @@ def test_a_batch_counts_each_partition_up_to_its_first_hole(monkeypatch: Any) ->
     kept, cut = agents._without_gaps(events, {0: (9, Scores()), 1: (4, Scores())})
     assert [(e.message.partition, e.message.offset) for e in kept] == [(0, 10), (0, 11), (1, 5), (1, 6)]
     assert cut == {_images(0)}
+
+
+def test_seek_runs_on_the_consumer_thread() -> None:
+    """aiokafka's seek and its fetcher share a buffer: the seek must go through the consumer
+    thread's method queue (``call_thread``), never run directly on the event loop's thread."""
+    import asyncio
+
+    from fmnist_faust.offsets import RowOffsetConsumer
+
+    calls: list[tuple[str, TP, int]] = []
+
+    class _Thread:
+        def seek(self, partition: TP, offset: int) -> None:
+            calls.append(("seek", partition, offset))
+
+        async def call_thread(self, fun: Any, *args: Any) -> Any:
+            calls.append(("call_thread", *args))
+            return fun(*args)
+
+    class _Consumer:
+        _thread = _Thread()
+
+    tp = _images(1)
+    asyncio.run(RowOffsetConsumer._seek(_Consumer(), tp, 42))  # type: ignore[arg-type]
+    assert calls == [("call_thread", tp, 42), ("seek", tp, 42)]

@@ -19,6 +19,7 @@ from fmnist_faust.config import Settings
 from fmnist_faust.core import dataset
 from fmnist_faust.core.contract import encode_image
 from fmnist_faust.core.model import load_classifier
+from fmnist_faust.core.rollout import totals_report
 from fmnist_faust.core.scores import Scores
 from support import Service
 
@@ -110,6 +111,16 @@ def publish_images(
     finally:
         producer.close()
     return ids
+
+
+def checked_totals(report: dict) -> dict:
+    """``report`` (an ``/accuracy/`` document) without ``by_model``, after checking that
+    ``by_model``'s live parts sum to its totals: comparable with ``Scores.report``."""
+    live = [part["live"] for part in report["by_model"].values() if part["live"]]
+    for key in ("images", "labeled", "correct", "rejected"):
+        assert sum(part[key] for part in live) == report[key], key
+    assert np.sum([part["confusion"] for part in live] or [np.zeros((10, 10))], axis=0).tolist() == report["confusion"]
+    return totals_report(report)
 
 
 def offline_scores(

@@ -19,7 +19,7 @@ import pytest
 import requests
 from google.cloud import pubsub_v1
 
-from bridge_helpers import Bridge, Collector, offline_scores, publish_images
+from bridge_helpers import Bridge, Collector, checked_totals, offline_scores, publish_images
 from fmnist_faust.config import Settings, load_settings
 from fmnist_faust.core import dataset
 from fmnist_faust.core.contract import decode_prediction, encode_image
@@ -62,7 +62,7 @@ def test_every_image_once_and_totals_equal_offline(
     expected, predicted, version = offline_scores(tiny_model, test_split, indices, settings.pipeline.window_seconds)
     for kind in ("not_json", "bad_pixel_count", "key_mismatch"):
         expected.reject(kind)
-    assert bridge.accuracy() == expected.report(version)
+    assert checked_totals(bridge.accuracy()) == expected.report(version)
 
     got = predictions.wait(1200)
     counts = prediction_ids(got)
@@ -119,13 +119,13 @@ def test_redelivered_and_duplicate_messages_count_once(
     bridge.wait_for(lambda b: b.metric("fmnist_bridge_acked_total") == 401, "401 acks")
     expected, _, version = offline_scores(tiny_model, test_split, range(300), settings.pipeline.window_seconds)
     expected.reject("bad_id")
-    assert bridge.accuracy() == expected.report(version)
+    assert checked_totals(bridge.accuracy()) == expected.report(version)
     assert bridge.metric("fmnist_duplicates_total") == 100
 
     subscriber.seek(request={"subscription": subscription, "snapshot": snapshot})  # every ack "lost"
     bridge.wait_for(lambda b: b.metric("fmnist_bridge_acked_total") == 802, "the 401 messages redelivered")
     assert bridge.metric("fmnist_duplicates_total") == 100 + 401
-    assert bridge.accuracy() == expected.report(version)
+    assert checked_totals(bridge.accuracy()) == expected.report(version)
     counts = prediction_ids(predictions.wait(300))
     assert set(counts) == set(ids) and set(counts.values()) == {1}, "nothing published twice"
     assert bridge.stop() == 0
@@ -182,7 +182,7 @@ def test_sigkill_mid_stream_then_restart_keeps_totals_exact(
     sender.join()
     expected, _, version = offline_scores(tiny_model, test_split, indices, settings.pipeline.window_seconds)
     time.sleep(1.0)  # anything still redelivered must not change the totals
-    assert second.accuracy() == expected.report(version)
+    assert checked_totals(second.accuracy()) == expected.report(version)
     assert second.stop() == 0
     assert _counted(Path(bridge_env["BRIDGE_STATE_PATH"])) == 2000
     # At least once on the predictions topic: a batch published but not committed at the kill

@@ -14,7 +14,7 @@ import pytest
 from fmnist_faust.core.contract import Prediction
 from fmnist_faust.core.pipeline import BatchResult, RawMessage
 from pg_helpers import PASSWORD, LocalPostgres
-from pubsub_bridge.pgstore import PRUNE_LOCK, PostgresStore
+from pubsub_bridge.pgstore import MIGRATIONS, PRUNE_LOCK, PostgresStore
 from pubsub_bridge.store import describe_open_error, image_key, open_store
 
 
@@ -30,7 +30,7 @@ def batch_for(keys: list[str]) -> BatchResult:
 def test_schema_is_created_once_and_recorded(pg_url: str) -> None:
     first = PostgresStore(pg_url)
     second = PostgresStore(pg_url)  # a replica starting later: migration is a no-op
-    assert first.schema_version() == second.schema_version() == 1
+    assert first.schema_version() == second.schema_version() == len(MIGRATIONS)
     with psycopg.connect(pg_url) as conn:
         assert conn.execute("SELECT count(*) FROM bridge_schema_version").fetchone() == (1,)
         assert conn.execute("SELECT count(*) FROM bridge_scores").fetchone() == (1,)
@@ -54,7 +54,7 @@ def test_replicas_starting_together_migrate_once(pg_url: str) -> None:
     for t in threads:
         t.join(30)
     assert not errors and len(stores) == 4
-    assert {s.schema_version() for s in stores} == {1}
+    assert {s.schema_version() for s in stores} == {len(MIGRATIONS)}
     for store in stores:
         store.close()
 

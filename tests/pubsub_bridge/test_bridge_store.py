@@ -16,7 +16,9 @@ import pytest
 
 from fmnist_faust.core.contract import InvalidMessage, Prediction
 from fmnist_faust.core.pipeline import BatchResult, RawMessage
-from pubsub_bridge.store import StateStore, Store, image_key, message_key, open_store
+from fmnist_faust.core.registry import ModelPointer, RolloutState
+from fmnist_faust.core.rollout import ShadowBatch
+from pubsub_bridge.store import MIGRATIONS, StateStore, Store, image_key, message_key, open_store
 
 OpenStore = Callable[..., Store]
 
@@ -195,10 +197,10 @@ def test_a_store_from_before_the_horizon_is_migrated_once(tmp_path: Path) -> Non
         old.execute("INSERT INTO processed VALUES ('id:a', 1.0)")
     old.close()
     store = StateStore(path, horizon_s=60, clock=Clock(1000.0))
-    assert store.schema_version() == 1
+    assert store.schema_version() == len(MIGRATIONS)
     assert store.prune() == 1 and store.counted() == 0
     store.close()
-    assert StateStore(path).schema_version() == 1  # reopening runs no migration again
+    assert StateStore(path).schema_version() == len(MIGRATIONS)  # reopening runs no migration again
 
 
 def test_opening_and_pruning_never_scan_the_processed_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -233,3 +235,26 @@ def test_opening_and_pruning_never_scan_the_processed_table(tmp_path: Path, monk
         for query in queries:
             plan = " | ".join(row[3] for row in check.execute("EXPLAIN QUERY PLAN " + query))
             assert "SCAN processed" not in plan, (query, plan)
+
+
+def test_the_rollout_pointer_is_stored_and_read_by_every_replica(open_one: OpenStore) -> None:
+    first, second = open_one(), open_one()
+    assert first.rollout_state() == RolloutState()  # never set: the default model
+    state = RolloutState().shadowed(ModelPointer("v2", "a" * 64)).promoted(ModelPointer("v1", "b" * 64))
+    first.set_rollout_state(state)
+    assert second.rollout_state() == state
+
+
+def test_per_model_tally_commits_with_the_totals_and_sums_to_them(open_one: OpenStore) -> None:
+    store = open_one()
+    first = batch([(1, 1), (2, 3)], rejected=1)
+    shadow = ShadowBatch("v2", [1, 2, None])  # agrees on the first image only
+    store.commit(first, [image_key("a"), image_key("b"), message_key("m")], "v1", 10, shadow)
+    store.commit(batch([(4, 4)]), [image_key("a")], "v2", 10)  # counted before: nothing changes
+    store.commit(batch([(5, 5)]), [image_key("c")], "v2", 10)
+    scores, tally = store.totals()
+    report = tally.report("v2", None)
+    assert report["v1"]["live"]["images"] + report["v2"]["live"]["images"] == scores.images == 3
+    assert report["v1"]["live"]["rejected"] == scores.report(None)["rejected"] == 1
+    assert report["v2"]["shadow"]["compared"] == 2 and report["v2"]["shadow"]["agreed"] == 1
+    assert report["v2"]["shadow"]["correct"] == 2  # labels 1, 2: shadow said 1, 2
