@@ -189,6 +189,10 @@ class Soak:
             FMNIST_DEDUPE_SECONDS=str(self.plan.horizon_s),
             FMNIST_LOG_LEVEL="info",
             PUBSUB_ACK_DEADLINE_SECONDS="10",  # like the tests: redeliveries after a restart within seconds
+            # Like the tests: the emulator keeps leasing messages to a stopped bridge's streams (it never
+            # sees them cancelled, see tools/emulator_dead_stream.py), each lease a delivery attempt; with
+            # 5 attempts it dead-letters new images no bridge saw. 100 lets them reach the new bridge.
+            PUBSUB_MAX_DELIVERY_ATTEMPTS="100",
             OMP_NUM_THREADS="1",
             OPENBLAS_NUM_THREADS="1",
             MKL_NUM_THREADS="1",
@@ -242,9 +246,10 @@ class Soak:
             time.sleep(0.5)
 
     def restart(self, side: Side) -> dict[str, Any]:
-        """SIGTERM, start, send new images as soon as it answers: seconds from spawn to ready
-        and to the first new image counted. (New images are sent after the restart: the
-        emulator lost track of part of a backlog published while the bridge was down.)"""
+        """SIGTERM, start, send new images as soon as it answers: seconds from spawn to ready,
+        to the first new image counted and to the last. On the emulator the last can take
+        several ack deadlines for the bridge: part of the new images is leased to the stopped
+        bridge's streams first (see tools/emulator_dead_stream.py)."""
         before = side.counted()
         side.proc.stop()
         spawned = time.perf_counter()
@@ -259,6 +264,7 @@ class Soak:
         return {
             "ready_s": side.proc.ready_s,
             "restart_to_first_new_s": round(first_new, 2),
+            "restart_to_all_new_s": round(time.perf_counter() - spawned, 2),
             "rss_mb_after": rss_mb(side.proc.proc.pid) if side.proc.proc else None,
         }
 
@@ -531,8 +537,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--restart",
         default="worker,bridge",
-        help="processes restarted at the end (default worker,bridge; the CI smoke restarts the worker only: "
-        "on the emulator a restarted bridge has missed a publish batch of new images, an open question)",
+        help="processes restarted at the end (default worker,bridge)",
     )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args(argv)
