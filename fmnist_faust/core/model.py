@@ -352,11 +352,8 @@ class Classifier:
             raise ValueError(f"expected (n, {IMAGE_BYTES}) pixels, got {pixels.shape}")
         if len(pixels) == 0:
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64)
-        if self.blas_threads is None:
+        with _blas_limit(self.blas_threads):
             proba = self.estimator.predict_proba(pixels.astype(np.float32))
-        else:
-            with _blas_controller().limit(limits=self.blas_threads, user_api="blas"):
-                proba = self.estimator.predict_proba(pixels.astype(np.float32))
         predicted = proba.argmax(axis=1)
         return predicted, proba[np.arange(len(predicted)), predicted]
 
