@@ -319,8 +319,11 @@ def _preloaded_stats(
         "predictions_read": len(stamps),
         "images_per_s": round(span_rate(stamps)),
         "table_confirmed_images_per_s": round(n / max(counted_at - first, 1e-3)),
-        # None when the worker had counted them all by its first answer (a tiny smoke run)
-        "worker_cpu_ms_per_image": round(cpu_used * 1000.0 / (n - first_images), 4) if n > first_images else None,
+        # None when not measured: the worker had counted them all by its first answer, or the
+        # rest took less CPU than one clock tick of /proc (10 ms; a tiny smoke run)
+        "worker_cpu_ms_per_image": (
+            round(cpu_used * 1000.0 / (n - first_images), 4) if n > first_images and cpu_used > 0 else None
+        ),
         "first_prediction_s_from_spawn": round(first - spawned, 2),
         "seconds_to_all_counted_from_spawn": round(counted_at - spawned, 2),
         "ready_s": worker.ready_s,

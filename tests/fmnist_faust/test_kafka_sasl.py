@@ -81,7 +81,9 @@ def sasl_broker(tmp_path: Path) -> Iterator[str]:
     config = directory / "server.properties"
     config.write_text(_properties(port, controller, directory / "data"))
     classpath = f"{LIBS}/*"
-    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    cluster_id = "-"
+    while cluster_id.startswith("-"):  # StorageTool would read a leading "-" as an option (1 in 64)
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
     subprocess.run(
         [
             java,
