@@ -130,7 +130,9 @@ class ServiceProc:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         self.started_at = time.perf_counter()
-        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        # BENCH_CODE_ROOT: import the worker from another checkout (bench/ab.py's A/B of two trees)
+        cwd = self.env.get("BENCH_CODE_ROOT", str(ROOT))
+        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=cwd)
         log.close()
         try:
             self.ready_s = round(wait_ready(self.proc, self.url(self.ready_path), self.log_path, ready_timeout), 2)

@@ -180,14 +180,8 @@ def classify_batch(
         for index, image_id, label, sent_at, guess, conf in zip(
             valid.at, valid.ids, valid.labels, valid.sent_at, predicted.tolist(), confidence.tolist()
         ):
-            outcomes[index] = Prediction(
-                id=image_id,
-                predicted=guess,
-                confidence=conf,
-                label=label,
-                model_version=version,
-                latency_ms=None if sent_at is None else max(0.0, (now - sent_at) * 1000.0),
-            )
+            latency_ms = None if sent_at is None else max(0.0, (now - sent_at) * 1000.0)
+            outcomes[index] = Prediction(image_id, guess, conf, label, version, latency_ms)
     return BatchResult(carriers, outcomes, pixels, sources)  # type: ignore[arg-type]
 
 

@@ -7,6 +7,8 @@ Pub/Sub bridge only catch ``InvalidMessage``: anything else would crash them).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
 from pathlib import Path
@@ -451,6 +453,19 @@ def test_fuzz_fast_path_agrees_on_corrupted_bytes(value: bytes, cut: int) -> Non
     good = encode_image("cb", GOOD_PIXELS, 5, 1.0)
     fast, reference = _both_verdicts(good[:cut] + value + good[cut + len(value) :], b"cb")
     assert fast == reference
+
+
+@FUZZ
+@given(raw=st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=-_ \n\u00e9", max_size=40))
+def test_fuzz_fast_base64_accepts_only_what_base64_accepts_to_the_same_bytes(raw: str) -> None:
+    """pybase64 (the fast path) never accepts a string ``b64decode(validate=True)`` refuses, nor
+    decodes one to other bytes; where it refuses, the reference decides (and says why)."""
+    try:
+        reference: bytes | None = base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError):
+        reference = None
+    fast = contract._b64_fast(raw)
+    assert fast is None or fast == reference
 
 
 # ---------------------------------------------------------------------------------------
