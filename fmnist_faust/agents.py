@@ -260,13 +260,14 @@ def _without_gaps(fresh: list[Any], applied: dict[int, tuple[int, Any]]) -> tupl
 
 async def _count(fresh: list[Any], applied: dict[int, tuple[int, Any]], generation: int) -> None:
     models = current_models()
-    messages = [RawMessage(value=e.message.value, key=e.message.key, timestamp=e.message.timestamp) for e in fresh]
+    messages = [RawMessage(e.message.value, e.message.key, e.message.timestamp) for e in fresh]
     pipeline = settings.pipeline
     with metrics.PREDICT_SECONDS.time():
         result = classify_batch(models.live, messages, pipeline.max_message_bytes, max_images=pipeline.max_batch_images)
         shadow = shadow_predict(models.shadow, result)
     carriers = [fresh[source] for source in result.sources]  # the event of each image
-    duplicates, marks = await _duplicate_ids(carriers, result, {p: row[0] for p, row in applied.items()})
+    partitions = [event.message.partition for event in carriers]
+    duplicates, marks = await _duplicate_ids(carriers, partitions, result, {p: row[0] for p, row in applied.items()})
     counted = result.without(duplicates)
     await asyncio.wait_for(_publish(counted), PUBLISH_TIMEOUT_S)
     await asyncio.wait_for(asyncio.gather(*marks), PUBLISH_TIMEOUT_S)  # ids durable before the rows
@@ -274,10 +275,10 @@ async def _count(fresh: list[Any], applied: dict[int, tuple[int, Any]], generati
     if app.consumer_generation_id != generation:  # revoked while publishing: the owner counts them
         log.warning("partitions were reassigned during a batch of %d images: not counting it here", len(fresh))
         return
-    counted_by_partition: dict[int, set[int]] = defaultdict(set)  # outcome indices that count, per partition
-    for index, event in enumerate(carriers):
+    counted_by_partition: dict[int, list[int]] = {p: [] for p in applied}  # outcome indices that count
+    for index, partition in enumerate(partitions):
         if index not in duplicates:
-            counted_by_partition[event.message.partition].add(index)
+            counted_by_partition[partition].append(index)
     last_offsets: dict[int, int] = {}  # per record: every record of the batch is applied
     for event in fresh:
         message = event.message
@@ -289,7 +290,7 @@ async def _count(fresh: list[Any], applied: dict[int, tuple[int, Any]], generati
             scores,
             tally,
             result,
-            counted_by_partition[partition].__contains__,
+            counted_by_partition[partition],
             models.live.version,
             shadow,
             pipeline.window_seconds,
@@ -301,10 +302,11 @@ async def _count(fresh: list[Any], applied: dict[int, tuple[int, Any]], generati
 
 
 async def _duplicate_ids(
-    fresh: list[Any], result: BatchResult, applied: dict[int, int]
+    fresh: list[Any], partitions: list[int], result: BatchResult, applied: dict[int, int]
 ) -> tuple[set[int], list[Awaitable[Any]]]:
     """Indices of images whose id was already counted in their partition; marks the others.
-    ``fresh[i]`` is the event that carried outcome ``i`` (the same for the images of a record).
+    ``fresh[i]`` is the event that carried outcome ``i`` (the same for the images of a record)
+    and ``partitions[i]`` its partition.
 
     First each partition's marks older than the dedupe horizon (by record timestamps, up to
     the newest in this batch) expire. An earlier mark only counts if its offset is <= the
@@ -312,11 +314,11 @@ async def _duplicate_ids(
     made earlier in this batch.
     """
     newest: dict[int, float] = {}
-    partitions: list[int] = []
     for event in fresh:
         message = event.message
-        partitions.append(message.partition)
-        newest[message.partition] = max(newest.get(message.partition, 0.0), message.timestamp or 0.0)
+        timestamp = message.timestamp or 0.0
+        if timestamp > newest.get(message.partition, -1.0):
+            newest[message.partition] = timestamp
     acks: list[Awaitable[Any]] = []
     for partition, timestamp in newest.items():
         acks.extend(await expire_marks(partition, timestamp))

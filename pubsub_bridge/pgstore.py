@@ -242,7 +242,8 @@ class PostgresStore:
                 ).fetchall()
                 fresh = {key for (key,) in inserted}
                 _, scores, tally = self._row(conn, lock=True)
-                count_batch(scores, tally, result, lambda i: keys[i] in fresh, model_version, shadow, window_seconds)
+                counted = [i for i, key in enumerate(keys) if key in fresh]
+                count_batch(scores, tally, result, counted, model_version, shadow, window_seconds)
                 conn.execute(
                     "INSERT INTO bridge_scores (name, model_version, scores, models, updated_at) "
                     "VALUES (%s, %s, %s, %s, %s) "

@@ -329,7 +329,7 @@ class StateStore:
                 counted = self._seen(keys)
                 keep = set(i for i, key in enumerate(keys) if key not in counted)
                 _, scores, tally = self._full_row()
-                count_batch(scores, tally, result, keep.__contains__, model_version, shadow, window_seconds)
+                count_batch(scores, tally, result, sorted(keep), model_version, shadow, window_seconds)
                 # An expired key counted again (its row not pruned yet) restarts its horizon.
                 self._db.executemany(
                     "INSERT INTO processed (key, processed_at) VALUES (?, ?) "

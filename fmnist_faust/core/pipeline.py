@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -38,9 +39,8 @@ Outcome = Prediction | InvalidMessage
 STEP_IMAGES = 4096
 
 
-@dataclass(frozen=True)
-class RawMessage:
-    """A message as a transport delivered it."""
+class RawMessage(NamedTuple):
+    """A message as a transport delivered it (a named tuple: one is built per message)."""
 
     value: bytes | None
     key: bytes | str | None = None
@@ -147,7 +147,7 @@ def classify_batch(
             pixels.append(None)
             continue
         if isinstance(decoded, ImageMessage):
-            valid.add(len(outcomes), [decoded.id], [decoded.label], decoded.sent_at, decoded.pixels.reshape(1, -1))
+            valid.add_one(len(outcomes), decoded)
             carriers.append(message)
             sources.append(source)
             outcomes.append(None)
@@ -194,6 +194,14 @@ class _ValidImages:
     labels: list[int | None] = field(default_factory=list)
     sent_at: list[float | None] = field(default_factory=list)
     rows: list[np.ndarray] = field(default_factory=list)  # (k, 784) pieces, in order
+
+    def add_one(self, at: int, image: ImageMessage) -> None:
+        """One image of the one-image form (the common case: no lists built for it)."""
+        self.at.append(at)
+        self.ids.append(image.id)
+        self.labels.append(image.label)
+        self.sent_at.append(image.sent_at)
+        self.rows.append(image.pixels.reshape(1, -1))
 
     def add(
         self,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,6 +148,10 @@ class ShadowBatch:
     def subset(self, keep: Callable[[int], bool]) -> ShadowBatch:
         """Mirrors :meth:`BatchResult.subset`: the same indices, so the two stay aligned."""
         return ShadowBatch(self.version, [p for i, p in enumerate(self.predicted) if keep(i)])
+
+    def take(self, indices: Sequence[int]) -> ShadowBatch:
+        """Mirrors :meth:`BatchResult.take`."""
+        return ShadowBatch(self.version, [self.predicted[i] for i in indices])
 
 
 def shadow_predict(shadow: Classifier | None, result: BatchResult) -> ShadowBatch | None:
@@ -313,17 +317,17 @@ def count_batch(
     scores: Scores,
     tally: ModelTally,
     result: BatchResult,
-    keep: Callable[[int], bool],
+    indices: Sequence[int],
     live_version: str,
     shadow: ShadowBatch | None,
     window_seconds: int,
 ) -> None:
-    """Count the kept outcomes of ``result`` into the totals and the same ones into the
-    tally, under ``live_version`` (both backends: a Kafka partition's row, the bridge's
-    totals); the caller writes both in one record."""
-    counted = result.subset(keep)
+    """Count the outcomes of ``result`` at ``indices`` (ascending) into the totals and the same
+    ones into the tally, under ``live_version`` (both backends: a Kafka partition's row, the
+    bridge's totals); the caller writes both in one record."""
+    counted = result.take(indices)
     counted.apply_to(scores, window_seconds)
-    tally.record(counted, live_version, shadow.subset(keep) if shadow else None, window_seconds)
+    tally.record(counted, live_version, shadow.take(indices) if shadow else None, window_seconds)
 
 
 def totals_report(document: dict[str, Any]) -> dict[str, Any]:

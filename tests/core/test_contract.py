@@ -456,7 +456,9 @@ def test_fuzz_fast_path_agrees_on_corrupted_bytes(value: bytes, cut: int) -> Non
 
 
 @FUZZ
-@given(raw=st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=-_ \n\u00e9", max_size=40))
+@given(
+    raw=st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=-_ \n\u00e9", max_size=40)
+)
 def test_fuzz_fast_base64_accepts_only_what_base64_accepts_to_the_same_bytes(raw: str) -> None:
     """pybase64 (the fast path) never accepts a string ``b64decode(validate=True)`` refuses, nor
     decodes one to other bytes; where it refuses, the reference decides (and says why)."""

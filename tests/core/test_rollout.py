@@ -110,10 +110,10 @@ def test_shadow_scores_and_agreement_beside_live_parts_that_sum_to_the_totals(ro
     shadowed = shadow_predict(shadow, result)
     assert shadowed is not None and shadowed.predicted[-1] is None  # the invalid message
     scores, tally = Scores(), ModelTally()
-    keep = lambda i: i % 3 != 0  # noqa: E731  (a caller's selection, e.g. not duplicates)
+    keep = [i for i in range(len(result.outcomes)) if i % 3 != 0]  # a caller's selection, e.g. not duplicates
     count_batch(scores, tally, result, keep, v0, shadowed, 10)
     later = classify_batch(shadow, _batch(test_split, 50, bad=0))
-    count_batch(scores, tally, later, lambda i: True, v1, None, 10)
+    count_batch(scores, tally, later, range(len(later.outcomes)), v1, None, 10)
 
     report = tally.report(v1, None)
     assert report[v0]["role"] == "retired" and report[v1]["role"] == "live"
@@ -124,7 +124,7 @@ def test_shadow_scores_and_agreement_beside_live_parts_that_sum_to_the_totals(ro
     assert np.add(parts[0]["confusion"], parts[1]["confusion"]).tolist() == totals["confusion"]
     assert report[v0]["live_since"] == 101.0 and report[v1]["live_since"] == 100.0
 
-    kept = [i for i in range(200) if keep(i)]
+    kept = [i for i in keep if i < 200]  # the valid images among them
     offline, _ = shadow.predict(test_split.images[kept])
     live_guess = [result.outcomes[i].predicted for i in kept]  # type: ignore[union-attr]
     shadow_report = report[v1]["shadow"]
