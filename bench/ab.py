@@ -65,8 +65,10 @@ def main() -> int:
             for name, extra in args.variants:
                 os.environ.update(extra)
                 try:
+                    batch = int(extra.get("FMNIST_BATCH_SIZE", defaults.batch_size))  # the bench sets these two
+                    linger = float(extra.get("FMNIST_BATCH_LINGER", defaults.batch_linger_s))
                     row: dict[str, Any] = stages.preloaded_run(
-                        ctx, topic, args.images, defaults.batch_size, defaults.batch_linger_s, f"ab-{name}-{round_}"
+                        ctx, topic, args.images, batch, linger, f"ab-{name}-{round_}"
                     )
                 finally:
                     os.environ.clear()

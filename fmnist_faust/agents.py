@@ -32,6 +32,7 @@ from faust.types import TP
 
 from . import metrics
 from .batch_send import send_batched
+from .batching import batches
 from .core.contract import Prediction, dead_letter_attributes, estimated_images
 from .core.pipeline import STEP_IMAGES, BatchResult, RawMessage, classify_batch, repeats
 from .core.recent import RecentMistakes
@@ -79,7 +80,8 @@ async def prepare() -> None:
 
 @app.agent(images_topic)
 async def classify(stream: Any) -> None:
-    async for events in stream.take_events(settings.pipeline.batch_size, within=settings.pipeline.batch_linger_s):
+    size = settings.pipeline.batch_size
+    async for events in batches(stream, size, settings.pipeline.batch_linger_s, lambda: backlog(size)):
         try:
             for step in image_steps(events, STEP_IMAGES):
                 await process_events(step)
@@ -89,6 +91,12 @@ async def classify(stream: Any) -> None:
             )
             await rewind({e.message.tp for e in events}, f"batch failed: {exc!r}")
             await asyncio.sleep(RETRY_PAUSE_S)
+
+
+def backlog(size: int) -> bool:
+    """Whether this worker's uncounted images on the broker (as of the last fetch) fill a batch."""
+    lags = partition_lags()
+    return lags is not None and sum(lags.values()) >= size
 
 
 def image_steps(events: list[Any], limit: int) -> list[list[Any]]:
