@@ -64,7 +64,8 @@ def rule(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         written.clear()
 
         async def go() -> set[int]:
-            duplicates, acks = await agents._duplicate_ids(events, result, applied)
+            partitions = [event.message.partition for event in events]
+            duplicates, acks = await agents._duplicate_ids(events, partitions, result, applied)
             await asyncio.gather(*acks)
             return duplicates
 
