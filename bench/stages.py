@@ -60,7 +60,13 @@ class Plan:
     linger_sweep: tuple[float, ...] = (0.005, 0.01, 0.02, 0.05, 0.1)
     linger_sweep_seconds: float = 5.0
     rates: tuple[tuple[int, float], ...] = ((1000, 10.0), (5000, 5.0))
-    warmup_images: int = 500
+    # Images sent at 1,000/s before a latency run measures, so that it measures a worker past
+    # its start. 500 were enough while batches held ~100 events; since a backlog fills
+    # batches (fmnist_faust/batching.py) the images queued during start-up go out as one
+    # batch, the rate phase began right behind it, and its first ~250 ms (first sends,
+    # first /accuracy/ reads) gave p99 74-174 ms (9 runs) against 27 ms (2 runs) after a
+    # 2,000-image warm-up (the worker before that change: 33-46 ms after 500).
+    warmup_images: int = 2_000
     concurrent_images: int = 50_000
     pubsub_images: int = 20_000
     probe_images: int = 20_000
