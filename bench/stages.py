@@ -97,7 +97,8 @@ class Plan:
             pubsub_images=500,
             probe_images=500,
             probe_modes=("noop",),
-            per_record_images=500,
+            # more than one batch: with one, every prediction has the same timestamp (no rate)
+            per_record_images=2_000,
             per_record_rounds=1,
             per_record_loops=(WORKER_LOOP,),
             per_record_latency_seconds=0.5,
