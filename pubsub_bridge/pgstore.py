@@ -45,7 +45,7 @@ from fmnist_faust.core.registry import RolloutState
 from fmnist_faust.core.rollout import ModelTally, ShadowBatch, count_batch
 from fmnist_faust.core.scores import Scores
 
-from .store import POINTER, PRUNE_BATCH, ROW, redact_url, tally_row
+from .store import POINTER, PRUNE_BATCH, ROW, check_commit_keys, redact_url, tally_row
 
 # Schema migrations: entry n takes a database from version n to n + 1 (one transaction each).
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -227,8 +227,7 @@ class PostgresStore:
         """Count the outcomes of ``result`` (keyed by ``keys``) that nobody counted within the
         horizon, in one transaction with the new totals and the per-model tally (``shadow``:
         the shadow's predictions of the same images); returns the totals."""
-        if len(keys) != len(result.outcomes) or len(set(keys)) != len(keys):
-            raise ValueError("commit needs exactly one distinct key per outcome")
+        check_commit_keys(result, keys)
         now = self.clock()
         with self._using() as conn:
             with conn.transaction():

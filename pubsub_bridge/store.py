@@ -191,6 +191,12 @@ def tally_row(row: Sequence[str | None] | None) -> tuple[str | None, Scores, Mod
     return version, scores, ModelTally.of_record(json.loads(models_text) if models_text else None, scores, version)
 
 
+def check_commit_keys(result: BatchResult, keys: Sequence[str]) -> None:
+    """Both stores' precondition for ``commit``: exactly one distinct key per outcome."""
+    if len(keys) != len(result.outcomes) or len(set(keys)) != len(keys):
+        raise ValueError("commit needs exactly one distinct key per outcome")
+
+
 def image_key(image_id: str) -> str:
     return f"id:{image_id}"
 
@@ -320,8 +326,7 @@ class StateStore:
         one transaction, into the totals and under ``model_version`` in the tally (with the
         ``shadow``'s predictions of the same images); a key another replica committed
         meanwhile is skipped. Returns the new totals."""
-        if len(keys) != len(result.outcomes) or len(set(keys)) != len(keys):
-            raise ValueError("commit needs exactly one distinct key per outcome")
+        check_commit_keys(result, keys)
         now = self.clock()
         with self._db_lock:
             self._db.execute("BEGIN IMMEDIATE")
