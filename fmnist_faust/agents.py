@@ -1,8 +1,9 @@
 """The classify agent: a thin Kafka adapter over :func:`core.pipeline.classify_batch`.
 
-Per batch: keep the events this worker still owns (its current assignment and
-generation), skip events a table row already covers (replay after a crash), classify the
-rest in one predict call, publish predictions and dead letters and wait for the broker
+The images stream delivers whole fetches (:mod:`.fetches`) and a batch is what has been
+fetched (:mod:`.batching`). Per batch: keep the records this worker still owns (its current
+assignment and generation), skip records a table row already covers (replay after a crash),
+classify the rest in one predict call, publish predictions and dead letters and wait for the broker
 to ack them, then write each partition's score row (offset-stamped). The consumer
 commits and resumes at each row's offset + 1 (:mod:`.offsets`), so an image whose batch
 failed or was cut short by a rebalance is read again, and nothing is counted twice.
@@ -13,7 +14,7 @@ and counted under that live version in the same row (``core.rollout.count_batch`
 
 Batch records (many images in one record) are expanded by the core; offsets and rows stay
 per record (a record is counted whole, in one step), marks and the duplicate rule per image
-in the record's partition. A batch of events holding more than :data:`STEP_IMAGES` images
+in the record's partition. A batch holding more than :data:`STEP_IMAGES` images
 is processed in consecutive steps (:func:`image_steps`), so one predict call and one batch
 of sends stay bounded whatever the records hold.
 """
@@ -21,11 +22,12 @@ of sends stay bounded whatever the records hold.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 from faust.exceptions import ConsumerNotStarted
 from faust.types import TP
@@ -38,6 +40,7 @@ from .core.pipeline import STEP_IMAGES, BatchResult, RawMessage, classify_batch,
 from .core.recent import RecentMistakes
 from .core.rollout import count_batch, shadow_predict
 from .faust_app import app, settings
+from .fetches import Fetch
 from .kafka_admin import ensure_topics
 from .progress import Progress
 from .rollout import apply_pointer, current_models, load_default, read_pointer
@@ -80,37 +83,37 @@ async def prepare() -> None:
 
 @app.agent(images_topic)
 async def classify(stream: Any) -> None:
-    size = settings.pipeline.batch_size
-    async for events in batches(stream, size, settings.pipeline.batch_linger_s, lambda: backlog(size)):
+    queue = stream.channel.queue
+    async for fetches in batches(stream.events(), settings.pipeline.batch_size, lambda: not queue.empty()):
         try:
-            for step in image_steps(events, STEP_IMAGES):
-                await process_events(step)
+            for step in image_steps(fetches, STEP_IMAGES):
+                await process_fetches(step)
         except Exception as exc:  # the broker hung or failed: read the batch again, never skip it
             log.error(
-                "a batch of %d images failed (%r); reading it again from the last counted offsets", len(events), exc
+                "a batch of %d records failed (%r); reading it again from the last counted offsets",
+                sum(len(fetch.offsets) for fetch in fetches),
+                exc,
             )
-            await rewind({e.message.tp for e in events}, f"batch failed: {exc!r}")
+            await rewind({fetch.tp for fetch in fetches}, f"batch failed: {exc!r}")
             await asyncio.sleep(RETRY_PAUSE_S)
 
 
-def backlog(size: int) -> bool:
-    """Whether this worker's uncounted images on the broker (as of the last fetch) fill a batch."""
-    lags = partition_lags()
-    return lags is not None and sum(lags.values()) >= size
-
-
-def image_steps(events: list[Any], limit: int) -> list[list[Any]]:
-    """``events`` cut, in order, into runs of at most ``limit`` images (by each record's size:
+def image_steps(fetches: list[Fetch], limit: int) -> list[list[Fetch]]:
+    """``fetches`` cut, in order, into runs of at most ``limit`` images (by each record's size:
     :func:`~.core.contract.estimated_images`); a record is never split."""
-    steps: list[list[Any]] = [[]]
+    steps: list[list[Fetch]] = [[]]
     images = 0
-    for event in events:
-        size = estimated_images(event.message.value)
-        if steps[-1] and images + size > limit:
-            steps.append([])
-            images = 0
-        steps[-1].append(event)
-        images += size
+    for fetch in fetches:
+        start = 0
+        for index, message in enumerate(fetch.messages):
+            size = estimated_images(message.value)
+            if images + size > limit and (steps[-1] or index > start):
+                if index > start:
+                    steps[-1].append(fetch.cut(start, index))
+                steps.append([])
+                images, start = 0, index
+            images += size
+        steps[-1].append(fetch.cut(start) if start else fetch)
     return steps
 
 
@@ -173,16 +176,14 @@ def owned_partitions() -> set[int]:
     return {tp.partition for tp in _assigned() or () if tp.topic == topic}
 
 
-def _owned(events: list[Any], generation: int) -> list[Any]:
-    """The events of partitions this worker owns in ``generation``.
+def _owned(fetches: list[Fetch], generation: int) -> list[Fetch]:
+    """The fetches of partitions this worker owns in ``generation``.
 
-    Events fetched in an earlier generation, or of a partition since revoked, are not ours
+    Records fetched in an earlier generation, or of a partition since revoked, are not ours
     to count: the owner reads them from its row's offset (fencing a zombie's batch).
     """
     assigned = _assigned()
-    return [
-        e for e in events if e.message.generation_id == generation and (assigned is None or e.message.tp in assigned)
-    ]
+    return [f for f in fetches if f.generation == generation and (assigned is None or f.tp in assigned)]
 
 
 class GapGuard:
@@ -230,67 +231,99 @@ class GapGuard:
 gap_guard = GapGuard()
 
 
-async def process_events(events: list[Any]) -> None:
-    """Classify one batch of Faust events and record it exactly once."""
+class Uncounted(NamedTuple):
+    """The records of a batch that continue their partitions' rows, as parallel lists."""
+
+    partitions: list[int]
+    offsets: list[int]
+    messages: list[RawMessage]
+
+
+async def process_fetches(fetches: list[Fetch]) -> None:
+    """Classify one batch of fetched records and record it exactly once."""
     generation = app.consumer_generation_id
-    owned = _owned(events, generation)
-    if len(owned) < len(events):
+    owned = _owned(fetches, generation)
+    if len(owned) < len(fetches):
         log.info(
-            "dropped %d events of an older assignment: their partitions' owners read them again",
-            len(events) - len(owned),
+            "dropped %d records of an older assignment: their partitions' owners read them again",
+            sum(len(f.offsets) for f in fetches) - sum(len(f.offsets) for f in owned),
         )
-    applied = {p: read_row(p) for p in {e.message.partition for e in owned}}
-    fresh = [e for e in owned if e.message.offset > applied[e.message.partition][0]]
-    if len(fresh) < len(owned):
-        log.info("skipped %d replayed events already counted", len(owned) - len(fresh))
-    fresh, gaps = _without_gaps(fresh, applied)
-    if fresh:
-        await _count(fresh, applied, generation)
+    applied = {p: read_row(p) for p in {f.partition for f in owned}}
+    uncounted, gaps = _uncounted(owned, {p: row[0] for p, row in applied.items()})
+    if uncounted.offsets:
+        await _count(uncounted, applied, generation)
     if gaps:
         await rewind(gaps, "hole in the received offsets")
 
 
-def _without_gaps(fresh: list[Any], applied: dict[int, tuple[int, Any]]) -> tuple[list[Any], set[TP]]:
-    """The events that continue each partition's row without a hole, and the partitions cut short."""
-    by_partition: dict[int, list[Any]] = defaultdict(list)
-    for event in fresh:
-        by_partition[event.message.partition].append(event)
-    dropped: set[int] = set()
+def _uncounted(fetches: list[Fetch], applied: dict[int, int]) -> tuple[Uncounted, set[TP]]:
+    """Per partition, the records after its row's offset that continue it without a hole,
+    and the partitions cut short by one.
+
+    A partition's fetches are merged by offset: after a rewind, records fetched before it
+    and the same offsets read again can both be in one batch (one offset is one record)."""
+    by_partition: dict[TP, list[Fetch]] = defaultdict(list)
+    for fetch in fetches:
+        by_partition[fetch.tp].append(fetch)
+    out = Uncounted([], [], [])
     cut: set[TP] = set()
-    for partition, items in by_partition.items():
-        items.sort(key=lambda e: e.message.offset)
-        count = gap_guard.contiguous(partition, applied[partition][0], [e.message.offset for e in items])
-        if count < len(items):
-            dropped.update(id(e) for e in items[count:])
-            cut.add(items[0].message.tp)
-    return ([e for e in fresh if id(e) not in dropped] if dropped else fresh), cut
+    skipped = 0
+    for tp, parts in by_partition.items():
+        offsets, messages = _merged(parts)
+        after = applied[tp.partition]
+        first = bisect.bisect_right(offsets, after)
+        skipped += first
+        offsets, messages = offsets[first:], messages[first:]
+        count = gap_guard.contiguous(tp.partition, after, offsets)
+        if count < len(offsets):
+            cut.add(tp)
+        out.partitions.extend([tp.partition] * count)
+        out.offsets.extend(offsets[:count])
+        out.messages.extend(messages[:count])
+    if skipped:
+        log.info("skipped %d replayed records already counted", skipped)
+    return out, cut
 
 
-async def _count(fresh: list[Any], applied: dict[int, tuple[int, Any]], generation: int) -> None:
+def _merged(parts: list[Fetch]) -> tuple[list[int], list[RawMessage]]:
+    """One partition's records of several fetches, sorted by offset, each offset once."""
+    if len(parts) == 1:
+        return parts[0].offsets, parts[0].messages
+    if all(a.offsets[-1] < b.offsets[0] for a, b in zip(parts, parts[1:])):
+        return [o for p in parts for o in p.offsets], [m for p in parts for m in p.messages]
+    by_offset: dict[int, RawMessage] = {}
+    for part in parts:
+        for offset, message in zip(part.offsets, part.messages):
+            by_offset.setdefault(offset, message)
+    offsets = sorted(by_offset)
+    return offsets, [by_offset[o] for o in offsets]
+
+
+async def _count(uncounted: Uncounted, applied: dict[int, tuple[int, Any]], generation: int) -> None:
     models = current_models()
-    messages = [RawMessage(e.message.value, e.message.key, e.message.timestamp) for e in fresh]
     pipeline = settings.pipeline
     with metrics.PREDICT_SECONDS.time():
-        result = classify_batch(models.live, messages, pipeline.max_message_bytes, max_images=pipeline.max_batch_images)
+        result = classify_batch(
+            models.live, uncounted.messages, pipeline.max_message_bytes, max_images=pipeline.max_batch_images
+        )
         shadow = shadow_predict(models.shadow, result)
-    carriers = [fresh[source] for source in result.sources]  # the event of each image
-    partitions = [event.message.partition for event in carriers]
-    duplicates, marks = await _duplicate_ids(carriers, partitions, result, {p: row[0] for p, row in applied.items()})
+    partitions = [uncounted.partitions[source] for source in result.sources]  # of each image's record
+    offsets = [uncounted.offsets[source] for source in result.sources]
+    duplicates, marks = await _duplicate_ids(partitions, offsets, result, {p: row[0] for p, row in applied.items()})
     counted = result.without(duplicates)
     await asyncio.wait_for(_publish(counted), PUBLISH_TIMEOUT_S)
     await asyncio.wait_for(asyncio.gather(*marks), PUBLISH_TIMEOUT_S)  # ids durable before the rows
 
     if app.consumer_generation_id != generation:  # revoked while publishing: the owner counts them
-        log.warning("partitions were reassigned during a batch of %d images: not counting it here", len(fresh))
+        log.warning(
+            "partitions were reassigned during a batch of %d records: not counting it here", len(uncounted.offsets)
+        )
         return
     counted_by_partition: dict[int, list[int]] = {p: [] for p in applied}  # outcome indices that count
     for index, partition in enumerate(partitions):
         if index not in duplicates:
             counted_by_partition[partition].append(index)
-    last_offsets: dict[int, int] = {}  # per record: every record of the batch is applied
-    for event in fresh:
-        message = event.message
-        last_offsets[message.partition] = max(last_offsets.get(message.partition, -1), message.offset)
+    last_offsets = dict(zip(uncounted.partitions, uncounted.offsets))  # in offset order: the last wins
     for partition, last_offset in last_offsets.items():
         _, scores = applied[partition]
         tally = read_tally(partition, scores)
@@ -310,11 +343,11 @@ async def _count(fresh: list[Any], applied: dict[int, tuple[int, Any]], generati
 
 
 async def _duplicate_ids(
-    fresh: list[Any], partitions: list[int], result: BatchResult, applied: dict[int, int]
+    partitions: list[int], offsets: list[int], result: BatchResult, applied: dict[int, int]
 ) -> tuple[set[int], list[Awaitable[Any]]]:
     """Indices of images whose id was already counted in their partition; marks the others.
-    ``fresh[i]`` is the event that carried outcome ``i`` (the same for the images of a record)
-    and ``partitions[i]`` its partition.
+    ``partitions[i]`` and ``offsets[i]`` are those of the record that carried outcome ``i``
+    (the same for the images of a batch record).
 
     First each partition's marks older than the dedupe horizon (by record timestamps, up to
     the newest in this batch) expire. An earlier mark only counts if its offset is <= the
@@ -322,11 +355,10 @@ async def _duplicate_ids(
     made earlier in this batch.
     """
     newest: dict[int, float] = {}
-    for event in fresh:
-        message = event.message
+    for partition, message in zip(partitions, result.messages):
         timestamp = message.timestamp or 0.0
-        if timestamp > newest.get(message.partition, -1.0):
-            newest[message.partition] = timestamp
+        if timestamp > newest.get(partition, -1.0):
+            newest[partition] = timestamp
     acks: list[Awaitable[Any]] = []
     for partition, timestamp in newest.items():
         acks.extend(await expire_marks(partition, timestamp))
@@ -340,9 +372,9 @@ async def _duplicate_ids(
 
     duplicates = repeats(keys, counted)
     marks: dict[int, dict[str, int]] = defaultdict(dict)  # partition -> id -> offset
-    for index, (event, image_id) in enumerate(zip(fresh, ids)):
+    for index, image_id in enumerate(ids):
         if image_id is not None and index not in duplicates:
-            marks[partitions[index]][image_id] = event.message.offset
+            marks[partitions[index]][image_id] = offsets[index]
     if duplicates:
         log.info("not counting %d images whose id was already counted", len(duplicates))
     for partition, new in marks.items():

@@ -27,11 +27,13 @@ the per-event bookkeeping.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
+
+from .fetches import fold_topics
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,12 @@ class RowOffsetConsumer(faust_aiokafka.Consumer):
     """aiokafka consumer whose commit and resume position come from ``next_offset``."""
 
     next_offset: NextOffset = staticmethod(lambda tp: None)  # set by ``use_row_offsets``
+    folded_topics: frozenset[str] = frozenset()  # set by ``fold_fetches``
+
+    async def _getmany(self, active_partitions: set[TP] | None, timeout: float) -> Mapping[TP, list[Any]]:
+        """A fetch, with the records of each partition of ``folded_topics`` as one record
+        (see :mod:`.fetches`)."""
+        return fold_topics(await super()._getmany(active_partitions, timeout), self.folded_topics)
 
     def _filter_tps_with_pending_acks(self, topics: Any = None) -> Iterator[TP]:
         """Faust's partitions with new acks, plus every assigned one whose row is past the
@@ -100,6 +108,11 @@ class RowOffsetConsumer(faust_aiokafka.Consumer):
 
 class RowOffsetTransport(faust_aiokafka.Transport):
     Consumer = RowOffsetConsumer
+
+
+def fold_fetches(topics: Iterable[str]) -> None:
+    """Deliver each fetch's records of ``topics`` to their stream as one event per partition."""
+    RowOffsetConsumer.folded_topics = frozenset(topics)
 
 
 def use_row_offsets(next_offset: NextOffset) -> None:

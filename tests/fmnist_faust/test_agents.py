@@ -163,16 +163,23 @@ def test_batch_records_give_one_prediction_per_image_and_dead_letter_per_fault(f
 
 
 def test_image_steps_bound_the_images_per_step_and_never_split_a_record() -> None:
-    from types import SimpleNamespace
+    from faust.types import TP
 
     from fmnist_faust import agents
     from fmnist_faust.core.contract import encode_batch
+    from fmnist_faust.core.pipeline import RawMessage
+    from fmnist_faust.fetches import Fetch
 
-    def event(value: bytes) -> Any:
-        return SimpleNamespace(message=SimpleNamespace(value=value))
+    big = RawMessage(encode_batch([str(i) for i in range(600)], np.zeros((600, 784), np.uint8)))
+    one = RawMessage(encode_image("x", np.zeros(784, np.uint8)))
+    messages = [one, big, big, one, big, one]
+    fetch = Fetch(TP("images", 0), 1, list(range(6)), messages)
+    steps = agents.image_steps([fetch.cut(0, 2), fetch.cut(2)], limit=1300)
+    assert [[m is big for f in step for m in f.messages] for step in steps] == [
+        [False, True, True, False],
+        [True, False],
+    ]
+    assert [[f.offsets for f in step] for step in steps] == [[[0, 1], [2, 3]], [[4, 5]]]
+    lone = Fetch(TP("images", 0), 1, [7], [big])
 
-    big = event(encode_batch([str(i) for i in range(600)], np.zeros((600, 784), np.uint8)))
-    one = event(encode_image("x", np.zeros(784, np.uint8)))
-    steps = agents.image_steps([one, big, big, one, big, one], limit=1300)
-    assert [[e is big for e in step] for step in steps] == [[False, True, True, False], [True, False]]
-    assert agents.image_steps([big], limit=10) == [[big]]  # a record larger than the limit is one step
+    assert agents.image_steps([lone], limit=10) == [[lone]]  # a record larger than the limit is one step

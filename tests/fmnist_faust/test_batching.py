@@ -1,38 +1,53 @@
-"""The agent's batching: chunks as they come without a backlog, full batches under one."""
+"""The agent's batching: what has been fetched goes out at once, up to the batch size, in order."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import Any
 
-from fmnist_faust.batching import FILL_LINGERS, batches
+from faust.types import TP
+
+from fmnist_faust.batching import batches
+from fmnist_faust.core.pipeline import RawMessage
+from fmnist_faust.fetches import Fetch, FetchedRecords, fetch_of
+
+TP0, TP1 = TP("images", 0), TP("images", 1)
 
 
-class FakeStream:
-    """``take_events`` handing over scripted chunks, each after its delay (as Faust's would
-    after a linger); records when a chunk was asked for."""
-
-    def __init__(self, chunks: list[tuple[float, list[int]]]) -> None:
-        self.chunks = chunks
-        self.asked: list[int] = []
-        self.closed = False
-
-    async def take_events(self, size: int, within: float) -> AsyncIterator[list[int]]:
-        try:
-            for index, (delay, chunk) in enumerate(self.chunks):
-                self.asked.append(index)
-                await asyncio.sleep(delay)
-                assert len(chunk) <= size
-                yield chunk
-            await asyncio.sleep(3600)  # a stream does not end by itself: it waits for events
-        finally:
-            self.closed = True
+def folded(tp: TP, offsets: list[int], generation: int = 1) -> Any:
+    """An event as the consumer delivers a fetch of ``tp`` (see fmnist_faust.fetches)."""
+    records = FetchedRecords(offsets, [RawMessage(f"v{o}".encode(), b"k", 1.0) for o in offsets])
+    return SimpleNamespace(message=SimpleNamespace(tp=tp, generation_id=generation), value=records)
 
 
-async def collect(stream: FakeStream, size: int, linger: float, backlog: Any, count: int) -> list[list[int]]:
-    out: list[list[int]] = []
-    gen = batches(stream, size, linger, backlog)
+class Events:
+    """Scripted stream events; ``queued()`` is true while the next one is already there."""
+
+    def __init__(self, events: list[tuple[float, Any]]) -> None:
+        self.events = events
+        self.next = 0
+
+    def queued(self) -> bool:
+        return self.next < len(self.events) and self.events[self.next][0] == 0.0
+
+    async def __aiter__(self) -> AsyncIterator[Any]:
+        while self.next < len(self.events):
+            delay, event = self.events[self.next]
+            await asyncio.sleep(delay)
+            self.next += 1
+            yield event
+        await asyncio.sleep(3600)  # a stream does not end by itself
+
+
+def offsets_of(batch: list[Fetch]) -> list[tuple[int, list[int]]]:
+    return [(fetch.partition, fetch.offsets) for fetch in batch]
+
+
+async def collect(events: Events, size: int, count: int) -> list[list[Fetch]]:
+    out: list[list[Fetch]] = []
+    gen = batches(events.__aiter__(), size, events.queued)
     async for batch in gen:
         out.append(batch)
         if len(out) == count:
@@ -41,49 +56,39 @@ async def collect(stream: FakeStream, size: int, linger: float, backlog: Any, co
     return out
 
 
-def test_without_a_backlog_each_chunk_goes_out_as_it_comes() -> None:
-    stream = FakeStream([(0.0, [1, 2]), (0.01, [3]), (0.01, [4, 5, 6])])
-    out = asyncio.run(collect(stream, 10, 0.01, lambda: False, 3))
-    assert out == [[1, 2], [3], [4, 5, 6]]
-
-
-def test_under_a_backlog_chunks_are_joined_into_batches_of_size() -> None:
-    chunks = [(0.001, list(range(i * 3, i * 3 + 3))) for i in range(7)]  # 21 events in chunks of 3
-    stream = FakeStream(chunks)
-    out = asyncio.run(collect(stream, 8, 0.01, lambda: True, 2))
-    assert out == [list(range(0, 8)), list(range(8, 16))]  # split at size, in order, nothing lost
-
-
-def test_a_backlog_that_does_not_come_in_time_lets_the_batch_go() -> None:
-    linger = 0.01
-    stream = FakeStream([(0.0, [1, 2]), (FILL_LINGERS * linger * 5, [3])])
+def test_a_fetch_alone_goes_out_at_once() -> None:
+    events = Events([(0.0, folded(TP0, [1, 2])), (0.05, folded(TP1, [7])), (0.05, folded(TP0, [3]))])
     loop_times: list[float] = []
 
-    async def run() -> list[list[int]]:
+    async def run() -> list[list[Fetch]]:
         loop = asyncio.get_running_loop()
         start = loop.time()
-        gen = batches(stream, 10, linger, lambda: True)
+        gen = batches(events.__aiter__(), 500, events.queued)
         first = await gen.__anext__()
         loop_times.append(loop.time() - start)
-        second = await gen.__anext__()
+        rest = [await gen.__anext__(), await gen.__anext__()]
         await gen.aclose()
-        return [first, second]
+        return [first, *rest]
 
     out = asyncio.run(run())
-    assert out == [[1, 2], [3]]
-    assert FILL_LINGERS * linger * 0.9 <= loop_times[0] < FILL_LINGERS * linger * 4
+    assert [offsets_of(b) for b in out] == [[(0, [1, 2])], [(1, [7])], [(0, [3])]]
+    assert loop_times[0] < 0.04  # no linger: the first fetch did not wait for the next one
 
 
-def test_the_next_chunk_is_gathered_while_a_batch_is_processed_and_closed_with_the_batches() -> None:
-    stream = FakeStream([(0.0, [1]), (0.0, [2]), (0.0, [3])])
+def test_queued_fetches_are_joined_and_cut_at_the_batch_size_in_order() -> None:
+    events = Events([(0.0, folded(TP0, [0, 1, 2])), (0.0, folded(TP1, [5, 6, 7, 8])), (0.0, folded(TP0, [3]))])
+    out = asyncio.run(collect(events, 4, 2))
+    assert [offsets_of(b) for b in out] == [[(0, [0, 1, 2]), (1, [5])], [(1, [6, 7, 8]), (0, [3])]]
 
-    async def run() -> None:
-        gen = batches(stream, 10, 0.01, lambda: False)
-        assert await gen.__anext__() == [1]
-        await asyncio.sleep(0.01)  # "processing": the stream is asked for the next chunk meanwhile
-        assert stream.asked == [0, 1]
-        await gen.aclose()
-        await asyncio.sleep(0)
-        assert stream.closed  # the pending take_events was cancelled, its generator finalized
 
-    asyncio.run(run())
+def test_a_fetch_larger_than_a_batch_is_cut_into_full_batches() -> None:
+    events = Events([(0.0, folded(TP0, list(range(10))))])
+    out = asyncio.run(collect(events, 4, 3))
+    assert [offsets_of(b) for b in out] == [[(0, [0, 1, 2, 3])], [(0, [4, 5, 6, 7])], [(0, [8, 9])]]
+    assert all(fetch.generation == 1 for batch in out for fetch in batch)
+
+
+def test_an_event_put_alone_is_a_fetch_of_one_record() -> None:
+    message = SimpleNamespace(tp=TP0, generation_id=3, offset=41, key=b"k", timestamp=2.5)
+    fetch = fetch_of(SimpleNamespace(message=message, value=b"raw"))
+    assert fetch == Fetch(TP0, 3, [41], [RawMessage(b"raw", b"k", 2.5)])

@@ -39,7 +39,7 @@ def _batch(*items: tuple[int, int, str | None]) -> tuple[list[_Event], BatchResu
     outcomes: list[Any] = [
         Prediction(i, 0, 1.0, 0, "v", None) if i is not None else InvalidMessage("not_json", "x") for _, _, i in items
     ]
-    return events, BatchResult([RawMessage(b"") for _ in items], outcomes, [None] * len(items))
+    return events, BatchResult([RawMessage(b"", None, 1000.0) for _ in items], outcomes, [None] * len(items))
 
 
 @pytest.fixture
@@ -65,7 +65,8 @@ def rule(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 
         async def go() -> set[int]:
             partitions = [event.message.partition for event in events]
-            duplicates, acks = await agents._duplicate_ids(events, partitions, result, applied)
+            offsets = [event.message.offset for event in events]
+            duplicates, acks = await agents._duplicate_ids(partitions, offsets, result, applied)
             await asyncio.gather(*acks)
             return duplicates
 

@@ -9,7 +9,9 @@ from typing import Any
 
 from faust.types import TP
 
+from fmnist_faust.core.pipeline import RawMessage
 from fmnist_faust.core.scores import Scores
+from fmnist_faust.fetches import Fetch
 
 
 @dataclass
@@ -67,26 +69,37 @@ def test_recovery_keeps_the_row_with_the_highest_offset() -> None:
     tables.scores_table.data.clear()
 
 
-def test_events_of_an_older_generation_are_not_counted(monkeypatch: Any) -> None:
+def _fetch(tp: TP, offsets: list[int], generation: int = 0) -> Fetch:
+    return Fetch(tp, generation, offsets, [RawMessage(b"v%d" % o) for o in offsets])
+
+
+def test_fetches_of_an_older_generation_are_not_counted(monkeypatch: Any) -> None:
     from fmnist_faust import agents
 
     monkeypatch.setattr(agents, "_assigned", lambda: {_images(0), _images(1)})
-    events = [
-        _Event(_Message(_images(0), 1, generation_id=3)),
-        _Event(_Message(_images(0), 2, generation_id=4)),
-        _Event(_Message(_images(2), 3, generation_id=4)),
-    ]  # partition 2 is no longer ours
-    assert agents._owned(events, 4) == [events[1]]
+    fetches = [_fetch(_images(0), [1], 3), _fetch(_images(0), [2], 4), _fetch(_images(2), [3], 4)]
+    assert agents._owned(fetches, 4) == [fetches[1]]  # partition 2 is no longer ours
 
 
 def test_a_batch_counts_each_partition_up_to_its_first_hole(monkeypatch: Any) -> None:
     from fmnist_faust import agents
 
     monkeypatch.setattr(agents, "gap_guard", agents.GapGuard())
-    events = [_Event(_Message(_images(0), o)) for o in (10, 11, 13)] + [_Event(_Message(_images(1), o)) for o in (5, 6)]
-    kept, cut = agents._without_gaps(events, {0: (9, Scores()), 1: (4, Scores())})
-    assert [(e.message.partition, e.message.offset) for e in kept] == [(0, 10), (0, 11), (1, 5), (1, 6)]
-    assert cut == {_images(0)}
+    fetches = [_fetch(_images(0), [10, 11, 13]), _fetch(_images(1), [5, 6])]
+    kept, cut = agents._uncounted(fetches, {0: 9, 1: 4})
+    assert list(zip(kept.partitions, kept.offsets)) == [(0, 10), (0, 11), (1, 5), (1, 6)]
+    assert kept.messages[0] == RawMessage(b"v10") and cut == {_images(0)}
+
+
+def test_records_read_again_after_a_rewind_count_once_in_offset_order(monkeypatch: Any) -> None:
+    """Records fetched before a rewind and the same offsets fetched again can share a batch."""
+    from fmnist_faust import agents
+
+    monkeypatch.setattr(agents, "gap_guard", agents.GapGuard())
+    fetches = [_fetch(_images(0), [12, 13, 14]), _fetch(_images(0), [10, 11, 12, 13])]
+    kept, cut = agents._uncounted(fetches, {0: 10})  # 10 is counted already
+    assert kept.offsets == [11, 12, 13, 14] and kept.messages == [RawMessage(b"v%d" % o) for o in (11, 12, 13, 14)]
+    assert cut == set()
 
 
 def test_seek_runs_on_the_consumer_thread() -> None:
