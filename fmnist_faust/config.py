@@ -37,12 +37,14 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "FMNIST_PARTITIONS": ("4", "partitions of the app's topics (default {default})"),
     "FMNIST_APP_ID": ("fmnist-faust", "Faust app id / consumer group (default {default})"),
     "FMNIST_WORKER_DATADIR": (".run/worker", "Faust worker data directory (default {default})"),
-    "FMNIST_BATCH_SIZE": ("500", "images per classification batch (default {default})"),
+    "FMNIST_BATCH_SIZE": (
+        "500",
+        "most records per classification batch (default {default}); the worker's batch is what has been "
+        "fetched up to this, it never waits for more",
+    ),
     "FMNIST_BATCH_LINGER": (
         "0.01",
-        "seconds to wait filling a batch (default {default}: lowest p99 in make bench); under a backlog (the "
-        "worker's uncounted images fill a batch) the worker joins lingers' worth of events into full batches, "
-        "waiting at most 10 lingers",
+        "bridge: seconds to wait filling a batch (default {default}); the Kafka worker does not wait",
     ),
     "FMNIST_MAX_MESSAGE_BYTES": (str(1 << 20), "largest accepted message in bytes (default 1 MiB)"),
     "FMNIST_MAX_BATCH_IMAGES": (

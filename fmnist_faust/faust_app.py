@@ -55,5 +55,8 @@ app = App(
     broker_heartbeat_interval=min(3.0, settings.kafka.session_timeout_s / 10),
     broker_commit_every=10_000,
     broker_commit_interval=1.0,
-    stream_buffer_maxsize=max(4096, settings.pipeline.batch_size * 4),
+    # In events, and an images event is a whole fetch of one partition (fetches.py): at most
+    # this many fetches of <= consumer_max_fetch_size wait for the agent (a fuller buffer
+    # pauses the partition), 64 MiB of records at most.
+    stream_buffer_maxsize=16,
 )
