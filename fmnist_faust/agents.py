@@ -84,18 +84,22 @@ async def prepare() -> None:
 @app.agent(images_topic)
 async def classify(stream: Any) -> None:
     queue = stream.channel.queue
-    async for fetches in batches(stream.events(), settings.pipeline.batch_size, lambda: not queue.empty()):
-        try:
+    flight = InFlight()
+    try:
+        async for fetches in batches(stream.events(), settings.pipeline.batch_size, lambda: not queue.empty()):
             for step in image_steps(fetches, STEP_IMAGES):
-                await process_fetches(step)
-        except Exception as exc:  # the broker hung or failed: read the batch again, never skip it
-            log.error(
-                "a batch of %d records failed (%r); reading it again from the last counted offsets",
-                sum(len(fetch.offsets) for fetch in fetches),
-                exc,
-            )
-            await rewind({fetch.tp for fetch in fetches}, f"batch failed: {exc!r}")
-            await asyncio.sleep(RETRY_PAUSE_S)
+                if not await process_fetches(step, flight):  # the rest of the batch is read again too
+                    await rewind({fetch.tp for fetch in fetches}, "a part of its batch failed")
+                    break
+    finally:
+        flight.abandon()  # the agent stops: a batch not yet counted is read again by the next owner
+
+
+async def _failed(tps: Iterable[TP], records: int, exc: BaseException) -> None:
+    """The broker hung or failed: read the batch again, never skip it."""
+    log.error("a batch of %d records failed (%r); reading it again from the last counted offsets", records, exc)
+    await rewind(set(tps), f"batch failed: {exc!r}")
+    await asyncio.sleep(RETRY_PAUSE_S)
 
 
 def image_steps(fetches: list[Fetch], limit: int) -> list[list[Fetch]]:
@@ -239,8 +243,64 @@ class Uncounted(NamedTuple):
     messages: list[RawMessage]
 
 
-async def process_fetches(fetches: list[Fetch]) -> None:
-    """Classify one batch of fetched records and record it exactly once."""
+class Sent(NamedTuple):
+    """A batch classified and published, to be counted once the broker confirms it."""
+
+    generation: int
+    uncounted: Uncounted
+    result: BatchResult
+    partitions: list[int]  # of each outcome's record
+    duplicates: set[int]
+    counted: BatchResult
+    shadow: Any
+    version: str
+    acks: list[Awaitable[Any]]
+
+    @property
+    def last_offsets(self) -> dict[int, int]:
+        return dict(zip(self.uncounted.partitions, self.uncounted.offsets))  # in offset order: the last wins
+
+    @property
+    def tps(self) -> set[TP]:
+        topic = images_topic.get_topic_name()
+        return {TP(topic, partition) for partition in set(self.uncounted.partitions)}
+
+
+class InFlight:
+    """At most one batch that is sent but not yet counted, so the next batch is classified and
+    sent while the broker confirms this one (its wait was half of a batch's time).
+
+    The next batch reads the one in flight as counted (:meth:`applied`): its records are
+    not replays, holes or first sightings of their ids. So when the one in flight fails, the
+    next one is not counted either: both are read again from the last counted offsets.
+    """
+
+    def __init__(self) -> None:
+        self._task: asyncio.Task[bool] | None = None
+        self._offsets: dict[int, int] = {}
+
+    def applied(self, partition: int, row_offset: int) -> int:
+        return max(row_offset, self._offsets.get(partition, -1))
+
+    def start(self, sent: Sent) -> None:
+        self._offsets = sent.last_offsets
+        self._task = asyncio.ensure_future(_finish(sent))
+
+    async def settle(self) -> bool:
+        """Wait for the batch in flight to be counted; False if it was not."""
+        task, self._task, self._offsets = self._task, None, {}
+        return True if task is None else await task
+
+    def abandon(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        self._task, self._offsets = None, {}
+
+
+async def process_fetches(fetches: list[Fetch], flight: InFlight) -> bool:
+    """Classify and publish one batch of fetched records, and count it once the broker has
+    confirmed it and the batch before it was counted. False when this batch (or the one in
+    flight, which it builds on) failed and is to be read again."""
     generation = app.consumer_generation_id
     owned = _owned(fetches, generation)
     if len(owned) < len(fetches):
@@ -248,12 +308,25 @@ async def process_fetches(fetches: list[Fetch]) -> None:
             "dropped %d records of an older assignment: their partitions' owners read them again",
             sum(len(f.offsets) for f in fetches) - sum(len(f.offsets) for f in owned),
         )
-    applied = {p: read_row(p) for p in {f.partition for f in owned}}
-    uncounted, gaps = _uncounted(owned, {p: row[0] for p, row in applied.items()})
+    applied = {p: flight.applied(p, row_offset(p)) for p in {f.partition for f in owned}}
+    uncounted, gaps = _uncounted(owned, applied)
+    sent = None
     if uncounted.offsets:
-        await _count(uncounted, applied, generation)
+        try:
+            sent = await _send(uncounted, applied, generation)
+        except Exception as exc:
+            await flight.settle()
+            await _failed({f.tp for f in fetches}, len(uncounted.offsets), exc)
+            return False
+    if not await flight.settle():
+        if sent is not None:  # built on the failed batch: read again with it
+            await rewind(sent.tps, "the batch before it failed")
+        return False
+    if sent is not None:
+        flight.start(sent)
     if gaps:
         await rewind(gaps, "hole in the received offsets")
+    return True
 
 
 def _uncounted(fetches: list[Fetch], applied: dict[int, int]) -> tuple[Uncounted, set[TP]]:
@@ -299,7 +372,8 @@ def _merged(parts: list[Fetch]) -> tuple[list[int], list[RawMessage]]:
     return offsets, [by_offset[o] for o in offsets]
 
 
-async def _count(uncounted: Uncounted, applied: dict[int, tuple[int, Any]], generation: int) -> None:
+async def _send(uncounted: Uncounted, applied: dict[int, int], generation: int) -> Sent:
+    """Classify the records, drop repeated ids (marking the others) and publish the outcomes."""
     models = current_models()
     pipeline = settings.pipeline
     with metrics.PREDICT_SECONDS.time():
@@ -309,37 +383,59 @@ async def _count(uncounted: Uncounted, applied: dict[int, tuple[int, Any]], gene
         shadow = shadow_predict(models.shadow, result)
     partitions = [uncounted.partitions[source] for source in result.sources]  # of each image's record
     offsets = [uncounted.offsets[source] for source in result.sources]
-    duplicates, marks = await _duplicate_ids(partitions, offsets, result, {p: row[0] for p, row in applied.items()})
+    duplicates, marks = await _duplicate_ids(partitions, offsets, result, applied)
     counted = result.without(duplicates)
-    await asyncio.wait_for(_publish(counted), PUBLISH_TIMEOUT_S)
-    await asyncio.wait_for(asyncio.gather(*marks), PUBLISH_TIMEOUT_S)  # ids durable before the rows
+    published = await asyncio.wait_for(_publish(counted), PUBLISH_TIMEOUT_S)
+    return Sent(
+        generation,
+        uncounted,
+        result,
+        partitions,
+        duplicates,
+        counted,
+        shadow,
+        models.live.version,
+        [
+            *published,
+            *marks,
+        ],
+    )
 
-    if app.consumer_generation_id != generation:  # revoked while publishing: the owner counts them
+
+async def _finish(sent: Sent) -> bool:
+    """Count a sent batch once its predictions, dead letters and id marks are acked (ids
+    durable before the rows); False, after reading it again, when that failed."""
+    try:
+        await asyncio.wait_for(asyncio.gather(*sent.acks), PUBLISH_TIMEOUT_S)
+    except Exception as exc:
+        await _failed(sent.tps, len(sent.uncounted.offsets), exc)
+        return False
+    if app.consumer_generation_id != sent.generation:  # revoked while publishing: the owner counts them
         log.warning(
-            "partitions were reassigned during a batch of %d records: not counting it here", len(uncounted.offsets)
+            "partitions were reassigned during a batch of %d records: not counting it here", len(sent.uncounted.offsets)
         )
-        return
-    counted_by_partition: dict[int, list[int]] = {p: [] for p in applied}  # outcome indices that count
-    for index, partition in enumerate(partitions):
-        if index not in duplicates:
+        return False
+    _count(sent)
+    return True
+
+
+def _count(sent: Sent) -> None:
+    """Each partition's score row, moved past the batch."""
+    counted_by_partition: dict[int, list[int]] = defaultdict(list)  # outcome indices that count
+    for index, partition in enumerate(sent.partitions):
+        if index not in sent.duplicates:
             counted_by_partition[partition].append(index)
-    last_offsets = dict(zip(uncounted.partitions, uncounted.offsets))  # in offset order: the last wins
-    for partition, last_offset in last_offsets.items():
-        _, scores = applied[partition]
+    window_seconds = settings.pipeline.window_seconds
+    for partition, last_offset in sent.last_offsets.items():
+        _, scores = read_row(partition)
         tally = read_tally(partition, scores)
         count_batch(
-            scores,
-            tally,
-            result,
-            counted_by_partition[partition],
-            models.live.version,
-            shadow,
-            pipeline.window_seconds,
+            scores, tally, sent.result, counted_by_partition[partition], sent.version, sent.shadow, window_seconds
         )
-        write_row(partition, last_offset, scores, models.live.version, tally)
+        write_row(partition, last_offset, scores, sent.version, tally)
         progress.advanced(partition)
-    metrics.observe_batch(counted, len(duplicates))
-    recent_mistakes.add_batch(counted)
+    metrics.observe_batch(sent.counted, len(sent.duplicates))
+    recent_mistakes.add_batch(sent.counted)
 
 
 async def _duplicate_ids(
@@ -383,10 +479,10 @@ async def _duplicate_ids(
     return duplicates, acks
 
 
-async def _publish(result: BatchResult) -> None:
+async def _publish(result: BatchResult) -> list[Awaitable[Any]]:
     """Send one prediction per valid image (one record batch per partition, see
     :mod:`.batch_send`) and each invalid message, or invalid image of a batch record, to the
-    DLQ; await the broker's acks."""
+    DLQ; the broker's acks, to be awaited."""
     producer = app.producer
     pending: list[Awaitable[Any]] = []
     rejected = result.rejections
@@ -402,7 +498,7 @@ async def _publish(result: BatchResult) -> None:
     ]
     if predictions:
         pending += await send_batched(producer, predictions_topic.get_topic_name(), predictions)
-    await asyncio.gather(*pending)
+    return pending
 
 
 def _as_bytes(key: Iterable[int] | str | bytes | None) -> bytes | None:

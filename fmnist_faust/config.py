@@ -38,7 +38,7 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "FMNIST_APP_ID": ("fmnist-faust", "Faust app id / consumer group (default {default})"),
     "FMNIST_WORKER_DATADIR": (".run/worker", "Faust worker data directory (default {default})"),
     "FMNIST_BATCH_SIZE": (
-        "500",
+        "1000",
         "most records per classification batch (default {default}); the worker's batch is what has been "
         "fetched up to this, it never waits for more",
     ),

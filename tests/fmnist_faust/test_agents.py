@@ -66,6 +66,14 @@ async def _until(condition: Any, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.02)
 
 
+def _counted() -> int:
+    """Images and rejected messages the score rows hold: a batch is counted after its sends are acked."""
+    from fmnist_faust.tables import local_rows, sum_rows
+
+    scores, _ = sum_rows(local_rows())
+    return scores.images + sum(scores.rejected.values())
+
+
 @pytest.mark.timeout(60)
 def test_agent_classifies_dead_letters_and_skips_replays(faust_app: Any, test_split) -> None:
     from fmnist_faust import agents
@@ -80,7 +88,7 @@ def test_agent_classifies_dead_letters_and_skips_replays(faust_app: Any, test_sp
                     encode_image(f"id-{i}", images[i], int(labels[i])), key=f"id-{i}".encode(), wait=False
                 )  # put(wait=True) waits for a yielded value; we yield none
             await agent.put(b"{not json", key=b"bad", wait=False)
-            await _until(lambda: len(faust_app.test_sent) >= 21)
+            await _until(lambda: len(faust_app.test_sent) >= 21 and _counted() >= 21)
 
     asyncio.run(run())
     from fmnist_faust.topics import dlq_topic, predictions_topic
@@ -140,7 +148,7 @@ def test_batch_records_give_one_prediction_per_image_and_dead_letter_per_fault(f
         async with agents.classify.test_context() as agent:
             await agent.put(record, key=b"gateway-1", wait=False)
             await agent.put(malformed, key=b"gateway-2", wait=False)
-            await _until(lambda: len(faust_app.test_sent) >= 11)
+            await _until(lambda: len(faust_app.test_sent) >= 11 and _counted() >= 11)
 
     asyncio.run(run())
     predictions = [s for s in faust_app.test_sent if s[0] == predictions_topic.get_topic_name()]
