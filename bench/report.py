@@ -36,6 +36,36 @@ def _stage_rate(results: dict[str, Any], stage: str, key: str = "images_per_s") 
     return _n(data.get(key))
 
 
+def _peers_lines(peers: dict[str, Any]) -> list[str]:
+    """The worker against bytewax and quix-streams on the same job (``peers`` stage)."""
+    if not peers:
+        return []
+    if "error" in peers:
+        return [f"Peers: FAILED: {peers['error'][:200]}", ""]
+    lines = [
+        f"The same job on the peers (`peers`): {_n(peers.get('images'))} pre-loaded images, one per record, "
+        f"{peers.get('rounds')} rounds; every peer's predictions equal offline predict:",
+        "",
+        "| contender | images/s (best) | median | CPU ms/image (best) | median |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name in ("worker", "bytewax", "quixstreams"):
+        row = peers.get(name, {})
+        lines.append(
+            f"| {name} | {_n(row.get('images_per_s'))} | {_n(row.get('median_images_per_s'))} | "
+            f"{row.get('cpu_ms_per_image')} | {row.get('median_cpu_ms_per_image')} |"
+        )
+    lines += [
+        "",
+        f"Worker over bytewax {_x(peers.get('worker_over_bytewax'))} (median of rounds "
+        f"{_x(peers.get('median_round_worker_over_bytewax'))}), over quix-streams "
+        f"{_x(peers.get('worker_over_quixstreams'))}, over `classify_batch` "
+        f"({_n(peers.get('classify_batch_per_s'))}/s in this process) {_x(peers.get('worker_over_classify_batch'))}.",
+        "",
+    ]
+    return lines
+
+
 def _per_record_lines(per_record: dict[str, Any]) -> list[str]:
     """Stage 3b: the worker vs Faust's probes on one pre-loaded topic, per event loop."""
     if not per_record:
@@ -44,7 +74,7 @@ def _per_record_lines(per_record: dict[str, Any]) -> list[str]:
         return [f"Per-record worker vs Faust's probes: FAILED: {per_record['error'][:200]}", ""]
     lines = [
         f"Per-record worker vs Faust's own probes (`per_record`): {_n(per_record.get('images'))} pre-loaded "
-        f"images, one per record, batch {per_record.get('batch_size')}, linger {per_record.get('linger_s')} s, "
+        f"images, one per record, batch {per_record.get('batch_size')}, "
         f"best of {per_record.get('rounds')} rounds each; the worker's loop is `{per_record.get('worker_loop')}`:",
         "",
         "| Event loop | worker /s | noop probe /s | forward probe /s | worker/forward | per round (median) "
@@ -131,7 +161,7 @@ def markdown(results: dict[str, Any]) -> str:
     defaults = kafka.get("defaults", {})
     lines.append(
         f"| 3 | fmnist-faust Kafka end to end, one worker, tables updated (defaults: batch "
-        f"{defaults.get('batch_size')}, linger {defaults.get('linger_s')} s) | {_stage_rate(results, 'kafka')} | "
+        f"{defaults.get('batch_size')}) | {_stage_rate(results, 'kafka')} | "
         f"{_n(kafka.get('images'))} pre-loaded images, rate from prediction timestamps; table-confirmed "
         f"{_n(kafka.get('table_confirmed_images_per_s'))}/s; with the producer running concurrently "
         f"{_n(kafka.get('concurrent_images_per_s'))}/s; best batch {kafka.get('best_batch_size')}: "
@@ -250,11 +280,12 @@ def markdown(results: dict[str, Any]) -> str:
         )
         lines.append("")
     lines += _per_record_lines(results.get("per_record", {}))
+    lines += _peers_lines(results.get("peers", {}))
     lat = kafka.get("latency", {})
     if lat:
         lines += [
             "Latency from `sent_at` (stamped by the producer) to the prediction, one worker "
-            f"(batch {lat.get('batch_size')}, linger {lat.get('linger_s')} s), ms:",
+            f"(batch {lat.get('batch_size')}), ms:",
             "",
             "| Offered | Achieved offered | Predictions/s | Measured as | p50 | p95 | p99 | max | n |",
             "|---|---:|---:|---|---:|---:|---:|---:|---:|",
@@ -278,7 +309,7 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append("")
     if kafka.get("batch_sweep"):
         lines += [
-            "Batch-size sweep (pre-loaded topic, linger at default):",
+            "Batch-size sweep (pre-loaded topic):",
             "",
             "| FMNIST_BATCH_SIZE | images/s | table-confirmed images/s | ready s | peak RSS MB |",
             "|---:|---:|---:|---:|---:|",
@@ -289,21 +320,9 @@ def markdown(results: dict[str, Any]) -> str:
                 f"| {_n(row['ready_s'], 2)} | {_n(row['peak_rss_mb'], 1)} |"
             )
         lines.append("")
-    if kafka.get("linger_sweep"):
-        lines += [
-            "Linger sweep (1,000 images/s offered, batch at default), to prediction published, ms:",
-            "",
-            "| FMNIST_BATCH_LINGER s | p50 | p95 | p99 |",
-            "|---:|---:|---:|---:|",
-        ]
-        for row in kafka["linger_sweep"]:
-            p = row["rate_1000"]["to_prediction_published_ms"]
-            lines.append(f"| {row['linger_s']} | {_n(p['p50'], 1)} | {_n(p['p95'], 1)} | {_n(p['p99'], 1)} |")
-        lines.append("")
     if kafka.get("best_batch_size") is not None:
         lines += [
-            f"Best batch size: {kafka.get('best_batch_size')} ({_n(kafka.get('best_batch_images_per_s'))}/s); "
-            f"best linger (lowest p99 at 1,000/s): {kafka.get('best_linger_s')} s.",
+            f"Best batch size: {kafka.get('best_batch_size')} ({_n(kafka.get('best_batch_images_per_s'))}/s).",
             "",
         ]
     ready_all = kafka.get("ready_s_all_workers", {})
@@ -326,8 +345,8 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
-    """Four panels: throughput per stage (+ Faust diagnostics), latency by offered rate,
-    batch-size sweep, linger sweep."""
+    """Four panels: throughput per stage (+ Faust diagnostics), p99 latency against the
+    offered rate, batch-size sweep, the worker against its peers."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -372,17 +391,15 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
     ax = axes[0][1]
     lat = kafka.get("latency", {})
-    phases = [k for k in lat if k.startswith("rate_")] + (["saturation"] if "saturation" in lat else [])
-    width = 0.25
-    for i, pct in enumerate(("p50", "p95", "p99")):
-        ys = [lat[p]["to_prediction_published_ms"][pct] or 0 for p in phases]
-        ax.bar([x + (i - 1) * width for x in range(len(phases))], ys, width, label=pct)
-    ax.set_xticks(range(len(phases)))
-    ax.set_xticklabels([f"{int(p[5:]):,}/s offered" if p.startswith("rate_") else "saturation" for p in phases])
+    offered = sorted(int(k[5:]) for k in lat if k.startswith("rate_"))
+    for pct in ("p50", "p95", "p99"):
+        ax.plot(offered, [lat[f"rate_{r}"]["to_prediction_published_ms"][pct] or 0 for r in offered], "o-", label=pct)
+    ax.set_xscale("log")
     ax.set_yscale("log")
+    ax.set_xlabel("images/s offered, one image per record")
     ax.set_ylabel("ms, sent_at -> prediction published (log)")
-    ax.axhline(100, color="k", lw=0.8, ls="--", label="target p99 at 1k/s")
-    ax.set_title(f"Kafka e2e latency (batch {lat.get('batch_size')}, linger {lat.get('linger_s')} s)")
+    ax.plot([1000, 5000], [50, 100], "kx", ms=9, label="p99 targets (50 ms at 1k/s, 100 ms at 5k/s)")
+    ax.set_title(f"Kafka e2e latency against offered rate (batch {lat.get('batch_size')})")
     ax.legend(fontsize=8)
 
     ax = axes[1][0]
@@ -408,23 +425,24 @@ def plot(results: dict[str, Any], path: Path) -> None:
         twin.set_ylim(bottom=0)
         ax.legend(loc="upper left", fontsize=8)
         twin.legend(loc="upper right", fontsize=8)
-    ax.set_title("Batch-size sweep (linger at default)")
+    ax.set_title("Batch-size sweep")
 
     ax = axes[1][1]
-    lingers = kafka.get("linger_sweep", [])
-    if lingers:
-        xs = [r["linger_s"] * 1000 for r in lingers]
-        for pct in ("p50", "p99"):
-            ax.plot(xs, [r["rate_1000"]["to_prediction_published_ms"][pct] for r in lingers], "o-", label=pct)
-        ax.axhline(100, color="k", lw=0.8, ls="--", label="target p99")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("FMNIST_BATCH_LINGER (ms)")
-        ax.set_ylabel("ms at 1,000 images/s offered (log)")
-        ax.legend(fontsize=8)
+    peers = results.get("peers", {})
+    contenders = [(name, peers[name]) for name in ("worker", "bytewax", "quixstreams") if name in peers]
+    if contenders:
+        xs = list(range(len(contenders)))
+        bars = ax.bar(xs, [row["images_per_s"] for _, row in contenders], color=["#27c", "#c83", "#7a7"][: len(xs)])
+        ax.set_xticks(xs)
+        ax.set_xticklabels([f"{name}\n{row['cpu_ms_per_image']} CPU ms/image" for name, row in contenders])
+        for bar, (_, row) in zip(bars, contenders):
+            ax.annotate(
+                f"{row['images_per_s']:,}", (bar.get_x() + bar.get_width() / 2, row["images_per_s"]), ha="center"
+            )
+        ax.set_ylabel("images/s, best of rounds")
     else:
-        ax.text(0.5, 0.5, "no linger sweep in this run", ha="center", va="center", transform=ax.transAxes)
-    ax.set_title("Linger sweep (batch at default)")
+        ax.text(0.5, 0.5, "no peers stage in this run", ha="center", va="center", transform=ax.transAxes)
+    ax.set_title("The same job on the peers (one image per record, same model)")
     machine = results.get("machine", {})
     fig.suptitle(
         f"fmnist-faust bench ({results.get('mode')}, {results.get('started_at')}; shared "

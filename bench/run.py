@@ -11,7 +11,8 @@ fmnist-faust worker end to end, (3b) ``per_record``: the worker against Faust's 
 images/s, (4) raw Pub/Sub streaming pull, (5) the Pub/Sub bridge, (6) the bridge's several
 streams against one raw stream (``bridge_multistream``), (7) two Kafka workers against one
 (``two_workers``), (8) the worker and (9) the bridge fed batch records (``kafka_batched``,
-``bridge_batched``); peak RSS and cold start of the worker / bridge.
+``bridge_batched``), (10) the worker against bytewax and quix-streams doing the same job
+(``peers``); peak RSS and cold start of the worker / bridge.
 """
 
 from __future__ import annotations
@@ -46,13 +47,19 @@ ALL_STAGES = (
     "two_workers",
     "kafka_batched",
     "bridge_batched",
+    "peers",
 )
 TARGETS = {
     "kafka_images_per_s": 20_000,
     "kafka_batched_images_per_s": 20_000,
     "bridge_batched_images_per_s": 10_000,
     "kafka_over_naive": 20,
-    "p99_ms_at_1000": 100,
+    "p99_ms_at_1000": 50,
+    "p99_ms_at_5000": 100,
+    "worker_over_bytewax": 1.2,
+    "worker_cpu_ms_per_image": 0.05,
+    "worker_over_classify_batch": 0.6,
+    "two_workers_over_one": 1.7,
     "per_record_ratio_to_forward": 0.75,
     "bridge_over_raw": 0.9,
     "bridge_multistream_over_raw_single_stream": 1.5,
@@ -127,9 +134,11 @@ def targets(results: dict[str, Any], ratio: dict[str, float | None]) -> dict[str
     bridge = results.get("bridge", {})
     per_record = results.get("per_record", {})
 
-    def p99_at_1000() -> float | None:
+    peers = results.get("peers", {})
+
+    def p99_at(rate: int) -> float | None:
         try:
-            return kafka["latency"]["rate_1000"]["to_prediction_published_ms"]["p99"]
+            return kafka["latency"][f"rate_{rate}"]["to_prediction_published_ms"]["p99"]
         except (KeyError, TypeError):
             return None
 
@@ -142,7 +151,16 @@ def targets(results: dict[str, Any], ratio: dict[str, float | None]) -> dict[str
     return {
         "kafka_images_per_s": check(kafka.get("images_per_s"), TARGETS["kafka_images_per_s"], True),
         "kafka_over_naive": check(ratio["kafka_over_naive"], TARGETS["kafka_over_naive"], True),
-        "p99_ms_at_1000": check(p99_at_1000(), TARGETS["p99_ms_at_1000"], False),
+        "p99_ms_at_1000": check(p99_at(1000), TARGETS["p99_ms_at_1000"], False),
+        "p99_ms_at_5000": check(p99_at(5000), TARGETS["p99_ms_at_5000"], False),
+        "worker_over_bytewax": check(peers.get("worker_over_bytewax"), TARGETS["worker_over_bytewax"], True),
+        "worker_cpu_ms_per_image": check(
+            peers.get("worker", {}).get("cpu_ms_per_image"), TARGETS["worker_cpu_ms_per_image"], False
+        ),
+        "worker_over_classify_batch": check(
+            peers.get("worker_over_classify_batch"), TARGETS["worker_over_classify_batch"], True
+        ),
+        "two_workers_over_one": check(ratio["two_workers_over_one"], TARGETS["two_workers_over_one"], True),
         "bridge_over_raw": check(ratio["bridge_over_raw"], TARGETS["bridge_over_raw"], True),
         "per_record_ratio_to_forward": check(
             per_record.get("ratio_to_forward"), TARGETS["per_record_ratio_to_forward"], True
@@ -226,6 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "two_workers": stages.two_workers,
         "kafka_batched": stages.kafka_batched,
         "bridge_batched": stages.bridge_batched,
+        "peers": stages.peers,
     }
     failed = []
     try:

@@ -10,6 +10,8 @@ import importlib.util
 import json
 import os
 import statistics
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -57,9 +59,8 @@ class Plan:
     naive_images: int = 5_000
     e2e_images: int = 50_000
     batch_sweep: tuple[int, ...] = (100, 250, 500, 1000, 2000)
-    linger_sweep: tuple[float, ...] = (0.005, 0.01, 0.02, 0.05, 0.1)
-    linger_sweep_seconds: float = 5.0
-    rates: tuple[tuple[int, float], ...] = ((1000, 10.0), (5000, 5.0))
+    # (offered images/s, seconds): the p99 curve of the latency run
+    rates: tuple[tuple[int, float], ...] = ((500, 5.0), (1000, 10.0), (2000, 5.0), (5000, 5.0), (10000, 3.0))
     # Images sent at 1,000/s before a latency run measures, so that it measures a worker past
     # its start. 500 were enough while batches held ~100 events; since a backlog fills
     # batches (fmnist_faust/batching.py) the images queued during start-up go out as one
@@ -80,6 +81,8 @@ class Plan:
     images_per_record: int = 500
     kafka_batched_images: int = 200_000
     bridge_batched_images: int = 100_000
+    peers_images: int = 50_000
+    peers_rounds: int = 3
 
     @classmethod
     def smoke(cls) -> Plan:
@@ -90,7 +93,6 @@ class Plan:
             naive_images=200,
             e2e_images=1_000,
             batch_sweep=(),
-            linger_sweep=(),
             rates=((1000, 0.5), (5000, 0.2)),
             warmup_images=50,
             concurrent_images=1_000,
@@ -107,6 +109,8 @@ class Plan:
             images_per_record=100,
             kafka_batched_images=2_000,
             bridge_batched_images=5_000,
+            peers_images=2_000,
+            peers_rounds=1,
         )
 
 
@@ -532,7 +536,7 @@ def latency_run(
 
 
 def kafka_e2e(ctx: Context) -> dict[str, Any]:
-    """Batch-size sweep on a pre-loaded topic, linger sweep at 1k/s, then the latency run."""
+    """Batch-size sweep on a pre-loaded topic, then the latency run (a p99 curve over offered rates)."""
     plan = ctx.plan
     default_batch, default_linger = CODE_DEFAULTS.pipeline.batch_size, CODE_DEFAULTS.pipeline.batch_linger_s
     topic = ctx.name("e2e-images")
@@ -556,20 +560,6 @@ def kafka_e2e(ctx: Context) -> dict[str, Any]:
             f"{diagnostics[f'faust_{mode}']['cpu_ms_per_image']} CPU ms/image"
         )
 
-    lingers = []
-    for linger in plan.linger_sweep:
-        row = latency_run(
-            ctx, default_batch, linger, f"lin{int(linger * 1000)}", ((1000, plan.linger_sweep_seconds),), 0, live=False
-        )
-        p99 = row["rate_1000"]["to_prediction_published_ms"]["p99"]
-        ctx.log(f"  linger={linger}: p99 at 1k/s {p99} ms")
-        lingers.append({"linger_s": linger, "rate_1000": row["rate_1000"], "ready_s": row["ready_s"]})
-    best_linger = (
-        min(lingers, key=lambda r: r["rate_1000"]["to_prediction_published_ms"]["p99"])["linger_s"]
-        if lingers
-        else default_linger
-    )
-
     lat = latency_run(
         ctx,
         default_batch,
@@ -588,7 +578,7 @@ def kafka_e2e(ctx: Context) -> dict[str, Any]:
     )
     headline = next((r for r in sweep if r["batch_size"] == default_batch), sweep[0])
     best_batch = max(sweep, key=lambda r: r["images_per_s"])
-    ready = [r["ready_s"] for r in sweep] + [lat["ready_s"]] + [r["ready_s"] for r in lingers]
+    ready = [r["ready_s"] for r in sweep] + [lat["ready_s"]]
     return {
         "images": plan.e2e_images,
         "preload_producer_per_s": round(loaded.rate),
@@ -600,10 +590,8 @@ def kafka_e2e(ctx: Context) -> dict[str, Any]:
         "first_prediction_s_from_spawn": headline["first_prediction_s_from_spawn"],
         "diagnostics": diagnostics,
         "batch_sweep": sweep,
-        "linger_sweep": lingers,
         "best_batch_size": best_batch["batch_size"],
         "best_batch_images_per_s": best_batch["images_per_s"],
-        "best_linger_s": best_linger,
         "latency": lat,
         "ready_s_empty_changelog": lat["ready_s"],
         "ready_s_all_workers": {"min": min(ready), "median": statistics.median(ready), "max": max(ready)},
@@ -1160,3 +1148,97 @@ def _images_total(worker: ServiceProc) -> int | None:
         if line.startswith("fmnist_images_total "):
             return int(float(line.split()[1]))
     return None
+
+
+# =========================================================================== 10. peers
+
+
+PEERS = ("bytewax", "quixstreams")
+
+
+def peer_run(ctx: Context, topic: str, n: int, peer: str, name: str) -> dict[str, Any]:
+    """One peer pipeline (bench/peers.py) over the pre-loaded topic: the rate from its
+    predictions' timestamps (as the worker's), its CPU per image from its first batch, and
+    its predicted class per id."""
+    out_topic = ctx.name(f"{name}-out")
+    create_topics(ctx.bootstrap, [out_topic], ctx.settings.kafka.partitions)
+    argv = [sys.executable, "-m", "bench.peers", peer, "--bootstrap", ctx.bootstrap, "--topic", topic]
+    argv += ["--out", out_topic, "--images", str(n), "--model", str(ctx.model_path), "--state-dir", str(ctx.run_dir)]
+    log_path = ctx.run_dir / f"{name}.log"
+    with log_path.open("w") as log:
+        done = subprocess.run(argv, cwd=ROOT, env=env_with(), stdout=subprocess.PIPE, stderr=log, timeout=120 + n / 200)
+    if done.returncode != 0:
+        raise RuntimeError(f"peer {peer} exited with {done.returncode}; log {log_path}")
+    report = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    records = read_records(ctx.bootstrap, out_topic, n)
+    return {
+        "images_per_s": round(span_rate([r.timestamp_ms for r in records])),
+        "cpu_ms_per_image": round(report["cpu_s"] * 1000.0 / max(report["images"], 1), 4),
+        "predicted": {json.loads(r.value)["id"]: json.loads(r.value)["predicted"] for r in records},
+    }
+
+
+def peers(ctx: Context) -> dict[str, Any]:
+    """The worker (code defaults) against bytewax and quix-streams doing the same job
+    (bench/peers.py), in rounds on one pre-loaded topic of one-image records, and
+    ``classify_batch`` (decode + predict, in this process) on the same images as the ceiling.
+    Every contender's predictions must equal offline ``predict`` on those images."""
+    plan = ctx.plan
+    n = plan.peers_images
+    batch = CODE_DEFAULTS.pipeline.batch_size
+    topic = ctx.name("peers-images")
+    create_topics(ctx.bootstrap, [topic], ctx.settings.kafka.partitions)
+    loaded = ctx.produce_kafka(topic, n, "pe")
+    ctx.log(f"  pre-loaded {n} images at {loaded.rate:,.0f}/s")
+    classifier = load_classifier(ctx.model_path)
+    rows = [i % len(ctx.split.labels) for i in range(n)]
+    offline = dict(zip((f"pe-{i:07d}" for i in range(n)), classifier.predict(ctx.split.images[rows])[0].tolist()))
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in ("worker", *PEERS)}
+    for round_ in range(plan.peers_rounds):
+        worker = preloaded_run(
+            ctx, topic, n, batch, CODE_DEFAULTS.pipeline.batch_linger_s, f"pe-worker-{round_}", poll_s=0.5
+        )
+        runs["worker"].append(
+            {"images_per_s": worker["images_per_s"], "cpu_ms_per_image": worker["worker_cpu_ms_per_image"]}
+        )
+        for peer in PEERS:
+            row = peer_run(ctx, topic, n, peer, f"pe-{peer}-{round_}")
+            if row.pop("predicted") != offline:
+                raise RuntimeError(f"{peer}'s predictions differ from offline predict")
+            runs[peer].append(row)
+        ctx.log(f"  round {round_}: " + ", ".join(f"{k} {v[-1]['images_per_s']:,}/s" for k, v in runs.items()))
+    messages = [
+        RawMessage(encode_image(f"c-{i}", ctx.split.images[j], int(ctx.split.labels[j])), None)
+        for i, j in enumerate(rows)
+    ]
+
+    def classify_all() -> int:
+        for i in range(0, len(messages), batch):
+            classify_batch(classifier, messages[i : i + batch])
+        return len(messages)
+
+    classify_rate = round(_best_rate(classify_all, 2))
+    out: dict[str, Any] = {
+        "images": n,
+        "rounds": plan.peers_rounds,
+        "batch_size": batch,
+        "classify_batch_per_s": classify_rate,
+    }
+    for name, values in runs.items():
+        rates = [r["images_per_s"] for r in values]
+        cpus = [r["cpu_ms_per_image"] for r in values if r["cpu_ms_per_image"] is not None]
+        out[name] = {
+            "images_per_s": max(rates),
+            "median_images_per_s": round(statistics.median(rates)),
+            "rounds_images_per_s": rates,
+            "cpu_ms_per_image": min(cpus) if cpus else None,
+            "median_cpu_ms_per_image": round(statistics.median(cpus), 4) if cpus else None,
+        }
+    out["images_per_s"] = out["worker"]["images_per_s"]
+    out["worker_over_bytewax"] = _ratio(out["worker"]["images_per_s"], out["bytewax"]["images_per_s"])
+    out["worker_over_quixstreams"] = _ratio(out["worker"]["images_per_s"], out["quixstreams"]["images_per_s"])
+    out["worker_over_classify_batch"] = _ratio(out["worker"]["images_per_s"], classify_rate)
+    out["median_round_worker_over_bytewax"] = statistics.median(
+        _ratio(w["images_per_s"], b["images_per_s"]) or 0.0 for w, b in zip(runs["worker"], runs["bytewax"])
+    )
+    return out
