@@ -125,3 +125,57 @@ def test_seek_runs_on_the_consumer_thread() -> None:
     tp = _images(1)
     asyncio.run(RowOffsetConsumer._seek(_Consumer(), tp, 42))  # type: ignore[arg-type]
     assert calls == [("call_thread", tp, 42), ("seek", tp, 42)]
+
+
+def _sent(tp: TP, offsets: list[int]) -> Any:
+    from fmnist_faust.agents import Sent, Uncounted
+    from fmnist_faust.core.pipeline import BatchResult
+
+    uncounted = Uncounted([tp.partition] * len(offsets), offsets, [RawMessage(b"") for _ in offsets])
+    empty = BatchResult([], [], [])
+    return Sent(0, uncounted, empty, [], set(), empty, None, "v", [])
+
+
+def test_a_batch_built_on_a_failed_batch_in_flight_is_read_again_not_counted(monkeypatch: Any) -> None:
+    """The batch in flight reads as counted for the next one; when it fails, the next one
+    is not started (not counted) and its partitions are read again."""
+    import asyncio
+
+    from fmnist_faust import agents
+
+    rewound: list[set[TP]] = []
+    finished: list[list[int]] = []
+    seen_applied: list[int] = []
+    outcomes = iter([False, True])  # the first batch's acks fail
+
+    async def finish(sent: Any) -> bool:
+        finished.append(sent.uncounted.offsets)
+        return next(outcomes)
+
+    async def send(uncounted: Any, applied: dict[int, int], generation: int) -> Any:
+        seen_applied.append(applied[0])
+        return _sent(_images(0), uncounted.offsets)
+
+    async def record_rewind(tps: Any, why: str) -> None:
+        rewound.append(set(tps))
+
+    monkeypatch.setattr(agents, "_finish", finish)
+    monkeypatch.setattr(agents, "_send", send)
+    monkeypatch.setattr(agents, "rewind", record_rewind)
+    monkeypatch.setattr(agents, "row_offset", lambda partition: 9)
+    monkeypatch.setattr(agents, "_assigned", lambda: None)
+    monkeypatch.setattr(agents, "gap_guard", agents.GapGuard())
+    monkeypatch.setattr(type(agents.app), "consumer_generation_id", 0, raising=False)
+
+    async def run() -> list[bool]:
+        flight = agents.InFlight()
+        first = await agents.process_fetches([_fetch(_images(0), [10, 11, 12])], flight)
+        second = await agents.process_fetches([_fetch(_images(0), [13, 14])], flight)
+        third = await agents.process_fetches([_fetch(_images(0), [10, 11, 12])], flight)  # read again
+        await flight.settle()
+        return [first, second, third]
+
+    assert asyncio.run(run()) == [True, False, True]
+    assert seen_applied == [9, 12, 9]  # the second batch read the first (in flight) as counted
+    assert finished == [[10, 11, 12], [10, 11, 12]]  # the batch at 13 was never started
+    assert rewound == [{_images(0)}]
