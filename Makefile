@@ -1,11 +1,15 @@
 # fmnist-faust: the interface everybody relies on. `make demo` and `make test` are the two
 # commands; everything they need is installed and started by these targets.
-.PHONY: install services services-stop model test demo demo-pubsub bench bench-smoke soak clean
+.PHONY: install lock services services-stop model test demo demo-pubsub bench bench-smoke soak clean
 
 PY := .venv/bin/python
 
 install:
 	tools/install.sh
+
+# Regenerate requirements.lock and requirements-dev.lock after changing setup.cfg.
+lock:
+	tools/lock.sh
 
 services:
 	tools/services.sh start
