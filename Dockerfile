@@ -29,8 +29,8 @@ RUN groupadd --system --gid 10001 fmnist \
     && mkdir -p /models /var/lib/fmnist/worker \
     && chown -R fmnist:fmnist /models /var/lib/fmnist
 
-# Paths inside the container (the defaults point into the source tree, which is not
-# writable here).
+# Paths inside the container, on the volumes (the defaults are relative to the working
+# directory).
 ENV FMNIST_MODEL_PATH=/models/fmnist-mlp.joblib \
     FMNIST_WORKER_DATADIR=/var/lib/fmnist/worker \
     BRIDGE_STATE_PATH=/var/lib/fmnist/bridge-state.sqlite3

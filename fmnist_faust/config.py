@@ -18,10 +18,9 @@ from typing import Any
 
 from .core.contract import BATCH_IMAGES_LIMIT
 
-_REPO_ROOT = Path(__file__).resolve().parent.parent
-
-# name -> (default, meaning). "{default}" in a meaning shows the default; a relative path
-# default is taken from the repository root.
+# name -> (default, meaning). "{default}" in a meaning shows the default. A relative path,
+# given or default, is relative to the working directory, as Faust's datadir is: after a
+# plain ``pip install`` the package's own directory is site-packages.
 VARIABLES: dict[str, tuple[str, str]] = {
     "KAFKA_BOOTSTRAP_SERVERS": ("127.0.0.1:9092", "Kafka brokers, host:port[,host:port] (default {default})"),
     "KAFKA_SECURITY_PROTOCOL": ("PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (default {default})"),
@@ -151,8 +150,7 @@ def _get(env: Mapping[str, str], name: str) -> str:
 
 
 def _path(env: Mapping[str, str], name: str) -> Path:
-    value = env.get(name, "")
-    return Path(value) if value != "" else _REPO_ROOT / VARIABLES[name][0]
+    return Path(_get(env, name))
 
 
 def _number(

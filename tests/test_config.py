@@ -294,8 +294,20 @@ def test_each_default_has_one_source() -> None:
     assert settings.topics.images == VARIABLES["FMNIST_IMAGES_TOPIC"][0] == "images"
     assert settings.pipeline.max_message_bytes == int(VARIABLES["FMNIST_MAX_MESSAGE_BYTES"][0]) == 1 << 20
     assert settings.pubsub.ack_deadline_s == 60 and "(default 60)" in ENV_VARS["PUBSUB_ACK_DEADLINE_SECONDS"]
-    assert settings.bridge.state_path == ROOT / ".run" / "bridge-state.sqlite3"
-    assert settings.model.path == ROOT / "models" / "fmnist-mlp.joblib" and settings.model.data_dir is None
+    assert settings.bridge.state_path == Path(".run/bridge-state.sqlite3")
+    assert settings.model.path == Path("models/fmnist-mlp.joblib") and settings.model.data_dir is None
+
+
+def test_relative_paths_resolve_against_the_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As Faust's datadir: after a plain ``pip install`` the package's directory is
+    site-packages, so the defaults must not be taken from there."""
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings({"FMNIST_MODEL_PATH": "mine/model.joblib"})
+    assert settings.kafka.worker_datadir.resolve() == tmp_path / ".run" / "worker"
+    assert settings.bridge.state_path.resolve() == tmp_path / ".run" / "bridge-state.sqlite3"
+    assert settings.bridge.state_url == "sqlite:///.run/bridge-state.sqlite3"
+    assert settings.model.path.resolve() == tmp_path / "mine" / "model.joblib"
+    assert settings.model.directory.resolve() == tmp_path / "mine"
 
 
 def test_run_names_rename_every_topic_and_subscription() -> None:
