@@ -9,6 +9,7 @@ parsing by ``tests/test_config.py``.
 
 from __future__ import annotations
 
+import json
 import os
 import ssl
 from collections.abc import Callable, Mapping
@@ -78,6 +79,17 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "FMNIST_DATA_DIR": ("", "folder with the Fashion-MNIST IDX files (default: Debian's package)"),
     "FMNIST_LOG_LEVEL": ("info", "log level (default {default})"),
     "GOOGLE_CLOUD_PROJECT": ("fmnist-local", "Google Cloud project for Pub/Sub (default {default})"),
+    "GOOGLE_APPLICATION_CREDENTIALS": (
+        "",
+        "Google's standard key file for Pub/Sub, read by the client library (Application Default Credentials); "
+        "takes precedence over PUBSUB_CONFIG_PATH",
+    ),
+    "PUBSUB_CONFIG_PATH": (
+        "",
+        "the seed demo's JSON file: a service-account key, whose credentials Pub/Sub uses unless "
+        "GOOGLE_APPLICATION_CREDENTIALS is set, with `kafka_servers` (a list or a comma-separated string), the Kafka "
+        "brokers unless KAFKA_BOOTSTRAP_SERVERS is set",
+    ),
     "PUBSUB_EMULATOR_HOST": ("", "host:port of the Pub/Sub emulator (empty: real Pub/Sub)"),
     "PUBSUB_IMAGES_SUBSCRIPTION": ("images-sub", "subscription the bridge pulls images from (default {default})"),
     "PUBSUB_PREDICTIONS_SUBSCRIPTION": (
@@ -121,6 +133,23 @@ VARIABLES: dict[str, tuple[str, str]] = {
     ),
 }
 ENV_VARS: dict[str, str] = {name: meaning.format(default=default) for name, (default, meaning) in VARIABLES.items()}
+# The variables only the Kafka side reads; the bridge's --help lists every other one.
+KAFKA_ONLY = (
+    "KAFKA_BOOTSTRAP_SERVERS",
+    "KAFKA_SECURITY_PROTOCOL",
+    "KAFKA_SASL_MECHANISM",
+    "KAFKA_SASL_USERNAME",
+    "KAFKA_SASL_PASSWORD",
+    "KAFKA_SSL_CAFILE",
+    "KAFKA_SSL_CERTFILE",
+    "KAFKA_SSL_KEYFILE",
+    "FMNIST_PARTITIONS",
+    "FMNIST_APP_ID",
+    "FMNIST_WORKER_DATADIR",
+    "FMNIST_SESSION_TIMEOUT",
+    "FMNIST_STALL_SECONDS",
+    "FMNIST_WEB_PORT",
+)
 # The topics and subscriptions a run can rename: see :func:`run_names`.
 NAMED_RESOURCES = (
     "FMNIST_IMAGES_TOPIC",
@@ -301,6 +330,22 @@ class PubSubSettings:
     dead_letter_subscription: str
     max_delivery_attempts: int
     ack_deadline_s: int
+    # The seed demo's key file (PUBSUB_CONFIG_PATH) when GOOGLE_APPLICATION_CREDENTIALS is
+    # unset; None: the library's Application Default Credentials.
+    key_file: Path | None = None
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for the Pub/Sub clients: the key file's credentials, or none (the
+        library's default credentials; anonymous ones on the emulator)."""
+        if self.key_file is None or self.emulator_host:
+            return {}
+        from google.oauth2 import service_account
+
+        try:
+            credentials = service_account.Credentials.from_service_account_file(str(self.key_file))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"PUBSUB_CONFIG_PATH={self.key_file}: not a usable service-account key ({exc})") from None
+        return {"credentials": credentials}
 
 
 @dataclass(frozen=True)
@@ -355,9 +400,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read every setting from ``env`` (default: ``os.environ``), validating as we go."""
     env = os.environ if env is None else env
     data_dir = _get(env, "FMNIST_DATA_DIR")
+    seed_config = _seed_config(env)
     return Settings(
         kafka=KafkaSettings(
-            bootstrap_servers=_get(env, "KAFKA_BOOTSTRAP_SERVERS"),
+            bootstrap_servers=_bootstrap_servers(env, seed_config),
             security=_kafka_security(env),
             partitions=_int(env, "FMNIST_PARTITIONS", minimum=1),
             app_id=_get(env, "FMNIST_APP_ID"),
@@ -390,6 +436,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             dead_letter_subscription=_get(env, "PUBSUB_DEAD_LETTER_SUBSCRIPTION"),
             max_delivery_attempts=_int(env, "PUBSUB_MAX_DELIVERY_ATTEMPTS", minimum=5, maximum=100),
             ack_deadline_s=_int(env, "PUBSUB_ACK_DEADLINE_SECONDS", minimum=10, maximum=600),
+            key_file=_key_file(env),
         ),
         bridge=BridgeSettings(
             max_messages=_int(env, "BRIDGE_MAX_MESSAGES", minimum=1),
@@ -401,6 +448,42 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ),
         log_level=_get(env, "FMNIST_LOG_LEVEL"),
     )
+
+
+def _seed_config(env: Mapping[str, str]) -> dict[str, Any]:
+    """The JSON object in ``PUBSUB_CONFIG_PATH`` ({} when unset)."""
+    path = _get(env, "PUBSUB_CONFIG_PATH")
+    if not path:
+        return {}
+    try:
+        config = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # never echo the content: it holds a private key
+        raise ConfigError(f"PUBSUB_CONFIG_PATH={path}: cannot read a JSON file ({type(exc).__name__})") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"PUBSUB_CONFIG_PATH={path}: not a JSON object")
+    return config
+
+
+def _bootstrap_servers(env: Mapping[str, str], seed_config: Mapping[str, Any]) -> str:
+    """``KAFKA_BOOTSTRAP_SERVERS``, else the seed config's ``kafka_servers``, else the default."""
+    if env.get("KAFKA_BOOTSTRAP_SERVERS", ""):
+        return _get(env, "KAFKA_BOOTSTRAP_SERVERS")
+    servers = seed_config.get("kafka_servers")
+    if servers is None:
+        return _get(env, "KAFKA_BOOTSTRAP_SERVERS")
+    if isinstance(servers, str):
+        servers = servers.split(",")
+    if not isinstance(servers, list) or not all(isinstance(s, str) and s.strip() for s in servers) or not servers:
+        raise ConfigError("PUBSUB_CONFIG_PATH: kafka_servers must be host:port strings, as a list or comma-separated")
+    return ",".join(s.strip() for s in servers)
+
+
+def _key_file(env: Mapping[str, str]) -> Path | None:
+    """The seed config as the Pub/Sub key, unless the standard variable names one."""
+    if _get(env, "GOOGLE_APPLICATION_CREDENTIALS"):
+        return None
+    path = _get(env, "PUBSUB_CONFIG_PATH")
+    return Path(path) if path else None
 
 
 def _model_settings(env: Mapping[str, str], data_dir: str) -> ModelSettings:
