@@ -3,8 +3,8 @@
 Every knob of fmnist-faust (Kafka, Pub/Sub, the bridge, the model, the web views) is read
 here into a :class:`Settings` made of one small record per part, so each part is handed
 only what it uses. :data:`VARIABLES` holds each variable's default and meaning once; the
-README's configuration table is checked against it by ``tests/test_readme.py`` and the
-parsing by ``tests/test_config.py``.
+table of docs/configuration.md is generated from it (``tools/config_table.py``) and the
+parsing is checked by ``tests/test_config.py``.
 """
 
 from __future__ import annotations
@@ -48,14 +48,14 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "FMNIST_MAX_BATCH_IMAGES": (
         "1000",
         "most images in one batch record, 1-2000 (default {default}); a record must also fit in "
-        "FMNIST_MAX_MESSAGE_BYTES: about 1,000 images with short ids per MiB (see [Wire contract](#wire-contract))",
+        "FMNIST_MAX_MESSAGE_BYTES: about 1,000 images with short ids per MiB (see [Wire contract](wire-contract.md))",
     ),
     "FMNIST_WINDOW_SECONDS": ("10", "width of the accuracy windows in seconds (default {default})"),
     "FMNIST_DEDUPE_SECONDS": (
         "3600",
         "dedupe horizon, both backends: an image id re-sent within it is counted once, after it counts again; "
         "bounds the seen-ids state and the images subscription's retention (default {default}, minimum 1; "
-        "see [Long runs](#long-runs))",
+        "see [Long runs](long-runs.md))",
     ),
     "FMNIST_SESSION_TIMEOUT": (
         "60",
@@ -74,7 +74,7 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "FMNIST_MODEL_DIR": (
         "",
         "trusted model directory: the versions `fmnist-model` can shadow and promote, each a .joblib with "
-        "its manifest (default: the folder of FMNIST_MODEL_PATH; see [Live rollout](#live-rollout))",
+        "its manifest (default: the folder of FMNIST_MODEL_PATH; see [Live rollout](rollout.md))",
     ),
     "FMNIST_DATA_DIR": ("", "folder with the Fashion-MNIST IDX files (default: Debian's package)"),
     "FMNIST_LOG_LEVEL": ("info", "log level (default {default})"),
@@ -112,7 +112,7 @@ VARIABLES: dict[str, tuple[str, str]] = {
         "",
         "the bridge's state store: sqlite:///PATH (relative; sqlite:////PATH absolute) or "
         "postgresql://USER:PASSWORD@HOST:PORT/DB, shared by a fleet of replicas (default: the SQLite file "
-        "BRIDGE_STATE_PATH; see [Bridge fleet](#bridge-fleet-postgresql))",
+        "BRIDGE_STATE_PATH; see [Bridge fleet](bridge-fleet.md))",
     ),
     "BRIDGE_WEB_PORT": ("6067", "port of the bridge's web views (default {default})"),
     "PUBSUB_DEAD_LETTER_TOPIC": (

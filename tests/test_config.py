@@ -288,7 +288,7 @@ def test_faust_app_gets_loopback_bind_and_the_configured_credentials() -> None:
 
 
 def test_each_default_has_one_source() -> None:
-    """An empty environment yields exactly the defaults of VARIABLES, which the README shows."""
+    """An empty environment yields exactly the defaults of VARIABLES, which docs/configuration.md shows."""
     from fmnist_faust.config import ENV_VARS, VARIABLES
 
     settings = load_settings({})
