@@ -109,6 +109,7 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings()
+        settings.pubsub.client_kwargs()  # an unusable key file fails here, not in a client
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
