@@ -14,9 +14,13 @@ RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends dataset-fashion-mnist \
     && rm -rf /var/lib/apt/lists/*
 
+# The versions of requirements.lock, hashes checked (the build backend included), in a layer
+# of their own that a change of the code does not rebuild.
 WORKDIR /src
+COPY requirements.lock /src/
+RUN pip install --require-hashes -r requirements.lock
 COPY . /src
-RUN pip install . && rm -rf /src/build
+RUN pip install --no-deps --no-build-isolation . && rm -rf /src/build
 
 # Non-root user; the directories that named volumes are mounted on belong to it, so the
 # volumes are created writable for it.
@@ -25,8 +29,8 @@ RUN groupadd --system --gid 10001 fmnist \
     && mkdir -p /models /var/lib/fmnist/worker \
     && chown -R fmnist:fmnist /models /var/lib/fmnist
 
-# Paths inside the container (the defaults point into the source tree, which is not
-# writable here).
+# Paths inside the container, on the volumes (the defaults are relative to the working
+# directory).
 ENV FMNIST_MODEL_PATH=/models/fmnist-mlp.joblib \
     FMNIST_WORKER_DATADIR=/var/lib/fmnist/worker \
     BRIDGE_STATE_PATH=/var/lib/fmnist/bridge-state.sqlite3

@@ -1,11 +1,15 @@
 # fmnist-faust: the interface everybody relies on. `make demo` and `make test` are the two
 # commands; everything they need is installed and started by these targets.
-.PHONY: install services services-stop model test demo demo-pubsub bench bench-smoke soak clean
+.PHONY: install lock docs services services-stop model test demo demo-pubsub bench bench-smoke soak clean
 
 PY := .venv/bin/python
 
 install:
 	tools/install.sh
+
+# Regenerate requirements.lock and requirements-dev.lock after changing setup.cfg.
+lock:
+	tools/lock.sh
 
 services:
 	tools/services.sh start
@@ -18,6 +22,11 @@ model: install
 
 test: install
 	tools/run-tests.sh $(PYTEST_ARGS)
+
+# The docs site (mkdocs.yml, docs/) into .run/site, after regenerating its configuration table.
+docs: install
+	.venv/bin/python tools/config_table.py
+	NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict
 
 demo: install model
 	tools/demo.sh kafka

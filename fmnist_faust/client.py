@@ -225,6 +225,7 @@ class PubSubProducer(Producer):
             batch_settings=pubsub_v1.types.BatchSettings(
                 max_messages=1000, max_bytes=8 * 1024 * 1024, max_latency=0.01
             ),
+            **settings.pubsub.client_kwargs(),
         )
         self.topic_path = self._client.topic_path(settings.pubsub.project, topic)
         self._pending: set[concurrent.futures.Future] = set()
@@ -354,7 +355,7 @@ class PubSubConsumer(Consumer):
     ) -> None:
         from google.cloud import pubsub_v1
 
-        self._client = pubsub_v1.SubscriberClient()
+        self._client = pubsub_v1.SubscriberClient(**settings.pubsub.client_kwargs())
         path = self._client.subscription_path(settings.pubsub.project, subscription)
 
         def on_message(message: Any) -> None:

@@ -3,12 +3,13 @@
 Every knob of fmnist-faust (Kafka, Pub/Sub, the bridge, the model, the web views) is read
 here into a :class:`Settings` made of one small record per part, so each part is handed
 only what it uses. :data:`VARIABLES` holds each variable's default and meaning once; the
-README's configuration table is checked against it by ``tests/test_readme.py`` and the
-parsing by ``tests/test_config.py``.
+table of docs/configuration.md is generated from it (``tools/config_table.py``) and the
+parsing is checked by ``tests/test_config.py``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import ssl
 from collections.abc import Callable, Mapping
@@ -18,10 +19,9 @@ from typing import Any
 
 from .core.contract import BATCH_IMAGES_LIMIT
 
-_REPO_ROOT = Path(__file__).resolve().parent.parent
-
-# name -> (default, meaning). "{default}" in a meaning shows the default; a relative path
-# default is taken from the repository root.
+# name -> (default, meaning). "{default}" in a meaning shows the default. A relative path,
+# given or default, is relative to the working directory, as Faust's datadir is: after a
+# plain ``pip install`` the package's own directory is site-packages.
 VARIABLES: dict[str, tuple[str, str]] = {
     "KAFKA_BOOTSTRAP_SERVERS": ("127.0.0.1:9092", "Kafka brokers, host:port[,host:port] (default {default})"),
     "KAFKA_SECURITY_PROTOCOL": ("PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (default {default})"),
@@ -50,14 +50,14 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "FMNIST_MAX_BATCH_IMAGES": (
         "1000",
         "most images in one batch record, 1-2000 (default {default}); a record must also fit in "
-        "FMNIST_MAX_MESSAGE_BYTES: about 1,000 images with short ids per MiB (see [Wire contract](#wire-contract))",
+        "FMNIST_MAX_MESSAGE_BYTES: about 1,000 images with short ids per MiB (see [Wire contract](wire-contract.md))",
     ),
     "FMNIST_WINDOW_SECONDS": ("10", "width of the accuracy windows in seconds (default {default})"),
     "FMNIST_DEDUPE_SECONDS": (
         "3600",
         "dedupe horizon, both backends: an image id re-sent within it is counted once, after it counts again; "
         "bounds the seen-ids state and the images subscription's retention (default {default}, minimum 1; "
-        "see [Long runs](#long-runs))",
+        "see [Long runs](long-runs.md))",
     ),
     "FMNIST_SESSION_TIMEOUT": (
         "60",
@@ -76,11 +76,22 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "FMNIST_MODEL_DIR": (
         "",
         "trusted model directory: the versions `fmnist-model` can shadow and promote, each a .joblib with "
-        "its manifest (default: the folder of FMNIST_MODEL_PATH; see [Live rollout](#live-rollout))",
+        "its manifest (default: the folder of FMNIST_MODEL_PATH; see [Live rollout](rollout.md))",
     ),
     "FMNIST_DATA_DIR": ("", "folder with the Fashion-MNIST IDX files (default: Debian's package)"),
     "FMNIST_LOG_LEVEL": ("info", "log level (default {default})"),
     "GOOGLE_CLOUD_PROJECT": ("fmnist-local", "Google Cloud project for Pub/Sub (default {default})"),
+    "GOOGLE_APPLICATION_CREDENTIALS": (
+        "",
+        "Google's standard key file for Pub/Sub, read by the client library (Application Default Credentials); "
+        "takes precedence over PUBSUB_CONFIG_PATH",
+    ),
+    "PUBSUB_CONFIG_PATH": (
+        "",
+        "the seed demo's JSON file: a service-account key, whose credentials Pub/Sub uses unless "
+        "GOOGLE_APPLICATION_CREDENTIALS is set, with `kafka_servers` (a list or a comma-separated string), the Kafka "
+        "brokers unless KAFKA_BOOTSTRAP_SERVERS is set",
+    ),
     "PUBSUB_EMULATOR_HOST": ("", "host:port of the Pub/Sub emulator (empty: real Pub/Sub)"),
     "PUBSUB_IMAGES_SUBSCRIPTION": ("images-sub", "subscription the bridge pulls images from (default {default})"),
     "PUBSUB_PREDICTIONS_SUBSCRIPTION": (
@@ -103,7 +114,7 @@ VARIABLES: dict[str, tuple[str, str]] = {
         "",
         "the bridge's state store: sqlite:///PATH (relative; sqlite:////PATH absolute) or "
         "postgresql://USER:PASSWORD@HOST:PORT/DB, shared by a fleet of replicas (default: the SQLite file "
-        "BRIDGE_STATE_PATH; see [Bridge fleet](#bridge-fleet-postgresql))",
+        "BRIDGE_STATE_PATH; see [Bridge fleet](bridge-fleet.md))",
     ),
     "BRIDGE_WEB_PORT": ("6067", "port of the bridge's web views (default {default})"),
     "PUBSUB_DEAD_LETTER_TOPIC": (
@@ -124,6 +135,23 @@ VARIABLES: dict[str, tuple[str, str]] = {
     ),
 }
 ENV_VARS: dict[str, str] = {name: meaning.format(default=default) for name, (default, meaning) in VARIABLES.items()}
+# The variables only the Kafka side reads; the bridge's --help lists every other one.
+KAFKA_ONLY = (
+    "KAFKA_BOOTSTRAP_SERVERS",
+    "KAFKA_SECURITY_PROTOCOL",
+    "KAFKA_SASL_MECHANISM",
+    "KAFKA_SASL_USERNAME",
+    "KAFKA_SASL_PASSWORD",
+    "KAFKA_SSL_CAFILE",
+    "KAFKA_SSL_CERTFILE",
+    "KAFKA_SSL_KEYFILE",
+    "FMNIST_PARTITIONS",
+    "FMNIST_APP_ID",
+    "FMNIST_WORKER_DATADIR",
+    "FMNIST_SESSION_TIMEOUT",
+    "FMNIST_STALL_SECONDS",
+    "FMNIST_WEB_PORT",
+)
 # The topics and subscriptions a run can rename: see :func:`run_names`.
 NAMED_RESOURCES = (
     "FMNIST_IMAGES_TOPIC",
@@ -153,8 +181,7 @@ def _get(env: Mapping[str, str], name: str) -> str:
 
 
 def _path(env: Mapping[str, str], name: str) -> Path:
-    value = env.get(name, "")
-    return Path(value) if value != "" else _REPO_ROOT / VARIABLES[name][0]
+    return Path(_get(env, name))
 
 
 def _number(
@@ -305,6 +332,22 @@ class PubSubSettings:
     dead_letter_subscription: str
     max_delivery_attempts: int
     ack_deadline_s: int
+    # The seed demo's key file (PUBSUB_CONFIG_PATH) when GOOGLE_APPLICATION_CREDENTIALS is
+    # unset; None: the library's Application Default Credentials.
+    key_file: Path | None = None
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for the Pub/Sub clients: the key file's credentials, or none (the
+        library's default credentials; anonymous ones on the emulator)."""
+        if self.key_file is None or self.emulator_host:
+            return {}
+        from google.oauth2 import service_account
+
+        try:
+            credentials = service_account.Credentials.from_service_account_file(str(self.key_file))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"PUBSUB_CONFIG_PATH={self.key_file}: not a usable service-account key ({exc})") from None
+        return {"credentials": credentials}
 
 
 @dataclass(frozen=True)
@@ -359,9 +402,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read every setting from ``env`` (default: ``os.environ``), validating as we go."""
     env = os.environ if env is None else env
     data_dir = _get(env, "FMNIST_DATA_DIR")
+    seed_config = _seed_config(env)
     return Settings(
         kafka=KafkaSettings(
-            bootstrap_servers=_get(env, "KAFKA_BOOTSTRAP_SERVERS"),
+            bootstrap_servers=_bootstrap_servers(env, seed_config),
             security=_kafka_security(env),
             partitions=_int(env, "FMNIST_PARTITIONS", minimum=1),
             app_id=_get(env, "FMNIST_APP_ID"),
@@ -394,6 +438,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             dead_letter_subscription=_get(env, "PUBSUB_DEAD_LETTER_SUBSCRIPTION"),
             max_delivery_attempts=_int(env, "PUBSUB_MAX_DELIVERY_ATTEMPTS", minimum=5, maximum=100),
             ack_deadline_s=_int(env, "PUBSUB_ACK_DEADLINE_SECONDS", minimum=10, maximum=600),
+            key_file=_key_file(env),
         ),
         bridge=BridgeSettings(
             max_messages=_int(env, "BRIDGE_MAX_MESSAGES", minimum=1),
@@ -405,6 +450,42 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ),
         log_level=_get(env, "FMNIST_LOG_LEVEL"),
     )
+
+
+def _seed_config(env: Mapping[str, str]) -> dict[str, Any]:
+    """The JSON object in ``PUBSUB_CONFIG_PATH`` ({} when unset)."""
+    path = _get(env, "PUBSUB_CONFIG_PATH")
+    if not path:
+        return {}
+    try:
+        config = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # never echo the content: it holds a private key
+        raise ConfigError(f"PUBSUB_CONFIG_PATH={path}: cannot read a JSON file ({type(exc).__name__})") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"PUBSUB_CONFIG_PATH={path}: not a JSON object")
+    return config
+
+
+def _bootstrap_servers(env: Mapping[str, str], seed_config: Mapping[str, Any]) -> str:
+    """``KAFKA_BOOTSTRAP_SERVERS``, else the seed config's ``kafka_servers``, else the default."""
+    if env.get("KAFKA_BOOTSTRAP_SERVERS", ""):
+        return _get(env, "KAFKA_BOOTSTRAP_SERVERS")
+    servers = seed_config.get("kafka_servers")
+    if servers is None:
+        return _get(env, "KAFKA_BOOTSTRAP_SERVERS")
+    if isinstance(servers, str):
+        servers = servers.split(",")
+    if not isinstance(servers, list) or not all(isinstance(s, str) and s.strip() for s in servers) or not servers:
+        raise ConfigError("PUBSUB_CONFIG_PATH: kafka_servers must be host:port strings, as a list or comma-separated")
+    return ",".join(s.strip() for s in servers)
+
+
+def _key_file(env: Mapping[str, str]) -> Path | None:
+    """The seed config as the Pub/Sub key, unless the standard variable names one."""
+    if _get(env, "GOOGLE_APPLICATION_CREDENTIALS"):
+        return None
+    path = _get(env, "PUBSUB_CONFIG_PATH")
+    return Path(path) if path else None
 
 
 def _model_settings(env: Mapping[str, str], data_dir: str) -> ModelSettings:

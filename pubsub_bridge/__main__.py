@@ -4,29 +4,31 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import textwrap
 from collections.abc import Sequence
 
-from fmnist_faust.config import ConfigError, Settings, load_settings
+from fmnist_faust.config import ENV_VARS, KAFKA_ONLY, ConfigError, Settings, load_settings
 
 from .store import redact_url
 
-ENVIRONMENT = """\
-environment (all optional; see fmnist_faust/config.py):
-  GOOGLE_CLOUD_PROJECT          project (default fmnist-local)
-  PUBSUB_EMULATOR_HOST          host:port of the emulator; unset = real Pub/Sub with
-                                Application Default Credentials (GOOGLE_APPLICATION_CREDENTIALS)
-  FMNIST_IMAGES_TOPIC, FMNIST_PREDICTIONS_TOPIC, FMNIST_DLQ_TOPIC, PUBSUB_DEAD_LETTER_TOPIC
-  PUBSUB_IMAGES_SUBSCRIPTION, PUBSUB_PREDICTIONS_SUBSCRIPTION, PUBSUB_DLQ_SUBSCRIPTION,
-  PUBSUB_DEAD_LETTER_SUBSCRIPTION, PUBSUB_MAX_DELIVERY_ATTEMPTS, PUBSUB_ACK_DEADLINE_SECONDS
-  FMNIST_MODEL_PATH, FMNIST_MODEL_DIR, FMNIST_BATCH_SIZE, FMNIST_BATCH_LINGER, FMNIST_MAX_MESSAGE_BYTES,
-  FMNIST_WINDOW_SECONDS, FMNIST_WEB_HOST, FMNIST_LOG_LEVEL
-  BRIDGE_MAX_MESSAGES, BRIDGE_MAX_BYTES, BRIDGE_STREAMS, BRIDGE_STATE_PATH, BRIDGE_WEB_PORT
-  BRIDGE_STATE_URL              sqlite:///PATH (default: BRIDGE_STATE_PATH) or
-                                postgresql://USER:PASSWORD@HOST:PORT/DB, shared by a fleet
-  FMNIST_DEDUPE_SECONDS         dedupe horizon; also the retention setup gives the images subscription
-"""
+
+def _environment() -> str:
+    """Every variable the bridge reads, with its meaning and default (``config.VARIABLES``)."""
+    lines = ["environment (all optional; see fmnist_faust/config.py):"]
+    for name, meaning in ENV_VARS.items():
+        if name not in KAFKA_ONLY:
+            plain = re.sub(r"\[([^\]]+)\]\([^)]+\)", r"\1", meaning).replace("`", "")  # no Markdown links
+            lines.append(
+                textwrap.fill(
+                    plain, 100, break_on_hyphens=False, initial_indent=f"  {name:<34}", subsequent_indent=" " * 36
+                )
+            )
+    return "\n".join(lines) + "\n"
+
+
+ENVIRONMENT = _environment()
 
 
 def _wrap(text: str) -> str:
@@ -107,6 +109,7 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings()
+        settings.pubsub.client_kwargs()  # an unusable key file fails here, not in a client
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2

@@ -64,10 +64,11 @@ class SubscriptionSpec:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-def _clients() -> tuple[Any, Any]:
+def _clients(settings: Settings) -> tuple[Any, Any]:
     from google.cloud import pubsub_v1
 
-    return pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
+    credentials = settings.pubsub.client_kwargs()
+    return pubsub_v1.PublisherClient(**credentials), pubsub_v1.SubscriberClient(**credentials)
 
 
 def plan(settings: Settings) -> tuple[list[str], list[SubscriptionSpec]]:
@@ -107,7 +108,7 @@ def setup(settings: Settings, purge: bool = False) -> list[str]:
     """Create what is missing, reconcile what differs; returns one line per resource."""
     from google.pubsub_v1 import types
 
-    publisher, subscriber = _clients()
+    publisher, subscriber = _clients(settings)
     project = settings.pubsub.project
     topics, subscriptions = plan(settings)
     lines: list[str] = []
@@ -142,7 +143,7 @@ def setup(settings: Settings, purge: bool = False) -> list[str]:
 
 def teardown(settings: Settings) -> None:
     """Delete the subscriptions and topics :func:`plan` names (a test's or a measurement's own)."""
-    publisher, subscriber = _clients()
+    publisher, subscriber = _clients(settings)
     topics, subscriptions = plan(settings)
     with subscriber:
         for spec in subscriptions:

@@ -329,10 +329,11 @@ def run(settings: Settings) -> int:
         pubsub_v1.PublisherClient(
             batch_settings=pubsub_v1.types.BatchSettings(
                 max_messages=1000, max_bytes=8 * 1024 * 1024, max_latency=0.005
-            )
+            ),
+            **settings.pubsub.client_kwargs(),
         )
     )
-    subscriber = subscriber_client(settings.pubsub.emulator_host)
+    subscriber = subscriber_client(settings.pubsub)
     subscription = subscriber.subscription_path(settings.pubsub.project, settings.pubsub.images_subscription)
     error: BaseException | None = None
     with subscriber:

@@ -22,13 +22,16 @@ import concurrent.futures
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from fmnist_faust.config import PubSubSettings
 
-def subscriber_client(emulator_host: str) -> Any:
+
+def subscriber_client(pubsub: PubSubSettings) -> Any:
     """A ``pubsub_v1.SubscriberClient``; on the emulator, over a channel without a size limit."""
     from google.cloud import pubsub_v1
 
+    emulator_host = pubsub.emulator_host
     if not emulator_host:
-        return pubsub_v1.SubscriberClient()
+        return pubsub_v1.SubscriberClient(**pubsub.client_kwargs())
     import grpc  # type: ignore[import-untyped]
     from google.pubsub_v1.services.subscriber.transports.grpc import SubscriberGrpcTransport
 

@@ -284,6 +284,7 @@ def test_dockerfile() -> None:
     ]
     assert instructions[0] == "FROM python:3.11-slim-bookworm"
     assert any(i.startswith("RUN ") and "apt-get install" in i and "dataset-fashion-mnist" in i for i in instructions)
+    assert any(i.startswith("RUN ") and "pip install --require-hashes -r requirements.lock" in i for i in instructions)
     assert any(i.startswith("RUN ") and re.search(r"pip install (?:--?\S+ )*\.(?:\s|$)", i) for i in instructions)
     users = [i.split()[1] for i in instructions if i.startswith("USER ")]
     assert users and users[-1] not in ("root", "0"), "the image must run as a non-root user"

@@ -9,6 +9,7 @@ values fail at start-up with :class:`ConfigError`, naming the variable.
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
 import subprocess
 import sys
@@ -287,15 +288,27 @@ def test_faust_app_gets_loopback_bind_and_the_configured_credentials() -> None:
 
 
 def test_each_default_has_one_source() -> None:
-    """An empty environment yields exactly the defaults of VARIABLES, which the README shows."""
+    """An empty environment yields exactly the defaults of VARIABLES, which docs/configuration.md shows."""
     from fmnist_faust.config import ENV_VARS, VARIABLES
 
     settings = load_settings({})
     assert settings.topics.images == VARIABLES["FMNIST_IMAGES_TOPIC"][0] == "images"
     assert settings.pipeline.max_message_bytes == int(VARIABLES["FMNIST_MAX_MESSAGE_BYTES"][0]) == 1 << 20
     assert settings.pubsub.ack_deadline_s == 60 and "(default 60)" in ENV_VARS["PUBSUB_ACK_DEADLINE_SECONDS"]
-    assert settings.bridge.state_path == ROOT / ".run" / "bridge-state.sqlite3"
-    assert settings.model.path == ROOT / "models" / "fmnist-mlp.joblib" and settings.model.data_dir is None
+    assert settings.bridge.state_path == Path(".run/bridge-state.sqlite3")
+    assert settings.model.path == Path("models/fmnist-mlp.joblib") and settings.model.data_dir is None
+
+
+def test_relative_paths_resolve_against_the_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As Faust's datadir: after a plain ``pip install`` the package's directory is
+    site-packages, so the defaults must not be taken from there."""
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings({"FMNIST_MODEL_PATH": "mine/model.joblib"})
+    assert settings.kafka.worker_datadir.resolve() == tmp_path / ".run" / "worker"
+    assert settings.bridge.state_path.resolve() == tmp_path / ".run" / "bridge-state.sqlite3"
+    assert settings.bridge.state_url == "sqlite:///.run/bridge-state.sqlite3"
+    assert settings.model.path.resolve() == tmp_path / "mine" / "model.joblib"
+    assert settings.model.directory.resolve() == tmp_path / "mine"
 
 
 def test_run_names_rename_every_topic_and_subscription() -> None:
@@ -309,3 +322,123 @@ def test_run_names_rename_every_topic_and_subscription() -> None:
     )
     assert settings.pubsub.images_subscription == "images-sub-t1"
     assert settings.pubsub.dead_letter_subscription == "images-dead-letter-sub-t1"
+
+
+# -- the seed demo's PUBSUB_CONFIG_PATH -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def service_account_key(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A service-account key as Google issues one (a throw-away RSA key, via openssl)."""
+    pem = subprocess.run(
+        ["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return {
+        "type": "service_account",
+        "project_id": "seed-project",
+        "private_key_id": "0123456789abcdef",
+        "private_key": pem,
+        "client_email": "fmnist@seed-project.iam.gserviceaccount.com",
+        "client_id": "1234567890",
+        "token_uri": "https://oauth2.googleapis.com/token",
+    }
+
+
+def _seed_file(tmp_path: Path, content: Any) -> str:
+    path = tmp_path / "pubsub-config.json"
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    return str(path)
+
+
+@pytest.mark.parametrize("servers", [["k1:9092", "k2:9093"], "k1:9092,k2:9093", " k1:9092 , k2:9093 "])
+def test_seed_config_kafka_servers_are_the_brokers(tmp_path: Path, servers: Any) -> None:
+    path = _seed_file(tmp_path, {"kafka_servers": servers})
+    settings = load_settings({"PUBSUB_CONFIG_PATH": path})
+    assert settings.kafka.bootstrap_servers == "k1:9092,k2:9093"
+    assert settings.kafka.broker_url == "kafka://k1:9092;kafka://k2:9093"
+
+
+def test_kafka_bootstrap_servers_takes_precedence_over_the_seed_config(tmp_path: Path) -> None:
+    path = _seed_file(tmp_path, {"kafka_servers": ["k1:9092"]})
+    env = {"PUBSUB_CONFIG_PATH": path, "KAFKA_BOOTSTRAP_SERVERS": "mine:9092"}
+    assert load_settings(env).kafka.bootstrap_servers == "mine:9092"
+    assert load_settings({"PUBSUB_CONFIG_PATH": _seed_file(tmp_path, {})}).kafka.bootstrap_servers == "127.0.0.1:9092"
+
+
+def test_seed_config_key_gives_the_pubsub_credentials(tmp_path: Path, service_account_key: dict[str, Any]) -> None:
+    path = _seed_file(tmp_path, dict(service_account_key, kafka_servers=["k1:9092"]))
+    pubsub = load_settings({"PUBSUB_CONFIG_PATH": path}).pubsub
+    assert pubsub.key_file == Path(path)
+    credentials = pubsub.client_kwargs()["credentials"]
+    assert credentials.service_account_email == service_account_key["client_email"]
+    assert credentials.project_id == "seed-project"
+
+
+def test_google_application_credentials_and_the_emulator_take_precedence(
+    tmp_path: Path, service_account_key: dict[str, Any]
+) -> None:
+    path = _seed_file(tmp_path, service_account_key)
+    standard = load_settings({"PUBSUB_CONFIG_PATH": path, "GOOGLE_APPLICATION_CREDENTIALS": "/keys/other.json"})
+    assert standard.pubsub.key_file is None and standard.pubsub.client_kwargs() == {}  # the library reads it
+    emulator = load_settings({"PUBSUB_CONFIG_PATH": path, "PUBSUB_EMULATOR_HOST": "127.0.0.1:8085"})
+    assert emulator.pubsub.client_kwargs() == {}  # anonymous on the emulator
+    assert load_settings({}).pubsub.key_file is None
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "cannot read a JSON file"),
+        ("{not json", "cannot read a JSON file"),
+        ("[1, 2]", "not a JSON object"),
+        ({"kafka_servers": 9092}, "kafka_servers must be"),
+        ({"kafka_servers": []}, "kafka_servers must be"),
+        ({"kafka_servers": ["k1:9092", ""]}, "kafka_servers must be"),
+    ],
+)
+def test_unusable_seed_config_raises_config_error(tmp_path: Path, content: Any, message: str) -> None:
+    path = str(tmp_path / "missing.json") if content is None else _seed_file(tmp_path, content)
+    with pytest.raises(ConfigError, match="PUBSUB_CONFIG_PATH") as error:
+        load_settings({"PUBSUB_CONFIG_PATH": path})
+    assert message in str(error.value)
+
+
+def test_a_seed_config_without_a_key_fails_when_pubsub_needs_it(tmp_path: Path) -> None:
+    """A Kafka-only seed config loads; the Pub/Sub clients ask for the key and name the file,
+    never its content."""
+    path = _seed_file(tmp_path, {"kafka_servers": ["k1:9092"], "private_key": "SECRET-MATERIAL"})
+    pubsub = load_settings({"PUBSUB_CONFIG_PATH": path}).pubsub
+    with pytest.raises(ConfigError, match="not a usable service-account key") as error:
+        pubsub.client_kwargs()
+    assert path in str(error.value) and "SECRET-MATERIAL" not in str(error.value)
+
+
+def test_every_pubsub_client_gets_the_seed_credentials(
+    tmp_path: Path, service_account_key: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bridge's subscriber, setup's clients and the seed-compatible ``MainManager``."""
+    from google.cloud import pubsub_v1
+
+    from fmnist_faust.client import MainManager
+    from pubsub_bridge import admin
+    from pubsub_bridge.clients import subscriber_client
+
+    received: list[str] = []
+
+    class Client:
+        def __init__(self, **kwargs: Any) -> None:
+            received.append(kwargs["credentials"].service_account_email)
+
+        def topic_path(self, project: str, topic: str) -> str:
+            return f"projects/{project}/topics/{topic}"
+
+    monkeypatch.setattr(pubsub_v1, "PublisherClient", Client)
+    monkeypatch.setattr(pubsub_v1, "SubscriberClient", Client)
+    settings = load_settings({"PUBSUB_CONFIG_PATH": _seed_file(tmp_path, service_account_key)})
+    subscriber_client(settings.pubsub)
+    admin._clients(settings)
+    MainManager("pubsub", settings).create_producer("images")
+    assert received == [service_account_key["client_email"]] * 4

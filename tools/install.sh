@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what fmnist-faust needs on a fresh Debian machine: apt packages (when missing),
-# a venv in .venv with the package in editable mode, and Kafka's jars (via Maven).
+# a venv in .venv with the versions of requirements-dev.lock (hashes checked) and the package
+# in editable mode, and Kafka's jars (via Maven).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -21,11 +22,20 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 fi
 
-stamp=.venv/.installed-$(cat setup.cfg pyproject.toml | sha256sum | cut -c1-16)
+LOCK=requirements-dev.lock
+stamp=.venv/.installed-$(cat setup.cfg pyproject.toml "$LOCK" | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ]; then
   [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[test,bench]"
+  lock_python=$(sed -n '1s/.* for Python \([0-9.]*\) .*/\1/p' "$LOCK")
+  venv_python=$(.venv/bin/python -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+  if [ "$venv_python" != "$lock_python" ]; then
+    echo "install: $LOCK is for Python $lock_python, .venv has $venv_python: remove .venv and run" \
+      "PYTHON=python$lock_python make install (or regenerate the locks for $venv_python in tools/lock.sh)" >&2
+    exit 1
+  fi
+  .venv/bin/python -m pip install -q --require-hashes -r "$LOCK"
+  # The build backend is in the lock: no isolated build environment fetching its own.
+  .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
   rm -f .venv/.installed-*; touch "$stamp"
 fi
 tools/services.sh fetch

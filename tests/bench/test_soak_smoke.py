@@ -43,7 +43,7 @@ def test_soak_smoke_writes_the_result_with_exact_totals(
             "--sample-seconds",
             "0.5",
             "--restart",
-            "worker",  # a bridge restart costs 20-60 s on the emulator (README: Soak); make soak measures it
+            "worker",  # a bridge restart costs 20-60 s on the emulator (docs/long-runs.md); make soak measures it
             "--out",
             str(tmp_path),
         ],

@@ -104,7 +104,7 @@ def test_kcat_interop(start_worker, worker_env, kafka_bootstrap, test_split, tmp
         else:
             value = {"id": image_id, "pixels": pixels, "label": int(test_split.labels[i]), "extra": "ignored"}
         lines.append(f"{image_id}\t{json.dumps(value)}")
-    # and one batch record of 5 images (ids kcat-20..24), keyed by a gateway name, as in the README
+    # and one batch record of 5 images (ids kcat-20..24), keyed by a gateway name, as in docs/wire-contract.md
     batch = {
         "ids": [f"kcat-{i}" for i in range(20, 25)],
         "labels": [int(label) for label in test_split.labels[20:25]],

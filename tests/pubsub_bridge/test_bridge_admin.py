@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 from google.cloud import pubsub_v1
 
-from fmnist_faust.config import Settings, load_settings
+from fmnist_faust.config import ENV_VARS, KAFKA_ONLY, Settings, load_settings
 from pubsub_bridge.__main__ import main
 from pubsub_bridge.admin import SetupError, setup
 
@@ -91,5 +92,17 @@ def test_every_command_has_complete_help(command: str, capsys: pytest.CaptureFix
         main([command, "--help"])
     assert exit_info.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
-    assert "PUBSUB_EMULATOR_HOST" in text and "GOOGLE_CLOUD_PROJECT" in text
+    assert [name for name in ENV_VARS if name not in KAFKA_ONLY and name not in text] == []
     assert {"setup": "--purge", "run": "Exits 0 after SIGTERM", "watch": "--count"}[command] in text
+
+
+def test_an_unusable_key_file_stops_the_bridge_with_a_configuration_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    seed = tmp_path / "pubsub-config.json"
+    seed.write_text('{"kafka_servers": ["kafka-1:9092"]}')
+    monkeypatch.setenv("PUBSUB_CONFIG_PATH", str(seed))
+    monkeypatch.delenv("PUBSUB_EMULATOR_HOST", raising=False)
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    assert main(["setup"]) == 2
+    assert f"PUBSUB_CONFIG_PATH={seed}: not a usable service-account key" in capsys.readouterr().err
