@@ -1,6 +1,6 @@
 # fmnist-faust: the interface everybody relies on. `make demo` and `make test` are the two
 # commands; everything they need is installed and started by these targets.
-.PHONY: install lock docs services services-stop model test demo demo-pubsub bench bench-smoke soak clean
+.PHONY: install lock docs services services-stop model test test-container demo demo-pubsub bench bench-smoke soak clean
 
 PY := .venv/bin/python
 
@@ -22,6 +22,11 @@ model: install
 
 test: install
 	tools/run-tests.sh $(PYTEST_ARGS)
+
+# The Docker image built (on a debootstrapped Debian base) and run with podman against real
+# Kafka and the Pub/Sub emulator: tests/test_container.py. Installs podman if missing.
+test-container: install
+	tools/container.sh test $(PYTEST_ARGS)
 
 # The docs site (mkdocs.yml, docs/) into .run/site, after regenerating its configuration table.
 docs: install

@@ -1,4 +1,4 @@
-"""Console scripts: ``fmnist-train``, ``fmnist-produce``, ``fmnist-logger``.
+"""Console scripts: ``fmnist-train``, ``fmnist-produce``, ``fmnist-logger``, ``fmnist-health``.
 
 The producer and logger are the old demo's image generator and result logger, done
 properly, on either backend through :class:`~fmnist_faust.client.MainManager`.
@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .config import load_settings
+from .netutil import get_json
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:
@@ -251,4 +252,26 @@ def logger_main(argv: Sequence[str] | None = None) -> int:
     finally:
         consumer.stop()
     print("final: " + tally.line(), flush=True)
+    return 0
+
+
+def health_main(argv: Sequence[str] | None = None) -> int:
+    """Exit 0 when the worker's (or the bridge's) JSON views answer on the address they are
+    configured to bind: the image's health check, so it follows FMNIST_WEB_HOST and the ports."""
+    parser = argparse.ArgumentParser(prog="fmnist-health", description=health_main.__doc__)
+    parser.add_argument("service", nargs="?", choices=("worker", "bridge"), default="worker")
+    parser.add_argument("--timeout", type=float, default=4.0, help="seconds to wait for the answer")
+    args = parser.parse_args(argv)
+    settings = load_settings()
+    port = settings.web.port if args.service == "worker" else settings.bridge.web_port
+    # A wildcard bind is reached on the loopback address of its family.
+    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(settings.web.host, settings.web.host)
+    if ":" in host:
+        host = f"[{host}]"
+    url = f"http://{host}:{port}/accuracy/"
+    try:
+        get_json(url, timeout=args.timeout)
+    except (OSError, ValueError) as exc:
+        print(f"fmnist-health: the {args.service} at {url} does not answer: {exc}", file=sys.stderr)
+        return 1
     return 0

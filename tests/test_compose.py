@@ -234,6 +234,10 @@ def test_healthchecks_and_start_order(services: dict[str, Any]) -> None:
     for name in ("kafka", "pubsub", "worker", "bridge"):
         check = services[name].get("healthcheck") or {}
         assert check.get("test") and not check.get("disable"), f"{name} has no healthcheck"
+    # The app's checks are the image's command, which reads the configured host and port.
+    for name, checked in (("worker", []), ("bridge", ["bridge"]), ("bridge-2", ["bridge"])):
+        if name in services:
+            assert services[name]["healthcheck"]["test"] == ["CMD", "fmnist-health", *checked], name
 
     def condition(name: str, on: str) -> str | None:
         depends = services[name].get("depends_on") or {}
@@ -282,7 +286,8 @@ def test_dockerfile() -> None:
         for line in re.sub(r"\\\n", " ", text).splitlines()
         if line.strip() and not line.lstrip().startswith("#")
     ]
-    assert instructions[0] == "FROM python:3.11-slim-bookworm"
+    # The official image unless the build says otherwise (tools/container.sh: a Debian base).
+    assert instructions[:2] == ["ARG BASE=python:3.11-slim-bookworm", "FROM ${BASE}"]
     assert any(i.startswith("RUN ") and "apt-get install" in i and "dataset-fashion-mnist" in i for i in instructions)
     assert any(i.startswith("RUN ") and "pip install --require-hashes -r requirements.lock" in i for i in instructions)
     assert any(i.startswith("RUN ") and re.search(r"pip install (?:--?\S+ )*\.(?:\s|$)", i) for i in instructions)

@@ -33,6 +33,9 @@ DEFAULT_MAX_ITER = 60
 # saving take seconds on top).
 DEFAULT_TIME_BUDGET = 540.0
 VALIDATION_FRACTION = 0.1
+# What to do about a missing or stale model, true in a checkout and in the image alike: the
+# image has no Makefile, and `make model` runs the same command.
+TRAIN_HINT = "train it with `fmnist-train` (`make model` in a checkout, the `model` service with Docker Compose)"
 N_ITER_NO_CHANGE = 8
 TOL = 1e-4
 # BLAS threads while training. On this project's small shared machine (broker, workers and
@@ -288,7 +291,7 @@ def _jsonable(value: Any) -> Any:
 def read_manifest(model_path: Path) -> dict[str, Any]:
     path = manifest_path_for(model_path)
     if not path.is_file():
-        raise ModelError(f"{path}: manifest missing; refusing to load {model_path} (run `make model`)")
+        raise ModelError(f"{path}: manifest missing; refusing to load {model_path}; {TRAIN_HINT}")
     try:
         manifest = json.loads(path.read_text())
     except ValueError as exc:
@@ -305,7 +308,7 @@ def verify(model_path: Path) -> dict[str, Any]:
 
 def _read_model(model_path: Path) -> bytes:
     if not model_path.is_file():
-        raise ModelError(f"{model_path}: model file missing (run `make model`)")
+        raise ModelError(f"{model_path}: model file missing; {TRAIN_HINT}")
     return model_path.read_bytes()
 
 
@@ -323,7 +326,7 @@ def _verify_bytes(model_path: Path, data: bytes) -> dict[str, Any]:
     if manifest.get("sklearn_version") != sklearn.__version__:
         raise ModelError(
             f"{model_path}: trained with scikit-learn {manifest.get('sklearn_version')}, "
-            f"installed is {sklearn.__version__}; retrain with `make model`"
+            f"installed is {sklearn.__version__}; {TRAIN_HINT}"
         )
     if list(manifest.get("class_names", [])) != list(CLASS_NAMES):
         raise ModelError(f"{model_path}: manifest class names differ from Fashion-MNIST's")

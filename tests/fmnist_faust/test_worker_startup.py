@@ -5,6 +5,7 @@ import sys
 
 import pytest
 
+from fmnist_faust.core import model
 from support import ROOT
 
 pytestmark = pytest.mark.kafka
@@ -22,7 +23,7 @@ def test_missing_model_stops_the_worker_at_start(worker_env: dict[str, str], tmp
     )
     assert done.returncode != 0
     assert "cannot load the model" in done.stdout + done.stderr
-    assert "model file missing (run `make model`)" in done.stdout + done.stderr
+    assert f"model file missing; {model.TRAIN_HINT}" in done.stdout + done.stderr
 
 
 def test_output_topics_exist_once_the_worker_answers(start_worker, worker_env: dict[str, str], kafka_bootstrap) -> None:
