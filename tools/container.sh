@@ -51,30 +51,35 @@ base_image() {
   local mirror name dir
   mirror=${FMNIST_DEBIAN_MIRROR:-$(debian_mirror)}
   [ -n "$mirror" ] || die "no APT source for $SUITE in /etc/apt: set FMNIST_DEBIAN_MIRROR"
-  # The same inputs give the same name: a base already built is used as it is.
-  name="localhost/fmnist-base:$SUITE-$(printf '%s\n' "$SUITE" "$BASE_PACKAGES" "$mirror" | sha256sum | cut -c1-12)"
+  # The same inputs (this recipe included) give the same name: a base already built is reused.
+  name="localhost/fmnist-base:$SUITE-$( (echo "$SUITE $BASE_PACKAGES $mirror"; declare -f base_image) | sha256sum | cut -c1-12)"
   if ! podman image exists "$name"; then
     dir=$(mktemp -d "${TMPDIR:-/tmp}/fmnist-base.XXXXXX")
     # shellcheck disable=SC2064
-    trap "rm -rf '$dir'" RETURN
+    trap "rm -rf '$dir'" EXIT
     log "debootstrap $SUITE from $mirror into $dir ..."
     debootstrap --variant=minbase --include="$BASE_PACKAGES" "$SUITE" "$dir" "$mirror" >"$dir.log" 2>&1 \
       || { tail -20 "$dir.log" >&2; die "debootstrap failed (log: $dir.log)"; }
-    rm -rf "$dir"/var/cache/apt/archives/*.deb "$dir"/var/lib/apt/lists/* "$dir.log"
+    rm -rf "$dir.log" "$dir"/var/cache/apt/archives/*.deb "$dir"/var/lib/apt/lists/*
     tar -C "$dir" -c . | podman import --quiet - "$name" >/dev/null
   fi
   echo "$name"
 }
 
 build_image() {
-  local tag=${1:-localhost/fmnist-faust:test} base mounts=(--volume /etc/ssl/certs:/etc/ssl/certs:ro)
+  local tag=${1:-localhost/fmnist-faust:test} base previous mounts=(--volume /etc/ssl/certs:/etc/ssl/certs:ro)
   base=$(base_image)
+  previous=$(podman image inspect --format '{{.Id}}' "$tag" 2>/dev/null || true)
   [ -f "$PIP_CONFIG" ] && mounts+=(--volume "$PIP_CONFIG:/etc/pip.conf:ro")
   log "podman build $tag on $base ..."
   # --format docker keeps HEALTHCHECK (the OCI format has none); host network: the build's
   # apt and pip reach the registries the way the host does.
   podman build --quiet --format docker --network host --build-arg "BASE=$base" "${mounts[@]}" \
     --tag "$tag" . >/dev/null
+  # The image this tag replaced, with its layers no other image uses (a container of it keeps it).
+  if [ -n "$previous" ] && [ "$previous" != "$(podman image inspect --format '{{.Id}}' "$tag")" ]; then
+    podman rmi "$previous" >/dev/null 2>&1 || true
+  fi
   echo "$tag"
 }
 
