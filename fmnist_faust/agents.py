@@ -12,6 +12,10 @@ nor published again (the core's duplicate rule; see ``tables.seen_table``).
 Each batch is classified by one snapshot of the live (and shadow) models (:mod:`.rollout`)
 and counted under that live version in the same row (``core.rollout.count_batch``).
 
+A record the model fails on is found by the core and dead-lettered as ``processing_failed``
+(``core.pipeline.classify_isolating``), so its partition moves on; a broken model, or a
+broker that does not confirm, makes the batch be read again, never dead-lettered.
+
 Batch records (many images in one record) are expanded by the core; offsets and rows stay
 per record (a record is counted whole, in one step), marks and the duplicate rule per image
 in the record's partition. A batch holding more than :data:`STEP_IMAGES` images
@@ -36,7 +40,7 @@ from . import metrics
 from .batch_send import send_batched
 from .batching import batches
 from .core.contract import Prediction, dead_letter_attributes, estimated_images
-from .core.pipeline import STEP_IMAGES, BatchResult, RawMessage, classify_batch, repeats
+from .core.pipeline import STEP_IMAGES, BatchResult, RawMessage, classify_isolating, repeats
 from .core.recent import RecentMistakes
 from .core.rollout import count_batch, shadow_predict
 from .faust_app import app, settings
@@ -377,7 +381,7 @@ async def _send(uncounted: Uncounted, applied: dict[int, int], generation: int) 
     models = current_models()
     pipeline = settings.pipeline
     with metrics.PREDICT_SECONDS.time():
-        result = classify_batch(
+        result = classify_isolating(
             models.live, uncounted.messages, pipeline.max_message_bytes, max_images=pipeline.max_batch_images
         )
         shadow = shadow_predict(models.shadow, result)
