@@ -30,8 +30,15 @@ RUN groupadd --system --gid 10001 fmnist \
 ENV FMNIST_MODEL_PATH=/models/fmnist-mlp.joblib \
     FMNIST_WORKER_DATADIR=/var/lib/fmnist/worker \
     BRIDGE_STATE_PATH=/var/lib/fmnist/bridge-state.sqlite3
+# Listen on every interface of the container, so `docker run -p 6066:6066` reaches the views.
+ENV FMNIST_WEB_HOST=0.0.0.0
 
 USER fmnist
 WORKDIR /home/fmnist
 EXPOSE 6066 6067
+# The worker's /healthz and /readyz on FMNIST_WEB_PORT (shell form: the probe reads the
+# environment). Running the bridge from this image: --health-cmd
+# "python -m fmnist_faust.healthcheck bridge --ready" (docker-compose.yml sets it).
+HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
+    CMD python -m fmnist_faust.healthcheck worker --ready
 CMD ["faust", "-A", "fmnist_faust", "worker", "-l", "info"]

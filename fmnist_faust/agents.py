@@ -28,6 +28,8 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
+import os
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
@@ -40,6 +42,7 @@ from . import metrics
 from .batch_send import send_batched
 from .batching import batches
 from .core.contract import Prediction, dead_letter_attributes, estimated_images
+from .core.health import FailingBatches
 from .core.pipeline import STEP_IMAGES, BatchResult, RawMessage, classify_isolating, repeats
 from .core.recent import RecentMistakes
 from .core.rollout import count_batch, shadow_predict
@@ -58,9 +61,27 @@ recent_mistakes = RecentMistakes()
 # rebalance waiting for it) for the producer's 20-minute request timeout.
 PUBLISH_TIMEOUT_S = settings.kafka.session_timeout_s / 2
 RETRY_PAUSE_S = 1.0
+# A crashed agent leaves a Faust worker up and idle (faust-streaming #175): the worker exits
+# with this status at once instead, so a supervisor restarts it.
+EXIT_AGENT_CRASHED = 3
+# Fault injection for tests and drills (README, Operations): the classify agent raises once it
+# has taken this many records, as a bug in it would.
+FAULT_CRASH_AGENT_ENV = "FMNIST_FAULT_CRASH_AGENT_AFTER"
+_CRASH_AGENT_AFTER = int(os.environ.get(FAULT_CRASH_AGENT_ENV) or 0)
 
 
 progress = Progress(settings.kafka.stall_seconds)
+# Liveness turns red when batches keep failing (an outage, a broken model) this long.
+failing_batches = FailingBatches(settings.kafka.stall_seconds)
+
+
+class Lifecycle:
+    """What readiness reads that Faust does not keep: the startup steps done."""
+
+    prepared = False  # model verified, topics created, rollout pointer applied
+
+
+lifecycle = Lifecycle()
 
 
 async def prepare() -> None:
@@ -83,24 +104,50 @@ async def prepare() -> None:
             log.warning("creating the topics or reading the model pointer failed (%r); retrying in 2 s", exc)
             await asyncio.sleep(2.0)
     await apply_pointer(state)
+    lifecycle.prepared = True
 
 
 @app.agent(images_topic)
 async def classify(stream: Any) -> None:
     queue = stream.channel.queue
     flight = InFlight()
+    taken = 0
     try:
         async for fetches in batches(stream.events(), settings.pipeline.batch_size, lambda: not queue.empty()):
+            if _CRASH_AGENT_AFTER:
+                taken += sum(len(fetch.offsets) for fetch in fetches)
+                if taken >= _CRASH_AGENT_AFTER:
+                    raise RuntimeError(f"injected fault ({FAULT_CRASH_AGENT_ENV}={_CRASH_AGENT_AFTER})")
             for step in image_steps(fetches, STEP_IMAGES):
                 if not await process_fetches(step, flight):  # the rest of the batch is read again too
                     await rewind({fetch.tp for fetch in fetches}, "a part of its batch failed")
                     break
+    except Exception as exc:
+        if not app.should_stop:
+            _exit_crashed(exc)
+        raise
     finally:
         flight.abandon()  # the agent stops: a batch not yet counted is read again by the next owner
 
 
+def _exit_crashed(exc: BaseException) -> None:
+    """End the process: what the agent had not counted is read again by the next owner
+    (the rows decide), so nothing is lost by not stopping gracefully."""
+    log.critical(
+        "the classify agent crashed (%r); exiting with status %d so that a supervisor restarts the worker",
+        exc,
+        EXIT_AGENT_CRASHED,
+        exc_info=exc,
+    )
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_AGENT_CRASHED)
+
+
 async def _failed(tps: Iterable[TP], records: int, exc: BaseException) -> None:
     """The broker hung or failed: read the batch again, never skip it."""
+    failing_batches.failed()
     log.error("a batch of %d records failed (%r); reading it again from the last counted offsets", records, exc)
     await rewind(set(tps), f"batch failed: {exc!r}")
     await asyncio.sleep(RETRY_PAUSE_S)
@@ -438,6 +485,7 @@ def _count(sent: Sent) -> None:
         )
         write_row(partition, last_offset, scores, sent.version, tally)
         progress.advanced(partition)
+    failing_batches.succeeded()
     metrics.observe_batch(sent.counted, len(sent.duplicates))
     recent_mistakes.add_batch(sent.counted)
 

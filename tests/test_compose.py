@@ -234,6 +234,9 @@ def test_healthchecks_and_start_order(services: dict[str, Any]) -> None:
     for name in ("kafka", "pubsub", "worker", "bridge"):
         check = services[name].get("healthcheck") or {}
         assert check.get("test") and not check.get("disable"), f"{name} has no healthcheck"
+    for name in ("worker", "bridge"):  # /healthz and /readyz on the port the service configures
+        probe = ["CMD-SHELL", f"python -m fmnist_faust.healthcheck {name} --ready"]
+        assert services[name]["healthcheck"]["test"] == probe, name
 
     def condition(name: str, on: str) -> str | None:
         depends = services[name].get("depends_on") or {}
@@ -295,6 +298,9 @@ def test_dockerfile() -> None:
     app_like = {n for n in env_names if n.startswith(("FMNIST_", "KAFKA_", "PUBSUB_", "BRIDGE_", "GOOGLE_"))}
     assert app_like <= set(config.ENV_VARS), sorted(app_like - set(config.ENV_VARS))
     assert not re.search(r"PASSWORD|SECRET|TOKEN|_KEY=", "\n".join(instructions)), "no secrets in the image"
+    assert "ENV FMNIST_WEB_HOST=0.0.0.0" in instructions, "docker run -p 6066:6066 must reach the views"
+    health = [i for i in instructions if i.startswith("HEALTHCHECK ")]
+    assert len(health) == 1 and health[0].endswith(" CMD python -m fmnist_faust.healthcheck worker --ready"), health
     ignored = (ROOT / ".dockerignore").read_text().split()
     for entry in (".git", ".venv", "models", ".env"):
         assert entry in ignored, f".dockerignore must exclude {entry}"
