@@ -29,7 +29,6 @@ import asyncio
 import bisect
 import logging
 import os
-import sys
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
@@ -38,7 +37,7 @@ from typing import Any, NamedTuple
 from faust.exceptions import ConsumerNotStarted
 from faust.types import TP
 
-from . import metrics
+from . import metrics, partition_guard
 from .batch_send import send_batched
 from .batching import batches
 from .core.contract import Prediction, dead_letter_attributes, estimated_images
@@ -46,7 +45,7 @@ from .core.health import FailingBatches
 from .core.pipeline import STEP_IMAGES, BatchResult, RawMessage, classify_isolating, repeats
 from .core.recent import RecentMistakes
 from .core.rollout import count_batch, shadow_predict
-from .faust_app import app, settings
+from .faust_app import app, exit_now, settings
 from .fetches import Fetch
 from .kafka_admin import ensure_topics
 from .progress import Progress
@@ -87,7 +86,8 @@ lifecycle = Lifecycle()
 async def prepare() -> None:
     """Before the worker starts anything (web views included, see ``faust_app.App.on_start``):
     verify and load the default model (a bad one stops the worker at once, not at the first
-    image), create images, predictions and DLQ with the configured partitions, and read the
+    image), create images, predictions and DLQ with the configured partitions, refuse an
+    images topic with more partitions than the changelogs (:mod:`.partition_guard`), read the
     rollout pointer and load the versions it names, retrying while the broker does not
     answer. So a worker that answers has its topics and the promoted models."""
     try:
@@ -98,6 +98,7 @@ async def prepare() -> None:
     while True:
         try:
             await ensure_topics(settings)
+            await partition_guard.check_at_start()
             state = await read_pointer()
             break
         except Exception as exc:
@@ -118,6 +119,7 @@ async def classify(stream: Any) -> None:
                 taken += sum(len(fetch.offsets) for fetch in fetches)
                 if taken >= _CRASH_AGENT_AFTER:
                     raise RuntimeError(f"injected fault ({FAULT_CRASH_AGENT_ENV}={_CRASH_AGENT_AFTER})")
+            await partition_guard.check_partitions({fetch.partition for fetch in fetches})
             for step in image_steps(fetches, STEP_IMAGES):
                 if not await process_fetches(step, flight):  # the rest of the batch is read again too
                     await rewind({fetch.tp for fetch in fetches}, "a part of its batch failed")
@@ -131,18 +133,14 @@ async def classify(stream: Any) -> None:
 
 
 def _exit_crashed(exc: BaseException) -> None:
-    """End the process: what the agent had not counted is read again by the next owner
-    (the rows decide), so nothing is lost by not stopping gracefully."""
+    """What the agent had not counted is read again by the next owner (the rows decide)."""
     log.critical(
         "the classify agent crashed (%r); exiting with status %d so that a supervisor restarts the worker",
         exc,
         EXIT_AGENT_CRASHED,
         exc_info=exc,
     )
-    for handler in logging.getLogger().handlers:
-        handler.flush()
-    sys.stderr.flush()
-    os._exit(EXIT_AGENT_CRASHED)
+    exit_now(EXIT_AGENT_CRASHED)
 
 
 async def _failed(tps: Iterable[TP], records: int, exc: BaseException) -> None:
