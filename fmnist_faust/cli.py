@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from .client import DeliveryError, Producer
 from .config import load_settings
 
 
@@ -99,7 +100,7 @@ def _progress(done: int, total: int, started: float, label: str) -> None:
 
 
 def produce_main(argv: Sequence[str] | None = None) -> int:
-    """Replay Fashion-MNIST images with labels onto the images topic."""
+    """Replay Fashion-MNIST images with labels onto the images topic (exit 1 if any was not delivered)."""
     from .client import MainManager
     from .core import dataset
     from .core.contract import encode_image
@@ -164,14 +165,30 @@ def produce_main(argv: Sequence[str] | None = None) -> int:
                 ahead = sent / args.rate - (time.perf_counter() - started)
                 if ahead > 0:
                     time.sleep(ahead)
-        producer.flush()
     finally:
-        producer.close()
+        failure = _closed(producer)
     elapsed = time.perf_counter() - started
     if not args.quiet:
         sys.stderr.write("\n")
-    print(f"sent {sent} images to {args.backend}:{args.topic} in {elapsed:.2f} s ({sent / elapsed:,.0f} images/s)")
+    messages = producer.delivered + producer.failed
+    print(
+        f"sent {sent} images in {messages} messages to {args.backend}:{args.topic} in {elapsed:.2f} s "
+        f"({sent / elapsed:,.0f} images/s): {producer.delivered} messages delivered, {producer.failed} not delivered, "
+        f"{producer.retried} retries"
+    )
+    if failure is not None:
+        print(f"fmnist-produce: {failure}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _closed(producer: Producer) -> DeliveryError | None:
+    """Flush and close ``producer``; what was not delivered, if anything."""
+    try:
+        producer.close()
+    except DeliveryError as exc:
+        return exc
+    return None
 
 
 class AccuracyTally:
