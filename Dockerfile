@@ -49,7 +49,8 @@ ENV FMNIST_MODEL_PATH=/models/fmnist-mlp.joblib \
 USER fmnist
 WORKDIR /home/fmnist
 EXPOSE 6066 6067
-# The worker's views on FMNIST_WEB_PORT (the default command); a bridge container checks its
-# own with `fmnist-health bridge` (BRIDGE_WEB_PORT), as docker-compose.yml does.
-HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=12 CMD ["fmnist-health"]
+# The worker's /healthz and /readyz on FMNIST_WEB_PORT (the default command); a bridge
+# container checks its own with `fmnist-health bridge --ready` (BRIDGE_WEB_PORT), as
+# docker-compose.yml does.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=12 CMD ["fmnist-health", "--ready"]
 CMD ["faust", "-A", "fmnist_faust", "worker", "-l", "info"]

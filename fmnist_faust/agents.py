@@ -12,6 +12,10 @@ nor published again (the core's duplicate rule; see ``tables.seen_table``).
 Each batch is classified by one snapshot of the live (and shadow) models (:mod:`.rollout`)
 and counted under that live version in the same row (``core.rollout.count_batch``).
 
+A record the model fails on is found by the core and dead-lettered as ``processing_failed``
+(``core.pipeline.classify_isolating``), so its partition moves on; a broken model, or a
+broker that does not confirm, makes the batch be read again, never dead-lettered.
+
 Batch records (many images in one record) are expanded by the core; offsets and rows stay
 per record (a record is counted whole, in one step), marks and the duplicate rule per image
 in the record's partition. A batch holding more than :data:`STEP_IMAGES` images
@@ -24,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
+import os
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
@@ -32,14 +37,15 @@ from typing import Any, NamedTuple
 from faust.exceptions import ConsumerNotStarted
 from faust.types import TP
 
-from . import metrics
+from . import metrics, partition_guard
 from .batch_send import send_batched
 from .batching import batches
 from .core.contract import Prediction, dead_letter_attributes, estimated_images
-from .core.pipeline import STEP_IMAGES, BatchResult, RawMessage, classify_batch, repeats
+from .core.health import FailingBatches
+from .core.pipeline import STEP_IMAGES, BatchResult, RawMessage, classify_isolating, repeats
 from .core.recent import RecentMistakes
 from .core.rollout import count_batch, shadow_predict
-from .faust_app import app, settings
+from .faust_app import app, exit_now, settings
 from .fetches import Fetch
 from .kafka_admin import ensure_topics
 from .progress import Progress
@@ -54,15 +60,34 @@ recent_mistakes = RecentMistakes()
 # rebalance waiting for it) for the producer's 20-minute request timeout.
 PUBLISH_TIMEOUT_S = settings.kafka.session_timeout_s / 2
 RETRY_PAUSE_S = 1.0
+# A crashed agent leaves a Faust worker up and idle (faust-streaming #175): the worker exits
+# with this status at once instead, so a supervisor restarts it.
+EXIT_AGENT_CRASHED = 3
+# Fault injection for tests and drills (README, Operations): the classify agent raises once it
+# has taken this many records, as a bug in it would.
+FAULT_CRASH_AGENT_ENV = "FMNIST_FAULT_CRASH_AGENT_AFTER"
+_CRASH_AGENT_AFTER = int(os.environ.get(FAULT_CRASH_AGENT_ENV) or 0)
 
 
 progress = Progress(settings.kafka.stall_seconds)
+# Liveness turns red when batches keep failing (an outage, a broken model) this long.
+failing_batches = FailingBatches(settings.kafka.stall_seconds)
+
+
+class Lifecycle:
+    """What readiness reads that Faust does not keep: the startup steps done."""
+
+    prepared = False  # model verified, topics created, rollout pointer applied
+
+
+lifecycle = Lifecycle()
 
 
 async def prepare() -> None:
     """Before the worker starts anything (web views included, see ``faust_app.App.on_start``):
     verify and load the default model (a bad one stops the worker at once, not at the first
-    image), create images, predictions and DLQ with the configured partitions, and read the
+    image), create images, predictions and DLQ with the configured partitions, refuse an
+    images topic with more partitions than the changelogs (:mod:`.partition_guard`), read the
     rollout pointer and load the versions it names, retrying while the broker does not
     answer. So a worker that answers has its topics and the promoted models."""
     try:
@@ -73,30 +98,54 @@ async def prepare() -> None:
     while True:
         try:
             await ensure_topics(settings)
+            await partition_guard.check_at_start()
             state = await read_pointer()
             break
         except Exception as exc:
             log.warning("creating the topics or reading the model pointer failed (%r); retrying in 2 s", exc)
             await asyncio.sleep(2.0)
     await apply_pointer(state)
+    lifecycle.prepared = True
 
 
 @app.agent(images_topic)
 async def classify(stream: Any) -> None:
     queue = stream.channel.queue
     flight = InFlight()
+    taken = 0
     try:
         async for fetches in batches(stream.events(), settings.pipeline.batch_size, lambda: not queue.empty()):
+            if _CRASH_AGENT_AFTER:
+                taken += sum(len(fetch.offsets) for fetch in fetches)
+                if taken >= _CRASH_AGENT_AFTER:
+                    raise RuntimeError(f"injected fault ({FAULT_CRASH_AGENT_ENV}={_CRASH_AGENT_AFTER})")
+            await partition_guard.check_partitions({fetch.partition for fetch in fetches})
             for step in image_steps(fetches, STEP_IMAGES):
                 if not await process_fetches(step, flight):  # the rest of the batch is read again too
                     await rewind({fetch.tp for fetch in fetches}, "a part of its batch failed")
                     break
+    except Exception as exc:
+        if not app.should_stop:
+            _exit_crashed(exc)
+        raise
     finally:
         flight.abandon()  # the agent stops: a batch not yet counted is read again by the next owner
 
 
+def _exit_crashed(exc: BaseException) -> None:
+    """What the agent had not counted is read again by the next owner (the rows decide)."""
+    log.critical(
+        "the classify agent crashed (%r); exiting with status %d so that a supervisor restarts the worker",
+        exc,
+        EXIT_AGENT_CRASHED,
+        exc_info=exc,
+    )
+    exit_now(EXIT_AGENT_CRASHED)
+
+
 async def _failed(tps: Iterable[TP], records: int, exc: BaseException) -> None:
     """The broker hung or failed: read the batch again, never skip it."""
+    failing_batches.failed()
     log.error("a batch of %d records failed (%r); reading it again from the last counted offsets", records, exc)
     await rewind(set(tps), f"batch failed: {exc!r}")
     await asyncio.sleep(RETRY_PAUSE_S)
@@ -377,7 +426,7 @@ async def _send(uncounted: Uncounted, applied: dict[int, int], generation: int) 
     models = current_models()
     pipeline = settings.pipeline
     with metrics.PREDICT_SECONDS.time():
-        result = classify_batch(
+        result = classify_isolating(
             models.live, uncounted.messages, pipeline.max_message_bytes, max_images=pipeline.max_batch_images
         )
         shadow = shadow_predict(models.shadow, result)
@@ -434,6 +483,7 @@ def _count(sent: Sent) -> None:
         )
         write_row(partition, last_offset, scores, sent.version, tally)
         progress.advanced(partition)
+    failing_batches.succeeded()
     metrics.observe_batch(sent.counted, len(sent.duplicates))
     recent_mistakes.add_batch(sent.counted)
 

@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from .client import DeliveryError, Producer
 from .config import load_settings
 from .netutil import get_json
 
@@ -100,7 +101,7 @@ def _progress(done: int, total: int, started: float, label: str) -> None:
 
 
 def produce_main(argv: Sequence[str] | None = None) -> int:
-    """Replay Fashion-MNIST images with labels onto the images topic."""
+    """Replay Fashion-MNIST images with labels onto the images topic (exit 1 if any was not delivered)."""
     from .client import MainManager
     from .core import dataset
     from .core.contract import encode_image
@@ -165,14 +166,30 @@ def produce_main(argv: Sequence[str] | None = None) -> int:
                 ahead = sent / args.rate - (time.perf_counter() - started)
                 if ahead > 0:
                     time.sleep(ahead)
-        producer.flush()
     finally:
-        producer.close()
+        failure = _closed(producer)
     elapsed = time.perf_counter() - started
     if not args.quiet:
         sys.stderr.write("\n")
-    print(f"sent {sent} images to {args.backend}:{args.topic} in {elapsed:.2f} s ({sent / elapsed:,.0f} images/s)")
+    messages = producer.delivered + producer.failed
+    print(
+        f"sent {sent} images in {messages} messages to {args.backend}:{args.topic} in {elapsed:.2f} s "
+        f"({sent / elapsed:,.0f} images/s): {producer.delivered} messages delivered, {producer.failed} not delivered, "
+        f"{producer.retried} retries"
+    )
+    if failure is not None:
+        print(f"fmnist-produce: {failure}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _closed(producer: Producer) -> DeliveryError | None:
+    """Flush and close ``producer``; what was not delivered, if anything."""
+    try:
+        producer.close()
+    except DeliveryError as exc:
+        return exc
+    return None
 
 
 class AccuracyTally:
@@ -256,11 +273,13 @@ def logger_main(argv: Sequence[str] | None = None) -> int:
 
 
 def health_main(argv: Sequence[str] | None = None) -> int:
-    """Exit 0 when the worker's (or the bridge's) JSON views answer on the address they are
-    configured to bind: the image's health check, so it follows FMNIST_WEB_HOST and the ports."""
+    """Exit 0 when the worker's (or the bridge's) /healthz answers 200 (with --ready, /readyz
+    too) on the address it is configured to bind: the image's and docker-compose's health
+    check, so it follows FMNIST_WEB_HOST and the ports. A failing check is printed."""
     parser = argparse.ArgumentParser(prog="fmnist-health", description=health_main.__doc__)
     parser.add_argument("service", nargs="?", choices=("worker", "bridge"), default="worker")
-    parser.add_argument("--timeout", type=float, default=4.0, help="seconds to wait for the answer")
+    parser.add_argument("--ready", action="store_true", help="ask /readyz too")
+    parser.add_argument("--timeout", type=float, default=4.0, help="seconds to wait for each answer")
     args = parser.parse_args(argv)
     settings = load_settings()
     port = settings.web.port if args.service == "worker" else settings.bridge.web_port
@@ -268,10 +287,11 @@ def health_main(argv: Sequence[str] | None = None) -> int:
     host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(settings.web.host, settings.web.host)
     if ":" in host:
         host = f"[{host}]"
-    url = f"http://{host}:{port}/accuracy/"
-    try:
-        get_json(url, timeout=args.timeout)
-    except (OSError, ValueError) as exc:
-        print(f"fmnist-health: the {args.service} at {url} does not answer: {exc}", file=sys.stderr)
-        return 1
+    for path in ("healthz", "readyz") if args.ready else ("healthz",):
+        url = f"http://{host}:{port}/{path}"
+        try:
+            get_json(url, timeout=args.timeout)
+        except (OSError, ValueError) as exc:
+            print(f"fmnist-health: the {args.service} at {url} does not answer 200: {exc}", file=sys.stderr)
+            return 1
     return 0

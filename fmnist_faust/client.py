@@ -2,15 +2,17 @@
 
     manager = MainManager("kafka")            # or "pubsub"
     producer = manager.create_producer("images")
-    producer.produce(value, key="img-1")      # returns a future; errors surface there
+    producer.produce(value, key="img-1")      # returns a future; blocks while 10,000 are unconfirmed
     producer.produce_batch(ids, pixels, labels)  # N images in one batch record (opt-in)
-    producer.close()                          # flushes, raises if any send failed
+    producer.close()                          # flushes, raises if any message was not delivered
     consumer = manager.create_consumer("predictions", callback, "prediction-receiver")
     ...; consumer.stop()
 
 Fixed from the demo: the Kafka consumer runs in a real background thread; keys are
 bytes on Kafka and the ``key`` attribute on Pub/Sub (never ``ordering_key``); there is
-no flush per message; failed sends are reported, not dropped; ``stop()`` is clean.
+no flush per message; failed sends are reported, not dropped; ``stop()`` is clean. And
+the producers never drop under load: bounded in flight, retriable errors retried, exact
+counts of what was delivered (:class:`Producer`).
 """
 
 from __future__ import annotations
@@ -73,8 +75,78 @@ class _LoopThread:
         self.loop.close()
 
 
+# Messages a producer has sent and not yet seen confirmed: ``produce`` waits for room
+# beyond this (backpressure) instead of queueing without bound, where sends expired in the
+# client's buffer when the broker was busy.
+MAX_IN_FLIGHT = 10_000
+# Sends of one message in all when the broker answers with a retriable error (or none in
+# time): retried after 0.5, 1, 2, 4 s. The consumers' duplicate rule makes a retried
+# message that did arrive the first time count once.
+SEND_ATTEMPTS = 5
+_PRODUCE_CHUNK = 1000  # messages admitted to the window at a time by produce_many
+
+
+def _retry_pause_s(attempt: int) -> float:
+    return min(0.5 * 2 ** (attempt - 1), 4.0)
+
+
+class _Window:
+    """At most ``limit`` messages in flight: :meth:`acquire` blocks until there is room."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_flight = 0
+        self.peak = 0
+        self._room = threading.Condition()
+
+    def acquire(self, count: int) -> None:
+        with self._room:
+            while self.in_flight and self.in_flight + count > self.limit:  # a chunk alone always fits
+                self._room.wait()
+            self.in_flight += count
+            self.peak = max(self.peak, self.in_flight)
+
+    def release(self) -> None:
+        with self._room:
+            self.in_flight -= 1
+            self._room.notify_all()
+
+
+@dataclass
+class _Outgoing:
+    """One message until it is confirmed or given up on; ``result`` is what ``produce`` returned."""
+
+    value: bytes
+    key: str | None
+    attributes: Mapping[str, str] | None
+    result: concurrent.futures.Future
+    attempt: int = 1
+
+
 class Producer:
-    """Common producer interface: ``produce``, ``produce_many``, ``flush``, ``close``."""
+    """Common producer interface: ``produce``, ``produce_many``, ``flush``, ``close``.
+
+    Never drops a message silently: at most ``max_in_flight`` are unconfirmed (``produce``
+    blocks for room), retriable errors are retried up to :data:`SEND_ATTEMPTS` sends, and
+    :attr:`delivered` / :attr:`failed` count exactly what was confirmed and what was given up
+    on; ``flush`` and ``close`` raise :class:`DeliveryError` if anything was not delivered.
+    """
+
+    def __init__(self, max_in_flight: int = MAX_IN_FLIGHT) -> None:
+        self._window = _Window(max_in_flight)
+        self._lock = threading.Lock()
+        self._pending: set[concurrent.futures.Future] = set()
+        self.delivered = 0
+        self.retried = 0
+        self.errors: list[BaseException] = []
+
+    @property
+    def failed(self) -> int:
+        return len(self.errors)
+
+    @property
+    def peak_in_flight(self) -> int:
+        return self._window.peak
 
     def produce(
         self,
@@ -82,11 +154,20 @@ class Producer:
         key: str | None = None,
         attributes: Mapping[str, str] | None = None,
     ) -> concurrent.futures.Future:
-        raise NotImplementedError
+        """Send one message; the future completes once it is confirmed (or given up on)."""
+        return self._admit([(_to_bytes(value), key, attributes)])[0]
 
     def produce_many(self, items: Iterable[tuple[bytes, str | None]]) -> list[concurrent.futures.Future]:
         """One future per message, in order, on every backend."""
-        return [self.produce(value, key) for value, key in items]
+        results: list[concurrent.futures.Future] = []
+        chunk: list[tuple[bytes, str | None, Mapping[str, str] | None]] = []
+        size = min(_PRODUCE_CHUNK, self._window.limit)
+        for value, key in items:
+            chunk.append((_to_bytes(value), key, None))
+            if len(chunk) == size:
+                results += self._admit(chunk)
+                chunk = []
+        return results + (self._admit(chunk) if chunk else [])
 
     def produce_batch(
         self,
@@ -105,8 +186,70 @@ class Producer:
 
         return self.produce(encode_batch(ids, pixels, labels, sent_at), key=ids[0] if key is None else key)
 
-    def flush(self, timeout: float = 60.0) -> None:
+    def _admit(
+        self, messages: list[tuple[bytes, str | None, Mapping[str, str] | None]]
+    ) -> list[concurrent.futures.Future]:
+        self._window.acquire(len(messages))
+        outgoing = [
+            _Outgoing(value, key, attrs, self._track(concurrent.futures.Future())) for value, key, attrs in messages
+        ]
+        self._send(outgoing)
+        return [message.result for message in outgoing]
+
+    def _track(self, result: concurrent.futures.Future) -> concurrent.futures.Future:
+        with self._lock:
+            self._pending.add(result)
+
+        def done(future: concurrent.futures.Future) -> None:
+            error = None if future.cancelled() else future.exception()
+            with self._lock:
+                self._pending.discard(future)
+                if error is None:
+                    self.delivered += 1
+                else:
+                    self.errors.append(error)
+            self._window.release()
+
+        result.add_done_callback(done)
+        return result
+
+    def _settle(
+        self, message: _Outgoing, error: BaseException | None, value: Any, retry: Callable[[_Outgoing], None]
+    ) -> None:
+        """The outcome of one send: confirmed (``value``: the record's metadata, the message
+        id), retried (``retry`` after a pause), or given up on."""
+        if error is None:
+            message.result.set_result(value)
+        elif self._retriable(error) and message.attempt < SEND_ATTEMPTS:
+            pause = _retry_pause_s(message.attempt)
+            with self._lock:
+                self.retried += 1
+            if self.retried == 1 or self.retried % 1000 == 0:
+                log.warning("a send failed (%r); retrying in %.1f s (%d retries so far)", error, pause, self.retried)
+            message.attempt += 1
+            timer = threading.Timer(pause, retry, (message,))
+            timer.daemon = True
+            timer.start()
+        else:
+            message.result.set_exception(error)
+
+    def _send(self, messages: list[_Outgoing]) -> None:
         raise NotImplementedError
+
+    def _retriable(self, error: BaseException) -> bool:
+        raise NotImplementedError
+
+    def flush(self, timeout: float = 120.0) -> None:
+        """Wait for every message sent so far; :class:`DeliveryError` if any was not delivered."""
+        with self._lock:
+            pending = list(self._pending)
+        _, unconfirmed = concurrent.futures.wait(pending, timeout=timeout)
+        if self.errors or unconfirmed:
+            raise DeliveryError(
+                f"{self.failed + len(unconfirmed)} message(s) not delivered ({self.delivered} delivered, "
+                f"{self.failed} failed, {len(unconfirmed)} unconfirmed after {timeout:.0f} s, "
+                f"{self.retried} retries); first error: {self.errors[0] if self.errors else None!r}"
+            )
 
     def close(self) -> None:
         raise NotImplementedError
@@ -119,15 +262,19 @@ class Producer:
 
 
 class KafkaProducer(Producer):
-    """aiokafka producer (idempotent, acks=all) driven from a background loop."""
+    """aiokafka producer (idempotent, acks=all) driven from a background loop.
 
-    def __init__(self, settings: Settings, topic: str) -> None:
+    ``request_timeout_s``: how long a batch may wait for the broker before the send fails
+    (and is retried)."""
+
+    def __init__(
+        self, settings: Settings, topic: str, max_in_flight: int = MAX_IN_FLIGHT, request_timeout_s: float = 40.0
+    ) -> None:
         from aiokafka import AIOKafkaProducer
 
+        super().__init__(max_in_flight)
         self.topic = topic
         self._loop = _LoopThread(f"kafka-producer-{topic}")
-        self._pending: set[concurrent.futures.Future] = set()
-        self._errors: list[BaseException] = []
 
         async def start() -> Any:
             producer = AIOKafkaProducer(
@@ -137,6 +284,7 @@ class KafkaProducer(Producer):
                 linger_ms=5,
                 max_batch_size=256 * 1024,
                 max_request_size=4 * 1024 * 1024,
+                request_timeout_ms=int(request_timeout_s * 1000),
                 **settings.kafka.security.aiokafka_kwargs(),
             )
             await producer.start()
@@ -144,68 +292,30 @@ class KafkaProducer(Producer):
 
         self._producer = self._loop.run(start(), timeout=60)
 
-    async def _send_all(
-        self,
-        items: list[tuple[bytes, bytes | None, list[tuple[str, bytes]] | None]],
-        results: list[concurrent.futures.Future],
-    ) -> None:
-        """Queue every message in the producer; each result future follows its message's delivery."""
+    def _retriable(self, error: BaseException) -> bool:
+        """Errors a later send may not meet: a broker that did not answer in time (a batch
+        expired in the buffer: it never left), a leader moving, a connection lost."""
+        from aiokafka.errors import KafkaError, KafkaTimeoutError
 
-        def follow(delivery: asyncio.Future, result: concurrent.futures.Future) -> None:
-            if delivery.cancelled():
-                result.cancel()
-            elif delivery.exception() is not None:
-                result.set_exception(delivery.exception())
-            else:
-                result.set_result(delivery.result())
+        return isinstance(error, KafkaTimeoutError) or (isinstance(error, KafkaError) and error.retriable)
 
-        for index, (value, key, headers) in enumerate(items):
+    def _send(self, messages: list[_Outgoing]) -> None:
+        self._loop.submit(self._send_all(messages))
+
+    def _retry(self, message: _Outgoing) -> None:
+        self._loop.submit(self._send_all([message]))
+
+    async def _send_all(self, messages: list[_Outgoing]) -> None:
+        """Queue each message in the producer; each settles when the broker answers."""
+        for message in messages:
+            headers = [(k, v.encode()) for k, v in message.attributes.items()] if message.attributes else None
+            key = message.key.encode("utf-8") if message.key is not None else None
             try:
-                delivery = await self._producer.send(self.topic, value=value, key=key, headers=headers)
-            except Exception as exc:  # e.g. message too large: this and the unsent ones fail
-                for result in results[index:]:
-                    result.set_exception(exc)
-                return
-            delivery.add_done_callback(lambda d, r=results[index]: follow(d, r))
-
-    def _track(self, future: concurrent.futures.Future) -> concurrent.futures.Future:
-        self._pending.add(future)
-
-        def done(f: concurrent.futures.Future) -> None:
-            self._pending.discard(f)
-            error = None if f.cancelled() else f.exception()
-            if error is not None:
-                self._errors.append(error)
-
-        future.add_done_callback(done)
-        return future
-
-    def produce(
-        self,
-        value: bytes | str | Mapping[str, Any],
-        key: str | None = None,
-        attributes: Mapping[str, str] | None = None,
-    ) -> concurrent.futures.Future:
-        headers = [(k, v.encode()) for k, v in attributes.items()] if attributes else None
-        return self._send([(_to_bytes(value), key.encode("utf-8") if key is not None else None, headers)])[0]
-
-    def produce_many(self, items: Iterable[tuple[bytes, str | None]]) -> list[concurrent.futures.Future]:
-        """Send many messages with one cross-thread hop (much faster than produce in a loop)."""
-        return self._send([(_to_bytes(v), k.encode("utf-8") if k is not None else None, None) for v, k in items])
-
-    def _send(
-        self, batch: list[tuple[bytes, bytes | None, list[tuple[str, bytes]] | None]]
-    ) -> list[concurrent.futures.Future]:
-        results = [self._track(concurrent.futures.Future()) for _ in batch]
-        self._loop.submit(self._send_all(batch, results))
-        return results
-
-    def flush(self, timeout: float = 60.0) -> None:
-        _, pending = concurrent.futures.wait(list(self._pending), timeout=timeout)
-        if self._errors:
-            raise DeliveryError(f"{len(self._errors)} Kafka send(s) failed; first: {self._errors[0]!r}")
-        if pending:
-            raise DeliveryError(f"{len(pending)} Kafka send(s) still unconfirmed after {timeout} s")
+                delivery = await self._producer.send(self.topic, value=message.value, key=key, headers=headers)
+            except Exception as exc:  # e.g. too large (given up on), or no room in time (retried)
+                self._settle(message, exc, None, self._retry)
+                continue
+            delivery.add_done_callback(lambda d, m=message: self._settle(m, *_outcome(d), self._retry))
 
     def close(self) -> None:
         try:
@@ -215,12 +325,21 @@ class KafkaProducer(Producer):
             self._loop.close()
 
 
+def _outcome(future: asyncio.Future | concurrent.futures.Future) -> tuple[BaseException | None, Any]:
+    """(error, result) of a finished send future, asyncio's or concurrent's."""
+    if future.cancelled():
+        return concurrent.futures.CancelledError(), None
+    error = future.exception()
+    return error, None if error is not None else future.result()
+
+
 class PubSubProducer(Producer):
     """Publisher with batching; the key goes in the ``key`` attribute."""
 
-    def __init__(self, settings: Settings, topic: str) -> None:
+    def __init__(self, settings: Settings, topic: str, max_in_flight: int = MAX_IN_FLIGHT) -> None:
         from google.cloud import pubsub_v1
 
+        super().__init__(max_in_flight)
         self._client = pubsub_v1.PublisherClient(
             batch_settings=pubsub_v1.types.BatchSettings(
                 max_messages=1000, max_bytes=8 * 1024 * 1024, max_latency=0.01
@@ -228,41 +347,35 @@ class PubSubProducer(Producer):
             **settings.pubsub.client_kwargs(),
         )
         self.topic_path = self._client.topic_path(settings.pubsub.project, topic)
-        self._pending: set[concurrent.futures.Future] = set()
-        self._errors: list[BaseException] = []
-        self._lock = threading.Lock()
 
-    def produce(
-        self,
-        value: bytes | str | Mapping[str, Any],
-        key: str | None = None,
-        attributes: Mapping[str, str] | None = None,
-    ) -> concurrent.futures.Future:
-        attrs = dict(attributes or {})
-        if key is not None:
-            attrs["key"] = key
-        future = self._client.publish(self.topic_path, _to_bytes(value), **attrs)
-        with self._lock:
-            self._pending.add(future)
+    def _retriable(self, error: BaseException) -> bool:
+        """Errors the service may not answer with next time (the library has retried them
+        within its own deadline already)."""
+        from google.api_core import exceptions as gexc
 
-        def done(f: concurrent.futures.Future) -> None:
-            error = None if f.cancelled() else f.exception()
-            with self._lock:
-                self._pending.discard(f)
-                if error is not None:
-                    self._errors.append(error)
+        return isinstance(
+            error,
+            (
+                gexc.ServiceUnavailable,
+                gexc.DeadlineExceeded,
+                gexc.InternalServerError,
+                gexc.Aborted,
+                gexc.ResourceExhausted,
+                gexc.Unknown,
+                concurrent.futures.TimeoutError,
+            ),
+        )
 
-        future.add_done_callback(done)
-        return future
+    def _send(self, messages: list[_Outgoing]) -> None:
+        for message in messages:
+            self._publish(message)
 
-    def flush(self, timeout: float = 60.0) -> None:
-        with self._lock:
-            pending = list(self._pending)
-        _, unconfirmed = concurrent.futures.wait(pending, timeout=timeout)
-        if self._errors:
-            raise DeliveryError(f"{len(self._errors)} Pub/Sub publish(es) failed; first: {self._errors[0]!r}")
-        if unconfirmed:
-            raise DeliveryError(f"{len(unconfirmed)} Pub/Sub publish(es) still unconfirmed after {timeout} s")
+    def _publish(self, message: _Outgoing) -> None:
+        attrs = dict(message.attributes or {})
+        if message.key is not None:
+            attrs["key"] = message.key
+        future = self._client.publish(self.topic_path, message.value, **attrs)
+        future.add_done_callback(lambda f: self._settle(message, *_outcome(f), self._publish))
 
     def close(self) -> None:
         try:

@@ -15,6 +15,7 @@ from typing import Any
 
 from .config import Settings
 from .core.registry import RolloutState
+from .kafka_admin import wait_until_visible
 
 log = logging.getLogger(__name__)
 KEY = b"rollout"
@@ -36,6 +37,7 @@ async def ensure_pointer_topic(settings: Settings) -> None:
                 await admin.create_topics([NewTopic(settings.kafka.pointer_topic, 1, 1, topic_configs=TOPIC_CONFIG)])
             except TopicAlreadyExistsError:  # another worker or the CLI was first
                 pass
+            await wait_until_visible(admin, [settings.kafka.pointer_topic])
     finally:
         await admin.close()
 

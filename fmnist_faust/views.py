@@ -1,6 +1,7 @@
 """HTTP views: the dashboard (``/``), running accuracy as JSON (``/accuracy/``,
 ``/accuracy/window/``, ``/recent/``), throughput and lag (``/stats/``) and Prometheus
-metrics (``/metrics``). The Pub/Sub bridge serves the same paths with the same JSON.
+metrics (``/metrics``), and ``/healthz`` / ``/readyz`` for orchestrators (see
+:mod:`.core.health`). The Pub/Sub bridge serves the same paths with the same JSON.
 The views start only once the model is verified and the output topics exist
 (``faust_app.App.on_start``), so a client that gets an answer can rely on both. Also logs
 one "ready" line at the first partition assignment (and one per later change of assigned
@@ -13,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from . import metrics
-from .agents import partition_lags, progress, recent_mistakes
+from .agents import failing_batches, lifecycle, partition_lags, progress, recent_mistakes
+from .core.health import Check, report
 from .faust_app import app, settings
 from .global_scores import global_totals, global_totals_by_model
+from .rollout import current_models
 from .rollout import status as rollout_status
 from .topics import images_topic
 
@@ -73,6 +76,49 @@ async def prometheus_metrics(web: Any, request: Any) -> Any:
     return web.bytes(body, headers={"Content-Type": content_type})  # aiohttp rejects charset in content_type
 
 
+@app.page("/healthz")
+async def healthz(web: Any, request: Any) -> Any:
+    """Liveness: 503 while batches keep failing or a partition with images waiting counts
+    none, past ``FMNIST_STALL_SECONDS``; a crashed agent ends the process (``agents``)."""
+    stalled = sorted(progress.stalled)
+    status, body = report(
+        [
+            failing_batches.check(),
+            Check(
+                "partitions",
+                not stalled,
+                f"stalled: {stalled}" if stalled else "every assigned partition counts what waits on it",
+            ),
+        ]
+    )
+    return web.json(body, status=status)
+
+
+@app.page("/readyz")
+async def readyz(web: Any, request: Any) -> Any:
+    """Readiness: model loaded, topics created, partitions assigned (no rebalance under
+    way) and the tables recovered from their changelogs."""
+    partitions = assignment_log.partitions
+    recovered = app.tables.recovery.completed.is_set() and not app.in_recovery
+    status, body = report(
+        [
+            Check(
+                "model",
+                lifecycle.prepared,
+                f"live model {current_models().live.version}" if lifecycle.prepared else "not loaded yet",
+            ),
+            Check("topics", lifecycle.prepared, "created, rollout pointer read" if lifecycle.prepared else "not yet"),
+            Check(
+                "assignment",
+                partitions is not None and not app.rebalancing,
+                "rebalancing" if app.rebalancing else f"images partitions {sorted(partitions or ())}",
+            ),
+            Check("recovery", recovered, "tables recovered" if recovered else "recovering the tables"),
+        ]
+    )
+    return web.json(body, status=status)
+
+
 def consumer_lag() -> int | None:
     """Images waiting on this worker, over its assigned images partitions (None if unknown)."""
     lags = partition_lags()
@@ -107,4 +153,5 @@ class AssignmentLog:
             log.info("rebalanced: now classifying %s partitions %s", topic, sorted(partitions))
 
 
-app.on_rebalance_complete.connect(AssignmentLog())
+assignment_log = AssignmentLog()
+app.on_rebalance_complete.connect(assignment_log)

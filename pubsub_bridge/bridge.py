@@ -22,6 +22,11 @@ the library does not retry) stops the whole bridge the same way.
 A :class:`Pruner` thread deletes keys older than ``FMNIST_DEDUPE_SECONDS`` from the
 store, a small batch per transaction, so the store stays about one horizon in size.
 
+Health (``/healthz``, ``/readyz``; :class:`BridgeHealth`): a dead batching thread or an
+ended stream stops the bridge with exit status 1 within :data:`POLL_SECONDS` plus the
+drain (the main loop watches both) and fails liveness meanwhile, as does a batch held
+failing for more than :data:`HELD_BATCH_BOUND_S`.
+
 Live rollout: the models come from the rollout pointer in the store (read before the
 first pull, so a restarted bridge serves the promoted version from its first batch); a
 :class:`RolloutFollower` thread reads the pointer every :data:`POINTER_POLL_SECONDS` and
@@ -46,6 +51,7 @@ from prometheus_client import Counter, Gauge
 
 from fmnist_faust.config import Settings
 from fmnist_faust.core.contract import estimated_images
+from fmnist_faust.core.health import Check, FailingBatches
 from fmnist_faust.core.model import ModelError
 from fmnist_faust.core.pipeline import STEP_IMAGES
 from fmnist_faust.core.recent import RecentMistakes
@@ -64,6 +70,8 @@ MAX_BACKOFF_SECONDS = 30.0
 _ACK_CHUNK = 1000  # ack ids per unary Acknowledge request (well under its 512 KB limit)
 PRUNE_PAUSE_SECONDS = 0.05  # between delete batches: at most PRUNE_BATCH / 0.05 = 40,000 keys/s
 POINTER_POLL_SECONDS = 0.5  # one primary-key read of the store per poll
+POLL_SECONDS = 0.5  # how often the main loop checks the streams and the batching thread
+HELD_BATCH_BOUND_S = 2 * MAX_BACKOFF_SECONDS  # a batch held failing this long fails liveness
 
 PRUNED = Counter("fmnist_bridge_pruned_total", "Counted keys deleted from the store after the dedupe horizon")
 LONGEST_PRUNE = Gauge(
@@ -140,9 +148,17 @@ def stream_flow_limits(max_messages: int, max_bytes: int, streams: int) -> list[
 class Batcher(threading.Thread):
     """The one thread that takes batches off the queue and hands them to the handler."""
 
-    def __init__(self, handler: BatchHandler, batch_size: int, linger_s: float, max_images: int = STEP_IMAGES) -> None:
+    def __init__(
+        self,
+        handler: BatchHandler,
+        batch_size: int,
+        linger_s: float,
+        max_images: int = STEP_IMAGES,
+        failing: FailingBatches | None = None,
+    ) -> None:
         super().__init__(name="bridge-batcher", daemon=True)
         self.handler = handler
+        self.failing = failing or FailingBatches(HELD_BATCH_BOUND_S)
         self.batch_size = batch_size
         self.linger_s = linger_s
         self.max_images = max_images  # batch records: a batch stops once it holds about this many images
@@ -207,6 +223,7 @@ class Batcher(threading.Thread):
             try:
                 self.handler.handle(batch)
             except TransientError as exc:
+                self.failing.failed()
                 if self.stopping.is_set():
                     log.warning("stopping: %d messages left unacked (%s); Pub/Sub redelivers them", len(batch), exc)
                     return
@@ -224,6 +241,7 @@ class Batcher(threading.Thread):
                 self.stopping.wait(delay)
                 delay = min(delay * 2, MAX_BACKOFF_SECONDS)
                 continue
+            self.failing.succeeded()
             if failed_at is not None:
                 log.info(
                     "resumed: the held batch of %d went through after %.1f s and %d retries",
@@ -292,6 +310,40 @@ class RolloutFollower(threading.Thread):
         self.join(10)
 
 
+class BridgeHealth:
+    """What the bridge's ``/healthz`` and ``/readyz`` read; the parts are set as the bridge starts."""
+
+    def __init__(self, models: ModelSwitch, subscription: str) -> None:
+        self.models = models
+        self.subscription = subscription
+        self.batcher: Batcher | None = None
+        self.streams: list[Any] = []
+
+    def liveness(self) -> list[Check]:
+        if self.batcher is None:
+            return [Check("starting", True, "opening the streaming pulls")]
+        ended = sum(1 for future in self.streams if future.done())
+        return [
+            Check(
+                "batcher", self.batcher.is_alive(), "running" if self.batcher.is_alive() else "the batching thread died"
+            ),
+            Check("streams", not ended, f"{len(self.streams) - ended} of {len(self.streams)} streaming pulls open"),
+            self.batcher.failing.check(),
+        ]
+
+    def readiness(self) -> list[Check]:
+        streaming = bool(self.streams) and not any(future.done() for future in self.streams)
+        held = self.batcher is not None and self.batcher.failing.failing
+        return [
+            Check("model", True, f"live model {self.models.current().live.version}"),
+            Check("subscription", bool(self.streams), f"{self.subscription} present"),
+            Check("streaming", streaming, f"{len(self.streams)} streaming pulls" if streaming else "not pulling"),
+            Check(
+                "store", not held, "a batch is held: publishing or the store fails" if held else "batches go through"
+            ),
+        ]
+
+
 def run(settings: Settings) -> int:
     """The bridge's main loop; returns the process exit code."""
     from google.cloud import pubsub_v1
@@ -309,6 +361,9 @@ def run(settings: Settings) -> int:
         store.close()
         return 1
     recent = RecentMistakes()
+    subscriber = subscriber_client(settings.pubsub)
+    subscription = subscriber.subscription_path(settings.pubsub.project, settings.pubsub.images_subscription)
+    health = BridgeHealth(models, subscription)
     views = Views(
         scores=lambda: store.scores,
         model_version=lambda: models.current().live.version,
@@ -317,6 +372,8 @@ def run(settings: Settings) -> int:
         unavailable=store.transient_errors,
         totals=store.totals,
         rollout=models.status,
+        liveness=health.liveness,
+        readiness=health.readiness,
     )
     try:
         web = WebServer(views, settings.web.host, settings.bridge.web_port).start()
@@ -333,10 +390,16 @@ def run(settings: Settings) -> int:
             **settings.pubsub.client_kwargs(),
         )
     )
-    subscriber = subscriber_client(settings.pubsub)
-    subscription = subscriber.subscription_path(settings.pubsub.project, settings.pubsub.images_subscription)
     error: BaseException | None = None
     with subscriber:
+        try:  # a missing subscription is reported at once, not after the first pull
+            subscriber.get_subscription(request={"subscription": subscription})
+        except GoogleAPICallError as exc:
+            log.error("the bridge stopped on an error: %s", _explain(exc, subscription))
+            publisher.stop()
+            web.stop()
+            store.close()
+            return 1
         acker = StreamAcker(subscriber, subscription)
         handler = BatchHandler(
             models,
@@ -352,6 +415,7 @@ def run(settings: Settings) -> int:
         )
         batcher = Batcher(handler, settings.pipeline.batch_size, settings.pipeline.batch_linger_s)
         batcher.start()
+        health.batcher = batcher
         # Expired keys leave within about a tenth of the horizon (1-60 s).
         pruner = Pruner(store, interval_s=min(60.0, max(1.0, settings.pipeline.dedupe_seconds / 10)))
         pruner.start()
@@ -374,6 +438,7 @@ def run(settings: Settings) -> int:
                 settings.bridge.max_messages, settings.bridge.max_bytes, settings.bridge.streams
             )
         ]
+        health.streams = futures
         where = f"emulator {settings.pubsub.emulator_host}" if settings.pubsub.emulator_host else "Google Cloud"
         log.info(
             "bridge running: model %s, pulling %s on %s (%d streams), scores %s (%d images so far), web %s/",
@@ -385,7 +450,7 @@ def run(settings: Settings) -> int:
             store.scores.images,
             web.url,
         )
-        while not stop.wait(0.5):
+        while not stop.wait(POLL_SECONDS):
             if any(future.done() for future in futures) or not batcher.is_alive():
                 break
         if stop.is_set():

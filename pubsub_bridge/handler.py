@@ -26,7 +26,7 @@ from prometheus_client import Counter, Histogram
 from fmnist_faust import metrics
 from fmnist_faust.core.contract import DEFAULT_MAX_BATCH_IMAGES, InvalidMessage, Prediction, dead_letter_attributes
 from fmnist_faust.core.model import Classifier
-from fmnist_faust.core.pipeline import BatchResult, RawMessage, classify_batch, repeats
+from fmnist_faust.core.pipeline import BatchResult, ModelFailure, RawMessage, classify_isolating, repeats
 from fmnist_faust.core.recent import RecentMistakes
 from fmnist_faust.core.rollout import ModelSwitch, shadow_predict
 
@@ -123,8 +123,9 @@ class BatchHandler:
     def handle(self, batch: Sequence[Delivery]) -> None:
         """Handle ``batch``; raise :class:`TransientError` for the caller to retry it.
 
-        Any other failure (a message that breaks the code, a publish Pub/Sub refuses) is
-        narrowed down by handling each message alone; the ones that still fail are
+        A message the model fails on is dead-lettered as ``processing_failed`` by the core
+        (``classify_isolating``). Any other failure (a publish Pub/Sub refuses, a bug
+        outside classification) is narrowed down by handling each message alone; the ones that still fail are
         nacked, and the subscription's dead-letter policy stops their redelivery after
         ``PUBSUB_MAX_DELIVERY_ATTEMPTS``.
         """
@@ -153,9 +154,14 @@ class BatchHandler:
             for d in batch
         ]
         models = self.models.current()
-        with metrics.PREDICT_SECONDS.time():
-            result = classify_batch(models.live, messages, self.max_message_bytes, max_images=self.max_batch_images)
-            shadow = shadow_predict(models.shadow, result)
+        try:
+            with metrics.PREDICT_SECONDS.time():
+                result = classify_isolating(
+                    models.live, messages, self.max_message_bytes, max_images=self.max_batch_images
+                )
+                shadow = shadow_predict(models.shadow, result)
+        except ModelFailure as exc:  # the model, not a message: hold the batch, never dead-letter it
+            raise TransientError(str(exc)) from exc
         carriers = [batch[source] for source in result.sources]  # the delivery of each image
         keys = [
             image_key(outcome.id)

@@ -1,7 +1,8 @@
 """The bridge's HTTP views, the same paths and JSON as the Faust worker's.
 
-``/accuracy/``, ``/accuracy/window/``, ``/recent/``, ``/stats/``, ``/metrics`` and the
-dashboard at ``/``. aiohttp runs on its own event loop in a daemon thread, so the
+``/accuracy/``, ``/accuracy/window/``, ``/recent/``, ``/stats/``, ``/metrics``, the
+dashboard at ``/``, and ``/healthz`` / ``/readyz`` for orchestrators
+(:mod:`fmnist_faust.core.health`). aiohttp runs on its own event loop in a daemon thread, so the
 bridge's pulling and batching threads never wait on a slow HTTP client, and the views
 only read the store's latest committed :class:`~fmnist_faust.core.scores.Scores`.
 """
@@ -18,6 +19,8 @@ from aiohttp import web
 
 import fmnist_faust
 from fmnist_faust import metrics
+from fmnist_faust.core import health
+from fmnist_faust.core.health import Check
 from fmnist_faust.core.recent import RecentMistakes
 from fmnist_faust.core.rollout import ModelTally
 from fmnist_faust.core.scores import Scores
@@ -41,6 +44,9 @@ class Views:
     # them) and what this process serves (``ModelSwitch.status``).
     totals: Callable[[], tuple[Scores, ModelTally]] | None = None
     rollout: Callable[[], dict] | None = None
+    # Liveness and readiness checks (:class:`~.bridge.BridgeHealth`); none: always 200.
+    liveness: Callable[[], list[Check]] = list
+    readiness: Callable[[], list[Check]] = list
 
 
 def make_app(views: Views) -> web.Application:
@@ -78,6 +84,14 @@ def make_app(views: Views) -> web.Application:
         body, content_type = metrics.exposition(report(), None)
         return web.Response(body=body, headers={"Content-Type": content_type})
 
+    async def healthz(request: web.Request) -> web.Response:
+        status, body = health.report(views.liveness())
+        return web.json_response(body, status=status)
+
+    async def readyz(request: web.Request) -> web.Response:
+        status, body = health.report(views.readiness())
+        return web.json_response(body, status=status)
+
     async def dashboard(request: web.Request) -> web.StreamResponse:
         if not views.dashboard.is_file():
             return web.Response(
@@ -103,6 +117,8 @@ def make_app(views: Views) -> web.Application:
     app.router.add_get("/recent/", recent)
     app.router.add_get("/stats/", stats)
     app.router.add_get("/metrics", prometheus)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     return app
 
 

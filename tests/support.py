@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -185,6 +186,23 @@ def produce_images(
     finally:
         producer.close()
     return ids
+
+
+def broker_pid() -> int:
+    """The local broker's pid (started by tools/services.sh), to freeze it; skips otherwise."""
+    pid_file = ROOT / ".run" / "kafka" / "pid"
+    if not pid_file.exists():
+        pytest.skip("the broker was not started by tools/services.sh: cannot freeze it")
+    return int(pid_file.read_text())
+
+
+def freeze(pid: int, seconds: float) -> None:
+    """SIGSTOP ``pid`` for ``seconds``, then SIGCONT (always)."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(seconds)
+    finally:
+        os.kill(pid, signal.SIGCONT)
 
 
 def wait_until(condition, timeout: float = 60.0, interval: float = 0.25, what: str = "condition"):

@@ -234,10 +234,11 @@ def test_healthchecks_and_start_order(services: dict[str, Any]) -> None:
     for name in ("kafka", "pubsub", "worker", "bridge"):
         check = services[name].get("healthcheck") or {}
         assert check.get("test") and not check.get("disable"), f"{name} has no healthcheck"
-    # The app's checks are the image's command, which reads the configured host and port.
+    # The app's checks are the image's command, which reads the configured host and port and
+    # asks /healthz and /readyz.
     for name, checked in (("worker", []), ("bridge", ["bridge"]), ("bridge-2", ["bridge"])):
         if name in services:
-            assert services[name]["healthcheck"]["test"] == ["CMD", "fmnist-health", *checked], name
+            assert services[name]["healthcheck"]["test"] == ["CMD", "fmnist-health", *checked, "--ready"], name
 
     def condition(name: str, on: str) -> str | None:
         depends = services[name].get("depends_on") or {}
@@ -301,6 +302,12 @@ def test_dockerfile() -> None:
     app_like = {n for n in env_names if n.startswith(("FMNIST_", "KAFKA_", "PUBSUB_", "BRIDGE_", "GOOGLE_"))}
     assert app_like <= set(config.ENV_VARS), sorted(app_like - set(config.ENV_VARS))
     assert not re.search(r"PASSWORD|SECRET|TOKEN|_KEY=", "\n".join(instructions)), "no secrets in the image"
+    env = [i for i in instructions if i.startswith("ENV ")]
+    assert any(re.search(r"\bFMNIST_WEB_HOST=0\.0\.0\.0\b", i) for i in env), (
+        "docker run -p 6066:6066 must reach the views"
+    )
+    health = [i for i in instructions if i.startswith("HEALTHCHECK ")]
+    assert len(health) == 1 and health[0].endswith(' CMD ["fmnist-health", "--ready"]'), health
     ignored = (ROOT / ".dockerignore").read_text().split()
     for entry in (".git", ".venv", "models", ".env"):
         assert entry in ignored, f".dockerignore must exclude {entry}"

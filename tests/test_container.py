@@ -142,7 +142,7 @@ def accuracy(port: int) -> dict:
 def test_image_declares_its_health_check_and_web_host(image: str) -> None:
     config = podman("image", "inspect", "--format", "{{json .Config.Env}} {{json .HealthCheck}}", image).stdout
     assert '"FMNIST_WEB_HOST=0.0.0.0"' in config
-    assert '"fmnist-health"' in config, config
+    assert '"fmnist-health"' in config and '"--ready"' in config, config
 
 
 def test_missing_model_says_what_to_do_in_a_container(image: str, kafka_bootstrap: str, model_dir: Path) -> None:
@@ -210,7 +210,7 @@ def test_bridge_container_counts_exactly_and_is_healthy(
         model_dir,
         ["sh", "-c", "python -m pubsub_bridge setup && exec python -m pubsub_bridge run"],
         "--health-cmd",
-        '["fmnist-health", "bridge"]',  # as docker-compose.yml's bridge
+        '["fmnist-health", "bridge", "--ready"]',  # as docker-compose.yml's bridge
     )
     containers.append(bridge)
     try:

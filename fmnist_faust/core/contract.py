@@ -80,10 +80,14 @@ ERROR_KINDS: dict[str, str] = {
 }
 # Faults of one image in a batch record: that image alone is rejected.
 IMAGE_ERROR_KINDS = ("bad_id", "bad_label")
+# Not a contract fault: a message whose classification raises (a model or code error on
+# that input), found by :func:`.pipeline.classify_isolating` and dead-lettered like one.
+PROCESSING_FAILED = "processing_failed"
 
 
 class InvalidMessage(ValueError):
-    """A message that breaks the contract; ``kind`` is one of :data:`ERROR_KINDS`.
+    """A message that breaks the contract; ``kind`` is one of :data:`ERROR_KINDS`, or
+    :data:`PROCESSING_FAILED` for a message the classifier fails on.
 
     For one image of a batch record, ``index`` is its position in the record and ``image``
     the bytes its dead letter carries (:func:`single_image_value`); both are None for a
@@ -91,7 +95,7 @@ class InvalidMessage(ValueError):
     """
 
     def __init__(self, kind: str, reason: str, index: int | None = None, image: bytes | None = None) -> None:
-        assert kind in ERROR_KINDS, kind
+        assert kind in ERROR_KINDS or kind == PROCESSING_FAILED, kind
         if len(reason) > MAX_REASON_CHARS:
             reason = reason[: MAX_REASON_CHARS - 3] + "..."
         super().__init__(f"{kind}: {reason}")

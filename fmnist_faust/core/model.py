@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import io
 import json
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -28,6 +29,10 @@ from .contract import CLASS_NAMES, IMAGE_BYTES
 MANIFEST_FORMAT = 1
 DEFAULT_HIDDEN = (512, 256)
 DEFAULT_MAX_ITER = 60
+# Fault injection for tests and drills (README, Troubleshooting): with this set to 1, predict
+# raises on any batch holding an all-white image, as a model that breaks on some input would.
+FAULT_WHITE_IMAGES_ENV = "FMNIST_FAULT_WHITE_IMAGES"
+_FAIL_ON_WHITE_IMAGES = os.environ.get(FAULT_WHITE_IMAGES_ENV) == "1"
 # Training stops before an epoch that would end past this many seconds, so `make model`
 # stays within its 10 minutes even on a busy machine (augmentation, scaling, scoring and
 # saving take seconds on top).
@@ -355,6 +360,8 @@ class Classifier:
             raise ValueError(f"expected (n, {IMAGE_BYTES}) pixels, got {pixels.shape}")
         if len(pixels) == 0:
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64)
+        if _FAIL_ON_WHITE_IMAGES and bool((pixels == 255).all(axis=1).any()):
+            raise RuntimeError(f"injected fault ({FAULT_WHITE_IMAGES_ENV}=1): an all-white image")
         with _blas_limit(self.blas_threads):
             proba = self.estimator.predict_proba(pixels.astype(np.float32))
         predicted = proba.argmax(axis=1)

@@ -7,12 +7,17 @@ message gives one outcome; a batch record gives one per image, or one rejection 
 record itself is malformed; :attr:`BatchResult.sources` maps each outcome back to its
 message. The adapters only deal with transport concerns (offsets, acks, publishing).
 
+A message the classifier fails on (a model or code error on that input) must not stop its
+batch forever: :func:`classify_isolating` finds it by bisection and returns it as a
+``processing_failed`` rejection, which both adapters dead-letter and count like any other.
+
 The duplicate rule of the wire contract lives here too (:func:`repeats` and
 :meth:`BatchResult.without`), so both backends treat an id counted before the same way.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +28,8 @@ import numpy as np
 from .contract import (
     DEFAULT_MAX_BATCH_IMAGES,
     DEFAULT_MAX_MESSAGE_BYTES,
+    IMAGE_BYTES,
+    PROCESSING_FAILED,
     ImageMessage,
     InvalidMessage,
     Prediction,
@@ -31,6 +38,8 @@ from .contract import (
 )
 from .model import Classifier
 from .scores import Scores
+
+log = logging.getLogger(__name__)
 
 Outcome = Prediction | InvalidMessage
 # Most images both adapters hand to one classify_batch call when batch records fill their
@@ -183,6 +192,90 @@ def classify_batch(
             latency_ms = None if sent_at is None else max(0.0, (now - sent_at) * 1000.0)
             outcomes[index] = Prediction(image_id, guess, conf, label, version, latency_ms)
     return BatchResult(carriers, outcomes, pixels, sources)  # type: ignore[arg-type]
+
+
+class ModelFailure(RuntimeError):
+    """The classifier fails on a reference image too: the model is broken, not one input.
+    Nothing is dead-lettered for it; the adapters hold the batch and retry, as in an outage."""
+
+
+def classify_isolating(
+    classifier: Classifier,
+    messages: Sequence[RawMessage],
+    max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    clock: Callable[[], float] = time.time,
+    max_images: int = DEFAULT_MAX_BATCH_IMAGES,
+) -> BatchResult:
+    """:func:`classify_batch`, except that a message whose classification raises comes back
+    as one ``InvalidMessage("processing_failed", <the exception>)`` outcome (for a batch
+    record: one for the whole record) and the rest of the batch is classified as usual.
+
+    When the batch raises it is halved until the failing messages are alone. A message is
+    given up on only if it fails alone twice (so a one-off error dead-letters nothing) while
+    the classifier still classifies an all-black reference image; if that fails too, the
+    model is broken and :class:`ModelFailure` is raised. Bound: with ``k`` failing messages
+    among ``n``, at most ``1 + 2k*ceil(log2 n) + 2k`` predict calls (23 for one among 1,000).
+    """
+
+    def classify(part: Sequence[RawMessage]) -> BatchResult:
+        return classify_batch(classifier, part, max_bytes, clock, max_images)
+
+    try:
+        return classify(messages)
+    except Exception as exc:
+        log.warning(
+            "classifying a batch of %d messages failed (%r); isolating the messages it fails on", len(messages), exc
+        )
+    parts = _bisected(classify, list(messages), 0)
+    failed = sum(
+        1 for part in parts for o in part.outcomes if isinstance(o, InvalidMessage) and o.kind == PROCESSING_FAILED
+    )
+    if failed:
+        try:
+            classifier.predict(np.zeros((1, IMAGE_BYTES), dtype=np.uint8))
+        except Exception as exc:
+            raise ModelFailure(f"the model fails on a reference image too ({exc!r})") from exc
+        log.warning(
+            "%d of %d messages fail classification: dead-lettering them as %s", failed, len(messages), PROCESSING_FAILED
+        )
+    return _joined(parts)
+
+
+def _bisected(
+    classify: Callable[[Sequence[RawMessage]], BatchResult], messages: list[RawMessage], base: int
+) -> list[BatchResult]:
+    """``messages``, which failed together once, classified in halves, recursively (a single
+    message is tried once more); ``base`` is the index of ``messages[0]`` in the whole
+    batch, for the results' ``sources``."""
+    if len(messages) == 1:
+        try:
+            return [_shifted(classify(messages), base)]
+        except Exception as exc:
+            failure = InvalidMessage(PROCESSING_FAILED, f"classifying this message failed: {exc!r}")
+            return [BatchResult(messages, [failure], [None], [base])]
+    middle = len(messages) // 2
+    parts: list[BatchResult] = []
+    for start, half in ((0, messages[:middle]), (middle, messages[middle:])):
+        try:
+            parts.append(_shifted(classify(half), base + start))
+        except Exception:
+            parts.extend(_bisected(classify, half, base + start))
+    return parts
+
+
+def _shifted(result: BatchResult, base: int) -> BatchResult:
+    if base:
+        result.sources = [base + source for source in result.sources]
+    return result
+
+
+def _joined(parts: Sequence[BatchResult]) -> BatchResult:
+    return BatchResult(
+        [m for part in parts for m in part.messages],
+        [o for part in parts for o in part.outcomes],
+        [p for part in parts for p in part.pixels],
+        [s for part in parts for s in part.sources],
+    )
 
 
 @dataclass

@@ -9,8 +9,10 @@ manifest and the pointer (:meth:`ModelRegistry.load`), so a file swapped togethe
 manifest on one machine is refused too.
 
 :class:`RolloutState` is what the pointer store holds (a compacted Kafka topic, the
-bridge's state store): the live version and an optional shadow. An empty state means "the
-default model" (``FMNIST_MODEL_PATH``), live when no pointer was ever set.
+bridge's state store): the live version, an optional shadow and the versions live before
+(so a process restarted on a live version it refuses serves the last good one, not the
+default). An empty state means "the default model" (``FMNIST_MODEL_PATH``), live when no
+pointer was ever set.
 """
 
 from __future__ import annotations
@@ -53,6 +55,11 @@ class ModelPointer:
         return cls(version, sha256)
 
 
+# Versions a rollout state remembers as live before: how far back a process restarted on a
+# refused live version looks for one it can serve.
+PREVIOUS_KEPT = 5
+
+
 @dataclass(frozen=True)
 class RolloutState:
     """Which version is live and which (if any) classifies in shadow; ``live=None``: the default."""
@@ -60,6 +67,7 @@ class RolloutState:
     live: ModelPointer | None = None
     shadow: ModelPointer | None = None
     updated_at: float = 0.0
+    previous: tuple[ModelPointer, ...] = ()  # versions live before, newest first (PREVIOUS_KEPT)
 
     def to_json(self) -> str:
         return json.dumps(
@@ -67,6 +75,7 @@ class RolloutState:
                 "live": self.live.to_dict() if self.live else None,
                 "shadow": self.shadow.to_dict() if self.shadow else None,
                 "updated_at": self.updated_at,
+                "previous": [pointer.to_dict() for pointer in self.previous],
             },
             sort_keys=True,
         )
@@ -79,19 +88,26 @@ class RolloutState:
         data = json.loads(text)
         if not isinstance(data, dict):
             raise ValueError(f"not a rollout state: {data!r}")
+        previous = data.get("previous") or []  # absent in states written before it existed
+        if not isinstance(previous, list):
+            raise ValueError(f"not a list of model pointers: {previous!r}")
         return cls(
             ModelPointer.from_dict(data.get("live")),
             ModelPointer.from_dict(data.get("shadow")),
             float(data.get("updated_at") or 0.0),
+            tuple(p for p in map(ModelPointer.from_dict, previous) if p is not None),
         )
 
     def promoted(self, pointer: ModelPointer) -> RolloutState:
-        """``pointer`` live; a shadow of the same version is no longer a shadow."""
+        """``pointer`` live; a shadow of the same version is no longer a shadow; the version
+        live until now heads :attr:`previous`."""
         shadow = None if self.shadow and self.shadow.version == pointer.version else self.shadow
-        return RolloutState(pointer, shadow, time.time())
+        before = (self.live, *self.previous) if self.live else self.previous
+        previous = tuple(p for p in before if p.version != pointer.version)[:PREVIOUS_KEPT]
+        return RolloutState(pointer, shadow, time.time(), previous)
 
     def shadowed(self, pointer: ModelPointer | None) -> RolloutState:
-        return RolloutState(self.live, pointer, time.time())
+        return RolloutState(self.live, pointer, time.time(), self.previous)
 
 
 @dataclass(frozen=True)

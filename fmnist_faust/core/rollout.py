@@ -7,7 +7,9 @@
   snapshot (:meth:`ModelSwitch.current`) before it is classified, so a switch always
   falls between batches and a batch is classified by exactly one live version. A version
   that is missing or does not match its pointer is refused with one log line; the
-  current one keeps serving.
+  current one keeps serving. A process that has not loaded a live version yet (it just
+  started) serves the newest one of the state's ``previous`` it can load instead: the
+  last good version, as the processes that refused it while running do.
 - :func:`shadow_predict`: the shadow classifies the valid images of the live batch in one
   more predict call; its predictions are never published, only scored.
 - :class:`ModelTally`: the per-version part of a score record, counted from the very same
@@ -62,8 +64,9 @@ class ModelSwitch:
     @classmethod
     def start(cls, registry: ModelRegistry, state: RolloutState) -> ModelSwitch:
         """The models ``state`` names, for a process starting up. A live version it cannot
-        load is refused (one error line) and the default model serves instead; a default
-        model that cannot be loaded raises :class:`ModelError` (the process cannot serve)."""
+        load is refused (one error line) and the last good one serves instead (the state's
+        ``previous``; the default model if none loads); a default model that cannot be
+        loaded raises :class:`ModelError` (the process cannot serve)."""
         switch = cls(registry, registry.load(None))
         switch.apply(state)
         return switch
@@ -89,6 +92,8 @@ class ModelSwitch:
                 loaded = self._load(state.live, "live")
                 if loaded is not None:
                     live, live_pointer = loaded, state.live
+                elif live_pointer is None:  # just started: serve the last good version, not the default
+                    live, live_pointer = self._last_good(state, live, live_pointer)
             if state.shadow != shadow_pointer:
                 if state.shadow is None:
                     shadow, shadow_pointer = None, None
@@ -110,6 +115,20 @@ class ModelSwitch:
             self._current = ActiveModels(live, shadow)
             self._pointers = (live_pointer, shadow_pointer)
             return changed
+
+    def _last_good(
+        self, state: RolloutState, live: Classifier, pointer: ModelPointer | None
+    ) -> tuple[Classifier, ModelPointer | None]:
+        for previous in state.previous:
+            loaded = self._load(previous, "previous live")
+            if loaded is not None:
+                log.warning(
+                    "serving %s, the last good live version before the refused %s",
+                    loaded.version,
+                    state.live.version if state.live else "default",
+                )
+                return loaded, previous
+        return live, pointer
 
     def _load(self, pointer: ModelPointer | None, role: str) -> Classifier | None:
         assert self.registry is not None

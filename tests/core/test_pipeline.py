@@ -1,13 +1,15 @@
-"""classify_batch: one predict call per batch, outcomes in order, scores applied."""
+"""classify_batch: one predict call per batch, outcomes in order, scores applied; classify_isolating:
+a message the model fails on found and rejected, a broken model not mistaken for one."""
 
 import base64
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from fmnist_faust.core.contract import InvalidMessage, Prediction, encode_image
+from fmnist_faust.core.contract import InvalidMessage, Prediction, encode_batch, encode_image
 from fmnist_faust.core.model import load_classifier
-from fmnist_faust.core.pipeline import RawMessage, classify_batch, repeats
+from fmnist_faust.core.pipeline import ModelFailure, RawMessage, classify_batch, classify_isolating, repeats
 from fmnist_faust.core.recent import RecentMistakes
 from fmnist_faust.core.scores import Scores
 
@@ -110,3 +112,79 @@ def test_recent_mistakes_show_images_larger_than_one_mib(tiny_model: Path, test_
     recent.add_batch(result)
     [item] = recent.to_list()
     assert item["id"] == "big" and base64.b64decode(item["pixels"]) == test_split.images[wrong].tobytes()
+
+
+def _white_fails(classifier, calls: list[int]):
+    """``classifier.predict`` raising on any batch holding an all-white image, counting calls."""
+    real = classifier.predict
+
+    def predict(pixels: np.ndarray):
+        calls.append(len(pixels))
+        if (pixels == 255).all(axis=1).any():
+            raise RuntimeError("cannot classify a white image")
+        return real(pixels)
+
+    return predict
+
+
+def test_a_poison_message_is_isolated_within_the_stated_bound(tiny_model: Path, test_split) -> None:
+    classifier = load_classifier(tiny_model)
+    calls: list[int] = []
+    classifier.predict = _white_fails(classifier, calls)  # type: ignore[method-assign]
+    images = test_split.images[:1000].copy()
+    images[617] = 255
+    messages = [RawMessage(encode_image(f"img-{i}", images[i], 1), key=f"img-{i}") for i in range(1000)]
+
+    result = classify_isolating(classifier, messages)
+
+    assert result.sources == list(range(1000)) and list(result.messages) == messages
+    failed = result.outcomes[617]
+    assert isinstance(failed, InvalidMessage) and failed.kind == "processing_failed"
+    assert "cannot classify a white image" in failed.reason and failed.index is None
+    good = [i for i in range(1000) if i != 617]
+    offline, _ = load_classifier(tiny_model).predict(images[good])
+    assert [result.outcomes[i].predicted for i in good] == offline.tolist()  # type: ignore[union-attr]
+    assert len(calls) <= 1 + 2 * 10 + 2  # the docstring's bound for one message among 1,000
+
+
+def test_a_one_off_error_dead_letters_nothing(tiny_model: Path, test_split) -> None:
+    classifier = load_classifier(tiny_model)
+    real, failures = classifier.predict, [1]
+
+    def flaky(pixels: np.ndarray):
+        if failures:
+            failures.pop()
+            raise MemoryError("once")
+        return real(pixels)
+
+    classifier.predict = flaky  # type: ignore[method-assign]
+    messages = [RawMessage(encode_image(str(i), test_split.images[i], 2)) for i in range(40)]
+    result = classify_isolating(classifier, messages)
+    assert all(isinstance(o, Prediction) for o in result.outcomes) and result.sources == list(range(40))
+
+
+def test_a_batch_record_the_model_fails_on_is_rejected_whole(tiny_model: Path, test_split) -> None:
+    classifier = load_classifier(tiny_model)
+    classifier.predict = _white_fails(classifier, [])  # type: ignore[method-assign]
+    pixels = test_split.images[:6].copy()
+    pixels[4] = 255
+    messages = [
+        RawMessage(encode_image("before", test_split.images[10])),
+        RawMessage(encode_batch([f"b-{i}" for i in range(6)], pixels)),
+        RawMessage(encode_image("after", test_split.images[11])),
+    ]
+    result = classify_isolating(classifier, messages)
+    assert result.sources == [0, 1, 2]
+    assert [type(o).__name__ for o in result.outcomes] == ["Prediction", "InvalidMessage", "Prediction"]
+
+
+def test_a_model_that_fails_on_everything_is_not_a_poison_message(tiny_model: Path, test_split) -> None:
+    classifier = load_classifier(tiny_model)
+
+    def broken(pixels: np.ndarray):
+        raise RuntimeError("the model is broken")
+
+    classifier.predict = broken  # type: ignore[method-assign]
+    messages = [RawMessage(encode_image(str(i), test_split.images[i])) for i in range(8)]
+    with pytest.raises(ModelFailure, match="reference image"):
+        classify_isolating(classifier, messages)

@@ -86,7 +86,34 @@ def test_the_switch_loads_what_the_pointer_names_and_keeps_serving_when_refused(
     assert v2 in switch.status()["refused"] and switch.status()["pointer"]["live"] == v2
 
 
-def test_a_restart_on_a_refused_pointer_serves_the_default(rollout_models) -> None:
+def test_promotion_remembers_the_versions_live_before() -> None:
+    a, b, c = (ModelPointer(name, str(n) * 64) for n, name in enumerate("abc", 1))
+    state = RolloutState().promoted(a).promoted(b).shadowed(c).promoted(c).promoted(a)
+    assert state.live == a and state.previous == (c, b)  # newest first, the live one not repeated
+    assert RolloutState.from_json(state.to_json()) == state
+    assert RolloutState.from_json('{"live": null, "shadow": null, "updated_at": 1.0}').previous == ()  # older states
+    many = RolloutState()
+    for n in range(10):
+        many = many.promoted(ModelPointer(f"v{n}", f"{n}" * 64))
+    assert [p.version for p in many.previous] == ["v8", "v7", "v6", "v5", "v4"]  # PREVIOUS_KEPT
+
+
+def test_a_restart_on_a_refused_pointer_serves_the_last_good_version(
+    rollout_models, caplog: pytest.LogCaptureFixture
+) -> None:
+    v0, v1, v2 = rollout_models.versions
+    serving = ModelRegistry(rollout_models.serving, rollout_models.default(rollout_models.serving))
+    trusted = ModelRegistry(rollout_models.trusted, rollout_models.default(rollout_models.trusted))
+    state = RolloutState().promoted(trusted.verified_pointer(v1)).promoted(trusted.verified_pointer(v2))
+    with caplog.at_level(logging.WARNING):
+        switch = ModelSwitch.start(serving, state)  # v2's copy here is tampered
+    assert switch.current().live.version == v1
+    assert v2 in switch.status()["refused"] and switch.status()["pointer"]["live"] == v2
+    assert f"serving {v1}, the last good live version before the refused {v2}" in caplog.text
+    assert not switch.apply(state)  # read again: nothing changes, nothing logged twice
+
+
+def test_a_restart_on_a_refused_pointer_with_nothing_before_serves_the_default(rollout_models) -> None:
     serving = ModelRegistry(rollout_models.serving, rollout_models.default(rollout_models.serving))
     trusted = ModelRegistry(rollout_models.trusted, rollout_models.default(rollout_models.trusted))
     switch = ModelSwitch.start(serving, RolloutState().promoted(trusted.verified_pointer(rollout_models.versions[2])))

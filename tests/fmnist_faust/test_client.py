@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import pytest
 
-from fmnist_faust.client import MainManager, Message
+from fmnist_faust.client import DeliveryError, MainManager, Message, PubSubProducer
 from fmnist_faust.config import load_settings
 from support import ROOT, wait_until
 
@@ -94,7 +94,8 @@ def test_produce_and_logger_commands(start_worker, worker_env: dict[str, str]) -
         timeout=120,
     )
     assert produced.returncode == 0, produced.stderr
-    assert "sent 300 images to kafka:" in produced.stdout
+    assert "sent 300 images in 300 messages to kafka:" in produced.stdout
+    assert "300 messages delivered, 0 not delivered" in produced.stdout
     assert "producing [" in produced.stderr  # the progress bar
     batched = subprocess.run(  # 300 more, as batch records of 64 (the last one of 44)
         [
@@ -110,7 +111,7 @@ def test_produce_and_logger_commands(start_worker, worker_env: dict[str, str]) -
         timeout=120,
     )
     assert batched.returncode == 0, batched.stderr
-    assert "sent 300 images to kafka:" in batched.stdout
+    assert "sent 300 images in 5 messages to kafka:" in batched.stdout
     wait_until(lambda: worker.accuracy()["images"] >= 600, timeout=60, what="600 images counted")
     logged = subprocess.run(
         [
@@ -157,6 +158,16 @@ def test_produce_many_returns_one_future_per_message_on_kafka(kafka_bootstrap: s
     assert len({(f.result().partition, f.result().offset) for f in futures}) == 30  # each its own record
 
 
+def test_a_message_the_broker_refuses_is_counted_as_not_delivered(kafka_bootstrap: str) -> None:
+    settings = load_settings({"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap})
+    producer = MainManager("kafka", settings).create_producer(f"refused-{uuid.uuid4().hex[:8]}")
+    producer.produce_many([(f"v{i}".encode(), f"k{i}") for i in range(20)])
+    too_large = producer.produce(b"x" * (5 << 20), key="big")  # over max_request_size: not retriable
+    with pytest.raises(DeliveryError, match=r"1 message\(s\) not delivered \(20 delivered, 1 failed"):
+        producer.close()
+    assert isinstance(too_large.exception(), Exception) and producer.retried == 0
+
+
 @pytest.mark.pubsub
 def test_produce_many_returns_one_future_per_message_on_pubsub(
     pubsub_emulator: str, monkeypatch: pytest.MonkeyPatch
@@ -172,6 +183,25 @@ def test_produce_many_returns_one_future_per_message_on_pubsub(
         futures = producer.produce_many([(f"v{i}".encode(), f"k{i}") for i in range(30)])
         producer.flush()
     assert len(futures) == 30 and len({f.result() for f in futures}) == 30  # 30 message ids
+    publisher.delete_topic(topic=publisher.topic_path(settings.pubsub.project, topic))
+
+
+@pytest.mark.pubsub
+def test_the_pubsub_producer_holds_its_in_flight_bound_and_counts_exactly(
+    pubsub_emulator: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from google.cloud import pubsub_v1
+
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", pubsub_emulator)
+    settings = load_settings({"PUBSUB_EMULATOR_HOST": pubsub_emulator, "GOOGLE_CLOUD_PROJECT": "fmnist-test"})
+    publisher = pubsub_v1.PublisherClient()
+    topic = f"bounded-{uuid.uuid4().hex[:8]}"
+    publisher.create_topic(name=publisher.topic_path(settings.pubsub.project, topic))
+    producer = PubSubProducer(settings, topic, max_in_flight=500)
+    futures = producer.produce_many([(b"x" * 1000, f"k{i}") for i in range(10_000)])
+    producer.close()
+    assert producer.delivered == 10_000 and producer.failed == 0 and producer.peak_in_flight <= 500
+    assert len({f.result() for f in futures}) == 10_000  # a message id each
     publisher.delete_topic(topic=publisher.topic_path(settings.pubsub.project, topic))
 
 

@@ -14,32 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import time
 
 import pytest
 
-from support import ROOT, consume_topic, offline_confusion, produce_images, wait_until
+from support import broker_pid, consume_topic, freeze, offline_confusion, produce_images, wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.chaos]
 COUNT = int(os.environ.get("FREEZE_IMAGES", "4000"))
 SESSION_S = float(os.environ.get("FREEZE_SESSION_S", "10"))
 FREEZE_S = float(os.environ.get("FREEZE_SECONDS", SESSION_S + 15))
-
-
-def broker_pid() -> int:
-    pid_file = ROOT / ".run" / "kafka" / "pid"
-    if not pid_file.exists():
-        pytest.skip("the broker was not started by tools/services.sh: cannot freeze it")
-    return int(pid_file.read_text())
-
-
-def freeze(pid: int, seconds: float) -> None:
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        time.sleep(seconds)
-    finally:
-        os.kill(pid, signal.SIGCONT)
 
 
 def committed_and_ends(

@@ -1,5 +1,6 @@
-"""``fmnist-health``, the image's health check: it asks ``/accuracy/`` where the configured
-service listens (FMNIST_WEB_HOST, FMNIST_WEB_PORT / BRIDGE_WEB_PORT), not at a fixed port."""
+"""``fmnist-health``, the image's health check: it asks ``/healthz`` (and with ``--ready``
+``/readyz``) where the configured service listens (FMNIST_WEB_HOST, FMNIST_WEB_PORT /
+BRIDGE_WEB_PORT), not at a fixed port."""
 
 from __future__ import annotations
 
@@ -14,15 +15,17 @@ from fmnist_faust.cli import health_main
 from support import free_port
 
 
-class AccuracyView(BaseHTTPRequestHandler):
-    """``/accuracy/`` as JSON, anything else 404: what the worker and the bridge serve."""
+class HealthViews(BaseHTTPRequestHandler):
+    """``/healthz`` 200 and ``/readyz`` 503 (a process still recovering), anything else 404,
+    with the JSON body the worker and the bridge serve."""
 
     def do_GET(self) -> None:
-        if self.path != "/accuracy/":
+        status = {"/healthz": 200, "/readyz": 503}.get(self.path)
+        if status is None:
             self.send_error(404)
             return
-        body = json.dumps({"images": 0}).encode()
-        self.send_response(200)
+        body = json.dumps({"status": "ok" if status == 200 else "failing", "checks": {}}).encode()
+        self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.end_headers()
         self.wfile.write(body)
@@ -33,8 +36,8 @@ class AccuracyView(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def serving_port() -> Iterator[int]:
-    """A loopback port serving ``/accuracy/`` (a service bound to 0.0.0.0 answers there too)."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), AccuracyView)
+    """A loopback port serving the health views (a service bound to 0.0.0.0 answers there too)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), HealthViews)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield server.server_address[1]
     server.shutdown()
@@ -57,3 +60,10 @@ def test_bridge_check_reads_the_bridge_port(monkeypatch, serving_port: int, caps
     assert health_main(["bridge"]) == 0
     assert health_main(["worker"]) == 1
     assert "the worker at http://127.0.0.1:" in capsys.readouterr().err
+
+
+def test_ready_asks_readyz_too(monkeypatch, serving_port: int, capsys) -> None:
+    monkeypatch.setenv("FMNIST_WEB_PORT", str(serving_port))
+    assert health_main([]) == 0  # alive
+    assert health_main(["--ready"]) == 1  # not ready: /readyz answers 503
+    assert "/readyz does not answer 200" in capsys.readouterr().err

@@ -142,3 +142,32 @@ def test_shadow_sigkill_promote_and_a_tampered_candidate(
     assert {v: m.tolist() for v, m in expected.items()} == {
         v: part["live"]["confusion"] for v, part in by_model.items() if part["live"]
     }
+
+
+def test_a_restart_on_a_refused_pointer_keeps_the_last_good_version(
+    start_worker: Callable, worker_env: dict[str, str], kafka_bootstrap: str, test_split, rollout_models
+) -> None:
+    """v1 promoted and served, then v2 promoted but refused (its copy here is tampered): a
+    restarted worker comes back on v1, not on the default v0, and counts under v1."""
+    models = rollout_models
+    _, v1, v2 = models.versions
+    serving = {"FMNIST_MODEL_DIR": str(models.serving), "FMNIST_MODEL_PATH": str(models.default(models.serving))}
+
+    def operator(*args: str) -> None:
+        done = model_cli(worker_env, *args, directory=models.trusted)
+        assert done.returncode == 0, done.stderr
+
+    worker = start_worker(**serving)
+    operator("promote", v1)
+    wait_until(lambda: served(worker)["live"] == v1, 30, what="v1 live")
+    operator("promote", v2)
+    wait_until(lambda: served(worker)["refused"].get(v2), 30, what="the worker refusing v2")
+    assert worker.stop() == 0
+
+    restarted = start_worker(FMNIST_WEB_PORT=str(worker.port), **serving)
+    models_served = served(restarted)
+    assert models_served["live"] == v1 and models_served["pointer"]["live"] == v2 and v2 in models_served["refused"]
+    assert f"serving {v1}, the last good live version before the refused {v2}" in restarted.log()
+    produce_images(kafka_bootstrap, worker_env["FMNIST_IMAGES_TOPIC"], test_split.images[:300], test_split.labels[:300])
+    report = wait_until(lambda: (r := restarted.accuracy())["images"] >= 300 and r, 60, what="300 images counted")
+    assert set(report["by_model"]) == {v1} and report["by_model"][v1]["live"]["images"] == 300

@@ -1,0 +1,115 @@
+"""Refuse to run when the images topic has more partitions than the tables' changelogs.
+
+A score row and the seen-id marks of images partition ``p`` live in partition ``p`` of
+their changelog topics, so an images partition without one cannot be counted: before this
+guard, the worker failed every batch holding one and read it again forever. Growing the
+changelogs from inside a running group is not safe (every worker's tables must agree on
+the new count at the same rebalance), so the worker exits with :data:`EXIT_PARTITIONS` and
+one CRITICAL line naming the topics, the counts and the commands that fix it.
+
+Nothing is committed past an uncounted image: a batch is checked before anything of it
+is classified or sent, and offsets are committed from score rows only (:mod:`.offsets`),
+which the new partitions do not have. Checked at start (:func:`check_at_start`), on every
+batch (:func:`check_partitions`) and every :data:`CHECK_EVERY_S` against the topic's
+metadata (:func:`watch`), so growth is refused within that bound even on a worker that is
+not (yet) assigned a new partition.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from .faust_app import app, exit_now, settings
+from .tables import scores_table, seen_table
+from .topics import images_topic
+
+log = logging.getLogger(__name__)
+
+EXIT_PARTITIONS = 4
+CHECK_EVERY_S = 5.0
+
+
+class Limit:
+    """Partitions the changelogs have (the tables' configured count until measured)."""
+
+    partitions = settings.kafka.partitions
+
+
+limit = Limit()
+_admin: Any = None
+
+
+def changelog_topics() -> list[str]:
+    return [scores_table.changelog_topic.get_topic_name(), seen_table.changelog_topic.get_topic_name()]
+
+
+async def partition_counts(topics: list[str]) -> dict[str, int]:
+    """Partitions of each of ``topics`` that exists, from the cluster's metadata."""
+    global _admin
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    if _admin is None:
+        _admin = AIOKafkaAdminClient(
+            bootstrap_servers=settings.kafka.bootstrap_servers, **settings.kafka.security.aiokafka_kwargs()
+        )
+        await _admin.start()
+    described = await _admin.describe_topics(topics)
+    return {t["topic"]: len(t["partitions"]) for t in described if t["error_code"] == 0 and t["partitions"]}
+
+
+async def check_at_start() -> None:
+    """Exit if the images topic already has more partitions than the changelogs (which Faust
+    creates with ``FMNIST_PARTITIONS`` when they do not exist yet)."""
+    names = changelog_topics()
+    counts = await partition_counts([images_topic.get_topic_name(), *names])
+    limit.partitions = min([settings.kafka.partitions, *(counts[n] for n in names if n in counts)])
+    images = counts.get(images_topic.get_topic_name(), 0)
+    if images > limit.partitions:
+        refuse(images)
+
+
+async def check_partitions(partitions: Iterable[int]) -> None:
+    """Exit if any of ``partitions`` (of the images topic) has no changelog partition."""
+    highest = max(partitions, default=-1)
+    if highest >= limit.partitions:
+        try:
+            images = (await partition_counts([images_topic.get_topic_name()]))[images_topic.get_topic_name()]
+        except Exception:  # the broker is away: the partition seen is a lower bound
+            images = highest + 1
+        refuse(max(images, highest + 1))
+
+
+@app.timer(CHECK_EVERY_S)
+async def watch() -> None:
+    """Notice growth of the images topic before a rebalance hands this worker a new partition."""
+    try:
+        images = (await partition_counts([images_topic.get_topic_name()])).get(images_topic.get_topic_name(), 0)
+    except Exception as exc:  # the broker is away: batches report it; check again next time
+        log.debug("could not read the images topic's partitions: %r", exc)
+        return
+    if images > limit.partitions:
+        refuse(images)
+
+
+def refuse(images_partitions: int) -> None:
+    """One CRITICAL line with the fix, then exit at once: nothing of a new partition was counted."""
+    topic, changelogs, n = images_topic.get_topic_name(), changelog_topics(), images_partitions
+    grow = " && ".join(
+        f"kafka-topics.sh --bootstrap-server {settings.kafka.bootstrap_servers} --alter --topic {name} --partitions {n}"
+        for name in changelogs
+    )
+    log.critical(
+        "refusing to count: topic %s has %d partitions but the changelog topics %s have %d, so images of "
+        "partitions %d-%d cannot be counted; fix: %s, then restart every worker with FMNIST_PARTITIONS=%d",
+        topic,
+        n,
+        " and ".join(changelogs),
+        limit.partitions,
+        limit.partitions,
+        n - 1,
+        grow,
+        n,
+    )
+    exit_now(EXIT_PARTITIONS)
