@@ -29,7 +29,12 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--hidden", default=",".join(map(str, model.DEFAULT_HIDDEN)), help="hidden layer sizes, comma separated"
     )
-    parser.add_argument("--max-iter", type=int, default=model.DEFAULT_MAX_ITER, help="max epochs")
+    parser.add_argument(
+        "--max-iter",
+        type=int,
+        default=model.DEFAULT_MAX_ITER,
+        help="epochs of the learning-rate schedule, fewer if the time budget cannot hold them (default %(default)s)",
+    )
     parser.add_argument(
         "--augment",
         choices=tuple(augment.SHIFTS),

@@ -1,5 +1,6 @@
 """Training: the manifest records augmentation, hyperparameters and the epoch loop; the
-kept weights are the best validation epoch's; the time budget and the CLI flags hold."""
+kept weights are the best validation epoch's; the step size follows its cosine schedule,
+which the time budget shortens; the CLI flags hold."""
 
 from __future__ import annotations
 
@@ -47,6 +48,9 @@ def test_manifest_records_augmentation_hyperparameters_and_epochs(
     assert training["max_iter"] == 4 and training["seed"] == 0
     assert (training["validation_images"], training["validation_fraction"]) == (120, 0.1)
     assert training["stopped_by"] == "max_iter" and manifest["epochs"] == 4 == len(training["epoch_seconds"])
+    assert training["learning_rates"] == [
+        pytest.approx(model.cosine_learning_rate(epoch / 3), rel=1e-3) for epoch in range(4)
+    ]
     assert 1 <= training["best_epoch"] <= 4
     assert 0 < manifest["train_seconds"] < 60
     assert 0.5 < manifest["test_accuracy"] <= 1 and manifest["test_images"] == 300
@@ -77,7 +81,44 @@ def test_time_budget_stops_before_the_next_epoch(
 ) -> None:
     manifest = _train(train_split, test_split, tmp_path / "m.joblib", max_iter=50, time_budget=0.0)
     assert manifest["epochs"] == 1 and manifest["training"]["stopped_by"] == "time_budget"
+    assert manifest["training"]["learning_rates"] == [model.LEARNING_RATE_START]
     assert manifest["augmentation"]["kind"] == augment.DEFAULT_AUGMENTATION
+
+
+def test_cosine_schedule_falls_from_the_start_rate_to_its_end_fraction() -> None:
+    rates = [model.cosine_learning_rate(step / 10) for step in range(11)]
+    assert rates[0] == pytest.approx(model.LEARNING_RATE_START)
+    assert rates[-1] == pytest.approx(model.LEARNING_RATE_START * model.LEARNING_RATE_END_FRACTION)
+    assert all(later < earlier for earlier, later in zip(rates, rates[1:]))
+    assert model.cosine_learning_rate(0.5) == pytest.approx(np.mean([rates[0], rates[-1]]))
+    assert model.cosine_learning_rate(1.5) == rates[-1] and model.cosine_learning_rate(-1) == rates[0]
+
+
+def test_planned_epochs_shrink_to_what_the_budget_holds_at_the_last_pace() -> None:
+    assert model.planned_epochs(20, [], elapsed=0.0, time_budget=100.0) == 20
+    assert model.planned_epochs(20, [2.0], elapsed=2.0, time_budget=100.0) == 20  # 49 more would fit
+    assert model.planned_epochs(20, [10.0, 10.0], elapsed=20.0, time_budget=100.0) == 10  # 8 more fit
+    assert model.planned_epochs(20, [10.0, 30.0], elapsed=40.0, time_budget=100.0) == 4  # the last pace counts
+    assert model.planned_epochs(20, [10.0, 10.0, 10.0], elapsed=30.0, time_budget=5.0) == 3  # never below done
+
+
+def test_set_learning_rate_reaches_the_optimizer_between_partial_fits(train_split: dataset.Split) -> None:
+    """With the step size set to 0 after the first call, a further call leaves the weights
+    as they are: the rate got to the optimizer scikit-learn built at that first call."""
+    images = train_split.images[:512].astype(np.float32) / 255
+    labels = train_split.labels[:512]
+    mlp = model.build_mlp((8,), seed=0)
+    model.set_learning_rate(mlp, 1e-2)
+    assert mlp.learning_rate_init == 1e-2  # before the first call: the parameter it builds from
+    mlp.partial_fit(images, labels, classes=np.arange(10))
+    before = [c.copy() for c in mlp.coefs_]
+    model.set_learning_rate(mlp, 0.0)
+    mlp.partial_fit(images, labels)
+    for was, now in zip(before, mlp.coefs_):
+        np.testing.assert_array_equal(was, now)
+    model.set_learning_rate(mlp, 1e-2)
+    mlp.partial_fit(images, labels)
+    assert not np.array_equal(before[0], mlp.coefs_[0])
 
 
 def test_fmnist_train_flags_choose_augmentation_seed_and_budget(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
