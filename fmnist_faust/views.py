@@ -135,6 +135,9 @@ class AssignmentLog:
         self.partitions: frozenset[int] | None = None
 
     async def __call__(self, sender: Any, **kwargs: Any) -> None:
+        # A batch that failed before the rebalance is read again by whoever owns it now: it
+        # must not hold this worker's liveness red while it has nothing left to retry.
+        failing_batches.succeeded()
         topic = images_topic.get_topic_name()
         partitions = frozenset(tp.partition for tp in app.consumer.assignment() if tp.topic == topic)
         if partitions == self.partitions:
