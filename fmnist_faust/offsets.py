@@ -2,7 +2,7 @@
 
 Faust commits an input partition up to its highest run of *acked* offsets, and resumes a
 re-assigned partition at the group's committed offset. Both can skip images that were
-never counted when the broker hangs mid-batch (issue 14, measured here):
+never counted when the broker hangs mid-batch (measured here):
 
 - ``Stream.take_events`` acks a batch's events in a ``finally``, so a batch that failed
   (its sends timed out, the agent crashed) is acked as if it had been processed;

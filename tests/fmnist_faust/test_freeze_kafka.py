@@ -1,4 +1,4 @@
-"""Exact totals when a process hangs instead of dying (markers ``kafka``, ``chaos``; issue 14).
+"""Exact totals when a process hangs instead of dying (markers ``kafka``, ``chaos``).
 
 A frozen broker (SIGSTOP, long enough for the consumer session to expire, with a batch in
 flight) and a frozen worker (SIGSTOP past its session while a second worker takes its

@@ -1,6 +1,6 @@
 """Where the worker commits and resumes (``offsets``, ``tables.next_offset``), which events
 a batch may count (``agents._owned``, ``agents._without_gaps``) and which score row wins
-recovery (``tables.ScoresTable``): the rules of issue 14, without a broker."""
+recovery (``tables.ScoresTable``): the exactness rules, without a broker."""
 
 from __future__ import annotations
 
