@@ -435,20 +435,8 @@ async def _send(uncounted: Uncounted, applied: dict[int, int], generation: int) 
     duplicates, marks = await _duplicate_ids(partitions, offsets, result, applied)
     counted = result.without(duplicates)
     published = await asyncio.wait_for(_publish(counted), PUBLISH_TIMEOUT_S)
-    return Sent(
-        generation,
-        uncounted,
-        result,
-        partitions,
-        duplicates,
-        counted,
-        shadow,
-        models.live.version,
-        [
-            *published,
-            *marks,
-        ],
-    )
+    acks = published + marks
+    return Sent(generation, uncounted, result, partitions, duplicates, counted, shadow, models.live.version, acks)
 
 
 async def _finish(sent: Sent) -> bool:
