@@ -290,6 +290,7 @@ class Uncounted(NamedTuple):
     partitions: list[int]
     offsets: list[int]
     messages: list[RawMessage]
+    last_offsets: dict[int, int]  # partition -> its last offset here: where its row moves to
 
 
 class Sent(NamedTuple):
@@ -304,10 +305,6 @@ class Sent(NamedTuple):
     shadow: Any
     version: str
     acks: list[Awaitable[Any]]
-
-    @property
-    def last_offsets(self) -> dict[int, int]:
-        return dict(zip(self.uncounted.partitions, self.uncounted.offsets))  # in offset order: the last wins
 
     @property
     def tps(self) -> set[TP]:
@@ -332,7 +329,7 @@ class InFlight:
         return max(row_offset, self._offsets.get(partition, -1))
 
     def start(self, sent: Sent) -> None:
-        self._offsets = sent.last_offsets
+        self._offsets = sent.uncounted.last_offsets
         self._task = asyncio.ensure_future(_finish(sent))
 
     async def settle(self) -> bool:
@@ -387,7 +384,7 @@ def _uncounted(fetches: list[Fetch], applied: dict[int, int]) -> tuple[Uncounted
     by_partition: dict[TP, list[Fetch]] = defaultdict(list)
     for fetch in fetches:
         by_partition[fetch.tp].append(fetch)
-    out = Uncounted([], [], [])
+    out = Uncounted([], [], [], {})
     cut: set[TP] = set()
     skipped = 0
     for tp, parts in by_partition.items():
@@ -399,6 +396,8 @@ def _uncounted(fetches: list[Fetch], applied: dict[int, int]) -> tuple[Uncounted
         count = gap_guard.contiguous(tp.partition, after, offsets)
         if count < len(offsets):
             cut.add(tp)
+        if count:
+            out.last_offsets[tp.partition] = offsets[count - 1]
         out.partitions.extend([tp.partition] * count)
         out.offsets.extend(offsets[:count])
         out.messages.extend(messages[:count])
@@ -463,7 +462,7 @@ def _count(sent: Sent) -> None:
         if index not in sent.duplicates:
             counted_by_partition[partition].append(index)
     window_seconds = settings.pipeline.window_seconds
-    for partition, last_offset in sent.last_offsets.items():
+    for partition, last_offset in sent.uncounted.last_offsets.items():
         _, scores = read_row(partition)
         tally = read_tally(partition, scores)
         count_batch(

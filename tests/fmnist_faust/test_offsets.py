@@ -88,6 +88,7 @@ def test_a_batch_counts_each_partition_up_to_its_first_hole(monkeypatch: Any) ->
     fetches = [_fetch(_images(0), [10, 11, 13]), _fetch(_images(1), [5, 6])]
     kept, cut = agents._uncounted(fetches, {0: 9, 1: 4})
     assert list(zip(kept.partitions, kept.offsets)) == [(0, 10), (0, 11), (1, 5), (1, 6)]
+    assert kept.last_offsets == {0: 11, 1: 6}
     assert kept.messages[0] == RawMessage(b"v10") and cut == {_images(0)}
 
 
@@ -131,7 +132,9 @@ def _sent(tp: TP, offsets: list[int]) -> Any:
     from fmnist_faust.agents import Sent, Uncounted
     from fmnist_faust.core.pipeline import BatchResult
 
-    uncounted = Uncounted([tp.partition] * len(offsets), offsets, [RawMessage(b"") for _ in offsets])
+    uncounted = Uncounted(
+        [tp.partition] * len(offsets), offsets, [RawMessage(b"") for _ in offsets], {tp.partition: offsets[-1]}
+    )
     empty = BatchResult([], [], [])
     return Sent(0, uncounted, empty, [], set(), empty, None, "v", [])
 
