@@ -55,6 +55,11 @@ def current_models() -> ActiveModels:
     return _switch.current()
 
 
+def manifest_of(version: str) -> dict[str, Any] | None:
+    """The manifest of ``version`` (drift's reference), from the models loaded or the directory."""
+    return _switch.manifest(version) if _switch is not None else None
+
+
 def status() -> dict[str, Any]:
     """What this worker serves (``/stats/`` ``models``; ``fmnist-model status``)."""
     return _switch.status() if _switch is not None else {}

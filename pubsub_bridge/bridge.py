@@ -372,6 +372,7 @@ def run(settings: Settings) -> int:
         unavailable=store.transient_errors,
         totals=store.totals,
         rollout=models.status,
+        manifest_of=models.manifest,
         liveness=health.liveness,
         readiness=health.readiness,
     )
