@@ -9,8 +9,10 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import requests
 
@@ -251,7 +253,6 @@ def print_figures(backend: str, report: dict, killed_at: int, promoted_at: int) 
 
 def offline_confusion(model_path, images, labels) -> list[list[int]]:
     """The confusion matrix the model gives offline: what exact streamed totals must equal."""
-    import numpy as np
 
     from fmnist_faust.core.model import load_classifier
 
@@ -259,3 +260,50 @@ def offline_confusion(model_path, images, labels) -> list[list[int]]:
     confusion = np.zeros((10, 10), dtype=np.int64)
     np.add.at(confusion, (labels.astype(int), predicted), 1)
     return confusion.tolist()
+
+
+@dataclass(frozen=True)
+class DriftWindow:
+    """The images the drift tests send in one window, and what they are."""
+
+    kind: str
+    ids: list[str]
+    images: np.ndarray
+    labels: np.ndarray
+
+
+def drift_stream(split, one_class: int = 7) -> list[DriftWindow]:
+    """Seven windows: the test split twice; half test split, half the same images inverted
+    (255 - x); inverted; the test split; half test split, half one class; that class alone."""
+    test, inverted = split.images, 255 - split.images
+    of_class = np.flatnonzero(split.labels == one_class)
+    parts = [
+        [("test", range(0, 1000))],
+        [("test", range(1000, 2000))],
+        [("test", range(2000, 2500)), ("inverted", range(0, 500))],
+        [("inverted", range(500, 1500))],
+        [("test", range(2500, 3500))],
+        [("test", range(3500, 4000)), ("class", of_class[:500])],
+        [("class", of_class[500:1000])],
+    ]
+    windows = []
+    for window in parts:
+        ids, images, labels = [], [], []
+        for kind, rows in window:
+            rows = np.asarray(rows)
+            ids += [f"{kind}-{i}" for i in rows]
+            images.append(inverted[rows] if kind == "inverted" else test[rows])
+            labels.append(split.labels[rows])
+        kinds = [kind for kind, _ in window]
+        name = " + ".join(f"{k} {'half' if len(kinds) > 1 else ''}".strip() for k in kinds)
+        windows.append(DriftWindow(name, ids, np.concatenate(images), np.concatenate(labels)))
+    return windows
+
+
+def offline_drift(classifier, images) -> dict[str, list[int]]:
+    """The drift counts per signal of ``images`` classified outside any stream (one window)."""
+    from fmnist_faust.core import drift
+
+    predicted, confidence = classifier.predict(images)
+    row = drift.Observations.of(predicted, confidence, images, [0.0] * len(images)).histogram()
+    return {s.name: row[s.span].tolist() for s in drift.SIGNALS}

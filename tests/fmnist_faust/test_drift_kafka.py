@@ -1,0 +1,123 @@
+"""Drift on the real broker (markers ``kafka``, ``chaos``): the test split, then the same
+images inverted, then one class, in 10-s windows of record time, through one worker serving
+a live and a shadow version; the worker is SIGKILLed and restarted while it counts.
+
+Then, for both versions: PSI stays under the warning level on test-split windows and crosses
+the alert level within two windows of each change; ``/metrics`` carries the newest window's
+PSI; and every window's counts equal the histograms of the same images classified offline,
+to the image (the counts move with the score rows: a replay after the kill counts nothing
+twice). ``DRIFT_FIGURE_JSON=path`` saves the ``/drift/`` document (the docs' figure).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from fmnist_faust.core import drift
+from fmnist_faust.core.contract import encode_batch
+from fmnist_faust.core.model import load_classifier
+from support import drift_stream, model_cli, offline_drift, wait_until
+
+pytestmark = [pytest.mark.kafka, pytest.mark.chaos]
+WINDOW = 10
+PER_RECORD = 50
+
+
+def produce_at(bootstrap: str, topic: str, records: list[tuple[str, bytes, float]]) -> None:
+    """Send (key, value, record timestamp) with those timestamps: the windows are the test's."""
+    from aiokafka import AIOKafkaProducer
+
+    async def run() -> None:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, max_request_size=4 << 20
+        )
+        await producer.start()
+        try:
+            sent = [
+                await producer.send(topic, value, key=key.encode(), timestamp_ms=int(stamp * 1000))
+                for key, value, stamp in records
+            ]
+            await asyncio.gather(*sent)
+        finally:
+            await producer.stop()
+
+    asyncio.run(run())
+
+
+def test_drift_crosses_within_two_windows_and_counts_exactly_through_a_sigkill(
+    start_worker: Callable, worker_env: dict[str, str], kafka_bootstrap: str, test_split, rollout_models
+) -> None:
+    models = rollout_models
+    v0, v1, _ = models.versions
+    env = dict(worker_env, FMNIST_SESSION_TIMEOUT="8")
+    serving = {
+        "FMNIST_SESSION_TIMEOUT": "8",  # the restarted worker rejoins within seconds
+        "FMNIST_MODEL_DIR": str(models.trusted),
+        "FMNIST_MODEL_PATH": str(models.default(models.trusted)),
+        "FMNIST_WINDOW_SECONDS": str(WINDOW),
+    }
+    worker = start_worker(**serving)
+    port = str(worker.port)
+    done = model_cli(env, "shadow", v1, directory=models.trusted)
+    assert done.returncode == 0, done.stderr
+    wait_until(lambda: worker.get("/stats/").json()["models"]["shadow"] == v1, 30, what="the worker shadowing v1")
+
+    windows = drift_stream(test_split)
+    base = (int(time.time()) // WINDOW - 2 * len(windows)) * WINDOW  # past, whole windows
+    records = []
+    for w, window in enumerate(windows):
+        for first in range(0, len(window.ids), PER_RECORD):
+            part = slice(first, first + PER_RECORD)
+            value = encode_batch(window.ids[part], window.images[part], window.labels[part].tolist())
+            records.append((window.ids[first], value, base + w * WINDOW + 1.0))
+    produce_at(kafka_bootstrap, env["FMNIST_IMAGES_TOPIC"], records)
+    total = sum(len(window.ids) for window in windows)
+
+    killed_at = wait_until(lambda: worker.accuracy()["images"], 60, interval=0.05, what="the first images counted")
+    worker.stop(signal.SIGKILL)
+    worker = start_worker(**serving, FMNIST_WEB_PORT=port)
+    wait_until(lambda: worker.accuracy()["images"] >= total, 90, what=f"all {total} images counted")
+    report = worker.accuracy()
+    document = worker.get("/drift/").json()
+    if os.environ.get("DRIFT_FIGURE_JSON"):
+        Path(os.environ["DRIFT_FIGURE_JSON"]).write_text(json.dumps({"backend": "kafka", "drift": document}))
+
+    assert report["images"] == total and report["by_model"][v0]["shadow"] is None
+    starts = [base + w * WINDOW for w in range(len(windows))]
+    for version, role, index in ((v0, "live", 0), (v1, "shadow", 1)):
+        part = document["models"][version]
+        print(f"DRIFT kafka {role} {version} (SIGKILL at {killed_at} of {total} images):")
+        for row, window in zip(part["windows"], windows):
+            print(f"  {window.kind:<22} {row['images']:>5} images  psi {row['psi']}")
+        assert part["role"] == role and part["reference"] == "ok"
+        assert [row["start"] for row in part["windows"]] == starts
+        classifier = load_classifier(models.trusted / f"m{index}.joblib")
+        for row, window in zip(part["windows"], windows):  # exact: the histograms offline
+            assert row["counts"] == offline_drift(classifier, window.images), (version, window.kind)
+        psi = [row["psi"] for row in part["windows"]]
+        for w in (0, 1, 4):  # the test split
+            assert max(psi[w].values()) < drift.PSI_WARN, (version, w, psi[w])
+        assert max(psi[2]["intensity"], psi[3]["intensity"]) > drift.PSI_ALERT  # inverted: within two windows
+        assert psi[3]["intensity"] > drift.PSI_ALERT and psi[3]["class"] > drift.PSI_ALERT
+        assert psi[6]["class"] > drift.PSI_ALERT  # one class
+        assert part["latest"]["start"] == starts[-1]
+
+    gauges = {
+        (s.labels["signal"], s.labels["model_version"], s.labels["role"]): s.value
+        for family in text_string_to_metric_families(worker.get("/metrics").text)
+        if family.name == "fmnist_drift_psi"
+        for s in family.samples
+    }
+    for version in (v0, v1):
+        latest = document["models"][version]["latest"]["psi"]
+        role = document["models"][version]["role"]
+        assert {signal: gauges[(signal, version, role)] for signal in latest} == latest
