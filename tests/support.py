@@ -275,6 +275,8 @@ class DriftWindow:
 def drift_stream(split, one_class: int = 7) -> list[DriftWindow]:
     """Seven windows: the test split twice; half test split, half the same images inverted
     (255 - x); inverted; the test split; half test split, half one class; that class alone."""
+    from fmnist_faust.core.contract import CLASS_NAMES
+
     test, inverted = split.images, 255 - split.images
     of_class = np.flatnonzero(split.labels == one_class)
     parts = [
@@ -286,6 +288,7 @@ def drift_stream(split, one_class: int = 7) -> list[DriftWindow]:
         [("test", range(3500, 4000)), ("class", of_class[:500])],
         [("class", of_class[500:1000])],
     ]
+    names = {"test": "test", "inverted": "inverted", "class": CLASS_NAMES[one_class].lower()}
     windows = []
     for window in parts:
         ids, images, labels = [], [], []
@@ -294,8 +297,8 @@ def drift_stream(split, one_class: int = 7) -> list[DriftWindow]:
             ids += [f"{kind}-{i}" for i in rows]
             images.append(inverted[rows] if kind == "inverted" else test[rows])
             labels.append(split.labels[rows])
-        kinds = [kind for kind, _ in window]
-        name = " + ".join(f"{k} {'half' if len(kinds) > 1 else ''}".strip() for k in kinds)
+        kinds = [names[kind] for kind, _ in window]
+        name = " + ".join(f"{k} half" for k in kinds) if len(kinds) > 1 else kinds[0]
         windows.append(DriftWindow(name, ids, np.concatenate(images), np.concatenate(labels)))
     return windows
 
