@@ -126,8 +126,14 @@ class Observations:
 
     @classmethod
     def of(
-        cls, predicted: Sequence[int], confidence: Sequence[float], pixels: np.ndarray, timestamps: Sequence[float]
+        cls,
+        predicted: Sequence[int] | np.ndarray,
+        confidence: Sequence[float] | np.ndarray,
+        pixels: np.ndarray,
+        timestamps: Sequence[float],
     ) -> Observations:
+        """From the images themselves (the reference, tests); the services use the bins the
+        pipeline computed (``BatchResult.pixel_bins``)."""
         intensity, spread = pixel_bins(pixels) if len(predicted) else (np.empty(0, np.int64), np.empty(0, np.int64))
         return cls(
             np.asarray(predicted, dtype=np.int64),

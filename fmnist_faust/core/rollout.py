@@ -420,21 +420,18 @@ def _role(version: str, live_version: str | None, shadow_version: str | None) ->
 
 
 def _observed(counted: BatchResult, now: float) -> tuple[list[int], Observations]:
-    """The indices of ``counted``'s predictions and their drift signals (pixel statistics
-    computed once, for the live and the shadow part alike)."""
-    valid = [
-        i
-        for i, (o, p) in enumerate(zip(counted.outcomes, counted.pixels))
-        if isinstance(o, Prediction) and p is not None
-    ]
+    """The indices of ``counted``'s predictions and their drift signals (the pixel bins
+    the pipeline computed, for the live and the shadow part alike)."""
+    bins = counted.pixel_bins
+    valid = [i for i, o in enumerate(counted.outcomes) if isinstance(o, Prediction) and bins[i, 0] >= 0]
     outcomes = [counted.outcomes[i] for i in valid]
-    pixels = np.stack([counted.pixels[i] for i in valid]) if valid else np.empty((0, 0), np.uint8)  # type: ignore[misc]
     stamps = [counted.messages[i].timestamp for i in valid]
-    return valid, Observations.of(
-        [o.predicted for o in outcomes],  # type: ignore[union-attr]
-        [o.confidence for o in outcomes],  # type: ignore[union-attr]
-        pixels,
-        [now if t is None else t for t in stamps],
+    return valid, Observations(
+        np.asarray([o.predicted for o in outcomes], dtype=np.int64),  # type: ignore[union-attr]
+        np.asarray([o.confidence for o in outcomes], dtype=np.float64),  # type: ignore[union-attr]
+        bins[valid, 0],
+        bins[valid, 1],
+        np.asarray([now if t is None else t for t in stamps], dtype=np.float64),
     )
 
 

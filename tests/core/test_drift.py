@@ -12,9 +12,9 @@ from prometheus_client import REGISTRY
 
 from fmnist_faust import metrics
 from fmnist_faust.core import drift
-from fmnist_faust.core.contract import Prediction, encode_image
+from fmnist_faust.core.contract import Prediction, encode_batch, encode_image
 from fmnist_faust.core.model import load_classifier, manifest_path_for, read_manifest, verify
-from fmnist_faust.core.pipeline import RawMessage, classify_batch
+from fmnist_faust.core.pipeline import BatchResult, RawMessage, classify_batch, classify_isolating
 from fmnist_faust.core.registry import ModelRegistry
 from fmnist_faust.core.rollout import ModelSwitch, ModelTally, count_batch, shadow_predict
 from fmnist_faust.core.scores import Scores
@@ -250,8 +250,24 @@ def test_the_drift_report_per_version_with_and_without_a_reference(rollout_model
 def test_predictions_carry_no_pixels_into_the_tally_when_none_were_decoded() -> None:
     """A batch without pixels (as the store tests build them) counts scores and no drift."""
     outcome = Prediction("a", 1, 0.9, 1, "v", None)
-    from fmnist_faust.core.pipeline import BatchResult
-
     tally = ModelTally()
     count_batch(Scores(), tally, BatchResult([RawMessage(b"x", None, 1.0)], [outcome], [None]), [0], "v", None, WINDOW)
     assert tally.live["v"].scores.images == 1 and tally.live["v"].drift.counts == {}
+
+
+def test_the_pipeline_bins_the_pixels_it_predicts_on_once_aligned_with_the_outcomes(tiny_model, test_split) -> None:
+
+    classifier = load_classifier(tiny_model)
+    images = test_split.images[:5]
+    messages = [
+        RawMessage(encode_image("a", images[0], 1)),
+        RawMessage(b"not json"),
+        RawMessage(encode_batch(["b", "c", "d"], images[1:4], [1, 2, 3])),
+        RawMessage(encode_image("e", images[4], 4)),
+    ]
+    result = classify_isolating(classifier, messages)
+    expected = np.column_stack(drift.pixel_bins(images))
+    assert [o.id if isinstance(o, Prediction) else None for o in result.outcomes] == ["a", None, "b", "c", "d", "e"]
+    assert result.pixel_bins.tolist() == [*expected[:1].tolist(), [-1, -1], *expected[1:].tolist()]
+    assert result.take([5, 0]).pixel_bins.tolist() == [expected[4].tolist(), expected[0].tolist()]
+    assert result.without({1, 2}).pixel_bins.tolist() == [expected[0].tolist(), *expected[2:].tolist()]
