@@ -310,3 +310,39 @@ def offline_drift(classifier, images) -> dict[str, list[int]]:
     predicted, confidence = classifier.predict(images)
     row = drift.Observations.of(predicted, confidence, images, [0.0] * len(images)).histogram()
     return {s.name: row[s.span].tolist() for s in drift.SIGNALS}
+
+
+def drift_records(windows: list[DriftWindow], base: int, window_seconds: int) -> list[tuple[str, bytes, float]]:
+    """``windows`` as batch records of 50 images, stamped one window after another from ``base``."""
+    from fmnist_faust.core.contract import encode_batch
+
+    records = []
+    for w, window in enumerate(windows):
+        for first in range(0, len(window.ids), 50):
+            part = slice(first, first + 50)
+            value = encode_batch(window.ids[part], window.images[part], window.labels[part].tolist())
+            records.append((window.ids[first], value, base + w * window_seconds + 1.0))
+    return records
+
+
+def produce_at(bootstrap: str, topic: str, records: list[tuple[str, bytes, float]]) -> None:
+    """Send (key, value, record timestamp) with those timestamps: the windows are the test's."""
+    import asyncio
+
+    from aiokafka import AIOKafkaProducer
+
+    async def run() -> None:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, max_request_size=4 << 20
+        )
+        await producer.start()
+        try:
+            sent = [
+                await producer.send(topic, value, key=key.encode(), timestamp_ms=int(stamp * 1000))
+                for key, value, stamp in records
+            ]
+            await asyncio.gather(*sent)
+        finally:
+            await producer.stop()
+
+    asyncio.run(run())

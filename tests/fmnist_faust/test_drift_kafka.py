@@ -11,7 +11,6 @@ twice). ``DRIFT_FIGURE_JSON=path`` saves the ``/drift/`` document (the docs' fig
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -23,34 +22,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fmnist_faust.core import drift
-from fmnist_faust.core.contract import encode_batch
 from fmnist_faust.core.model import load_classifier
-from support import drift_stream, model_cli, offline_drift, wait_until
+from support import drift_records, drift_stream, model_cli, offline_drift, produce_at, wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.chaos]
 WINDOW = 10
-PER_RECORD = 50
-
-
-def produce_at(bootstrap: str, topic: str, records: list[tuple[str, bytes, float]]) -> None:
-    """Send (key, value, record timestamp) with those timestamps: the windows are the test's."""
-    from aiokafka import AIOKafkaProducer
-
-    async def run() -> None:
-        producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, max_request_size=4 << 20
-        )
-        await producer.start()
-        try:
-            sent = [
-                await producer.send(topic, value, key=key.encode(), timestamp_ms=int(stamp * 1000))
-                for key, value, stamp in records
-            ]
-            await asyncio.gather(*sent)
-        finally:
-            await producer.stop()
-
-    asyncio.run(run())
 
 
 def test_drift_crosses_within_two_windows_and_counts_exactly_through_a_sigkill(
@@ -73,13 +49,7 @@ def test_drift_crosses_within_two_windows_and_counts_exactly_through_a_sigkill(
 
     windows = drift_stream(test_split)
     base = (int(time.time()) // WINDOW - 2 * len(windows)) * WINDOW  # past, whole windows
-    records = []
-    for w, window in enumerate(windows):
-        for first in range(0, len(window.ids), PER_RECORD):
-            part = slice(first, first + PER_RECORD)
-            value = encode_batch(window.ids[part], window.images[part], window.labels[part].tolist())
-            records.append((window.ids[first], value, base + w * WINDOW + 1.0))
-    produce_at(kafka_bootstrap, env["FMNIST_IMAGES_TOPIC"], records)
+    produce_at(kafka_bootstrap, env["FMNIST_IMAGES_TOPIC"], drift_records(windows, base, WINDOW))
     total = sum(len(window.ids) for window in windows)
 
     killed_at = wait_until(lambda: worker.accuracy()["images"], 60, interval=0.05, what="the first images counted")
