@@ -119,6 +119,7 @@ class ModelEntry:
     sha256: str
     test_accuracy: float | None
     created_at: str | None
+    drift_reference: bool = False  # the manifest holds the test split's drift reference
 
     def pointer(self) -> ModelPointer:
         return ModelPointer(self.version, self.sha256)
@@ -211,4 +212,5 @@ def _entry(manifest_path: Path) -> ModelEntry | None:
         sha256=digest,
         test_accuracy=float(accuracy) if isinstance(accuracy, (int, float)) else None,
         created_at=manifest.get("created_at") if isinstance(manifest.get("created_at"), str) else None,
+        drift_reference=isinstance(manifest.get("drift_reference"), dict),
     )
