@@ -87,6 +87,10 @@ LAYOUT = "/".join(f"{s.name}:{s.bins}" for s in SIGNALS) + f";conf{CONFIDENCE_ED
 # The bound on a model's drift state: its newest windows only (10 minutes of 10-s windows);
 # with BINS counts each, one model's windows are at most 60 x 55 integers.
 MAX_DRIFT_WINDOWS = 60
+# Versions of one score record that keep drift windows: the live and shadow versions of the
+# batch being counted, then the others whose newest window is the most recent. So a record
+# holds at most 4 x 60 x 55 drift counts, however many versions were ever promoted.
+MAX_DRIFT_VERSIONS = 4
 SMOOTHING = 0.5
 PSI_WARN = 0.1
 PSI_ALERT = 0.25
@@ -195,6 +199,10 @@ class DriftWindows:
             self._add(start, row)
         self._trim()
         return self
+
+    @property
+    def newest(self) -> int | None:
+        return max(self.counts) if self.counts else None
 
     def _add(self, start: int, row: np.ndarray) -> None:
         mine = self.counts.get(start)

@@ -294,6 +294,7 @@ class ModelTally:
         valid, observed = _observed(counted, now)
         part.drift.record(observed, window_seconds)
         if shadow is None:
+            self._forget_drift({live_version})
             return
         if len(shadow.predicted) != len(counted.outcomes):
             raise ValueError("shadow predictions are not aligned with the counted outcomes")
@@ -312,6 +313,24 @@ class ModelTally:
             observed.answered_by([shadow.predicted[i] for i in valid], [shadow.confidence[i] for i in valid]),  # type: ignore[misc]
             window_seconds,
         )
+        self._forget_drift({live_version, shadow.version})
+
+    def _forget_drift(self, counting: set[str]) -> None:
+        """Keep drift windows for :data:`.drift.MAX_DRIFT_VERSIONS` versions: ``counting`` (the
+        batch's live and shadow) and the others counted most recently; the rest lose their
+        windows (their scores stay)."""
+        parts = [(v, p.drift) for v, p in self.live.items()] + [(v, p.drift) for v, p in self.shadow.items()]
+        newest: dict[str, int] = {}
+        for version, windows in parts:
+            if windows.newest is not None:
+                newest[version] = max(newest.get(version, windows.newest), windows.newest)
+        if len(newest) <= drift.MAX_DRIFT_VERSIONS:
+            return
+        others = sorted((v for v in newest if v not in counting), key=lambda v: newest[v], reverse=True)
+        kept = counting | set(others[: max(0, drift.MAX_DRIFT_VERSIONS - len(counting))])
+        for version, windows in parts:
+            if version not in kept:
+                windows.counts.clear()
 
     def merge(self, other: ModelTally) -> ModelTally:
         for version, part in other.live.items():

@@ -271,3 +271,23 @@ def test_the_pipeline_bins_the_pixels_it_predicts_on_once_aligned_with_the_outco
     assert result.pixel_bins.tolist() == [*expected[:1].tolist(), [-1, -1], *expected[1:].tolist()]
     assert result.take([5, 0]).pixel_bins.tolist() == [expected[4].tolist(), expected[0].tolist()]
     assert result.without({1, 2}).pixel_bins.tolist() == [expected[0].tolist(), *expected[2:].tolist()]
+
+
+def test_a_record_keeps_drift_for_at_most_max_drift_versions(rollout_models, test_split) -> None:
+    """However many versions were promoted: the batch's live and shadow, then the most recent."""
+    classifier = load_classifier(rollout_models.trusted / "m0.joblib")
+    tally, scores = ModelTally(), Scores()
+    versions = [f"v{n}" for n in range(drift.MAX_DRIFT_VERSIONS + 3)]
+    for n, version in enumerate(versions):  # one promotion per window
+        result = batch_of(classifier, test_split.images[n : n + 2], [n * WINDOW + 1.0] * 2, prefix=version)
+        count_batch(scores, tally, result, [0, 1], version, None, WINDOW)
+    kept = [v for v in versions if tally.live[v].drift.counts]
+    assert kept == versions[-drift.MAX_DRIFT_VERSIONS :]
+    assert all(tally.live[v].scores.images == 2 for v in versions)  # scores are never dropped
+    # an old version counting again (a worker still on it) keeps its windows; the oldest other goes
+    result = batch_of(classifier, test_split.images[:2], [1.0, 1.0])
+    count_batch(scores, tally, result, [0, 1], versions[0], None, WINDOW)
+    assert [v for v in versions if tally.live[v].drift.counts] == [
+        versions[0],
+        *versions[-drift.MAX_DRIFT_VERSIONS + 1 :],
+    ]
