@@ -23,7 +23,7 @@ import requests
 from fmnist_faust.client import MainManager, Producer
 from fmnist_faust.config import load_settings
 from fmnist_faust.core.contract import encode_image
-from support import IN_CI, wait_until
+from support import IN_CI, drift_records, drift_stream, produce_at, wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.kafka, pytest.mark.timeout(120)]
 
@@ -283,8 +283,6 @@ def test_dashboard_shows_drift_per_serving_model_against_its_reference(
 ) -> None:
     """The drift stream (test split, inverted, one class) in past 10-s windows: the card shows
     the live model's newest PSI per signal, coloured by the thresholds, and a line per signal."""
-    from support import drift_records, drift_stream, produce_at
-
     worker = start_worker()
     browser.get(worker.url + "/")
     windows = drift_stream(test_split)
