@@ -1,15 +1,18 @@
-"""Drift on the real emulator (marker ``pubsub``): the Kafka test's stream (test split, the
-same images inverted, one class) through one bridge serving a live and a shadow version.
+"""Drift on the real emulator (markers ``pubsub``, ``chaos``): the Kafka test's stream (test
+split, the same images inverted, one class) through a bridge serving a live and a shadow
+version, SIGKILLed and restarted while it counts the first half-inverted part.
 
 Pub/Sub sets the publish time, so each part of the stream is published right after a window
 boundary (2-s windows) and its windows are found by the time it was published in. Then, for
 both versions: test-split windows stay under the warning level, the inverted and one-class
 parts cross the alert level within two windows, each part's counts equal its histograms
-offline, and ``/metrics`` carries the newest window's PSI.
+offline (what the dead bridge had leased comes back and counts once), and ``/metrics``
+carries the newest window's PSI.
 """
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable
 
@@ -19,14 +22,16 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bridge_helpers import Bridge
 from fmnist_faust.client import MainManager
-from fmnist_faust.config import Settings
+from fmnist_faust.config import Settings, load_settings
 from fmnist_faust.core import drift
 from fmnist_faust.core.model import load_classifier
+from pubsub_bridge.admin import setup
 from support import drift_stream, model_cli, offline_drift
 
-pytestmark = [pytest.mark.pubsub]
+pytestmark = [pytest.mark.pubsub, pytest.mark.chaos]
 WINDOW = 2
 PER_RECORD = 50
+KILL_AFTER = 3  # parts published before the SIGKILL: the third (half inverted) is being counted
 
 
 def test_bridge_drift_crosses_within_two_windows_and_counts_exactly(
@@ -35,20 +40,33 @@ def test_bridge_drift_crosses_within_two_windows_and_counts_exactly(
     models = rollout_models
     v0, v1, _ = models.versions
     settings = pubsub_setup
-    bridge = start_bridge(
-        FMNIST_MODEL_DIR=str(models.trusted),
-        FMNIST_MODEL_PATH=str(models.default(models.trusted)),
-        FMNIST_WINDOW_SECONDS=str(WINDOW),
-    )
+    # As in the chaos tests: the emulator hands a dead client's stream a share of messages
+    # until their lease ends, each trip a delivery attempt; few outstanding, more attempts.
+    setup(load_settings(dict(bridge_env, PUBSUB_MAX_DELIVERY_ATTEMPTS="100")))
+    serving = {
+        "FMNIST_MODEL_DIR": str(models.trusted),
+        "FMNIST_MODEL_PATH": str(models.default(models.trusted)),
+        "FMNIST_WINDOW_SECONDS": str(WINDOW),
+        "BRIDGE_MAX_MESSAGES": "4",  # 200 images leased at a time: the kill finds some in flight
+    }
+    bridge = start_bridge(**serving)
     done = model_cli(bridge_env, "--backend", "pubsub", "shadow", v1, directory=models.trusted)
     assert done.returncode == 0, done.stderr
     bridge.wait_for(lambda b: b.get("/stats/").json()["models"]["shadow"] == v1, "the bridge shadowing v1")
 
     windows = drift_stream(test_split)
     published: list[tuple[int, int]] = []  # per part: its first and last window start
+    killed_at = None
+    before_third = sum(len(w.ids) for w in windows[: KILL_AFTER - 1])
     producer = MainManager("pubsub", settings).create_producer(settings.topics.images)
     try:
-        for window in windows:
+        for n, window in enumerate(windows):
+            if n == KILL_AFTER:  # the rollout state is in the store: the new bridge shadows v1 too
+                bridge.wait_for(lambda b: b.accuracy()["images"] > before_third, "the third part being counted")
+                killed_at = bridge.accuracy()["images"]
+                bridge.stop(signal.SIGKILL)
+                bridge = start_bridge(**serving)
+                assert bridge.get("/stats/").json()["models"]["shadow"] == v1
             start = (int(time.time()) // WINDOW + 1) * WINDOW
             time.sleep(max(0.0, start + 0.1 - time.time()))  # the stream's own pace: a part per window
             sent_from = time.time()
@@ -60,7 +78,7 @@ def test_bridge_drift_crosses_within_two_windows_and_counts_exactly(
     finally:
         producer.close()
     total = sum(len(window.ids) for window in windows)
-    bridge.wait_for(lambda b: b.accuracy()["images"] >= total, f"all {total} images counted", timeout=90)
+    bridge.wait_for(lambda b: b.accuracy()["images"] >= total, f"all {total} images counted", timeout=180)
     assert bridge.accuracy()["images"] == total
     document = bridge.get("/drift/").json()
 
@@ -69,7 +87,7 @@ def test_bridge_drift_crosses_within_two_windows_and_counts_exactly(
         assert part["role"] == role and part["reference"] == "ok"
         rows = {row["start"]: row for row in part["windows"]}
         classifier = load_classifier(models.trusted / f"m{index}.joblib")
-        print(f"DRIFT pubsub {role} {version}:")
+        print(f"DRIFT pubsub {role} {version} (SIGKILL at {killed_at} of {total} images):")
         psi = []
         for window, (first, last) in zip(windows, published):
             mine = [rows[start] for start in sorted(rows) if first <= start <= last]
