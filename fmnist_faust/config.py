@@ -52,7 +52,7 @@ VARIABLES: dict[str, tuple[str, str]] = {
         "most images in one batch record, 1-2000 (default {default}); a record must also fit in "
         "FMNIST_MAX_MESSAGE_BYTES: about 1,000 images with short ids per MiB (see [Wire contract](wire-contract.md))",
     ),
-    "FMNIST_WINDOW_SECONDS": ("10", "width of the accuracy windows in seconds (default {default})"),
+    "FMNIST_WINDOW_SECONDS": ("10", "width of the accuracy and drift windows in seconds (default {default})"),
     "FMNIST_DEDUPE_SECONDS": (
         "3600",
         "dedupe horizon, both backends: an image id re-sent within it is counted once, after it counts again; "
