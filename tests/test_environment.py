@@ -24,7 +24,6 @@ ALLOWED = {
     # environment plus the demo's own names; the child reads it through config.
     "fmnist_faust/demo.py": {"dict(os.environ)"},
     "pubsub_bridge/demo.py": {"dict(os.environ)"},
-    "pubsub_bridge/measure.py": {"dict(os.environ, ...)"},
 }
 
 
