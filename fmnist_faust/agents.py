@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
-import os
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
@@ -63,10 +62,9 @@ RETRY_PAUSE_S = 1.0
 # A crashed agent leaves a Faust worker up and idle (faust-streaming #175): the worker exits
 # with this status at once instead, so a supervisor restarts it.
 EXIT_AGENT_CRASHED = 3
-# Fault injection for tests and drills (README, Operations): the classify agent raises once it
+# Fault injection for tests and drills (docs: Operations): the classify agent raises once it
 # has taken this many records, as a bug in it would.
-FAULT_CRASH_AGENT_ENV = "FMNIST_FAULT_CRASH_AGENT_AFTER"
-_CRASH_AGENT_AFTER = int(os.environ.get(FAULT_CRASH_AGENT_ENV) or 0)
+_CRASH_AGENT_AFTER = settings.faults.crash_agent_after
 
 
 progress = Progress(settings.kafka.stall_seconds)
@@ -118,7 +116,7 @@ async def classify(stream: Any) -> None:
             if _CRASH_AGENT_AFTER:
                 taken += sum(len(fetch.offsets) for fetch in fetches)
                 if taken >= _CRASH_AGENT_AFTER:
-                    raise RuntimeError(f"injected fault ({FAULT_CRASH_AGENT_ENV}={_CRASH_AGENT_AFTER})")
+                    raise RuntimeError(f"injected fault (FMNIST_FAULT_CRASH_AGENT_AFTER={_CRASH_AGENT_AFTER})")
             await partition_guard.check_partitions({fetch.partition for fetch in fetches})
             for step in image_steps(fetches, STEP_IMAGES):
                 if not await process_fetches(step, flight):  # the rest of the batch is read again too

@@ -133,6 +133,16 @@ VARIABLES: dict[str, tuple[str, str]] = {
         "60",
         "ack deadline of the subscriptions and the bridge's lease renewals, 10-600 (default {default})",
     ),
+    "FMNIST_FAULT_WHITE_IMAGES": (
+        "",
+        "fault injection for drills and tests, never in production: 1 makes the worker's and the bridge's "
+        "predict raise on any batch holding an all-white image (see [Operations](operations.md))",
+    ),
+    "FMNIST_FAULT_CRASH_AGENT_AFTER": (
+        "0",
+        "fault injection for drills and tests, never in production: the classify agent raises once it has "
+        "taken this many records (default {default}: never; see [Operations](operations.md))",
+    ),
 }
 ENV_VARS: dict[str, str] = {name: meaning.format(default=default) for name, (default, meaning) in VARIABLES.items()}
 # The variables only the Kafka side reads; the bridge's --help lists every other one.
@@ -151,6 +161,7 @@ KAFKA_ONLY = (
     "FMNIST_SESSION_TIMEOUT",
     "FMNIST_STALL_SECONDS",
     "FMNIST_WEB_PORT",
+    "FMNIST_FAULT_CRASH_AGENT_AFTER",
 )
 # The topics and subscriptions a run can rename: see :func:`run_names`.
 NAMED_RESOURCES = (
@@ -363,6 +374,14 @@ class BridgeSettings:
 
 
 @dataclass(frozen=True)
+class FaultSettings:
+    """Faults a drill or a test injects into a real worker or bridge; both off by default."""
+
+    white_images: bool  # predict raises on a batch holding an all-white image
+    crash_agent_after: int  # the classify agent raises once it has taken this many records; 0: never
+
+
+@dataclass(frozen=True)
 class Settings:
     """All runtime settings, one record per part; build with :func:`load_settings`."""
 
@@ -374,6 +393,7 @@ class Settings:
     pubsub: PubSubSettings
     bridge: BridgeSettings
     log_level: str
+    faults: FaultSettings
 
 
 def _check_tls_files(security: KafkaSecurity) -> None:
@@ -449,6 +469,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             web_port=_int(env, "BRIDGE_WEB_PORT", minimum=1),
         ),
         log_level=_get(env, "FMNIST_LOG_LEVEL"),
+        faults=FaultSettings(
+            white_images=_get(env, "FMNIST_FAULT_WHITE_IMAGES") == "1",
+            crash_agent_after=_int(env, "FMNIST_FAULT_CRASH_AGENT_AFTER"),
+        ),
     )
 
 

@@ -22,7 +22,9 @@ from .faust_app import app, settings
 from .pointer_topic import PointerReader, ensure_pointer_topic
 
 log = logging.getLogger(__name__)
-registry = ModelRegistry(settings.model.directory, settings.model.path)
+registry = ModelRegistry(
+    settings.model.directory, settings.model.path, fail_on_white_images=settings.faults.white_images
+)
 pointer = PointerReader(settings)
 _switch: ModelSwitch | None = None
 

@@ -13,7 +13,6 @@ import hashlib
 import io
 import json
 import math
-import os
 import platform
 import time
 from collections.abc import Callable
@@ -31,10 +30,6 @@ MANIFEST_FORMAT = 1
 DEFAULT_HIDDEN = (512, 256)
 # Epochs of the learning-rate schedule: 20 of 12-35 s each on this project's shared 2-core machine.
 DEFAULT_MAX_ITER = 20
-# Fault injection for tests and drills (docs: Operations): with this set to 1, predict
-# raises on any batch holding an all-white image, as a model that breaks on some input would.
-FAULT_WHITE_IMAGES_ENV = "FMNIST_FAULT_WHITE_IMAGES"
-_FAIL_ON_WHITE_IMAGES = os.environ.get(FAULT_WHITE_IMAGES_ENV) == "1"
 # Training stops before an epoch that would end past this many seconds, so `make model`
 # stays within its 10 minutes even on a busy machine (augmentation, scaling, scoring and
 # saving take seconds on top).
@@ -397,12 +392,17 @@ class Classifier:
     OpenBLAS's extra threads spin for work and, with every core busy, cost far more CPU
     than they save (``make bench``: about half the worker's CPU per image). ``None``
     leaves the process's BLAS setting alone.
+
+    ``fail_on_white_images``: fault injection for tests and drills (``FMNIST_FAULT_WHITE_IMAGES``,
+    docs: Operations): predict raises on any batch holding an all-white image, as a model that
+    breaks on some input would.
     """
 
     estimator: Any
     version: str
     manifest: dict[str, Any]
     blas_threads: int | None = 1
+    fail_on_white_images: bool = False
 
     def predict(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Return (class index, confidence) for an (n, 784) uint8 batch."""
@@ -410,8 +410,8 @@ class Classifier:
             raise ValueError(f"expected (n, {IMAGE_BYTES}) pixels, got {pixels.shape}")
         if len(pixels) == 0:
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64)
-        if _FAIL_ON_WHITE_IMAGES and bool((pixels == 255).all(axis=1).any()):
-            raise RuntimeError(f"injected fault ({FAULT_WHITE_IMAGES_ENV}=1): an all-white image")
+        if self.fail_on_white_images and bool((pixels == 255).all(axis=1).any()):
+            raise RuntimeError("injected fault (FMNIST_FAULT_WHITE_IMAGES=1): an all-white image")
         with _blas_limit(self.blas_threads):
             proba = self.estimator.predict_proba(pixels.astype(np.float32))
         predicted = proba.argmax(axis=1)
@@ -433,7 +433,7 @@ def _blas_limit(threads: int | None) -> contextlib.AbstractContextManager[Any]:
     return _blas_controller().limit(limits=threads, user_api="blas")
 
 
-def load_classifier(model_path: Path) -> Classifier:
+def load_classifier(model_path: Path, *, fail_on_white_images: bool = False) -> Classifier:
     """Verify, then load the very bytes that were verified (no window for a swap between
     hashing and unpickling). Raises :class:`ModelError` on any mismatch."""
     import joblib
@@ -441,7 +441,12 @@ def load_classifier(model_path: Path) -> Classifier:
     data = _read_model(Path(model_path))
     manifest = _verify_bytes(Path(model_path), data)
     estimator = joblib.load(io.BytesIO(data))
-    return Classifier(estimator=estimator, version=str(manifest["model_version"]), manifest=manifest)
+    return Classifier(
+        estimator=estimator,
+        version=str(manifest["model_version"]),
+        manifest=manifest,
+        fail_on_white_images=fail_on_white_images,
+    )
 
 
 def train_small(

@@ -1,7 +1,7 @@
 """The state stores: counts and counted keys change together, once, across replicas.
 
 The contract tests run on both implementations of :class:`pubsub_bridge.store.Store`
-(``kind`` = sqlite, postgres: a real server, see ``pg_helpers``); the last ones are about
+(``kind`` = sqlite, postgres: a real server, see ``bench.local_postgres``); the last ones are about
 SQLite's file format and query plans.
 """
 
