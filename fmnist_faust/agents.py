@@ -47,6 +47,7 @@ from .core.rollout import count_batch, shadow_predict
 from .faust_app import app, exit_now, settings
 from .fetches import Fetch
 from .kafka_admin import ensure_topics
+from .offsets import read_again_on_clear
 from .progress import Progress
 from .rollout import apply_pointer, current_models, load_default, read_pointer
 from .tables import counted_at, expire_marks, mark_counted, read_row, read_tally, row_offset, write_row
@@ -211,6 +212,13 @@ async def rewind(tps: Iterable[TP], why: str) -> None:
         if assigned is None or tp in assigned:
             await consumer.rewind(tp, why)
             gap_guard.rewound(tp.partition)
+
+
+async def _read_again_cleared(tps: set[TP]) -> None:
+    await rewind(tps, "Faust cleared its fetched records from the stream's queue")
+
+
+read_again_on_clear(_read_again_cleared)
 
 
 def _assigned() -> set[TP] | None:

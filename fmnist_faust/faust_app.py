@@ -9,9 +9,10 @@ import sys
 from typing import Any
 
 import faust
+from mode.utils.objects import cached_property
 
 from .config import load_settings
-from .offsets import RowOffsetTransport
+from .offsets import ReadAgainOnClear, RowOffsetTransport
 
 settings = load_settings()
 log = logging.getLogger(__name__)
@@ -22,6 +23,10 @@ class App(faust.App):
 
     def _new_transport(self) -> Any:
         return RowOffsetTransport(self.conf.broker_consumer, self)
+
+    @cached_property
+    def flow_control(self) -> ReadAgainOnClear:
+        return ReadAgainOnClear(loop=self.loop)
 
     async def on_start(self) -> None:
         """Verify the model and create the output topics before the consumer, the agents and

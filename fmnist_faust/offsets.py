@@ -22,16 +22,21 @@ is never committed past before its batch was counted, and whatever a rebalance d
 read again (the rows skip what was already counted). Since nothing here reads Faust's acks,
 the images topic has them turned off (``topics.images_topic``: ``acks=False``), which spares
 the per-event bookkeeping.
+
+Records the consumer has read but Faust then throws away must be read again too: the app's
+flow control clears the stream queues on every resume (:class:`ReadAgainOnClear`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from typing import Any, ClassVar
 
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
+from mode.utils.queues import FlowControlEvent
 
 from .fetches import fold_topics
 
@@ -106,6 +111,35 @@ class RowOffsetConsumer(faust_aiokafka.Consumer):
         await self.seek(tp, offset)  # also resets Faust's "already read" filter for ``tp``
 
 
+class ReadAgainOnClear(FlowControlEvent):
+    """The app's flow control of its stream queues; the partitions whose queued events it
+    clears are read again from their first uncounted offset (:func:`read_again_on_clear`).
+
+    ``FlowControlEvent.resume`` clears every managed queue even when flow was running, and
+    Faust's recovery resumes twice: when it starts reading the changelogs and after seeking
+    the stream partitions. A fetch that reached the classify agent's queue in between was
+    dropped after the consumer had read past it, so its partition counted nothing until the
+    stall check a minute later (about one worker restart in ten, measured under load).
+    """
+
+    read_again: ClassVar[Callable[[set[TP]], Awaitable[None]] | None] = None
+    _tasks: ClassVar[set[asyncio.Task[None]]] = set()  # held until done: the loop keeps weak references
+
+    def clear(self) -> None:
+        lost = {tp for queue in self._queues for tp in queued_partitions(queue)}
+        super().clear()
+        read_again = ReadAgainOnClear.read_again
+        if lost and read_again is not None:
+            task = asyncio.ensure_future(read_again(lost))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+
+def queued_partitions(queue: Any) -> set[TP]:
+    """The partitions of the events waiting in a stream queue (other items are skipped)."""
+    return {message.tp for item in queue._queue if (message := getattr(item, "message", None)) is not None}
+
+
 class RowOffsetTransport(faust_aiokafka.Transport):
     Consumer = RowOffsetConsumer
 
@@ -113,6 +147,11 @@ class RowOffsetTransport(faust_aiokafka.Transport):
 def fold_fetches(topics: Iterable[str]) -> None:
     """Deliver each fetch's records of ``topics`` to their stream as one event per partition."""
     RowOffsetConsumer.folded_topics = frozenset(topics)
+
+
+def read_again_on_clear(read_again: Callable[[set[TP]], Awaitable[None]]) -> None:
+    """Install what reads partitions again when flow control clears their queued events."""
+    ReadAgainOnClear.read_again = staticmethod(read_again)
 
 
 def use_row_offsets(next_offset: NextOffset) -> None:

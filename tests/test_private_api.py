@@ -27,6 +27,7 @@ import pytest
 from aiokafka.producer.message_accumulator import BatchBuilder
 from faust.sensors import Monitor
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from mode.utils.queues import FlowControlEvent, FlowControlQueue
 from prometheus_client import CollectorRegistry, Histogram
 
 from fmnist_faust.metrics import observe_many
@@ -57,6 +58,8 @@ METHODS: list[tuple[type, str, list[str]]] = [
     (aiokafka.AIOKafkaProducer, "partitions_for", ["topic"]),
     (BatchBuilder, "append", ["timestamp", "key", "value", "headers"]),
     (Histogram, "_raise_if_not_observable", []),
+    (FlowControlEvent, "clear", []),  # offsets.ReadAgainOnClear
+    (FlowControlEvent, "resume", []),
 ]
 
 # Hooks we override: the library module that calls them, so an override is not left behind
@@ -72,6 +75,8 @@ OVERRIDDEN_HOOKS: list[tuple[str, ModuleType]] = [
     ("track_tp_end_offset", faust.transport.consumer),
     ("_new_transport", faust.app.base),
     ("apply_changelog_batch", faust.tables.recovery),
+    ("flow_control", faust.tables.recovery),  # recovery resumes it; faust_app.App builds our own
+    ("clear", faust.app.base),  # flow_control.clear() on a revoke
 ]
 
 
@@ -87,6 +92,17 @@ def test_the_library_still_calls_the_hook_we_override(name: str, caller: ModuleT
     assert re.search(rf"\.{name}\b", inspect.getsource(caller)), f"{caller.__name__} no longer uses {name}"
 
 
+def test_flow_control_keeps_its_queues_and_events_where_read_again_on_clear_looks() -> None:
+    """``ReadAgainOnClear`` reads ``FlowControlEvent._queues`` and each queue's ``_queue``; and
+    ``resume`` clears the queues also when flow was running (which is why it exists)."""
+    flow = FlowControlEvent(initially_suspended=False)
+    queue: FlowControlQueue = FlowControlQueue(maxsize=4, flow_control=flow, clear_on_resume=True)
+    queue.put_nowait("event")
+    assert queue in flow._queues and list(queue._queue) == ["event"]  # type: ignore[attr-defined]
+    flow.resume()
+    assert queue.empty()
+
+
 def test_the_workers_consumer_has_the_instance_attributes_we_use() -> None:
     """Built as the worker builds it (a fresh interpreter, the app's own transport), not
     started: ``_thread``, ``_committed_offset`` and ``_read_offset`` are set in the
@@ -98,7 +114,8 @@ def test_the_workers_consumer_has_the_instance_attributes_we_use() -> None:
         "print(json.dumps({'consumer': type(c).__qualname__, 'thread': type(c._thread).__qualname__,\n"
         "  'committed_offset': hasattr(c._committed_offset, 'get'), 'read_offset': hasattr(c._read_offset, 'get'),\n"
         "  'producer': type(app.producer).__module__ + '.' + type(app.producer).__qualname__,\n"
-        "  'monitor': isinstance(app.monitor, __import__('faust').sensors.Monitor)}))\n"
+        "  'monitor': isinstance(app.monitor, __import__('faust').sensors.Monitor),\n"
+        "  'flow_control': type(app.flow_control).__qualname__}))\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", probe],
@@ -116,6 +133,7 @@ def test_the_workers_consumer_has_the_instance_attributes_we_use() -> None:
         "read_offset": True,
         "producer": f"{faust_aiokafka.__name__}.Producer",
         "monitor": True,
+        "flow_control": "ReadAgainOnClear",
     }
 
 
