@@ -578,7 +578,15 @@ async def _commit_partition(
     records = [*sent.marks.get(partition, ()), *dead_letters, row_record(partition, row)]
     offsets = {TopicPartition(images, partition): sent.uncounted.last_offsets[partition] + 1}
     try:
-        await commit(producer, records, predictions, answers, offsets, settings.kafka.app_id)
+        task = asyncio.ensure_future(commit(producer, records, predictions, answers, offsets, settings.kafka.app_id))
+        # Until it ends, or a fence replaced the producer: then the coordinator has completed the
+        # transaction (committed or aborted) and the recovery that follows the fence reads which,
+        # while a closed producer's commit would never return.
+        while not (await asyncio.wait({task}, timeout=1.0))[0]:
+            if producers is None or producers.get(partition) is not producer:
+                task.cancel()
+                raise RuntimeError(f"images partition {partition}: fenced during its commit; recovery decides")
+        task.result()
     except BaseException:
         if producers is not None and is_fatal(producer):
             log.warning("images partition %d: its transactional producer failed for good; dropped", partition)
