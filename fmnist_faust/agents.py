@@ -68,7 +68,7 @@ from .tables import (
     store_row,
 )
 from .topics import dlq_topic, images_topic, predictions_topic
-from .transactions import PartitionProducers, Record, commit, is_fatal
+from .transactions import FenceFailed, PartitionProducers, Record, commit, is_fatal
 
 log = logging.getLogger(__name__)
 recent_mistakes = RecentMistakes()
@@ -91,9 +91,29 @@ progress = Progress(settings.kafka.stall_seconds)
 failing_batches = FailingBatches(settings.kafka.stall_seconds)
 # exactly_once: the transactional producer of each owned images partition (None: at_least_once)
 producers = PartitionProducers(settings) if settings.kafka.exactly_once else None
-EXIT_UNFENCED = 4  # an owned partition stayed without a transactional producer past the session
+# an owned partition stayed without a transactional producer past the session, or its fence failed
+EXIT_UNFENCED = 5
+
+
+async def fence_or_exit(assigned: set[TP]) -> None:
+    """Fence the assigned partitions' transactional ids before recovery, or stop the worker
+    (with one line) when that cannot be done within the bound: never a rebalance waiting on it."""
+    assert producers is not None
+    try:
+        await producers.fence(assigned)
+    except FenceFailed as exc:
+        log.critical(
+            "could not fence the transactional ids of the assigned images partitions within %.0f s (%s); "
+            "exiting with status %d so that the group reassigns them",
+            producers.fence_bound_s,
+            exc,
+            EXIT_UNFENCED,
+        )
+        exit_now(EXIT_UNFENCED)
+
+
 if producers is not None:
-    recovery_hooks.before_recovery = producers.fence  # fence first, then read the changelogs
+    recovery_hooks.before_recovery = fence_or_exit  # fence first, then read the changelogs
 
 
 @app.service

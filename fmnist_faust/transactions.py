@@ -52,6 +52,13 @@ class Record(NamedTuple):
     headers: list[tuple[str, bytes]] | None = None
 
 
+FENCE_RETRY_S = 1.0  # between attempts to start a partition's producer
+
+
+class FenceFailed(Exception):
+    """An assigned partition's transactional producer did not start within the bound."""
+
+
 def transactional_id(app_id: str, images_topic: str, partition: int) -> str:
     return f"{app_id}-{images_topic}-{partition}"
 
@@ -73,24 +80,56 @@ class PartitionProducers:
             bootstrap_servers=kafka.bootstrap_servers,
             client_id=f"{kafka.app_id}-txn-{partition}",
             transactional_id=transactional_id(kafka.app_id, self._settings.topics.images, partition),
-            transaction_timeout_ms=int(max(60.0, 2 * kafka.session_timeout_s) * 1000),
+            transaction_timeout_ms=self._transaction_timeout_ms,
             max_request_size=4 * 1024 * 1024,
             max_batch_size=256 * 1024,  # as the worker's own producer (faust_app.py)
             **kafka.security.aiokafka_kwargs(),
         )
 
+    @property
+    def fence_bound_s(self) -> float:
+        """How long a fence may take: the transaction timeout, within which the coordinator
+        completes any transaction an earlier holder left open."""
+        return self._transaction_timeout_ms / 1000
+
+    @property
+    def _transaction_timeout_ms(self) -> int:
+        return int(max(60.0, 2 * self._settings.kafka.session_timeout_s) * 1000)
+
+    async def _started(self, partition: int, deadline: float) -> AIOKafkaProducer:
+        """A started producer for ``partition``. A start that fails is retried with a new
+        producer until ``deadline``: a broker that just resumed can answer metadata without
+        brokers, and aiokafka's coordinator lookup then fails an assertion."""
+        while True:
+            producer = self._new(partition)
+            try:
+                await asyncio.wait_for(producer.start(), max(0.0, deadline - time.monotonic()))
+                return producer
+            except BaseException as exc:
+                await producer.stop()
+                if not isinstance(exc, Exception):
+                    raise
+                if time.monotonic() + FENCE_RETRY_S > deadline:
+                    raise FenceFailed(f"images partition {partition}: no transactional producer ({exc!r})") from exc
+                log.warning(
+                    "images partition %d: its transactional producer did not start (%r); retrying", partition, exc
+                )
+            await asyncio.sleep(FENCE_RETRY_S)
+
     async def fence(self, assigned: Iterable[TP]) -> None:
         """A fresh producer (a new epoch of its transactional id) for every assigned images
-        partition; the previous ones are closed."""
+        partition; the previous ones are closed. Raises :class:`FenceFailed` when one did not
+        start within :attr:`fence_bound_s`."""
         topic = self._settings.topics.images
         partitions = sorted({tp.partition for tp in assigned if tp.topic == topic})
         started = time.monotonic()
-        fresh = {p: self._new(p) for p in partitions}
-        try:
-            await asyncio.gather(*(producer.start() for producer in fresh.values()))
-        except BaseException:
+        deadline = started + self.fence_bound_s
+        outcomes = await asyncio.gather(*(self._started(p, deadline) for p in partitions), return_exceptions=True)
+        fresh = {p: o for p, o in zip(partitions, outcomes) if isinstance(o, AIOKafkaProducer)}
+        failed = [o for o in outcomes if not isinstance(o, AIOKafkaProducer)]
+        if failed:
             await asyncio.gather(*(producer.stop() for producer in fresh.values()), return_exceptions=True)
-            raise
+            raise failed[0]
         old, self._producers = self._producers, fresh
         self._owned_without.clear()
         if partitions:

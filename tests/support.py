@@ -194,12 +194,28 @@ def committed_and_ends(
     return asyncio.run(run())
 
 
-def counted(worker) -> int:
-    """Images the worker reports; 0 while a request fails (one did, right after the broker resumed)."""
+def _report(worker) -> dict | None:
+    """The worker's ``/accuracy/``; None while a request fails (one did, right after the broker
+    resumed); fails at once, with its log, when the worker has exited."""
     try:
-        return int(worker.accuracy()["images"])
+        return worker.accuracy()
     except requests.ConnectionError:
-        return 0
+        if worker.proc is not None and worker.proc.poll() is not None:
+            raise AssertionError(f"the worker exited with status {worker.proc.returncode}:\n{worker.log()}") from None
+        return None
+
+
+def counted(worker) -> int:
+    """Images the worker reports; 0 while a request fails."""
+    report = _report(worker)
+    return 0 if report is None else int(report["images"])
+
+
+def handled(worker) -> int:
+    """Messages the worker reports, counted images plus dead-lettered ones (a message that is
+    not an image never counts as one); 0 while a request fails."""
+    report = _report(worker)
+    return 0 if report is None else int(report["images"]) + int(report["rejected"])
 
 
 def consume_topic(bootstrap: str, topic: str, expected: int, timeout: float = 60.0, settle: float = 1.0) -> list:
