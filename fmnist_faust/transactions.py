@@ -145,6 +145,7 @@ class PartitionProducers:
         if self._producers.get(partition) is producer:
             del self._producers[partition]
             self._owned_without.setdefault(partition, time.monotonic())
+        _retrieve_failure(producer)
         asyncio.ensure_future(producer.stop())
 
     def unfenced_too_long(self, owned: set[int], bound_s: float) -> list[int]:
@@ -166,6 +167,15 @@ def is_fatal(producer: AIOKafkaProducer) -> bool:
     """The producer can start no other transaction (fenced, or its sender died)."""
     manager = producer._txn_manager
     return manager is None or manager.is_fatal_error()
+
+
+def _retrieve_failure(producer: AIOKafkaProducer) -> None:
+    """Mark the failed producer's transaction outcome as seen (its caller handled the failure);
+    otherwise asyncio logs "Future exception was never retrieved", with a traceback, at exit."""
+    manager = producer._txn_manager
+    waiter = None if manager is None else manager.wait_for_transaction_end()
+    if waiter is not None and waiter.done() and not waiter.cancelled():
+        waiter.exception()
 
 
 def _abortable(producer: AIOKafkaProducer) -> bool:

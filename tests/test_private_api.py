@@ -68,6 +68,7 @@ METHODS: list[tuple[type, str, list[str]]] = [
     (faust.tables.recovery.Recovery, "need_recovery", []),
     (Assignment, "state_value", ["tp"]),
     (TransactionManager, "is_fatal_error", []),
+    (TransactionManager, "wait_for_transaction_end", []),
     (aiokafka.AIOKafkaProducer, "send_offsets_to_transaction", ["offsets", "group_id"]),
 ]
 
