@@ -2,8 +2,9 @@
 
 One run through every fault we know: the worker SIGKILLed ``EOS_KILLS`` times while it
 classifies, the broker frozen (SIGSTOP) past the consumer session, then a second worker
-joins and the first is frozen past its session and resumed (a zombie with a transaction
-open). Afterwards a ``read_committed`` consumer sees every image id exactly once on
+joins and the first is frozen past its session and resumed (a zombie; only when it still
+had a batch in flight, which the run does not arrange, is a transaction of it open and
+aborted by the fence). Afterwards a ``read_committed`` consumer sees every image id exactly once on
 ``predictions`` and every bad message exactly once on ``images-dlq``, the totals equal the
 offline confusion, and the group's committed offsets (written by the transactions) are the
 log ends. And: the tables recover from committed changelog records only (an aborted row is
