@@ -33,8 +33,10 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, NamedTuple
 
+from aiokafka import TopicPartition
 from faust.exceptions import ConsumerNotStarted
 from faust.types import TP
+from mode import Service
 
 from . import metrics, partition_guard
 from .batch_send import send_batched
@@ -49,9 +51,24 @@ from .fetches import Fetch
 from .kafka_admin import ensure_topics
 from .offsets import read_again_on_clear
 from .progress import Progress
+from .recovery import hooks as recovery_hooks
 from .rollout import apply_pointer, current_models, load_default, read_pointer
-from .tables import counted_at, expire_marks, mark_counted, read_row, read_tally, row_offset, write_row
+from .tables import (
+    counted_at,
+    expire_marks,
+    expire_records,
+    mark_counted,
+    mark_records,
+    new_row,
+    read_row,
+    read_tally,
+    resend_row,
+    row_offset,
+    row_record,
+    store_row,
+)
 from .topics import dlq_topic, images_topic, predictions_topic
+from .transactions import FenceFailed, PartitionProducers, Record, commit, is_fatal
 
 log = logging.getLogger(__name__)
 recent_mistakes = RecentMistakes()
@@ -71,6 +88,40 @@ _CRASH_AGENT_AFTER = settings.faults.crash_agent_after
 progress = Progress(settings.kafka.stall_seconds)
 # Liveness turns red when batches keep failing (an outage, a broken model) this long.
 failing_batches = FailingBatches(settings.kafka.stall_seconds)
+# exactly_once: the transactional producer of each owned images partition (None: at_least_once)
+producers = PartitionProducers(settings) if settings.kafka.exactly_once else None
+# an owned partition stayed without a transactional producer past the session, or its fence failed
+EXIT_UNFENCED = 5
+
+
+async def fence_or_exit(assigned: set[TP]) -> None:
+    """Fence the assigned partitions' transactional ids before recovery, or stop the worker
+    (with one line) when that cannot be done within the bound: never a rebalance waiting on it."""
+    assert producers is not None
+    try:
+        await producers.fence(assigned)
+    except FenceFailed as exc:
+        log.critical(
+            "could not fence the transactional ids of the assigned images partitions within %.0f s (%s); "
+            "exiting with status %d so that the group reassigns them",
+            producers.fence_bound_s,
+            exc,
+            EXIT_UNFENCED,
+        )
+        exit_now(EXIT_UNFENCED)
+
+
+if producers is not None:
+    recovery_hooks.before_recovery = fence_or_exit  # fence first, then read the changelogs
+
+
+@app.service
+class TransactionalProducers(Service):
+    """Closes the transactional producers when the worker stops."""
+
+    async def on_stop(self) -> None:
+        if producers is not None:
+            await producers.stop()
 
 
 class Lifecycle:
@@ -172,6 +223,17 @@ def image_steps(fetches: list[Fetch], limit: int) -> list[list[Fetch]]:
 @app.timer(5.0)
 async def watch_progress() -> None:
     """Log and re-read every assigned partition where images wait and none is counted."""
+    if producers is not None:
+        unfenced = producers.unfenced_too_long(owned_partitions(), settings.kafka.session_timeout_s)
+        if unfenced:
+            log.critical(
+                "images partitions %s are assigned here but have had no transactional producer for %.0f s "
+                "(fenced without a new assignment); exiting with status %d so that the group reassigns them",
+                unfenced,
+                settings.kafka.session_timeout_s,
+                EXIT_UNFENCED,
+            )
+            exit_now(EXIT_UNFENCED)
     lags = partition_lags()
     if lags is None:
         return
@@ -310,7 +372,8 @@ class Sent(NamedTuple):
     counted: BatchResult
     shadow: Any
     version: str
-    acks: list[Awaitable[Any]]
+    acks: list[Awaitable[Any]]  # at_least_once: the sends to wait for before counting
+    marks: dict[int, list[Record]] = {}  # exactly_once: partition -> seen-id records of its transaction
 
     @property
     def tps(self) -> set[TP]:
@@ -336,7 +399,7 @@ class InFlight:
 
     def start(self, sent: Sent) -> None:
         self._offsets = sent.uncounted.last_offsets
-        self._task = asyncio.ensure_future(_finish(sent))
+        self._task = asyncio.ensure_future(_finish(sent) if producers is None else _commit(sent))
 
     async def settle(self) -> bool:
         """Wait for the batch in flight to be counted; False if it was not."""
@@ -427,7 +490,8 @@ def _merged(parts: list[Fetch]) -> tuple[list[int], list[RawMessage]]:
 
 
 async def _send(uncounted: Uncounted, applied: dict[int, int], generation: int) -> Sent:
-    """Classify the records, drop repeated ids (marking the others) and publish the outcomes."""
+    """Classify the records, drop repeated ids (marking the others) and publish the outcomes
+    (at_least_once); with exactly_once, publishing is left to the batch's transactions."""
     models = current_models()
     pipeline = settings.pipeline
     with metrics.PREDICT_SECONDS.time():
@@ -437,11 +501,16 @@ async def _send(uncounted: Uncounted, applied: dict[int, int], generation: int) 
         shadow = shadow_predict(models.shadow, result)
     partitions = [uncounted.partitions[source] for source in result.sources]  # of each image's record
     offsets = [uncounted.offsets[source] for source in result.sources]
+    version = models.live.version
+    if producers is not None:
+        duplicates, records = await _duplicate_ids_records(partitions, offsets, result, applied)
+        counted = result.without(duplicates)
+        return Sent(generation, uncounted, result, partitions, duplicates, counted, shadow, version, [], records)
     duplicates, marks = await _duplicate_ids(partitions, offsets, result, applied)
     counted = result.without(duplicates)
     published = await asyncio.wait_for(_publish(counted), PUBLISH_TIMEOUT_S)
     acks = published + marks
-    return Sent(generation, uncounted, result, partitions, duplicates, counted, shadow, models.live.version, acks)
+    return Sent(generation, uncounted, result, partitions, duplicates, counted, shadow, version, acks)
 
 
 async def _finish(sent: Sent) -> bool:
@@ -461,29 +530,134 @@ async def _finish(sent: Sent) -> bool:
     return True
 
 
-def _count(sent: Sent) -> None:
-    """Each partition's score row, moved past the batch."""
-    counted_by_partition: dict[int, list[int]] = defaultdict(list)  # outcome indices that count
+def _counted_by_partition(sent: Sent) -> dict[int, list[int]]:
+    """partition -> the indices of its outcomes that count (not repeated ids)."""
+    counted: dict[int, list[int]] = defaultdict(list)
     for index, partition in enumerate(sent.partitions):
         if index not in sent.duplicates:
-            counted_by_partition[partition].append(index)
+            counted[partition].append(index)
+    return counted
+
+
+def _new_rows(sent: Sent, counted: dict[int, list[int]]) -> dict[int, dict[str, Any]]:
+    """Each partition's score row moved past the batch (from the rows as stored now)."""
     window_seconds = settings.pipeline.window_seconds
+    rows = {}
     for partition, last_offset in sent.uncounted.last_offsets.items():
         _, scores = read_row(partition)
         tally = read_tally(partition, scores)
-        count_batch(
-            scores, tally, sent.result, counted_by_partition[partition], sent.version, sent.shadow, window_seconds
-        )
-        write_row(partition, last_offset, scores, sent.version, tally)
+        count_batch(scores, tally, sent.result, counted[partition], sent.version, sent.shadow, window_seconds)
+        rows[partition] = new_row(last_offset, scores, sent.version, tally)
+    return rows
+
+
+def _count(sent: Sent) -> None:
+    """Each partition's score row, moved past the batch."""
+    for partition, row in _new_rows(sent, _counted_by_partition(sent)).items():
+        store_row(partition, row)
+        resend_row(partition)
         progress.advanced(partition)
     failing_batches.succeeded()
     metrics.observe_batch(sent.counted, len(sent.duplicates))
     recent_mistakes.add_batch(sent.counted)
 
 
+async def _commit(sent: Sent) -> bool:
+    """exactly_once: one transaction per partition of the batch (its outcomes, marks, row and
+    next offset), concurrently; each committed partition's row is then stored here. False,
+    after reading the batch again, when any of them was not committed."""
+    assert producers is not None
+    counted = _counted_by_partition(sent)
+    rows = _new_rows(sent, counted)
+    images = images_topic.get_topic_name()
+    predictions = predictions_topic.get_topic_name()
+    done = await asyncio.gather(
+        *(
+            _commit_partition(partition, row, sent, counted[partition], images, predictions)
+            for partition, row in rows.items()
+        ),
+        return_exceptions=True,
+    )
+    committed = [partition for partition, outcome in zip(rows, done) if outcome is None]
+    for partition in committed:
+        store_row(partition, rows[partition])
+        progress.advanced(partition)
+    part = sent.result.take(sorted(i for p in committed for i in counted[p]))
+    repeated = sum(1 for i in sent.duplicates if sent.partitions[i] in committed)
+    metrics.observe_batch(part, repeated)
+    recent_mistakes.add_batch(part)
+    failed = [outcome for outcome in done if outcome is not None]
+    if failed:
+        await _failed(sent.tps, len(sent.uncounted.offsets), failed[0])
+        return False
+    failing_batches.succeeded()
+    return True
+
+
+async def _commit_partition(
+    partition: int, row: dict[str, Any], sent: Sent, indices: list[int], images: str, predictions: str
+) -> None:
+    producer = producers.get(partition) if producers is not None else None
+    if producer is None:
+        raise RuntimeError(f"no transactional producer for images partition {partition} (fenced)")
+    dead_letters, answers = _outcome_records(sent.result.take(indices))
+    records = [*sent.marks.get(partition, ()), *dead_letters, row_record(partition, row)]
+    offsets = {TopicPartition(images, partition): sent.uncounted.last_offsets[partition] + 1}
+    try:
+        task = asyncio.ensure_future(commit(producer, records, predictions, answers, offsets, settings.kafka.app_id))
+        # Until it ends, or a fence replaced the producer: then the coordinator has completed the
+        # transaction (committed or aborted) and the recovery that follows the fence reads which,
+        # while a closed producer's commit would never return.
+        while not (await asyncio.wait({task}, timeout=1.0))[0]:
+            if producers is None or producers.get(partition) is not producer:
+                task.cancel()
+                raise RuntimeError(f"images partition {partition}: fenced during its commit; recovery decides")
+        task.result()
+    except BaseException:
+        if producers is not None and is_fatal(producer):
+            log.warning("images partition %d: its transactional producer failed for good; dropped", partition)
+            producers.drop(partition, producer)
+        raise
+
+
 async def _duplicate_ids(
     partitions: list[int], offsets: list[int], result: BatchResult, applied: dict[int, int]
 ) -> tuple[set[int], list[Awaitable[Any]]]:
+    """:func:`_repeated_ids`, the marks sent with Faust's producer; returns their acks."""
+    acks: list[Awaitable[Any]] = []
+
+    async def expire(partition: int, timestamp: float) -> None:
+        acks.extend(await expire_marks(partition, timestamp))
+
+    async def mark(partition: int, marks: list[tuple[str, int]], timestamp: float) -> None:
+        acks.extend(await mark_counted(partition, marks, timestamp))
+
+    return await _repeated_ids(partitions, offsets, result, applied, expire, mark), acks
+
+
+async def _duplicate_ids_records(
+    partitions: list[int], offsets: list[int], result: BatchResult, applied: dict[int, int]
+) -> tuple[set[int], dict[int, list[Record]]]:
+    """:func:`_repeated_ids`, the marks as records for each partition's transaction."""
+    records: dict[int, list[Record]] = defaultdict(list)
+
+    async def expire(partition: int, timestamp: float) -> None:
+        records[partition].extend(expire_records(partition, timestamp))
+
+    async def mark(partition: int, marks: list[tuple[str, int]], timestamp: float) -> None:
+        records[partition].extend(mark_records(partition, marks, timestamp))
+
+    return await _repeated_ids(partitions, offsets, result, applied, expire, mark), records
+
+
+async def _repeated_ids(
+    partitions: list[int],
+    offsets: list[int],
+    result: BatchResult,
+    applied: dict[int, int],
+    expire: Callable[[int, float], Awaitable[None]],
+    mark: Callable[[int, list[tuple[str, int]], float], Awaitable[None]],
+) -> set[int]:
     """Indices of images whose id was already counted in their partition; marks the others.
     ``partitions[i]`` and ``offsets[i]`` are those of the record that carried outcome ``i``
     (the same for the images of a batch record).
@@ -498,9 +672,8 @@ async def _duplicate_ids(
         timestamp = message.timestamp or 0.0
         if timestamp > newest.get(partition, -1.0):
             newest[partition] = timestamp
-    acks: list[Awaitable[Any]] = []
     for partition, timestamp in newest.items():
-        acks.extend(await expire_marks(partition, timestamp))
+        await expire(partition, timestamp)
     ids = [outcome.id if isinstance(outcome, Prediction) else None for outcome in result.outcomes]
     keys = [None if image_id is None else f"{p}/{image_id}" for p, image_id in zip(partitions, ids)]
 
@@ -518,16 +691,14 @@ async def _duplicate_ids(
         log.info("not counting %d images whose id was already counted", len(duplicates))
     for partition, new in marks.items():
         if new:
-            acks.extend(await mark_counted(partition, list(new.items()), newest[partition]))
-    return duplicates, acks
+            await mark(partition, list(new.items()), newest[partition])
+    return duplicates
 
 
-async def _publish(result: BatchResult) -> list[Awaitable[Any]]:
-    """Send one prediction per valid image (one record batch per partition, see
-    :mod:`.batch_send`) and each invalid message, or invalid image of a batch record, to the
-    DLQ; the broker's acks, to be awaited."""
-    producer = app.producer
-    pending: list[Awaitable[Any]] = []
+def _outcome_records(result: BatchResult) -> tuple[list[Record], list[tuple[bytes, bytes]]]:
+    """A dead letter for each invalid message, or invalid image of a batch record, and a
+    ``(key, value)`` prediction for each valid image."""
+    dead_letters = []
     rejected = result.rejections
     if rejected:  # one line per batch, not per message: a garbage producer must not flood the log
         dlq = dlq_topic.get_topic_name()
@@ -535,9 +706,21 @@ async def _publish(result: BatchResult) -> list[Awaitable[Any]]:
         for message, error in rejected:
             headers = [(name, value.encode()) for name, value in dead_letter_attributes(error).items()]
             value = error.dead_letter_value(message.value)
-            pending.append(await producer.send(dlq, _as_bytes(message.key), value, None, None, headers))
+            dead_letters.append(Record(dlq, _as_bytes(message.key), value, None, headers))
     predictions = [
         (outcome.id.encode("utf-8"), outcome.encode()) for outcome in result.outcomes if isinstance(outcome, Prediction)
+    ]
+    return dead_letters, predictions
+
+
+async def _publish(result: BatchResult) -> list[Awaitable[Any]]:
+    """Send one prediction per valid image (one record batch per partition, see
+    :mod:`.batch_send`) and each dead letter with Faust's producer; the broker's acks, to
+    be awaited."""
+    producer = app.producer
+    dead_letters, predictions = _outcome_records(result)
+    pending: list[Awaitable[Any]] = [
+        await producer.send(r.topic, r.key, r.value, None, None, r.headers) for r in dead_letters
     ]
     if predictions:
         pending += await send_batched(producer, predictions_topic.get_topic_name(), predictions)

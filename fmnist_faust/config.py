@@ -64,6 +64,12 @@ VARIABLES: dict[str, tuple[str, str]] = {
         "Kafka consumer session timeout in seconds, minimum 6 (default {default}): a worker silent for longer "
         "loses its partitions to the others; heartbeats every tenth of it, at most 3 s",
     ),
+    "FMNIST_PROCESSING_GUARANTEE": (
+        "at_least_once",
+        "Kafka worker: at_least_once (default) or exactly_once: each batch's predictions, dead letters, score "
+        "rows, seen-id marks and input offsets committed in one transaction per input partition, so a "
+        "read_committed consumer sees each image's output once (see [Exactness](exactness.md))",
+    ),
     "FMNIST_STALL_SECONDS": (
         "60",
         "an assigned partition with images waiting and none counted for this long is logged, shown in "
@@ -159,6 +165,7 @@ KAFKA_ONLY = (
     "FMNIST_APP_ID",
     "FMNIST_WORKER_DATADIR",
     "FMNIST_SESSION_TIMEOUT",
+    "FMNIST_PROCESSING_GUARANTEE",
     "FMNIST_STALL_SECONDS",
     "FMNIST_WEB_PORT",
     "FMNIST_FAULT_CRASH_AGENT_AFTER",
@@ -214,10 +221,19 @@ def _int(env: Mapping[str, str], name: str, minimum: int = 0, maximum: int | Non
     return int(_number(env, name, minimum, maximum, int, "an integer"))
 
 
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    value = _get(env, name).strip().lower()
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r}: expected one of {', '.join(choices)}")
+    return value
+
+
 def _float(env: Mapping[str, str], name: str, minimum: float = 0.0) -> float:
     return float(_number(env, name, minimum, None, float, "a number"))
 
 
+AT_LEAST_ONCE, EXACTLY_ONCE = "at_least_once", "exactly_once"
+PROCESSING_GUARANTEES = (AT_LEAST_ONCE, EXACTLY_ONCE)
 _SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 _SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
@@ -285,6 +301,11 @@ class KafkaSettings:
     worker_datadir: Path
     session_timeout_s: float
     stall_seconds: float
+    processing_guarantee: str = "at_least_once"
+
+    @property
+    def exactly_once(self) -> bool:
+        return self.processing_guarantee == EXACTLY_ONCE
 
     @property
     def pointer_topic(self) -> str:
@@ -432,6 +453,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             worker_datadir=_path(env, "FMNIST_WORKER_DATADIR"),
             session_timeout_s=_float(env, "FMNIST_SESSION_TIMEOUT", minimum=6.0),
             stall_seconds=_float(env, "FMNIST_STALL_SECONDS", minimum=1.0),
+            processing_guarantee=_choice(env, "FMNIST_PROCESSING_GUARANTEE", PROCESSING_GUARANTEES),
         ),
         topics=TopicSettings(
             images=_get(env, "FMNIST_IMAGES_TOPIC"),

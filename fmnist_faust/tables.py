@@ -36,6 +36,7 @@ from .core.scores import Scores
 from .faust_app import app, settings
 from .offsets import use_row_offsets
 from .seen_ids import SeenIds
+from .transactions import Record
 
 
 class ScoresTable(faust.Table):
@@ -103,13 +104,29 @@ def read_tally(partition: int, scores: Scores) -> ModelTally:
     return ModelTally.of_record(row.get("models"), scores, row.get("model_version"))
 
 
-def write_row(partition: int, offset: int, scores: Scores, model_version: str, tally: ModelTally | None = None) -> None:
-    """Store locally and send the row to changelog partition ``partition``."""
-    row = {"offset": offset, "model_version": model_version, "scores": scores.to_dict()}
+def new_row(offset: int, scores: Scores, model_version: str, tally: ModelTally | None = None) -> dict[str, Any]:
+    row: dict[str, Any] = {"offset": offset, "model_version": model_version, "scores": scores.to_dict()}
     if tally is not None:
         row["models"] = tally.to_dict()
-    scores_table.data[str(partition)] = row
+    return row
+
+
+def write_row(partition: int, offset: int, scores: Scores, model_version: str, tally: ModelTally | None = None) -> None:
+    """Store locally and send the row to changelog partition ``partition``."""
+    scores_table.data[str(partition)] = new_row(offset, scores, model_version, tally)
     resend_row(partition)
+
+
+def store_row(partition: int, row: dict[str, Any]) -> None:
+    """Store a row locally only: it was committed in a transaction (:func:`row_record`)."""
+    scores_table.data[str(partition)] = row
+
+
+def row_record(partition: int, row: dict[str, Any]) -> Record:
+    """The row as a record for changelog partition ``partition``, in the bytes
+    ``send_changelog`` would produce (JSON key and value), for a transaction."""
+    topic = scores_table.changelog_topic.get_topic_name()
+    return Record(topic, json.dumps(str(partition)).encode("utf-8"), json.dumps(row).encode("utf-8"), partition)
 
 
 def resend_row(partition: int) -> None:
@@ -165,25 +182,21 @@ def counted_at(partition: int, image_id: str) -> int | None:
     return seen_ids.counted_at(partition, image_id)
 
 
-async def expire_marks(partition: int, timestamp: float) -> list[Awaitable[Any]]:
-    """Forget the chunks of ``partition`` older than the horizon before ``timestamp`` and send
-    their tombstones; returns the acks."""
+def expire_records(partition: int, timestamp: float) -> list[Record]:
+    """Forget the chunks of ``partition`` older than the horizon before ``timestamp``; their
+    tombstones, to send."""
     topic = seen_table.changelog_topic.get_topic_name()
     return [
-        await app.producer.send(topic, json.dumps(key).encode("utf-8"), None, partition, None, None)
-        for key in seen_ids.expire(partition, timestamp)
+        Record(topic, json.dumps(key).encode("utf-8"), None, partition) for key in seen_ids.expire(partition, timestamp)
     ]
 
 
-async def mark_counted(partition: int, marks: list[tuple[str, int]], timestamp: float) -> list[Awaitable[Any]]:
-    """Record that each ``(id, offset)`` of ``partition`` counted that id (``timestamp``: the newest
-    record timestamp among them); returns the acks to await.
-
-    Sent with the producer directly, in the bytes ``send_changelog`` would produce (JSON
-    key and value), so the caller can wait for the broker's ack before writing the row.
-    """
+def mark_records(partition: int, marks: list[tuple[str, int]], timestamp: float) -> list[Record]:
+    """Remember that each ``(id, offset)`` of ``partition`` counted that id (``timestamp``: the
+    newest record timestamp among them); the changelog records to send, in the bytes
+    ``send_changelog`` would produce (JSON key and value)."""
     topic = seen_table.changelog_topic.get_topic_name()
-    acks: list[Awaitable[Any]] = []
+    records = []
     for start in range(0, len(marks), MARKS_PER_MESSAGE):
         chunk = marks[start : start + MARKS_PER_MESSAGE]
         entry = {
@@ -194,12 +207,23 @@ async def mark_counted(partition: int, marks: list[tuple[str, int]], timestamp: 
         }
         key = f"{partition}@{chunk[0][1]}"
         seen_ids.remember(key, entry)
-        acks.append(
-            await app.producer.send(
-                topic, json.dumps(key).encode("utf-8"), json.dumps(entry).encode("utf-8"), partition, None, None
-            )
-        )
-    return acks
+        records.append(Record(topic, json.dumps(key).encode("utf-8"), json.dumps(entry).encode("utf-8"), partition))
+    return records
+
+
+async def _send_records(records: list[Record]) -> list[Awaitable[Any]]:
+    return [await app.producer.send(r.topic, r.key, r.value, r.partition, None, None) for r in records]
+
+
+async def expire_marks(partition: int, timestamp: float) -> list[Awaitable[Any]]:
+    """:func:`expire_records`, sent with Faust's producer; returns the acks."""
+    return await _send_records(expire_records(partition, timestamp))
+
+
+async def mark_counted(partition: int, marks: list[tuple[str, int]], timestamp: float) -> list[Awaitable[Any]]:
+    """:func:`mark_records`, sent with Faust's producer directly, so the caller can wait for the
+    broker's acks before writing the row; returns the acks."""
+    return await _send_records(mark_records(partition, marks, timestamp))
 
 
 def local_rows() -> dict[int, dict[str, Any]]:

@@ -122,7 +122,12 @@ class Worker(Service):
 
 
 def consume_topics(
-    bootstrap: str, expected: dict[str, int], timeout: float = 60.0, settle: float = 1.0, fetch_bytes: int = 1 << 20
+    bootstrap: str,
+    expected: dict[str, int],
+    timeout: float = 60.0,
+    settle: float = 1.0,
+    fetch_bytes: int = 1 << 20,
+    isolation_level: str = "read_uncommitted",
 ) -> dict[str, list]:
     """Read each topic from the beginning until it has its ``expected`` count (then ``settle``
     seconds more, to catch anything extra) or ``timeout``; returns topic -> ConsumerRecords.
@@ -140,6 +145,7 @@ def consume_topics(
             enable_auto_commit=False,
             max_partition_fetch_bytes=fetch_bytes,
             fetch_max_bytes=max(fetch_bytes, 50 << 20),
+            isolation_level=isolation_level,
         )
         await consumer.start()
         records: dict[str, list] = {topic: [] for topic in expected}
@@ -158,6 +164,60 @@ def consume_topics(
         return records
 
     return asyncio.run(run())
+
+
+def committed_and_ends(
+    bootstrap: str, group: str, topic: str, partitions: int = 4
+) -> tuple[dict[int, int | None], dict[int, int]]:
+    """The group's committed offset and the log end of every partition of ``topic``."""
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    async def run() -> tuple[dict[int, int | None], dict[int, int]]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+        await admin.start()
+        await consumer.start()
+        try:
+            tps = [TopicPartition(topic, p) for p in range(partitions)]
+            ends = await consumer.end_offsets(tps)
+            offsets = await admin.list_consumer_group_offsets(group, partitions=tps)
+            committed = {
+                tp.partition: (meta.offset if meta is not None and meta.offset >= 0 else None)
+                for tp, meta in offsets.items()
+            }
+            return committed, {tp.partition: end for tp, end in ends.items()}
+        finally:
+            await consumer.stop()
+            await admin.close()
+
+    return asyncio.run(run())
+
+
+def _report(worker) -> dict | None:
+    """The worker's ``/accuracy/``; None while a request fails (one did, right after the broker
+    resumed); fails at once, with its log, when the worker has exited."""
+    try:
+        return worker.accuracy()
+    except requests.ConnectionError:
+        if worker.proc is not None and worker.proc.poll() is not None:
+            raise AssertionError(f"the worker exited with status {worker.proc.returncode}:\n{worker.log()}") from None
+        return None
+
+
+def counted(worker) -> int:
+    """Images the worker reports; 0 while a request fails."""
+    report = _report(worker)
+    return 0 if report is None else int(report["images"])
+
+
+def handled(worker) -> int:
+    """Messages the worker reports, counted images plus dead-lettered ones (a message that is
+    not an image never counts as one); 0 while a request fails."""
+    report = _report(worker)
+    return 0 if report is None else int(report["images"]) + int(report["rejected"])
 
 
 def consume_topic(bootstrap: str, topic: str, expected: int, timeout: float = 60.0, settle: float = 1.0) -> list:

@@ -18,13 +18,17 @@ from types import ModuleType
 from typing import Any
 
 import aiokafka
+import aiokafka.consumer.subscription_state
 import faust
 import faust.app.base
 import faust.streams
+import faust.tables.manager
 import faust.tables.recovery
 import faust.transport.consumer
 import pytest
+from aiokafka.consumer.subscription_state import Assignment, TopicPartitionState
 from aiokafka.producer.message_accumulator import BatchBuilder
+from aiokafka.producer.transaction_manager import TransactionManager, TransactionState
 from faust.sensors import Monitor
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from mode.utils.queues import FlowControlEvent, FlowControlQueue
@@ -60,6 +64,15 @@ METHODS: list[tuple[type, str, list[str]]] = [
     (Histogram, "_raise_if_not_observable", []),
     (FlowControlEvent, "clear", []),  # offsets.ReadAgainOnClear
     (FlowControlEvent, "resume", []),
+    # exactly_once (offsets.py, recovery.py, transactions.py)
+    (faust_aiokafka.Consumer, "_new_consumer_thread", []),
+    (faust_aiokafka.AIOKafkaConsumerThread, "_create_worker_consumer", ["transport"]),
+    (faust.tables.recovery.Recovery, "on_rebalance", ["assigned", "revoked", "newly_assigned", "generation_id"]),
+    (faust.tables.recovery.Recovery, "need_recovery", []),
+    (Assignment, "state_value", ["tp"]),
+    (TransactionManager, "is_fatal_error", []),
+    (TransactionManager, "wait_for_transaction_end", []),
+    (aiokafka.AIOKafkaProducer, "send_offsets_to_transaction", ["offsets", "group_id"]),
 ]
 
 # Hooks we override: the library module that calls them, so an override is not left behind
@@ -77,6 +90,11 @@ OVERRIDDEN_HOOKS: list[tuple[str, ModuleType]] = [
     ("apply_changelog_batch", faust.tables.recovery),
     ("flow_control", faust.tables.recovery),  # recovery resumes it; faust_app.App builds our own
     ("clear", faust.app.base),  # flow_control.clear() on a revoke
+    ("_new_consumer_thread", faust.transport.consumer),
+    ("_create_worker_consumer", faust_aiokafka),
+    ("need_recovery", faust.tables.recovery),
+    ("recovery", faust.tables.manager),  # TableManager.recovery, replaced by FencingTableManager's
+    ("on_rebalance", faust.tables.manager),  # the manager calls its recovery's on_rebalance
 ]
 
 
@@ -111,7 +129,7 @@ def test_the_workers_consumer_has_the_instance_attributes_we_use() -> None:
         "import json\n"
         "from fmnist_faust.faust_app import app\n"
         "c = app.consumer\n"
-        "print(json.dumps({'consumer': type(c).__qualname__, 'thread': type(c._thread).__qualname__,\n"
+        "print(json.dumps({'consumer': type(c).__qualname__, 'thread': type(c._thread).__mro__[1].__qualname__,\n"
         "  'committed_offset': hasattr(c._committed_offset, 'get'), 'read_offset': hasattr(c._read_offset, 'get'),\n"
         "  'producer': type(app.producer).__module__ + '.' + type(app.producer).__qualname__,\n"
         "  'monitor': isinstance(app.monitor, __import__('faust').sensors.Monitor),\n"
@@ -135,6 +153,44 @@ def test_the_workers_consumer_has_the_instance_attributes_we_use() -> None:
         "monitor": True,
         "flow_control": "ReadAgainOnClear",
     }
+
+
+def test_the_transactional_worker_reads_committed_and_the_names_it_reads_exist() -> None:
+    """With exactly_once, the aiokafka consumer the worker's thread builds reads committed
+    (table recovery then applies committed changelog records only), Faust's flag that picks
+    it is back off afterwards (its commit path reads it too), the recovery is ours, and the
+    attributes read by ``offsets.RowOffsetConsumer._note_delivered`` and
+    ``transactions._abortable`` exist."""
+    probe = (
+        "import asyncio, json\n"
+        "from fmnist_faust.faust_app import app\n"
+        "import fmnist_faust.agents\n"
+        "async def build():\n"
+        "    c = app.consumer\n"
+        "    k = c._thread._create_worker_consumer(app.transport)\n"
+        "    return {'isolation': k._isolation_level, 'flag': c.in_transaction,\n"
+        "      'subscription': hasattr(k._subscription, 'subscription'),\n"
+        "      'recovery': type(app.tables.recovery).__name__}\n"
+        "print(json.dumps(asyncio.run(build())))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": "/usr/bin:/bin", "FMNIST_PROCESSING_GUARANTEE": "exactly_once"},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {
+        "isolation": "read_committed",
+        "flag": False,
+        "subscription": True,
+        "recovery": "FencingRecovery",
+    }
+    assert {"IN_TRANSACTION", "ABORTABLE_ERROR"} <= set(TransactionState.__members__)
+    assert {"has_valid_position", "position"} <= set(dir(TopicPartitionState))
+    assert "self.state = " in inspect.getsource(TransactionManager.__init__)
 
 
 def _samples(histogram: Histogram) -> dict[tuple[str, tuple[Any, ...]], float]:

@@ -122,6 +122,7 @@ def test_seek_runs_on_the_consumer_thread() -> None:
 
     class _Consumer:
         _thread = _Thread()
+        _delivered: dict[TP, tuple[int, int]] = {}
 
     tp = _images(1)
     asyncio.run(RowOffsetConsumer._seek(_Consumer(), tp, 42))  # type: ignore[arg-type]
