@@ -114,7 +114,7 @@ def test_env_var_list_matches_load_settings() -> None:
     assert set(config.ENV_VARS) == set(config.env_var_names())
     # And, independently of running it, the names in load_settings' source.
     source = Path(config.__file__).read_text()
-    in_source = set(re.findall(r'_(?:get|int|float|path)\(env, "([A-Z0-9_]+)"', source))
+    in_source = set(re.findall(r'_(?:get|int|float|path|choice)\(env, "([A-Z0-9_]+)"', source))
     assert in_source == set(config.ENV_VARS)
     assert all(meaning.strip() and "\n" not in meaning for meaning in config.ENV_VARS.values())
 

@@ -9,6 +9,8 @@ duplicate id, counted once).
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -21,13 +23,18 @@ from fmnist_faust.client import KafkaProducer
 from fmnist_faust.config import load_settings
 from fmnist_faust.core.contract import encode_image
 from fmnist_faust.kafka_admin import ensure_topics_sync
-from support import broker_pid, freeze, offline_confusion, wait_until
+from support import broker_pid, offline_confusion, wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.chaos]
 
 COUNT = 20_000
 IN_FLIGHT = 2_000
 FREEZE_S = 6.0
+
+
+def thaw(pid: int, after_s: float) -> None:
+    time.sleep(after_s)
+    os.kill(pid, signal.SIGCONT)
 
 
 @pytest.mark.timeout(300)
@@ -41,18 +48,19 @@ def test_a_frozen_broker_loses_no_image_and_the_report_is_exact(
     images, labels = test_split.images[rows], test_split.labels[rows].astype(int)
     pid = broker_pid()
     producer = KafkaProducer(settings, settings.topics.images, max_in_flight=IN_FLIGHT, request_timeout_s=2.0)
-    frozen = threading.Thread(target=freeze, args=(pid, FREEZE_S))
+    thawed = threading.Thread(target=thaw, args=(pid, FREEZE_S))
     started = time.monotonic()
     for start in range(0, COUNT, 500):
         producer.produce_many(
             (encode_image(f"img-{i}", images[i], int(labels[i]), time.time()), f"img-{i}")
             for i in range(start, start + 500)
         )
-        if start == 4000:
-            frozen.start()
+        if start == 4000:  # frozen here, not by a thread that may start late on a busy machine
+            os.kill(pid, signal.SIGSTOP)
+            thawed.start()
     producer.close()  # raises DeliveryError if anything was not delivered
     elapsed = time.monotonic() - started
-    frozen.join()
+    thawed.join()
 
     assert producer.delivered == COUNT and producer.failed == 0
     assert producer.retried > 0, "the freeze did not make any send fail: the test proved nothing"
