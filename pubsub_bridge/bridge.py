@@ -57,6 +57,7 @@ from fmnist_faust.core.pipeline import STEP_IMAGES
 from fmnist_faust.core.recent import RecentMistakes
 from fmnist_faust.core.registry import ModelRegistry
 from fmnist_faust.core.rollout import ModelSwitch
+from fmnist_faust.core.scores import Scores
 
 from .clients import BulkPublisher, subscriber_client
 from .handler import BatchHandler, Delivery, TransientError
@@ -363,6 +364,10 @@ def run(settings: Settings) -> int:
         log.error("%s", exc)
         store.close()
         return 1
+    except store.transient_errors as exc:  # the database went away right after opening: a supervisor restarts
+        log.error("the state store %s became unavailable while starting (%s)", store.location, exc)
+        store.close()
+        return 1
     recent = RecentMistakes()
     subscriber = subscriber_client(settings.pubsub)
     subscription = subscriber.subscription_path(settings.pubsub.project, settings.pubsub.images_subscription)
@@ -443,15 +448,16 @@ def run(settings: Settings) -> int:
             )
         ]
         health.streams = futures
+        counted = committed_scores(store)
         where = f"emulator {settings.pubsub.emulator_host}" if settings.pubsub.emulator_host else "Google Cloud"
         log.info(
-            "bridge running: model %s, pulling %s on %s (%d streams), scores %s (%d images so far), web %s/",
+            "bridge running: model %s, pulling %s on %s (%d streams), scores %s (%s images so far), web %s/",
             models.current().live.version,
             subscription,
             where,
             len(futures),
             store.location,
-            store.scores.images,
+            "unknown" if counted is None else counted.images,
             web.url,
         )
         while not stop.wait(POLL_SECONDS):
@@ -467,13 +473,29 @@ def run(settings: Settings) -> int:
         follower.stop()
     publisher.stop()  # flushes anything still batched
     web.stop()
-    totals = store.scores
+    totals = committed_scores(store)
     store.close()
     if error is not None:
         log.error("the bridge stopped on an error: %s", _explain(error, subscription))
         return 1
-    log.info("stopped cleanly: %d images counted, accuracy %s", totals.images, totals.report(None)["accuracy"])
+    if totals is None:
+        log.info("stopped cleanly; the totals could not be read (the store is unavailable)")
+    else:
+        log.info("stopped cleanly: %d images counted, accuracy %s", totals.images, totals.report(None)["accuracy"])
     return 0
+
+
+def committed_scores(store: Store) -> Scores | None:
+    """The fleet's committed totals for a log line, or None while the store is away.
+
+    The main thread reads them once the web server and the streams are up; a database
+    restart at that moment must not end the bridge with a traceback (the batcher holds its
+    batch through the outage and ``/accuracy/`` answers 503 until the store is back)."""
+    try:
+        return store.scores
+    except store.transient_errors as exc:
+        log.warning("the state store %s is unavailable (%s); the totals are not logged", store.location, exc)
+        return None
 
 
 def _install_signal_handlers() -> threading.Event:

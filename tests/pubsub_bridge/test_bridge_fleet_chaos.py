@@ -89,10 +89,6 @@ def wait_images(replicas: list[Replica], count: int, what: str, timeout: float =
     raise AssertionError(f"timed out waiting for {what}: {[r.images() for r in replicas]}\n{replicas[0].log()}")
 
 
-# Rerun once: in about one full-suite run of three under load, a replica exits after the
-# SIGKILLs and the database restart, most likely by the rule that an ended streaming pull
-# stops the bridge (exit 1). Whether it should reopen the stream instead is open.
-@pytest.mark.flaky(reruns=1)
 def test_three_replicas_on_one_postgres_survive_sigkills_and_a_database_restart(
     pubsub_setup: Settings,
     fleet: list[Replica],

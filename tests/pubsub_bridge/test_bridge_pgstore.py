@@ -14,6 +14,7 @@ import pytest
 from bench.local_postgres import PASSWORD, LocalPostgres
 from fmnist_faust.core.contract import Prediction
 from fmnist_faust.core.pipeline import BatchResult, RawMessage
+from pubsub_bridge.bridge import committed_scores
 from pubsub_bridge.pgstore import MIGRATIONS, PRUNE_LOCK, PostgresStore
 from pubsub_bridge.store import describe_open_error, image_key, open_store
 
@@ -117,6 +118,21 @@ def test_a_server_restart_is_a_transient_error_then_the_store_reconnects(postgre
     assert store.scores.images == 1  # reconnected by itself
     store.commit(batch_for(keys), keys, "v1", 10)  # the retried batch: "a" skipped, "b" counted
     assert store.scores.images == 2 and store.counted() == 2
+    store.close()
+
+
+def test_the_bridges_logged_totals_survive_a_server_restart(
+    postgres: LocalPostgres, pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The bridge's main thread reads the totals for its log lines; a restart at that moment
+    is one warning, not a crash."""
+    store = PostgresStore(pg_url)
+    store.commit(batch_for([image_key("a")]), [image_key("a")], "v1", 10)
+    postgres.restart()  # cuts every connection
+    assert committed_scores(store) is None
+    assert [r.levelname for r in caplog.records if "unavailable" in r.getMessage()] == ["WARNING"]
+    counted = committed_scores(store)  # reconnected by itself
+    assert counted is not None and counted.images == 1
     store.close()
 
 
