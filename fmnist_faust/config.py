@@ -34,6 +34,11 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "FMNIST_IMAGES_TOPIC": ("images", "topic of incoming images (default {default})"),
     "FMNIST_PREDICTIONS_TOPIC": ("predictions", "topic of predictions (default {default})"),
     "FMNIST_DLQ_TOPIC": ("images-dlq", "dead-letter topic for bad messages (default {default})"),
+    "FMNIST_LABELS_TOPIC": (
+        "labels",
+        'topic of delayed labels, `{{"id": str, "label": 0-9}}` keyed by image id, on Kafka (as many '
+        "partitions as the images topic) and Pub/Sub (default {default}; see [Delayed labels](labels.md))",
+    ),
     "FMNIST_PARTITIONS": ("4", "partitions of the app's topics (default {default})"),
     "FMNIST_APP_ID": ("fmnist-faust", "Faust app id / consumer group (default {default})"),
     "FMNIST_WORKER_DATADIR": (".run/worker", "Faust worker data directory (default {default})"),
@@ -53,6 +58,12 @@ VARIABLES: dict[str, tuple[str, str]] = {
         "FMNIST_MAX_MESSAGE_BYTES: about 1,000 images with short ids per MiB (see [Wire contract](wire-contract.md))",
     ),
     "FMNIST_WINDOW_SECONDS": ("10", "width of the accuracy windows in seconds (default {default})"),
+    "FMNIST_LABEL_WAIT_SECONDS": (
+        "3600",
+        "both backends: how long a prediction waits for its label and a label for its image, by record time, "
+        "before it counts as expired (default {default}, minimum 1); bounds the join state: each id is held "
+        "this long after it is first seen (see [Delayed labels](labels.md))",
+    ),
     "FMNIST_DEDUPE_SECONDS": (
         "3600",
         "dedupe horizon, both backends: an image id re-sent within it is counted once, after it counts again; "
@@ -99,6 +110,10 @@ VARIABLES: dict[str, tuple[str, str]] = {
         "subscription for reading predictions (default {default})",
     ),
     "PUBSUB_DLQ_SUBSCRIPTION": ("images-dlq-sub", "subscription on the dead-letter topic (default {default})"),
+    "PUBSUB_LABELS_SUBSCRIPTION": (
+        "labels-sub",
+        "subscription the bridge pulls delayed labels from, on FMNIST_LABELS_TOPIC (default {default})",
+    ),
     "BRIDGE_MAX_MESSAGES": ("2000", "bridge flow control: messages outstanding (default {default})"),
     "BRIDGE_MAX_BYTES": (str(64 << 20), "bridge flow control: bytes outstanding (default 64 MiB)"),
     "BRIDGE_STREAMS": (
@@ -157,8 +172,10 @@ NAMED_RESOURCES = (
     "FMNIST_IMAGES_TOPIC",
     "FMNIST_PREDICTIONS_TOPIC",
     "FMNIST_DLQ_TOPIC",
+    "FMNIST_LABELS_TOPIC",
     "PUBSUB_DEAD_LETTER_TOPIC",
     "PUBSUB_IMAGES_SUBSCRIPTION",
+    "PUBSUB_LABELS_SUBSCRIPTION",
     "PUBSUB_PREDICTIONS_SUBSCRIPTION",
     "PUBSUB_DLQ_SUBSCRIPTION",
     "PUBSUB_DEAD_LETTER_SUBSCRIPTION",
@@ -294,6 +311,7 @@ class TopicSettings:
     images: str
     predictions: str
     dlq: str
+    labels: str
 
 
 @dataclass(frozen=True)
@@ -306,6 +324,7 @@ class PipelineSettings:
     max_batch_images: int
     window_seconds: int
     dedupe_seconds: float
+    label_wait_s: float
 
 
 @dataclass(frozen=True)
@@ -328,6 +347,7 @@ class PubSubSettings:
     images_subscription: str
     predictions_subscription: str
     dlq_subscription: str
+    labels_subscription: str
     dead_letter_topic: str
     dead_letter_subscription: str
     max_delivery_attempts: int
@@ -417,6 +437,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             images=_get(env, "FMNIST_IMAGES_TOPIC"),
             predictions=_get(env, "FMNIST_PREDICTIONS_TOPIC"),
             dlq=_get(env, "FMNIST_DLQ_TOPIC"),
+            labels=_get(env, "FMNIST_LABELS_TOPIC"),
         ),
         pipeline=PipelineSettings(
             batch_size=_int(env, "FMNIST_BATCH_SIZE", minimum=1),
@@ -425,6 +446,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             max_batch_images=_int(env, "FMNIST_MAX_BATCH_IMAGES", minimum=1, maximum=BATCH_IMAGES_LIMIT),
             window_seconds=_int(env, "FMNIST_WINDOW_SECONDS", minimum=1),
             dedupe_seconds=_float(env, "FMNIST_DEDUPE_SECONDS", minimum=1.0),
+            label_wait_s=_float(env, "FMNIST_LABEL_WAIT_SECONDS", minimum=1.0),
         ),
         model=_model_settings(env, data_dir),
         web=WebSettings(host=_get(env, "FMNIST_WEB_HOST"), port=_int(env, "FMNIST_WEB_PORT", minimum=1)),
@@ -434,6 +456,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             images_subscription=_get(env, "PUBSUB_IMAGES_SUBSCRIPTION"),
             predictions_subscription=_get(env, "PUBSUB_PREDICTIONS_SUBSCRIPTION"),
             dlq_subscription=_get(env, "PUBSUB_DLQ_SUBSCRIPTION"),
+            labels_subscription=_get(env, "PUBSUB_LABELS_SUBSCRIPTION"),
             dead_letter_topic=_get(env, "PUBSUB_DEAD_LETTER_TOPIC"),
             dead_letter_subscription=_get(env, "PUBSUB_DEAD_LETTER_SUBSCRIPTION"),
             max_delivery_attempts=_int(env, "PUBSUB_MAX_DELIVERY_ATTEMPTS", minimum=5, maximum=100),
