@@ -414,6 +414,14 @@ def run(settings: Settings) -> int:
     subscriber = subscriber_client(settings.pubsub)
     subscription = subscriber.subscription_path(settings.pubsub.project, settings.pubsub.images_subscription)
     labels_subscription = subscriber.subscription_path(settings.pubsub.project, settings.pubsub.labels_subscription)
+    for name in (subscription, labels_subscription):
+        try:  # a missing subscription is reported at once, before the views answer as if all were well
+            subscriber.get_subscription(request={"subscription": name})
+        except GoogleAPICallError as exc:
+            log.error("the bridge stopped on an error: %s", _explain(exc, name))
+            subscriber.close()
+            store.close()
+            return 1
     health = BridgeHealth(models, subscription)
     views = Views(
         scores=lambda: store.scores,
@@ -443,15 +451,6 @@ def run(settings: Settings) -> int:
     )
     error: BaseException | None = None
     with subscriber:
-        for name in (subscription, labels_subscription):
-            try:  # a missing subscription is reported at once, not after the first pull
-                subscriber.get_subscription(request={"subscription": name})
-            except GoogleAPICallError as exc:
-                log.error("the bridge stopped on an error: %s", _explain(exc, name))
-                publisher.stop()
-                web.stop()
-                store.close()
-                return 1
         acker = StreamAcker(subscriber, subscription)
         label_acker = StreamAcker(subscriber, labels_subscription)
         handler = BatchHandler(
