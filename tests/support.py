@@ -334,6 +334,19 @@ class DelayedLabels:
         assert got["awaiting_image"] == 0 and got["expired"] == self.UNKNOWN
         assert got["received"] == len(joined) + len(self.twice) + self.UNKNOWN
 
+    def check_metrics(self, url: str, report: dict) -> None:
+        """``/metrics`` exports the label counts of ``report`` under the names both backends share."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = requests.get(url + "/metrics", timeout=10).text
+        samples = {
+            (s.name, s.labels.get("outcome")): s.value for f in text_string_to_metric_families(text) for s in f.samples
+        }
+        assert samples[("fmnist_awaiting_label", None)] == report["awaiting_label"]
+        assert samples[("fmnist_label_expired", None)] == report["label_expired"]
+        for outcome in ("joined", "awaiting_image", "expired", "repeated", "late", "rejected"):
+            assert samples[("fmnist_labels", outcome)] == report["labels"][outcome], outcome
+
     def figures(self, report: dict) -> dict:
         """The closing figures of one run, for the record (``pytest -s``)."""
         keys = ("images", "labeled", "correct", "accuracy", "awaiting_label", "label_expired")

@@ -106,6 +106,7 @@ def test_delayed_labels_join_exactly_across_a_sigkill(
     time.sleep(2)  # anything counted twice would show now
     report = worker.accuracy()
     plan.check_expired(report, tiny_model, images, labels)
+    plan.check_metrics(worker.url, report)
     by_model = report["by_model"]
     assert sum(part["live"]["labeled"] for part in by_model.values() if part["live"]) == report["labeled"]
     assert sum(part["live"]["label_expired"] for part in by_model.values() if part["live"]) == len(plan.never)

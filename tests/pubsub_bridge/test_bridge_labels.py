@@ -110,6 +110,7 @@ def test_delayed_labels_join_exactly_across_a_sigkill(
     time.sleep(2)  # anything redelivered now must not change the totals
     report = bridge.accuracy()
     plan.check_expired(report, tiny_model, images, labels)
+    plan.check_metrics(bridge.url, report)
     live = [part["live"] for part in report["by_model"].values() if part["live"]]
     assert sum(part["labeled"] for part in live) == report["labeled"]
     assert sum(part["label_expired"] for part in live) == len(plan.never)
