@@ -1,6 +1,6 @@
 """The bridge with each state store, and a fleet: images/s and commit latency.
 
-    source .services.env && .venv/bin/python bench/fleet_bench.py [--images 10000]
+    source .services.env && .venv/bin/python -m bench.fleet_bench [--images 10000]
 
 For each configuration — SQLite, one replica; PostgreSQL, one replica; PostgreSQL, two
 replicas (each in its own working directory) — a fresh set of topics and subscriptions on
@@ -10,7 +10,7 @@ moment ``/accuracy/`` shows them all (so the emulator's pull rate and the other 
 start-up are in it), and commit latency
 p50/p99 is read from the replicas' ``fmnist_bridge_commit_seconds`` histograms (linear
 within a bucket). PostgreSQL is a throwaway local server with fsync=on
-(tests/pubsub_bridge/pg_helpers.py). Prints a Markdown table.
+(:mod:`bench.local_postgres`). Prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -24,13 +24,14 @@ import time
 import uuid
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "pubsub_bridge")]
+from fmnist_faust.client import MainManager
+from fmnist_faust.config import load_settings, run_names
+from fmnist_faust.core import dataset, model
+from fmnist_faust.netutil import free_port, get_json, wait_ready
+from pubsub_bridge.admin import setup, teardown
 
-from fmnist_faust.config import load_settings, run_names  # noqa: E402
-from fmnist_faust.core import dataset, model  # noqa: E402
-from fmnist_faust.netutil import free_port, get_json, wait_ready  # noqa: E402
-from pubsub_bridge.admin import setup, teardown  # noqa: E402
+from .common import produce
+from .local_postgres import LocalPostgres, find_bin_dir
 
 
 def histogram(port: int) -> list[tuple[float, float]]:
@@ -58,16 +59,17 @@ def quantile(buckets: list[tuple[float, float]], q: float) -> float:
 
 
 def run(url: str, replicas: int, images: int, model_path: Path, split: dataset.Split, scratch: Path) -> dict:
-    from bridge_helpers import publish_images  # type: ignore[import-not-found]
-
     tag = uuid.uuid4().hex[:8]
     env = dict(os.environ, **run_names(tag))
     env.update(FMNIST_MODEL_PATH=str(model_path), FMNIST_LOG_LEVEL="warning", BRIDGE_STATE_URL=url)
     settings = load_settings(env)
     setup(settings)
     try:
-        for n in range(0, images, 10000):
-            publish_images(settings, split, range(min(10000, images - n)), prefix=f"r{n}")
+        producer = MainManager("pubsub", settings).create_producer(settings.topics.images)
+        try:
+            produce(producer, split.images, split.labels, images, "fleet")
+        finally:
+            producer.close()
         procs, ports, logs = [], [], []
         for r in range(replicas):  # all spawned at once, so none pulls alone for long
             port = free_port()
@@ -121,8 +123,6 @@ def main() -> None:
     args = parser.parse_args()
     if not os.environ.get("PUBSUB_EMULATOR_HOST"):
         sys.exit("PUBSUB_EMULATOR_HOST is not set: source .services.env (tools/services.sh start pubsub)")
-    from pg_helpers import LocalPostgres, find_bin_dir  # type: ignore[import-not-found]
-
     bin_dir = find_bin_dir()
     if bin_dir is None:
         sys.exit("no PostgreSQL installed (apt-get install postgresql)")

@@ -66,6 +66,31 @@ def _peers_lines(peers: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _guarantee_lines(guarantees: dict[str, Any]) -> list[str]:
+    """The worker at_least_once next to exactly_once, same topics, alternating rounds."""
+    if not guarantees:
+        return []
+    if "error" in guarantees:
+        return [f"Processing guarantees: FAILED: {guarantees['error'][:200]}", ""]
+    lines = [
+        f"`FMNIST_PROCESSING_GUARANTEE` (`guarantees`): {_n(guarantees.get('images'))} pre-loaded images per variant, "
+        f"best of {guarantees.get('rounds')} alternating rounds:",
+        "",
+        "| Variant | at_least_once /s | exactly_once /s | exactly_once / at_least_once (best) | median of rounds |"
+        " CPU ms/image (alo / eos) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for variant in ("per_record", "batch_records"):
+        row = guarantees.get(variant, {})
+        rates, cpu = row.get("images_per_s", {}), row.get("cpu_ms_per_image", {})
+        lines.append(
+            f"| {variant} | {_n(rates.get('at_least_once'))} | {_n(rates.get('exactly_once'))} | "
+            f"{_x(row.get('exactly_once_over_at_least_once'))} | {_x(row.get('median_round_ratio'))} | "
+            f"{_n(cpu.get('at_least_once'), 3)} / {_n(cpu.get('exactly_once'), 3)} |"
+        )
+    return [*lines, ""]
+
+
 def _per_record_lines(per_record: dict[str, Any]) -> list[str]:
     """Stage 3b: the worker vs Faust's probes on one pre-loaded topic, per event loop."""
     if not per_record:
@@ -281,6 +306,7 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append("")
     lines += _per_record_lines(results.get("per_record", {}))
     lines += _peers_lines(results.get("peers", {}))
+    lines += _guarantee_lines(results.get("guarantees", {}))
     lat = kafka.get("latency", {})
     if lat:
         lines += [

@@ -48,6 +48,7 @@ ALL_STAGES = (
     "kafka_batched",
     "bridge_batched",
     "peers",
+    "guarantees",
 )
 TARGETS = {
     "kafka_images_per_s": 20_000,
@@ -65,6 +66,7 @@ TARGETS = {
     "bridge_multistream_over_raw_single_stream": 1.5,
     "worker_rss_mb": 400,
     "worker_ready_s": 15,
+    "exactly_once_over_at_least_once": 0.9,
 }
 
 
@@ -171,6 +173,15 @@ def targets(results: dict[str, Any], ratio: dict[str, float | None]) -> dict[str
             TARGETS["bridge_multistream_over_raw_single_stream"],
             True,
         ),
+        # per variant: the median of the rounds' exactly_once / at_least_once (the machine is shared)
+        **{
+            f"exactly_once_over_at_least_once_{variant}": check(
+                results.get("guarantees", {}).get(variant, {}).get("median_round_ratio"),
+                TARGETS["exactly_once_over_at_least_once"],
+                True,
+            )
+            for variant in ("per_record", "batch_records")
+        },
         "worker_rss_mb": check(kafka.get("peak_rss_mb"), TARGETS["worker_rss_mb"], False),
         "worker_ready_s": check(kafka.get("ready_s_empty_changelog"), TARGETS["worker_ready_s"], False),
         "bridge_rss_mb": check(bridge.get("peak_rss_mb"), TARGETS["worker_rss_mb"], False),
@@ -245,6 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "kafka_batched": stages.kafka_batched,
         "bridge_batched": stages.bridge_batched,
         "peers": stages.peers,
+        "guarantees": stages.guarantees,
     }
     failed = []
     try:

@@ -83,6 +83,8 @@ class Plan:
     bridge_batched_images: int = 100_000
     peers_images: int = 50_000
     peers_rounds: int = 3
+    guarantee_images: int = 20_000  # per variant: one image per record, and in batch records
+    guarantee_rounds: int = 3
 
     @classmethod
     def smoke(cls) -> Plan:
@@ -111,6 +113,8 @@ class Plan:
             bridge_batched_images=5_000,
             peers_images=2_000,
             peers_rounds=1,
+            guarantee_images=2_000,
+            guarantee_rounds=1,
         )
 
 
@@ -351,15 +355,17 @@ def preloaded_run(
     name: str,
     loop: str | None = None,
     poll_s: float = 0.1,
+    extra_env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Start a worker on a topic already holding ``n`` images; time until all are counted.
 
     Also its CPU time per image (user + system, all threads, from the first counted batch
     to the last, so the one-off model load is left out): less sensitive than wall-clock
     rates to what else runs on the machine. ``loop``: Faust's ``-L`` (None: the worker's default);
-    ``poll_s``: how often /accuracy/ is asked (the rate comes from the predictions' timestamps).
+    ``poll_s``: how often /accuracy/ is asked (the rate comes from the predictions' timestamps);
+    ``extra_env``: more of the worker's variables.
     """
-    env = _worker_env(ctx, name, topic, batch, linger)
+    env = _worker_env(ctx, name, topic, batch, linger) | (extra_env or {})
     spawned = time.time()
     worker = _start_worker(ctx, name, env, loop)
     try:
@@ -684,6 +690,59 @@ def per_record(ctx: Context) -> dict[str, Any]:
         out["worker_uvloop_over_aio"] = _ratio(
             by_loop["uvloop"]["images_per_s"]["worker"], by_loop["aio"]["images_per_s"]["worker"]
         )
+    return out
+
+
+GUARANTEES = ("at_least_once", "exactly_once")
+
+
+def guarantees(ctx: Context) -> dict[str, Any]:
+    """The worker with ``FMNIST_PROCESSING_GUARANTEE`` at_least_once and exactly_once, in
+    alternating rounds on the same pre-loaded topics (one image per record, and batch records
+    of ``images_per_record``): each keeps its best round, and each round's exactly_once over
+    the at_least_once run just before it is kept too, with their median (the machine is
+    shared: only ratios within one run mean anything)."""
+    plan = ctx.plan
+    n, per = plan.guarantee_images, plan.images_per_record
+    batch, linger = CODE_DEFAULTS.pipeline.batch_size, CODE_DEFAULTS.pipeline.batch_linger_s
+    variants = {"per_record": (ctx.name("g-pr-images"), 0), "batch_records": (ctx.name("g-br-images"), per)}
+    for topic, per_record in variants.values():
+        create_topics(ctx.bootstrap, [topic], ctx.settings.kafka.partitions)
+        ctx.produce_kafka(topic, n, topic[-12:], per_record=per_record)
+    out: dict[str, Any] = {"images": n, "images_per_record": per, "rounds": plan.guarantee_rounds}
+    for variant, (topic, _) in variants.items():
+        runs: dict[str, list[dict[str, Any]]] = {g: [] for g in GUARANTEES}
+        for round_ in range(plan.guarantee_rounds):
+            for guarantee in GUARANTEES:
+                row = preloaded_run(
+                    ctx,
+                    topic,
+                    n,
+                    batch,
+                    linger,
+                    f"g-{variant}-{guarantee}-{round_}",
+                    poll_s=0.5,
+                    extra_env={"FMNIST_PROCESSING_GUARANTEE": guarantee},
+                )
+                runs[guarantee].append(row)
+            ctx.log(
+                f"  {variant} round {round_}: "
+                + ", ".join(f"{g} {rows[-1]['images_per_s']:,}/s" for g, rows in runs.items())
+            )
+        best = {g: max(rows, key=lambda r: r["images_per_s"]) for g, rows in runs.items()}
+        ratios = [
+            _ratio(e["images_per_s"], a["images_per_s"]) for a, e in zip(runs["at_least_once"], runs["exactly_once"])
+        ]
+        out[variant] = {
+            "images_per_s": {g: row["images_per_s"] for g, row in best.items()},
+            "cpu_ms_per_image": {g: row["worker_cpu_ms_per_image"] for g, row in best.items()},
+            "rounds_images_per_s": {g: [r["images_per_s"] for r in rows] for g, rows in runs.items()},
+            "exactly_once_over_at_least_once": _ratio(
+                best["exactly_once"]["images_per_s"], best["at_least_once"]["images_per_s"]
+            ),
+            "round_ratios": ratios,
+            "median_round_ratio": statistics.median(r or 0.0 for r in ratios),
+        }
     return out
 
 

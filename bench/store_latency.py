@@ -1,8 +1,8 @@
 """Commit latency of the bridge's state stores: one transaction of 500 new ids + the totals.
 
-    .venv/bin/python bench/store_latency.py [--commits 200] [--ids 500] [--url postgresql://...]
+    .venv/bin/python -m bench.store_latency [--commits 200] [--ids 500] [--url postgresql://...]
 
-Without ``--url`` a throwaway PostgreSQL is started as the tests do (tests/pubsub_bridge/pg_helpers.py).
+Without ``--url`` a throwaway PostgreSQL is started as the tests do (:mod:`bench.local_postgres`).
 Prints p50/p95/p99 in ms for SQLite (WAL, synchronous=FULL, in a temp dir) and PostgreSQL.
 The server started here runs with fsync=on (the tests' runs with fsync=off).
 """
@@ -14,14 +14,12 @@ import statistics
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "pubsub_bridge")]
+from fmnist_faust.core.contract import Prediction
+from fmnist_faust.core.pipeline import BatchResult, RawMessage
+from pubsub_bridge.store import image_key, open_store
 
-from fmnist_faust.core.contract import Prediction  # noqa: E402
-from fmnist_faust.core.pipeline import BatchResult, RawMessage  # noqa: E402
-from pubsub_bridge.store import image_key, open_store  # noqa: E402
+from .local_postgres import LocalPostgres, find_bin_dir
 
 
 def measure(url: str, commits: int, ids: int) -> list[float]:
@@ -55,8 +53,6 @@ def main() -> None:
     server = None
     url = args.url
     if not url:
-        from pg_helpers import LocalPostgres, find_bin_dir  # type: ignore[import-not-found]
-
         bin_dir = find_bin_dir()
         if bin_dir is None:
             sys.exit("no PostgreSQL installed (apt-get install postgresql) and no --url")

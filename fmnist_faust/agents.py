@@ -35,14 +35,15 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
-import os
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
+from aiokafka import TopicPartition
 from faust.exceptions import ConsumerNotStarted
 from faust.types import TP
+from mode import Service
 
 from . import metrics, partition_guard
 from .batch_send import send_batched
@@ -57,20 +58,28 @@ from .faust_app import app, exit_now, settings
 from .fetches import Fetch
 from .kafka_admin import ensure_topics
 from .label_join import JoinStep, join_step
+from .offsets import read_again_on_clear
 from .progress import Progress
+from .recovery import hooks as recovery_hooks
 from .rollout import apply_pointer, current_models, load_default, read_pointer
 from .tables import (
     counted_at,
     expire_marks,
+    expire_records,
     labels_offset,
     mark_counted,
+    mark_records,
+    new_row,
     read_row,
     read_tally,
+    resend_row,
     row_join,
     row_offset,
-    write_row,
+    row_record,
+    store_row,
 )
 from .topics import dlq_topic, images_topic, inputs_topic, labels_topic, predictions_topic
+from .transactions import FenceFailed, PartitionProducers, Record, commit, is_fatal
 
 log = logging.getLogger(__name__)
 recent_mistakes = RecentMistakes()
@@ -82,15 +91,48 @@ RETRY_PAUSE_S = 1.0
 # A crashed agent leaves a Faust worker up and idle (faust-streaming #175): the worker exits
 # with this status at once instead, so a supervisor restarts it.
 EXIT_AGENT_CRASHED = 3
-# Fault injection for tests and drills (README, Operations): the classify agent raises once it
+# Fault injection for tests and drills (docs: Operations): the classify agent raises once it
 # has taken this many records, as a bug in it would.
-FAULT_CRASH_AGENT_ENV = "FMNIST_FAULT_CRASH_AGENT_AFTER"
-_CRASH_AGENT_AFTER = int(os.environ.get(FAULT_CRASH_AGENT_ENV) or 0)
+_CRASH_AGENT_AFTER = settings.faults.crash_agent_after
 
 
 progress = Progress(settings.kafka.stall_seconds)
 # Liveness turns red when batches keep failing (an outage, a broken model) this long.
 failing_batches = FailingBatches(settings.kafka.stall_seconds)
+# exactly_once: the transactional producer of each owned images partition (None: at_least_once)
+producers = PartitionProducers(settings) if settings.kafka.exactly_once else None
+# an owned partition stayed without a transactional producer past the session, or its fence failed
+EXIT_UNFENCED = 5
+
+
+async def fence_or_exit(assigned: set[TP]) -> None:
+    """Fence the assigned partitions' transactional ids before recovery, or stop the worker
+    (with one line) when that cannot be done within the bound: never a rebalance waiting on it."""
+    assert producers is not None
+    try:
+        await producers.fence(assigned)
+    except FenceFailed as exc:
+        log.critical(
+            "could not fence the transactional ids of the assigned images partitions within %.0f s (%s); "
+            "exiting with status %d so that the group reassigns them",
+            producers.fence_bound_s,
+            exc,
+            EXIT_UNFENCED,
+        )
+        exit_now(EXIT_UNFENCED)
+
+
+if producers is not None:
+    recovery_hooks.before_recovery = fence_or_exit  # fence first, then read the changelogs
+
+
+@app.service
+class TransactionalProducers(Service):
+    """Closes the transactional producers when the worker stops."""
+
+    async def on_stop(self) -> None:
+        if producers is not None:
+            await producers.stop()
 
 
 class Lifecycle:
@@ -137,7 +179,7 @@ async def classify(stream: Any) -> None:
             if _CRASH_AGENT_AFTER:
                 taken += sum(len(fetch.offsets) for fetch in fetches)
                 if taken >= _CRASH_AGENT_AFTER:
-                    raise RuntimeError(f"injected fault ({FAULT_CRASH_AGENT_ENV}={_CRASH_AGENT_AFTER})")
+                    raise RuntimeError(f"injected fault (FMNIST_FAULT_CRASH_AGENT_AFTER={_CRASH_AGENT_AFTER})")
             await partition_guard.check_partitions({fetch.partition for fetch in fetches})
             for step in image_steps(fetches, STEP_IMAGES):
                 if not await process_fetches(step, flight):  # the rest of the batch is read again too
@@ -192,6 +234,17 @@ def image_steps(fetches: list[Fetch], limit: int) -> list[list[Fetch]]:
 @app.timer(5.0)
 async def watch_progress() -> None:
     """Log and re-read every assigned partition where images wait and none is counted."""
+    if producers is not None:
+        unfenced = producers.unfenced_too_long(owned_partitions(), settings.kafka.session_timeout_s)
+        if unfenced:
+            log.critical(
+                "images partitions %s are assigned here but have had no transactional producer for %.0f s "
+                "(fenced without a new assignment); exiting with status %d so that the group reassigns them",
+                unfenced,
+                settings.kafka.session_timeout_s,
+                EXIT_UNFENCED,
+            )
+            exit_now(EXIT_UNFENCED)
     lags = partition_lags()
     if lags is None:
         return
@@ -232,6 +285,13 @@ async def rewind(tps: Iterable[TP], why: str) -> None:
         if assigned is None or tp in assigned:
             await consumer.rewind(tp, why)
             gap_guard.rewound(tp)
+
+
+async def _read_again_cleared(tps: set[TP]) -> None:
+    await rewind(tps, "Faust cleared its fetched records from the stream's queue")
+
+
+read_again_on_clear(_read_again_cleared)
 
 
 def _assigned() -> set[TP] | None:
@@ -315,7 +375,7 @@ class Uncounted(NamedTuple):
 
 
 def _is_labels(tp: TP) -> bool:
-    return tp.topic == labels_topic.get_topic_name()
+    return labels_topic is not None and tp.topic == settings.topics.labels
 
 
 def _row_offset_of(tp: TP) -> int:
@@ -334,13 +394,14 @@ class Sent(NamedTuple):
     counted: BatchResult
     shadow: Any
     version: str
-    acks: list[Awaitable[Any]]
+    acks: list[Awaitable[Any]]  # at_least_once: the sends to wait for before counting
     labels: Uncounted = Uncounted([], [], [], {})
-    joins: dict[int, JoinStep] = {}  # partition -> its label-join step
+    joins: dict[int, JoinStep] = {}  # partition -> its label-join step (at_least_once)
+    marks: dict[int, list[Record]] = {}  # exactly_once: partition -> seen-id records of its transaction
 
     @property
     def tps(self) -> set[TP]:
-        images, labels = images_topic.get_topic_name(), labels_topic.get_topic_name()
+        images, labels = images_topic.get_topic_name(), settings.topics.labels
         return {TP(images, partition) for partition in set(self.uncounted.partitions)} | {
             TP(labels, partition) for partition in set(self.labels.partitions)
         }
@@ -375,7 +436,7 @@ class InFlight:
         self._offsets = {(False, p): o for p, o in sent.uncounted.last_offsets.items()}
         self._offsets.update({(True, p): o for p, o in sent.labels.last_offsets.items()})
         self._stamps = {p: step.row.stamp for p, step in sent.joins.items()}
-        self._task = asyncio.ensure_future(_finish(sent))
+        self._task = asyncio.ensure_future(_finish(sent) if producers is None else _commit(sent))
 
     async def settle(self) -> bool:
         """Wait for the batch in flight to be counted; False if it was not."""
@@ -470,7 +531,8 @@ async def _send(
     uncounted: Uncounted, labels: Uncounted, applied: dict[TP, int], generation: int, flight: InFlight
 ) -> Sent:
     """Classify the images, drop repeated ids (marking the others), join the unlabelled ones and
-    the labels per partition, and publish the outcomes and dead letters."""
+    the labels per partition, and publish the outcomes and dead letters (at_least_once); with
+    exactly_once (no delayed labels there), publishing is left to the batch's transactions."""
     models = current_models()
     pipeline = settings.pipeline
     result, shadow = BatchResult([], [], []), None
@@ -483,9 +545,17 @@ async def _send(
     partitions = [uncounted.partitions[source] for source in result.sources]  # of each image's record
     offsets = [uncounted.offsets[source] for source in result.sources]
     images_applied = {tp.partition: offset for tp, offset in applied.items() if not _is_labels(tp)}
+    version = models.live.version
+    if producers is not None:
+        duplicates, records = await _duplicate_ids_records(partitions, offsets, result, images_applied)
+        counted = result.without(duplicates)
+        return Sent(generation, uncounted, result, partitions, duplicates, counted, shadow, version, [], marks=records)
     duplicates, marks = await _duplicate_ids(partitions, offsets, result, images_applied)
     counted = result.without(duplicates)
-    joins, join_acks = await _join(partitions, result, duplicates, labels, images_applied, models.live.version, flight)
+    joins: dict[int, JoinStep] = {}
+    join_acks: list[Awaitable[Any]] = []
+    if labels_topic is not None:
+        joins, join_acks = await _join(partitions, result, duplicates, labels, images_applied, version, flight)
     rejected_labels = [rejection for step in joins.values() for rejection in step.rejections]
     published = await asyncio.wait_for(_publish(counted, rejected_labels), PUBLISH_TIMEOUT_S)
     acks = published + marks + join_acks
@@ -497,7 +567,7 @@ async def _send(
         duplicates,
         counted,
         shadow,
-        models.live.version,
+        version,
         acks,
         labels,
         joins,
@@ -570,36 +640,144 @@ async def _finish(sent: Sent) -> bool:
     return True
 
 
-def _count(sent: Sent) -> None:
-    """Each partition's score row, moved past the batch (images, labels, join state)."""
-    counted_by_partition: dict[int, list[int]] = defaultdict(list)  # outcome indices that count
+def _counted_by_partition(sent: Sent) -> dict[int, list[int]]:
+    """partition -> the indices of its outcomes that count (not repeated ids)."""
+    counted: dict[int, list[int]] = defaultdict(list)
     for index, partition in enumerate(sent.partitions):
         if index not in sent.duplicates:
-            counted_by_partition[partition].append(index)
+            counted[partition].append(index)
+    return counted
+
+
+def _new_rows(sent: Sent, counted: dict[int, list[int]]) -> dict[int, dict[str, Any]]:
+    """Each partition's score row moved past the batch (from the rows as stored now)."""
     window_seconds = settings.pipeline.window_seconds
+    rows = {}
     for partition in sorted(set(sent.uncounted.last_offsets) | set(sent.labels.last_offsets)):
         offset, scores = read_row(partition)
         tally = read_tally(partition, scores)
         if partition in sent.uncounted.last_offsets:
-            count_batch(
-                scores, tally, sent.result, counted_by_partition[partition], sent.version, sent.shadow, window_seconds
-            )
+            count_batch(scores, tally, sent.result, counted[partition], sent.version, sent.shadow, window_seconds)
             offset = sent.uncounted.last_offsets[partition]
-            progress.advanced(partition)
-        step = sent.joins.get(partition)
-        if step is not None:
-            step.tally.count_into(scores, tally, window_seconds)
-        join = step.row if step is not None else row_join(partition)
+        join = None  # no label fields where no delayed labels are read (exactly_once)
+        if labels_topic is not None:
+            step = sent.joins.get(partition)
+            if step is not None:
+                step.tally.count_into(scores, tally, window_seconds)
+            join = step.row if step is not None else row_join(partition)
         labels_at = sent.labels.last_offsets.get(partition, labels_offset(partition))
-        write_row(partition, offset, scores, sent.version, tally, labels_at, join)
+        rows[partition] = new_row(offset, scores, sent.version, tally, labels_at, join)
+    return rows
+
+
+def _count(sent: Sent) -> None:
+    """Each partition's score row, moved past the batch (images, labels, join state)."""
+    for partition, row in _new_rows(sent, _counted_by_partition(sent)).items():
+        store_row(partition, row)
+        resend_row(partition)
+        if partition in sent.uncounted.last_offsets:
+            progress.advanced(partition)
     failing_batches.succeeded()
     metrics.observe_batch(sent.counted, len(sent.duplicates))
     recent_mistakes.add_batch(sent.counted)
 
 
+async def _commit(sent: Sent) -> bool:
+    """exactly_once: one transaction per partition of the batch (its outcomes, marks, row and
+    next offset), concurrently; each committed partition's row is then stored here. False,
+    after reading the batch again, when any of them was not committed."""
+    assert producers is not None
+    counted = _counted_by_partition(sent)
+    rows = _new_rows(sent, counted)
+    images = images_topic.get_topic_name()
+    predictions = predictions_topic.get_topic_name()
+    done = await asyncio.gather(
+        *(
+            _commit_partition(partition, row, sent, counted[partition], images, predictions)
+            for partition, row in rows.items()
+        ),
+        return_exceptions=True,
+    )
+    committed = [partition for partition, outcome in zip(rows, done) if outcome is None]
+    for partition in committed:
+        store_row(partition, rows[partition])
+        progress.advanced(partition)
+    part = sent.result.take(sorted(i for p in committed for i in counted[p]))
+    repeated = sum(1 for i in sent.duplicates if sent.partitions[i] in committed)
+    metrics.observe_batch(part, repeated)
+    recent_mistakes.add_batch(part)
+    failed = [outcome for outcome in done if outcome is not None]
+    if failed:
+        await _failed(sent.tps, len(sent.uncounted.offsets), failed[0])
+        return False
+    failing_batches.succeeded()
+    return True
+
+
+async def _commit_partition(
+    partition: int, row: dict[str, Any], sent: Sent, indices: list[int], images: str, predictions: str
+) -> None:
+    producer = producers.get(partition) if producers is not None else None
+    if producer is None:
+        raise RuntimeError(f"no transactional producer for images partition {partition} (fenced)")
+    dead_letters, answers = _outcome_records(sent.result.take(indices))
+    records = [*sent.marks.get(partition, ()), *dead_letters, row_record(partition, row)]
+    offsets = {TopicPartition(images, partition): sent.uncounted.last_offsets[partition] + 1}
+    try:
+        task = asyncio.ensure_future(commit(producer, records, predictions, answers, offsets, settings.kafka.app_id))
+        # Until it ends, or a fence replaced the producer: then the coordinator has completed the
+        # transaction (committed or aborted) and the recovery that follows the fence reads which,
+        # while a closed producer's commit would never return.
+        while not (await asyncio.wait({task}, timeout=1.0))[0]:
+            if producers is None or producers.get(partition) is not producer:
+                task.cancel()
+                raise RuntimeError(f"images partition {partition}: fenced during its commit; recovery decides")
+        task.result()
+    except BaseException:
+        if producers is not None and is_fatal(producer):
+            log.warning("images partition %d: its transactional producer failed for good; dropped", partition)
+            producers.drop(partition, producer)
+        raise
+
+
 async def _duplicate_ids(
     partitions: list[int], offsets: list[int], result: BatchResult, applied: dict[int, int]
 ) -> tuple[set[int], list[Awaitable[Any]]]:
+    """:func:`_repeated_ids`, the marks sent with Faust's producer; returns their acks."""
+    acks: list[Awaitable[Any]] = []
+
+    async def expire(partition: int, timestamp: float) -> None:
+        acks.extend(await expire_marks(partition, timestamp))
+
+    async def mark(partition: int, marks: list[tuple[str, int]], timestamp: float) -> None:
+        acks.extend(await mark_counted(partition, marks, timestamp))
+
+    return await _repeated_ids(partitions, offsets, result, applied, expire, mark), acks
+
+
+async def _duplicate_ids_records(
+    partitions: list[int], offsets: list[int], result: BatchResult, applied: dict[int, int]
+) -> tuple[set[int], dict[int, list[Record]]]:
+    """:func:`_repeated_ids`, the marks as records for each partition's transaction."""
+    records: dict[int, list[Record]] = defaultdict(list)
+
+    async def expire(partition: int, timestamp: float) -> None:
+        records[partition].extend(expire_records(partition, timestamp))
+
+    async def mark(partition: int, marks: list[tuple[str, int]], timestamp: float) -> None:
+        records[partition].extend(mark_records(partition, marks, timestamp))
+
+    return await _repeated_ids(partitions, offsets, result, applied, expire, mark), records
+
+
+async def _repeated_ids(
+    partitions: list[int],
+    offsets: list[int],
+    result: BatchResult,
+    applied: dict[int, int],
+    expire: Callable[[int, float], Awaitable[None]],
+    mark: Callable[[int, list[tuple[str, int]], float], Awaitable[None]],
+) -> set[int]:
     """Indices of images whose id was already counted in their partition; marks the others.
     ``partitions[i]`` and ``offsets[i]`` are those of the record that carried outcome ``i``
     (the same for the images of a batch record).
@@ -614,9 +792,8 @@ async def _duplicate_ids(
         timestamp = message.timestamp or 0.0
         if timestamp > newest.get(partition, -1.0):
             newest[partition] = timestamp
-    acks: list[Awaitable[Any]] = []
     for partition, timestamp in newest.items():
-        acks.extend(await expire_marks(partition, timestamp))
+        await expire(partition, timestamp)
     ids = [outcome.id if isinstance(outcome, Prediction) else None for outcome in result.outcomes]
     keys = [None if image_id is None else f"{p}/{image_id}" for p, image_id in zip(partitions, ids)]
 
@@ -634,18 +811,17 @@ async def _duplicate_ids(
         log.info("not counting %d images whose id was already counted", len(duplicates))
     for partition, new in marks.items():
         if new:
-            acks.extend(await mark_counted(partition, list(new.items()), newest[partition]))
-    return duplicates, acks
+            await mark(partition, list(new.items()), newest[partition])
+    return duplicates
 
 
-async def _publish(
+def _outcome_records(
     result: BatchResult, rejected_labels: Sequence[tuple[RawMessage, InvalidMessage]] = ()
-) -> list[Awaitable[Any]]:
-    """Send one prediction per valid image (one record batch per partition, see
-    :mod:`.batch_send`) and each invalid message, or invalid image of a batch record, to the
-    DLQ, malformed labels too (header ``stream: labels``); the broker's acks, to be awaited."""
-    producer = app.producer
-    pending: list[Awaitable[Any]] = []
+) -> tuple[list[Record], list[tuple[bytes, bytes]]]:
+    """A dead letter for each invalid message, or invalid image of a batch record, and for
+    each malformed label (header ``stream: labels``), and a ``(key, value)`` prediction for
+    each valid image."""
+    dead_letters = []
     dlq = dlq_topic.get_topic_name()
     for rejected, stream in ((result.rejections, None), (rejected_labels, "labels")):
         if not rejected:
@@ -655,9 +831,23 @@ async def _publish(
         for message, error in rejected:
             headers = [(name, value.encode()) for name, value in dead_letter_attributes(error, stream).items()]
             value = error.dead_letter_value(message.value)
-            pending.append(await producer.send(dlq, _as_bytes(message.key), value, None, None, headers))
+            dead_letters.append(Record(dlq, _as_bytes(message.key), value, None, headers))
     predictions = [
         (outcome.id.encode("utf-8"), outcome.encode()) for outcome in result.outcomes if isinstance(outcome, Prediction)
+    ]
+    return dead_letters, predictions
+
+
+async def _publish(
+    result: BatchResult, rejected_labels: Sequence[tuple[RawMessage, InvalidMessage]] = ()
+) -> list[Awaitable[Any]]:
+    """Send one prediction per valid image (one record batch per partition, see
+    :mod:`.batch_send`) and each dead letter with Faust's producer; the broker's acks, to
+    be awaited."""
+    producer = app.producer
+    dead_letters, predictions = _outcome_records(result, rejected_labels)
+    pending: list[Awaitable[Any]] = [
+        await producer.send(r.topic, r.key, r.value, None, None, r.headers) for r in dead_letters
     ]
     if predictions:
         pending += await send_batched(producer, predictions_topic.get_topic_name(), predictions)

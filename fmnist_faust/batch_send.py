@@ -74,11 +74,12 @@ def partitions_of(keys: Sequence[bytes], partitions: Sequence[int]) -> list[int]
     return [partitions[(value & 0x7FFFFFFF) % count] for value in murmur2_many(keys)]
 
 
-async def send_batched(faust_producer: Any, topic: str, records: Iterable[tuple[bytes, bytes]]) -> list[Awaitable[Any]]:
-    """Queue ``(key, value)`` records on ``topic`` with the aiokafka producer under Faust's
-    ``app.producer``; returns the acks (one per record batch) to await. Keys must not be None
-    (they choose the partition)."""
-    producer = faust_producer._ensure_producer()  # faust-streaming's aiokafka driver: the AIOKafkaProducer
+async def send_batched(producer: Any, topic: str, records: Iterable[tuple[bytes, bytes]]) -> list[Awaitable[Any]]:
+    """Queue ``(key, value)`` records on ``topic`` with Faust's ``app.producer`` (its aiokafka
+    producer) or an aiokafka producer (a transactional one); returns the acks (one per record batch)
+    to await. Keys must not be None (they choose the partition)."""
+    if hasattr(producer, "_ensure_producer"):  # Faust's (faust-streaming's aiokafka driver): the AIOKafkaProducer
+        producer = producer._ensure_producer()
     partitions = sorted(await producer.partitions_for(topic))
     items = list(records)
     by_partition: dict[int, list[tuple[bytes, bytes]]] = defaultdict(list)

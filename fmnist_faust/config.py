@@ -37,7 +37,8 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "FMNIST_LABELS_TOPIC": (
         "labels",
         'topic of delayed labels, `{{"id": str, "label": 0-9}}` keyed by image id, on Kafka (as many '
-        "partitions as the images topic) and Pub/Sub (default {default}; see [Delayed labels](labels.md))",
+        "partitions as the images topic) and Pub/Sub (default {default}; see [Delayed labels](labels.md)); "
+        "the Kafka worker reads none with FMNIST_PROCESSING_GUARANTEE=exactly_once, which refuses this variable set",
     ),
     "FMNIST_PARTITIONS": ("4", "partitions of the app's topics (default {default})"),
     "FMNIST_APP_ID": ("fmnist-faust", "Faust app id / consumer group (default {default})"),
@@ -57,7 +58,7 @@ VARIABLES: dict[str, tuple[str, str]] = {
         "most images in one batch record, 1-2000 (default {default}); a record must also fit in "
         "FMNIST_MAX_MESSAGE_BYTES: about 1,000 images with short ids per MiB (see [Wire contract](wire-contract.md))",
     ),
-    "FMNIST_WINDOW_SECONDS": ("10", "width of the accuracy windows in seconds (default {default})"),
+    "FMNIST_WINDOW_SECONDS": ("10", "width of the accuracy and drift windows in seconds (default {default})"),
     "FMNIST_LABEL_WAIT_SECONDS": (
         "3600",
         "both backends: how long a prediction waits for its label and a label for its image, by record time, "
@@ -74,6 +75,13 @@ VARIABLES: dict[str, tuple[str, str]] = {
         "60",
         "Kafka consumer session timeout in seconds, minimum 6 (default {default}): a worker silent for longer "
         "loses its partitions to the others; heartbeats every tenth of it, at most 3 s",
+    ),
+    "FMNIST_PROCESSING_GUARANTEE": (
+        "at_least_once",
+        "Kafka worker: at_least_once (default) or exactly_once: each batch's predictions, dead letters, score "
+        "rows, seen-id marks and input offsets committed in one transaction per input partition, so a "
+        "read_committed consumer sees each image's output once (see [Exactness](exactness.md)); without "
+        "delayed labels (FMNIST_LABELS_TOPIC set with exactly_once is a configuration error)",
     ),
     "FMNIST_STALL_SECONDS": (
         "60",
@@ -148,6 +156,16 @@ VARIABLES: dict[str, tuple[str, str]] = {
         "60",
         "ack deadline of the subscriptions and the bridge's lease renewals, 10-600 (default {default})",
     ),
+    "FMNIST_FAULT_WHITE_IMAGES": (
+        "",
+        "fault injection for drills and tests, never in production: 1 makes the worker's and the bridge's "
+        "predict raise on any batch holding an all-white image (see [Operations](operations.md))",
+    ),
+    "FMNIST_FAULT_CRASH_AGENT_AFTER": (
+        "0",
+        "fault injection for drills and tests, never in production: the classify agent raises once it has "
+        "taken this many records (default {default}: never; see [Operations](operations.md))",
+    ),
 }
 ENV_VARS: dict[str, str] = {name: meaning.format(default=default) for name, (default, meaning) in VARIABLES.items()}
 # The variables only the Kafka side reads; the bridge's --help lists every other one.
@@ -164,8 +182,10 @@ KAFKA_ONLY = (
     "FMNIST_APP_ID",
     "FMNIST_WORKER_DATADIR",
     "FMNIST_SESSION_TIMEOUT",
+    "FMNIST_PROCESSING_GUARANTEE",
     "FMNIST_STALL_SECONDS",
     "FMNIST_WEB_PORT",
+    "FMNIST_FAULT_CRASH_AGENT_AFTER",
 )
 # The topics and subscriptions a run can rename: see :func:`run_names`.
 NAMED_RESOURCES = (
@@ -220,10 +240,19 @@ def _int(env: Mapping[str, str], name: str, minimum: int = 0, maximum: int | Non
     return int(_number(env, name, minimum, maximum, int, "an integer"))
 
 
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    value = _get(env, name).strip().lower()
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r}: expected one of {', '.join(choices)}")
+    return value
+
+
 def _float(env: Mapping[str, str], name: str, minimum: float = 0.0) -> float:
     return float(_number(env, name, minimum, None, float, "a number"))
 
 
+AT_LEAST_ONCE, EXACTLY_ONCE = "at_least_once", "exactly_once"
+PROCESSING_GUARANTEES = (AT_LEAST_ONCE, EXACTLY_ONCE)
 _SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 _SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
@@ -291,6 +320,17 @@ class KafkaSettings:
     worker_datadir: Path
     session_timeout_s: float
     stall_seconds: float
+    processing_guarantee: str = "at_least_once"
+
+    @property
+    def exactly_once(self) -> bool:
+        return self.processing_guarantee == EXACTLY_ONCE
+
+    @property
+    def reads_labels(self) -> bool:
+        """Whether the worker reads the delayed-labels topic: not with exactly_once, whose
+        per-partition transactions do not hold the label-join state (see ``_check_labels``)."""
+        return not self.exactly_once
 
     @property
     def pointer_topic(self) -> str:
@@ -383,6 +423,14 @@ class BridgeSettings:
 
 
 @dataclass(frozen=True)
+class FaultSettings:
+    """Faults a drill or a test injects into a real worker or bridge; both off by default."""
+
+    white_images: bool  # predict raises on a batch holding an all-white image
+    crash_agent_after: int  # the classify agent raises once it has taken this many records; 0: never
+
+
+@dataclass(frozen=True)
 class Settings:
     """All runtime settings, one record per part; build with :func:`load_settings`."""
 
@@ -394,6 +442,7 @@ class Settings:
     pubsub: PubSubSettings
     bridge: BridgeSettings
     log_level: str
+    faults: FaultSettings
 
 
 def _check_tls_files(security: KafkaSecurity) -> None:
@@ -422,6 +471,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read every setting from ``env`` (default: ``os.environ``), validating as we go."""
     env = os.environ if env is None else env
     data_dir = _get(env, "FMNIST_DATA_DIR")
+    _check_labels(env)
     seed_config = _seed_config(env)
     return Settings(
         kafka=KafkaSettings(
@@ -432,6 +482,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             worker_datadir=_path(env, "FMNIST_WORKER_DATADIR"),
             session_timeout_s=_float(env, "FMNIST_SESSION_TIMEOUT", minimum=6.0),
             stall_seconds=_float(env, "FMNIST_STALL_SECONDS", minimum=1.0),
+            processing_guarantee=_choice(env, "FMNIST_PROCESSING_GUARANTEE", PROCESSING_GUARANTEES),
         ),
         topics=TopicSettings(
             images=_get(env, "FMNIST_IMAGES_TOPIC"),
@@ -472,7 +523,22 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             web_port=_int(env, "BRIDGE_WEB_PORT", minimum=1),
         ),
         log_level=_get(env, "FMNIST_LOG_LEVEL"),
+        faults=FaultSettings(
+            white_images=_get(env, "FMNIST_FAULT_WHITE_IMAGES") == "1",
+            crash_agent_after=_int(env, "FMNIST_FAULT_CRASH_AGENT_AFTER"),
+        ),
     )
+
+
+def _check_labels(env: Mapping[str, str]) -> None:
+    """The Kafka worker reads no delayed labels with exactly_once (``KafkaSettings.reads_labels``):
+    naming a labels topic there is refused rather than half-supported."""
+    labels = env.get("FMNIST_LABELS_TOPIC", "")
+    if labels and _choice(env, "FMNIST_PROCESSING_GUARANTEE", PROCESSING_GUARANTEES) == EXACTLY_ONCE:
+        raise ConfigError(
+            f"FMNIST_LABELS_TOPIC={labels!r} with FMNIST_PROCESSING_GUARANTEE=exactly_once: delayed labels are "
+            "not supported with exactly_once; unset FMNIST_LABELS_TOPIC or use at_least_once"
+        )
 
 
 def _seed_config(env: Mapping[str, str]) -> dict[str, Any]:

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         env.setdefault(name, value)  # fresh topics: the totals are this run's only
     root = Path(__file__).resolve().parent.parent
     env.setdefault("FMNIST_WORKER_DATADIR", str(root / ".run" / f"demo-{run}"))
-    if "FMNIST_WEB_PORT" not in os.environ and not port_free(6066):
+    if "FMNIST_WEB_PORT" not in env and not port_free(6066):
         env["FMNIST_WEB_PORT"] = str(free_port())  # 6066 is taken: do not read someone else's tables
     settings = load_settings(env)
     quick_path = settings.model.directory / QUICK_MODEL_FILE

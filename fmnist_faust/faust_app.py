@@ -9,12 +9,16 @@ import sys
 from typing import Any
 
 import faust
+from mode.utils.objects import cached_property
 
 from .config import load_settings
-from .offsets import RowOffsetTransport
+from .offsets import ReadAgainOnClear, RowOffsetTransport, use_transactions
+from .recovery import FencingTableManager, hooks
 
 settings = load_settings()
 log = logging.getLogger(__name__)
+if settings.kafka.exactly_once:
+    use_transactions()
 
 
 class App(faust.App):
@@ -22,6 +26,10 @@ class App(faust.App):
 
     def _new_transport(self) -> Any:
         return RowOffsetTransport(self.conf.broker_consumer, self)
+
+    @cached_property
+    def flow_control(self) -> ReadAgainOnClear:
+        return ReadAgainOnClear(loop=self.loop)
 
     async def on_start(self) -> None:
         """Verify the model and create the output topics before the consumer, the agents and
@@ -71,4 +79,8 @@ app = App(
     # this many fetches of <= consumer_max_fetch_size wait for the agent (a fuller buffer
     # pauses the partition), 64 MiB of records at most.
     stream_buffer_maxsize=16,
+    # Fences the transactional ids before recovery and ends recovery at transaction markers
+    # (exactly_once only; a no-op otherwise): see recovery.py.
+    TableManager=FencingTableManager,
 )
+hooks.delivered = lambda tp: app.consumer.delivered(tp)  # where recovery may stop at markers

@@ -43,6 +43,8 @@ class ChangelogRows:
             bootstrap_servers=settings.kafka.bootstrap_servers,
             group_id=None,
             enable_auto_commit=False,
+            # exactly_once: committed rows only, up to the last stable offset
+            isolation_level="read_committed" if settings.kafka.exactly_once else "read_uncommitted",
             **settings.kafka.security.aiokafka_kwargs(),
         )
         await consumer.start()
@@ -71,8 +73,9 @@ class ChangelogRows:
                     for record in records:
                         if record.value is not None:
                             rows.setdefault(tp.partition, []).append(json.loads(record.value))
-                        if record.offset >= ends[tp] - 1:
-                            waiting.discard(tp)
+                for tp in list(waiting):  # the last offset may be a transaction marker: the position tells
+                    if await consumer.position(tp) >= ends[tp]:
+                        waiting.discard(tp)
             if waiting:
                 raise TimeoutError(f"no newest row from changelog partitions {sorted(t.partition for t in waiting)}")
             return rows
@@ -88,7 +91,8 @@ class ChangelogRows:
 
 
 changelog_rows = ChangelogRows()
-TAIL = 16  # rows read per changelog partition: far more than a zombie's in-flight batches
+TAIL = 32  # offsets read per changelog partition: far more than a zombie's in-flight batches (a row
+# in a transaction takes two: the row and its commit marker)
 
 
 @app.service
@@ -132,9 +136,12 @@ _idle_rows: dict[int, tuple[float, int, int]] = {}  # partition -> rank of this 
 async def repair_tails() -> None:
     """Rewrite this worker's row of each partition it owns where the changelog ends on an
     older row (written by a zombie after this worker's last one). Only rows unchanged since
-    the previous tick are compared: a row just sent may not be readable yet."""
+    the previous tick are compared: a row just sent may not be readable yet. Not with
+    exactly_once: a zombie is fenced and cannot append a row."""
     from .agents import owned_partitions
 
+    if settings.kafka.exactly_once:
+        return
     local = local_rows()
     owned = {p for p in owned_partitions() if p in local and _idle_rows.get(p) == row_rank(local[p])}
     _idle_rows.clear()

@@ -63,7 +63,8 @@ async def _create_missing(settings: Settings) -> None:
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        wanted = [settings.topics.images, settings.topics.labels, settings.topics.predictions, settings.topics.dlq]
+        labels = [settings.topics.labels] if settings.kafka.reads_labels else []
+        wanted = [settings.topics.images, *labels, settings.topics.predictions, settings.topics.dlq]
         missing = [NewTopic(name, settings.kafka.partitions, 1) for name in wanted if name not in existing]
         if missing:
             await admin.create_topics(missing)

@@ -129,6 +129,8 @@ async def tick_quiet_partitions() -> None:
     """A tick to each owned partition where an entry's life ended by this worker's clock."""
     from .agents import owned_partitions
 
+    if labels_topic is None:  # no delayed labels read here (exactly_once)
+        return
     now = time.time()
     topic = labels_topic.get_topic_name()
     for partition in sorted(owned_partitions()):

@@ -53,6 +53,21 @@ STALLED = Gauge(
     "fmnist_stalled_partitions", "Assigned partitions with images waiting and none counted for FMNIST_STALL_SECONDS"
 )
 
+# Drift (:mod:`.core.drift`), set at scrape time from the ``/drift/`` document, for the versions
+# serving now (live, shadow): series of versions no longer serving are dropped.
+DRIFT_PSI = Gauge(
+    "fmnist_drift_psi",
+    "PSI of the newest window with enough images against the model's test-split reference, per signal",
+    ["signal", "model_version", "role"],
+)
+DRIFT_WINDOW_IMAGES = Gauge(
+    "fmnist_drift_window_images", "Images in the window fmnist_drift_psi is of", ["model_version", "role"]
+)
+DRIFT_REFERENCE = Gauge(
+    "fmnist_drift_reference", "1 if the model's manifest holds a drift reference, else 0", ["model_version", "role"]
+)
+DRIFT_GAUGES = (DRIFT_PSI, DRIFT_WINDOW_IMAGES, DRIFT_REFERENCE)
+
 BACKLOG_KINDS = ("kafka_lag", "pubsub_backlog")
 RATE_WINDOW_S = 10.0
 
@@ -163,13 +178,36 @@ def stats_report(lag: int | None, backlog_kind: str, stalled: list[int] | None =
     }
 
 
-def exposition(report: dict[str, Any], lag: int | None) -> tuple[bytes, str]:
-    """``GET /metrics`` body and content type; ``report`` is the ``/accuracy/`` document.
+_scrape_lock = threading.Lock()  # the drift gauges are cleared and set again per scrape
 
-    The accuracy, label and lag gauges are set here, at scrape time, from the caller's totals.
+
+def exposition(report: dict[str, Any], lag: int | None, drift: dict[str, Any] | None = None) -> tuple[bytes, str]:
+    """``GET /metrics`` body and content type; ``report`` is the ``/accuracy/`` document and
+    ``drift`` the ``/drift/`` one.
+
+    The accuracy, label, lag and drift gauges are set here, at scrape time, from the caller's totals.
     """
     accuracy = report.get("accuracy")
-    ACCURACY.set(float("nan") if accuracy is None else accuracy)
-    set_label_gauges(report)
-    LAG.set(float("nan") if lag is None else lag)
-    return generate_latest(), CONTENT_TYPE_LATEST
+    with _scrape_lock:
+        ACCURACY.set(float("nan") if accuracy is None else accuracy)
+        set_label_gauges(report)
+        LAG.set(float("nan") if lag is None else lag)
+        set_drift(drift)
+        return generate_latest(), CONTENT_TYPE_LATEST
+
+
+def set_drift(drift: dict[str, Any] | None) -> None:
+    """The drift gauges of the serving versions in a ``/drift/`` document."""
+    for gauge in DRIFT_GAUGES:
+        gauge.clear()
+    for version, part in ((drift or {}).get("models") or {}).items():
+        role = part["role"]
+        if role not in ("live", "shadow"):
+            continue
+        DRIFT_REFERENCE.labels(version, role).set(1 if part["reference_images"] else 0)
+        latest = part["latest"]
+        if latest is None:
+            continue
+        DRIFT_WINDOW_IMAGES.labels(version, role).set(latest["images"])
+        for signal, value in latest["psi"].items():
+            DRIFT_PSI.labels(signal, version, role).set(value)

@@ -156,11 +156,14 @@ def _list(registry: ModelRegistry, pointers: PointerStore) -> int:
     if not entries:
         print(f"no verified model in {registry.directory}")
         return 0
-    print(f"{'VERSION':<18} {'ROLE':<15} {'TEST ACC':>8}  {'CREATED':<20} FILE")
+    print(f"{'VERSION':<18} {'ROLE':<15} {'TEST ACC':>8}  {'DRIFT REF':<9}  {'CREATED':<20} FILE")
     for entry in entries:
         accuracy = f"{entry.test_accuracy:.4f}" if entry.test_accuracy is not None else "-"
         role = roles.get(entry.version, "")
-        print(f"{entry.version:<18} {role:<15} {accuracy:>8}  {entry.created_at or '-':<20} {entry.path}")
+        reference = "yes" if entry.drift_reference else "no"
+        print(
+            f"{entry.version:<18} {role:<15} {accuracy:>8}  {reference:<9}  {entry.created_at or '-':<20} {entry.path}"
+        )
     return 0
 
 

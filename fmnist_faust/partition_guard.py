@@ -29,7 +29,7 @@ from typing import Any
 
 from .faust_app import app, exit_now, settings
 from .tables import join_table, scores_table, seen_table
-from .topics import images_topic, labels_topic
+from .topics import images_topic
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +48,14 @@ _admin: Any = None
 
 
 def changelog_topics() -> list[str]:
-    return [
-        scores_table.changelog_topic.get_topic_name(),
-        seen_table.changelog_topic.get_topic_name(),
-        join_table.changelog_topic.get_topic_name(),
-    ]
+    tables = [scores_table, seen_table, *([join_table] if join_table is not None else [])]
+    return [table.changelog_topic.get_topic_name() for table in tables]
+
+
+def _labels_name() -> list[str]:
+    """The labels topic when the worker reads it (none with exactly_once), as a list: its count is
+    asked only then, and a topic not asked for counts 0 (never refused)."""
+    return [settings.topics.labels] if settings.kafka.reads_labels else []
 
 
 async def partition_counts(topics: list[str]) -> dict[str, int]:
@@ -74,8 +77,8 @@ async def check_at_start() -> None:
     creates with ``FMNIST_PARTITIONS`` when they do not exist yet), or the labels topic
     another count than the images topic."""
     names = changelog_topics()
-    images_name, labels_name = images_topic.get_topic_name(), labels_topic.get_topic_name()
-    counts = await partition_counts([images_name, labels_name, *names])
+    images_name, labels_name = images_topic.get_topic_name(), settings.topics.labels
+    counts = await partition_counts([images_name, *_labels_name(), *names])
     limit.partitions = min([settings.kafka.partitions, *(counts[n] for n in names if n in counts)])
     images = counts.get(images_name, 0)
     if images > limit.partitions:
@@ -99,9 +102,9 @@ async def check_partitions(partitions: Iterable[int]) -> None:
 @app.timer(CHECK_EVERY_S)
 async def watch() -> None:
     """Notice growth of the images topic before a rebalance hands this worker a new partition."""
-    images_name, labels_name = images_topic.get_topic_name(), labels_topic.get_topic_name()
+    images_name, labels_name = images_topic.get_topic_name(), settings.topics.labels
     try:
-        counts = await partition_counts([images_name, labels_name])
+        counts = await partition_counts([images_name, *_labels_name()])
     except Exception as exc:  # the broker is away: batches report it; check again next time
         log.debug("could not read the images topic's partitions: %r", exc)
         return
@@ -118,7 +121,7 @@ def refuse(images_partitions: int) -> None:
     # the labels topic goes with the images: the same count, or labels miss their images
     grow = " && ".join(
         f"kafka-topics.sh --bootstrap-server {settings.kafka.bootstrap_servers} --alter --topic {name} --partitions {n}"
-        for name in [*changelogs, labels_topic.get_topic_name()]
+        for name in [*changelogs, *_labels_name()]
     )
     log.critical(
         "refusing to count: topic %s has %d partitions but the changelog topics %s have %d, so images of "
@@ -137,7 +140,7 @@ def refuse(images_partitions: int) -> None:
 
 def refuse_labels(images_partitions: int, labels_partitions: int) -> None:
     """One CRITICAL line with the fix, then exit: labels and images of one id must share a partition."""
-    images, labels = images_topic.get_topic_name(), labels_topic.get_topic_name()
+    images, labels = images_topic.get_topic_name(), settings.topics.labels
     log.critical(
         "refusing to count: topic %s has %d partitions but %s has %d, so a label would not land in the partition "
         "of its image and could never join it; fix: give %s %d partitions (kafka-topics.sh --bootstrap-server %s "

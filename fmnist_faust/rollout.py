@@ -22,7 +22,9 @@ from .faust_app import app, settings
 from .pointer_topic import PointerReader, ensure_pointer_topic
 
 log = logging.getLogger(__name__)
-registry = ModelRegistry(settings.model.directory, settings.model.path)
+registry = ModelRegistry(
+    settings.model.directory, settings.model.path, fail_on_white_images=settings.faults.white_images
+)
 pointer = PointerReader(settings)
 _switch: ModelSwitch | None = None
 
@@ -53,6 +55,11 @@ def current_models() -> ActiveModels:
     if _switch is None:
         raise RuntimeError("the models are not loaded yet (agents.prepare runs first)")
     return _switch.current()
+
+
+def manifest_of(version: str) -> dict[str, Any] | None:
+    """The manifest of ``version`` (drift's reference), from the models loaded or the directory."""
+    return _switch.manifest(version) if _switch is not None else None
 
 
 def status() -> dict[str, Any]:

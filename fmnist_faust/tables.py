@@ -42,6 +42,7 @@ from .faust_app import app, settings
 from .join_state import ENTRIES_PER_CHUNK, Chunk, JoinChunks, chunk_value, new_token
 from .offsets import use_row_offsets
 from .seen_ids import SeenIds
+from .transactions import Record
 
 
 def row_rank(row: dict[str, Any]) -> tuple[float, int, int]:
@@ -144,6 +145,23 @@ def read_tally(partition: int, scores: Scores) -> ModelTally:
     return ModelTally.of_record(row.get("models"), scores, row.get("model_version"))
 
 
+def new_row(
+    offset: int,
+    scores: Scores,
+    model_version: str,
+    tally: ModelTally | None = None,
+    labels_offset: int = -1,
+    join: RowJoin | None = None,
+) -> dict[str, Any]:
+    """A score row; ``join`` (with ``labels_offset``) only where delayed labels are read."""
+    row: dict[str, Any] = {"offset": offset, "model_version": model_version, "scores": scores.to_dict()}
+    if tally is not None:
+        row["models"] = tally.to_dict()
+    if join is not None:
+        row.update(labels_offset=labels_offset, clock=join.clock, head=join.head, stamp=join.stamp)
+    return row
+
+
 def write_row(
     partition: int,
     offset: int,
@@ -154,13 +172,20 @@ def write_row(
     join: RowJoin | None = None,
 ) -> None:
     """Store locally and send the row to changelog partition ``partition``."""
-    row: dict[str, Any] = {"offset": offset, "model_version": model_version, "scores": scores.to_dict()}
-    if tally is not None:
-        row["models"] = tally.to_dict()
-    if join is not None:
-        row.update(labels_offset=labels_offset, clock=join.clock, head=join.head, stamp=join.stamp)
-    scores_table.data[str(partition)] = row
+    scores_table.data[str(partition)] = new_row(offset, scores, model_version, tally, labels_offset, join)
     resend_row(partition)
+
+
+def store_row(partition: int, row: dict[str, Any]) -> None:
+    """Store a row locally only: it was committed in a transaction (:func:`row_record`)."""
+    scores_table.data[str(partition)] = row
+
+
+def row_record(partition: int, row: dict[str, Any]) -> Record:
+    """The row as a record for changelog partition ``partition``, in the bytes
+    ``send_changelog`` would produce (JSON key and value), for a transaction."""
+    topic = scores_table.changelog_topic.get_topic_name()
+    return Record(topic, json.dumps(str(partition)).encode("utf-8"), json.dumps(row).encode("utf-8"), partition)
 
 
 def resend_row(partition: int) -> None:
@@ -216,25 +241,21 @@ def counted_at(partition: int, image_id: str) -> int | None:
     return seen_ids.counted_at(partition, image_id)
 
 
-async def expire_marks(partition: int, timestamp: float) -> list[Awaitable[Any]]:
-    """Forget the chunks of ``partition`` older than the horizon before ``timestamp`` and send
-    their tombstones; returns the acks."""
+def expire_records(partition: int, timestamp: float) -> list[Record]:
+    """Forget the chunks of ``partition`` older than the horizon before ``timestamp``; their
+    tombstones, to send."""
     topic = seen_table.changelog_topic.get_topic_name()
     return [
-        await app.producer.send(topic, json.dumps(key).encode("utf-8"), None, partition, None, None)
-        for key in seen_ids.expire(partition, timestamp)
+        Record(topic, json.dumps(key).encode("utf-8"), None, partition) for key in seen_ids.expire(partition, timestamp)
     ]
 
 
-async def mark_counted(partition: int, marks: list[tuple[str, int]], timestamp: float) -> list[Awaitable[Any]]:
-    """Record that each ``(id, offset)`` of ``partition`` counted that id (``timestamp``: the newest
-    record timestamp among them); returns the acks to await.
-
-    Sent with the producer directly, in the bytes ``send_changelog`` would produce (JSON
-    key and value), so the caller can wait for the broker's ack before writing the row.
-    """
+def mark_records(partition: int, marks: list[tuple[str, int]], timestamp: float) -> list[Record]:
+    """Remember that each ``(id, offset)`` of ``partition`` counted that id (``timestamp``: the
+    newest record timestamp among them); the changelog records to send, in the bytes
+    ``send_changelog`` would produce (JSON key and value)."""
     topic = seen_table.changelog_topic.get_topic_name()
-    acks: list[Awaitable[Any]] = []
+    records = []
     for start in range(0, len(marks), MARKS_PER_MESSAGE):
         chunk = marks[start : start + MARKS_PER_MESSAGE]
         entry = {
@@ -245,12 +266,23 @@ async def mark_counted(partition: int, marks: list[tuple[str, int]], timestamp: 
         }
         key = f"{partition}@{chunk[0][1]}"
         seen_ids.remember(key, entry)
-        acks.append(
-            await app.producer.send(
-                topic, json.dumps(key).encode("utf-8"), json.dumps(entry).encode("utf-8"), partition, None, None
-            )
-        )
-    return acks
+        records.append(Record(topic, json.dumps(key).encode("utf-8"), json.dumps(entry).encode("utf-8"), partition))
+    return records
+
+
+async def _send_records(records: list[Record]) -> list[Awaitable[Any]]:
+    return [await app.producer.send(r.topic, r.key, r.value, r.partition, None, None) for r in records]
+
+
+async def expire_marks(partition: int, timestamp: float) -> list[Awaitable[Any]]:
+    """:func:`expire_records`, sent with Faust's producer; returns the acks."""
+    return await _send_records(expire_records(partition, timestamp))
+
+
+async def mark_counted(partition: int, marks: list[tuple[str, int]], timestamp: float) -> list[Awaitable[Any]]:
+    """:func:`mark_records`, sent with Faust's producer directly, so the caller can wait for the
+    broker's acks before writing the row; returns the acks."""
+    return await _send_records(mark_records(partition, marks, timestamp))
 
 
 class LabelJoinTable(faust.Table):
@@ -268,22 +300,31 @@ class LabelJoinTable(faust.Table):
 join_chunks = JoinChunks()
 # As the seen-ids: segments roll within a wait (1 min..1 h), tombstones dropped after as long.
 _JOIN_SEGMENT_MS = int(min(max(settings.pipeline.label_wait_s, 60.0), 3600.0) * 1000)
-join_table = app.tables.add(
-    LabelJoinTable(
-        app,
-        name="label-join",
-        default=None,
-        key_type=str,
-        partitions=settings.kafka.partitions,
-        beacon=app.tables.beacon,
-        extra_topic_configs={
-            "segment.ms": str(_JOIN_SEGMENT_MS),
-            "delete.retention.ms": str(_JOIN_SEGMENT_MS),
-            "min.cleanable.dirty.ratio": "0.1",
-        },
-        help="'<partition>@<token>' -> the label-join entries one batch created or changed, until the wait is over.",
+# registered only where the worker reads delayed labels (not with exactly_once: see config)
+join_table: LabelJoinTable | None = None
+if settings.kafka.reads_labels:
+    join_table = app.tables.add(
+        LabelJoinTable(
+            app,
+            name="label-join",
+            default=None,
+            key_type=str,
+            partitions=settings.kafka.partitions,
+            beacon=app.tables.beacon,
+            extra_topic_configs={
+                "segment.ms": str(_JOIN_SEGMENT_MS),
+                "delete.retention.ms": str(_JOIN_SEGMENT_MS),
+                "min.cleanable.dirty.ratio": "0.1",
+            },
+            help="'<partition>@<token>' -> the label-join entries one batch created or changed, until the wait is over.",
+        )
     )
-)
+
+
+def _join_changelog() -> str:
+    assert join_table is not None, "the label join runs only where delayed labels are read"
+    name: str = join_table.changelog_topic.get_topic_name()
+    return name
 
 
 async def send_chunks(
@@ -293,7 +334,7 @@ async def send_chunks(
     :data:`~.join_state.ENTRIES_PER_CHUNK`, each the next link of the chain after ``prev``);
     returns the new head and the acks to await before the row. The bytes are those
     ``send_changelog`` would write (JSON key and value)."""
-    topic = join_table.changelog_topic.get_topic_name()
+    topic = _join_changelog()
     acks: list[Awaitable[Any]] = []
     head = prev
     for start in range(0, len(items), ENTRIES_PER_CHUNK):
@@ -312,7 +353,7 @@ async def send_chunks(
 
 async def tombstone_chunks(partition: int, cutoff: float) -> list[Awaitable[Any]]:
     """Forget the chunks of ``partition`` older than ``cutoff`` and send their tombstones."""
-    topic = join_table.changelog_topic.get_topic_name()
+    topic = _join_changelog()
     return [
         await app.producer.send(topic, json.dumps(key).encode("utf-8"), None, partition, None, None)
         for key in join_chunks.older_than(partition, cutoff)

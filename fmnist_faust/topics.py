@@ -36,8 +36,11 @@ def _raw_topic(*names: str, acks: bool = True, schema: type[faust.Schema] = faus
 # of the same partition count read by the same workers (the partition guard checks the
 # counts), so labels partition p is where the images of partition p are counted.
 images_topic = _raw_topic(settings.topics.images, acks=False, schema=FetchSchema)
-labels_topic = _raw_topic(settings.topics.labels, acks=False, schema=FetchSchema)
-inputs_topic = _raw_topic(settings.topics.images, settings.topics.labels, acks=False, schema=FetchSchema)
-fold_fetches([settings.topics.images, settings.topics.labels])
+# No labels with exactly_once (``KafkaSettings.reads_labels``): then the agent reads images only.
+_reads_labels = settings.kafka.reads_labels
+_inputs = [settings.topics.images, *([settings.topics.labels] if _reads_labels else [])]
+labels_topic = _raw_topic(settings.topics.labels, acks=False, schema=FetchSchema) if _reads_labels else None
+inputs_topic = _raw_topic(*_inputs, acks=False, schema=FetchSchema)
+fold_fetches(_inputs)
 predictions_topic = _raw_topic(settings.topics.predictions)
 dlq_topic = _raw_topic(settings.topics.dlq)

@@ -1,5 +1,6 @@
 """HTTP views: the dashboard (``/``), running accuracy as JSON (``/accuracy/``,
-``/accuracy/window/``, ``/recent/``), throughput and lag (``/stats/``) and Prometheus
+``/accuracy/window/``, ``/recent/``), drift against each model's reference (``/drift/``),
+throughput and lag (``/stats/``) and Prometheus
 metrics (``/metrics``), and ``/healthz`` / ``/readyz`` for orchestrators (see
 :mod:`.core.health`). The Pub/Sub bridge serves the same paths with the same JSON.
 The views start only once the model is verified and the output topics exist
@@ -16,9 +17,10 @@ from typing import Any
 from . import metrics
 from .agents import failing_batches, lifecycle, partition_lags, progress, recent_mistakes
 from .core.health import Check, report
+from .core.rollout import ModelTally
 from .faust_app import app, settings
 from .global_scores import global_totals, global_totals_by_model
-from .rollout import current_models
+from .rollout import current_models, manifest_of
 from .rollout import status as rollout_status
 from .topics import images_topic
 
@@ -54,6 +56,19 @@ async def accuracy_window(web: Any, request: Any) -> Any:
     )
 
 
+@app.page("/drift/")
+async def drift(web: Any, request: Any) -> Any:
+    """Per model version, its drift windows (counted with the global totals' rows) against
+    the reference in its manifest; see :mod:`.core.drift`."""
+    _, _, tally = await global_totals_by_model()
+    return web.json(drift_report(tally))
+
+
+def drift_report(tally: ModelTally) -> dict[str, Any]:
+    serving = rollout_status()
+    return tally.drift_report(serving.get("live"), serving.get("shadow"), manifest_of, settings.pipeline.window_seconds)
+
+
 @app.page("/recent/")
 async def recent(web: Any, request: Any) -> Any:
     """The latest misclassified images (base64 pixels), newest first."""
@@ -70,9 +85,10 @@ async def stats(web: Any, request: Any) -> Any:
 
 @app.page("/metrics")
 async def prometheus_metrics(web: Any, request: Any) -> Any:
-    """Prometheus text exposition; the accuracy gauge (global) and lag are set at scrape time."""
-    scores, version = await global_totals()
-    body, content_type = metrics.exposition(scores.report(version), consumer_lag())
+    """Prometheus text exposition; the accuracy and drift gauges (global) and lag are set at
+    scrape time."""
+    scores, version, tally = await global_totals_by_model()
+    body, content_type = metrics.exposition(scores.report(version), consumer_lag(), drift_report(tally))
     return web.bytes(body, headers={"Content-Type": content_type})  # aiohttp rejects charset in content_type
 
 

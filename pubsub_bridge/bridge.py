@@ -405,7 +405,10 @@ def run(settings: Settings) -> int:
         log.error("%s", describe_open_error(settings.bridge.state_url, exc))
         return 1
     try:
-        models = ModelSwitch.start(ModelRegistry(settings.model.directory, settings.model.path), store.rollout_state())
+        registry = ModelRegistry(
+            settings.model.directory, settings.model.path, fail_on_white_images=settings.faults.white_images
+        )
+        models = ModelSwitch.start(registry, store.rollout_state())
     except (ModelError, ValueError) as exc:
         log.error("%s", exc)
         store.close()
@@ -431,6 +434,7 @@ def run(settings: Settings) -> int:
         unavailable=store.transient_errors,
         totals=store.totals,
         rollout=models.status,
+        manifest_of=models.manifest,
         liveness=health.liveness,
         readiness=health.readiness,
     )

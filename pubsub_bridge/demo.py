@@ -38,7 +38,7 @@ def _demo_env(run: str, workdir: Path) -> dict[str, str]:
     for name, value in run_names(f"demo-{run}").items():
         env.setdefault(name, value)
     env.setdefault("BRIDGE_STATE_PATH", str(workdir / "bridge-state.sqlite3"))
-    if "BRIDGE_WEB_PORT" not in os.environ and not port_free(6067):
+    if "BRIDGE_WEB_PORT" not in env and not port_free(6067):
         env["BRIDGE_WEB_PORT"] = str(free_port())  # 6067 is taken (another bridge?): use a free port
     return env
 

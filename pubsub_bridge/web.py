@@ -1,6 +1,6 @@
 """The bridge's HTTP views, the same paths and JSON as the Faust worker's.
 
-``/accuracy/``, ``/accuracy/window/``, ``/recent/``, ``/stats/``, ``/metrics``, the
+``/accuracy/``, ``/accuracy/window/``, ``/drift/``, ``/recent/``, ``/stats/``, ``/metrics``, the
 dashboard at ``/``, and ``/healthz`` / ``/readyz`` for orchestrators
 (:mod:`fmnist_faust.core.health`). aiohttp runs on its own event loop in a daemon thread, so the
 bridge's pulling and batching threads never wait on a slow HTTP client, and the views
@@ -44,6 +44,8 @@ class Views:
     # them) and what this process serves (``ModelSwitch.status``).
     totals: Callable[[], tuple[Scores, ModelTally]] | None = None
     rollout: Callable[[], dict] | None = None
+    # Drift: the manifest of a version (its reference), ``ModelSwitch.manifest``.
+    manifest_of: Callable[[str], dict | None] | None = None
     # Liveness and readiness checks (:class:`~.bridge.BridgeHealth`); none: always 200.
     liveness: Callable[[], list[Check]] = list
     readiness: Callable[[], list[Check]] = list
@@ -52,17 +54,29 @@ class Views:
 def make_app(views: Views) -> web.Application:
     """The aiohttp application; separate from the server so it can be served anywhere."""
 
-    def report() -> dict:
-        if views.totals is None:
-            return views.scores().report(views.model_version())
-        scores, tally = views.totals()
-        serving = views.rollout() if views.rollout else {}
+    def read() -> tuple[Scores, ModelTally | None]:
+        """The totals and their per-model tally, from one read of the store."""
+        return (views.scores(), None) if views.totals is None else views.totals()
+
+    def report(scores: Scores, tally: ModelTally | None) -> dict:
         document = scores.report(views.model_version())
-        document["by_model"] = tally.report(serving.get("live"), serving.get("shadow"))
+        if tally is not None:
+            serving = views.rollout() if views.rollout else {}
+            document["by_model"] = tally.report(serving.get("live"), serving.get("shadow"))
         return document
 
+    def drift_report(tally: ModelTally | None) -> dict:
+        serving = views.rollout() if views.rollout else {}
+        manifest_of = views.manifest_of or (lambda _version: None)
+        return (tally or ModelTally()).drift_report(
+            serving.get("live"), serving.get("shadow"), manifest_of, views.window_seconds
+        )
+
     async def accuracy(request: web.Request) -> web.Response:
-        return web.json_response(report())
+        return web.json_response(report(*read()))
+
+    async def drift(request: web.Request) -> web.Response:
+        return web.json_response(drift_report(read()[1]))
 
     async def accuracy_window(request: web.Request) -> web.Response:
         return web.json_response(
@@ -81,7 +95,8 @@ def make_app(views: Views) -> web.Application:
         return web.json_response(document)
 
     async def prometheus(request: web.Request) -> web.Response:
-        body, content_type = metrics.exposition(report(), None)
+        scores, tally = read()
+        body, content_type = metrics.exposition(report(scores, tally), None, drift_report(tally))
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def healthz(request: web.Request) -> web.Response:
@@ -98,7 +113,7 @@ def make_app(views: Views) -> web.Application:
                 status=404,
                 text=f"no dashboard here: {views.dashboard} does not exist; "
                 "the JSON views are /accuracy/, /accuracy/window/, "
-                "/recent/, /stats/ and /metrics\n",
+                "/drift/, /recent/, /stats/ and /metrics\n",
             )
         return web.FileResponse(views.dashboard, headers={"Cache-Control": "no-store"})
 
@@ -114,6 +129,7 @@ def make_app(views: Views) -> web.Application:
     app.router.add_get("/", dashboard)
     app.router.add_get("/accuracy/", accuracy)
     app.router.add_get("/accuracy/window/", accuracy_window)
+    app.router.add_get("/drift/", drift)
     app.router.add_get("/recent/", recent)
     app.router.add_get("/stats/", stats)
     app.router.add_get("/metrics", prometheus)

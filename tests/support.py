@@ -10,8 +10,10 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import requests
 
@@ -121,7 +123,12 @@ class Worker(Service):
 
 
 def consume_topics(
-    bootstrap: str, expected: dict[str, int], timeout: float = 60.0, settle: float = 1.0, fetch_bytes: int = 1 << 20
+    bootstrap: str,
+    expected: dict[str, int],
+    timeout: float = 60.0,
+    settle: float = 1.0,
+    fetch_bytes: int = 1 << 20,
+    isolation_level: str = "read_uncommitted",
 ) -> dict[str, list]:
     """Read each topic from the beginning until it has its ``expected`` count (then ``settle``
     seconds more, to catch anything extra) or ``timeout``; returns topic -> ConsumerRecords.
@@ -139,6 +146,7 @@ def consume_topics(
             enable_auto_commit=False,
             max_partition_fetch_bytes=fetch_bytes,
             fetch_max_bytes=max(fetch_bytes, 50 << 20),
+            isolation_level=isolation_level,
         )
         await consumer.start()
         records: dict[str, list] = {topic: [] for topic in expected}
@@ -157,6 +165,60 @@ def consume_topics(
         return records
 
     return asyncio.run(run())
+
+
+def committed_and_ends(
+    bootstrap: str, group: str, topic: str, partitions: int = 4
+) -> tuple[dict[int, int | None], dict[int, int]]:
+    """The group's committed offset and the log end of every partition of ``topic``."""
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    async def run() -> tuple[dict[int, int | None], dict[int, int]]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+        await admin.start()
+        await consumer.start()
+        try:
+            tps = [TopicPartition(topic, p) for p in range(partitions)]
+            ends = await consumer.end_offsets(tps)
+            offsets = await admin.list_consumer_group_offsets(group, partitions=tps)
+            committed = {
+                tp.partition: (meta.offset if meta is not None and meta.offset >= 0 else None)
+                for tp, meta in offsets.items()
+            }
+            return committed, {tp.partition: end for tp, end in ends.items()}
+        finally:
+            await consumer.stop()
+            await admin.close()
+
+    return asyncio.run(run())
+
+
+def _report(worker) -> dict | None:
+    """The worker's ``/accuracy/``; None while a request fails (one did, right after the broker
+    resumed); fails at once, with its log, when the worker has exited."""
+    try:
+        return worker.accuracy()
+    except requests.ConnectionError:
+        if worker.proc is not None and worker.proc.poll() is not None:
+            raise AssertionError(f"the worker exited with status {worker.proc.returncode}:\n{worker.log()}") from None
+        return None
+
+
+def counted(worker) -> int:
+    """Images the worker reports; 0 while a request fails."""
+    report = _report(worker)
+    return 0 if report is None else int(report["images"])
+
+
+def handled(worker) -> int:
+    """Messages the worker reports, counted images plus dead-lettered ones (a message that is
+    not an image never counts as one); 0 while a request fails."""
+    report = _report(worker)
+    return 0 if report is None else int(report["images"]) + int(report["rejected"])
 
 
 def consume_topic(bootstrap: str, topic: str, expected: int, timeout: float = 60.0, settle: float = 1.0) -> list:
@@ -252,7 +314,6 @@ def print_figures(backend: str, report: dict, killed_at: int, promoted_at: int) 
 
 def offline_confusion(model_path, images, labels) -> list[list[int]]:
     """The confusion matrix the model gives offline: what exact streamed totals must equal."""
-    import numpy as np
 
     from fmnist_faust.core.model import load_classifier
 
@@ -351,3 +412,89 @@ class DelayedLabels:
         """The closing figures of one run, for the record (``pytest -s``)."""
         keys = ("images", "labeled", "correct", "accuracy", "awaiting_label", "label_expired")
         return {key: report[key] for key in keys} | {"labels": report["labels"]}
+
+
+@dataclass(frozen=True)
+class DriftWindow:
+    """The images the drift tests send in one window, and what they are."""
+
+    kind: str
+    ids: list[str]
+    images: np.ndarray
+    labels: np.ndarray
+
+
+def drift_stream(split, one_class: int = 7) -> list[DriftWindow]:
+    """Seven windows: the test split twice; half test split, half the same images inverted
+    (255 - x); inverted; the test split; half test split, half one class; that class alone."""
+    from fmnist_faust.core.contract import CLASS_NAMES
+
+    test, inverted = split.images, 255 - split.images
+    of_class = np.flatnonzero(split.labels == one_class)
+    parts = [
+        [("test", range(0, 1000))],
+        [("test", range(1000, 2000))],
+        [("test", range(2000, 2500)), ("inverted", range(0, 500))],
+        [("inverted", range(500, 1500))],
+        [("test", range(2500, 3500))],
+        [("test", range(3500, 4000)), ("class", of_class[:500])],
+        [("class", of_class[500:1000])],
+    ]
+    names = {"test": "test", "inverted": "inverted", "class": CLASS_NAMES[one_class].lower()}
+    windows = []
+    for window in parts:
+        ids, images, labels = [], [], []
+        for kind, rows in window:
+            rows = np.asarray(rows)
+            ids += [f"{kind}-{i}" for i in rows]
+            images.append(inverted[rows] if kind == "inverted" else test[rows])
+            labels.append(split.labels[rows])
+        kinds = [names[kind] for kind, _ in window]
+        name = " + ".join(f"{k} half" for k in kinds) if len(kinds) > 1 else kinds[0]
+        windows.append(DriftWindow(name, ids, np.concatenate(images), np.concatenate(labels)))
+    return windows
+
+
+def offline_drift(classifier, images) -> dict[str, list[int]]:
+    """The drift counts per signal of ``images`` classified outside any stream (one window)."""
+    from fmnist_faust.core import drift
+
+    predicted, confidence = classifier.predict(images)
+    row = drift.Observations.of(predicted, confidence, images, [0.0] * len(images)).histogram()
+    return {s.name: row[s.span].tolist() for s in drift.SIGNALS}
+
+
+def drift_records(windows: list[DriftWindow], base: int, window_seconds: int) -> list[tuple[str, bytes, float]]:
+    """``windows`` as batch records of 50 images, stamped one window after another from ``base``."""
+    from fmnist_faust.core.contract import encode_batch
+
+    records = []
+    for w, window in enumerate(windows):
+        for first in range(0, len(window.ids), 50):
+            part = slice(first, first + 50)
+            value = encode_batch(window.ids[part], window.images[part], window.labels[part].tolist())
+            records.append((window.ids[first], value, base + w * window_seconds + 1.0))
+    return records
+
+
+def produce_at(bootstrap: str, topic: str, records: list[tuple[str, bytes, float]]) -> None:
+    """Send (key, value, record timestamp) with those timestamps: the windows are the test's."""
+    import asyncio
+
+    from aiokafka import AIOKafkaProducer
+
+    async def run() -> None:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, max_request_size=4 << 20
+        )
+        await producer.start()
+        try:
+            sent = [
+                await producer.send(topic, value, key=key.encode(), timestamp_ms=int(stamp * 1000))
+                for key, value, stamp in records
+            ]
+            await asyncio.gather(*sent)
+        finally:
+            await producer.stop()
+
+    asyncio.run(run())

@@ -20,7 +20,7 @@ import faust
 import pytest
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
-from fmnist_faust.config import ConfigError, KafkaSecurity, load_settings
+from fmnist_faust.config import ConfigError, FaultSettings, KafkaSecurity, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -197,6 +197,8 @@ def test_ssl_without_files_uses_the_system_trust_store() -> None:
         ({"FMNIST_BATCH_SIZE": "0"}, ["FMNIST_BATCH_SIZE"]),
         ({"FMNIST_BATCH_LINGER": "soon"}, ["FMNIST_BATCH_LINGER"]),
         ({"FMNIST_MAX_MESSAGE_BYTES": "100"}, ["FMNIST_MAX_MESSAGE_BYTES"]),
+        ({"FMNIST_FAULT_CRASH_AGENT_AFTER": "-1"}, ["FMNIST_FAULT_CRASH_AGENT_AFTER"]),
+        ({"FMNIST_FAULT_CRASH_AGENT_AFTER": "soon"}, ["FMNIST_FAULT_CRASH_AGENT_AFTER"]),
     ],
 )
 def test_bad_values_raise_config_error_naming_the_variable(env: dict[str, str], names: list[str]) -> None:
@@ -297,6 +299,26 @@ def test_each_default_has_one_source() -> None:
     assert settings.pubsub.ack_deadline_s == 60 and "(default 60)" in ENV_VARS["PUBSUB_ACK_DEADLINE_SECONDS"]
     assert settings.bridge.state_path == Path(".run/bridge-state.sqlite3")
     assert settings.model.path == Path("models/fmnist-mlp.joblib") and settings.model.data_dir is None
+    assert settings.faults == FaultSettings(white_images=False, crash_agent_after=0)
+
+
+def test_faults_are_injected_only_when_set() -> None:
+    faults = load_settings({"FMNIST_FAULT_WHITE_IMAGES": "1", "FMNIST_FAULT_CRASH_AGENT_AFTER": "1500"}).faults
+    assert faults == FaultSettings(white_images=True, crash_agent_after=1500)
+    assert not load_settings({"FMNIST_FAULT_WHITE_IMAGES": "yes"}).faults.white_images  # only 1 turns it on
+
+
+def test_exactly_once_reads_no_labels_and_refuses_a_labels_topic() -> None:
+    """exactly_once's transactions do not hold the label-join state: the worker reads no labels
+    there, and naming a labels topic with it fails at start-up naming both variables."""
+    assert load_settings({}).kafka.reads_labels
+    assert not load_settings({"FMNIST_PROCESSING_GUARANTEE": "exactly_once"}).kafka.reads_labels
+    assert load_settings({"FMNIST_LABELS_TOPIC": "mine"}).kafka.reads_labels
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"FMNIST_PROCESSING_GUARANTEE": "exactly_once", "FMNIST_LABELS_TOPIC": "mine"})
+    message = str(caught.value)
+    assert "FMNIST_LABELS_TOPIC='mine'" in message and "FMNIST_PROCESSING_GUARANTEE=exactly_once" in message
+    assert "\n" not in message
 
 
 def test_relative_paths_resolve_against_the_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -37,6 +37,8 @@ def test_list_shadow_promote_unshadow(cli, rollout_models, capsys: pytest.Captur
     assert cli("list") == 0
     listing = capsys.readouterr().out
     assert all(v in listing for v in rollout_models.versions) and "live (default)" in listing
+    header, *rows = listing.splitlines()
+    assert "DRIFT REF" in header and len(rows) == 3 and all(" yes " in row for row in rows)  # trained with one
 
     assert cli("shadow", v1) == 0
     state = cli.pointer()

@@ -44,7 +44,7 @@ def test_the_pubsub_bridge_does_not_import_faust() -> None:
     out = _python(
         "import sys\n"
         "import pubsub_bridge.__main__ as main, pubsub_bridge.bridge, pubsub_bridge.admin\n"
-        "import pubsub_bridge.demo, pubsub_bridge.measure, fmnist_faust.client, fmnist_faust.cli\n"
+        "import pubsub_bridge.demo, fmnist_faust.client, fmnist_faust.cli\n"
         "from fmnist_faust.config import load_settings\n"
         "main._parser(load_settings())\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('faust', 'mode')))"

@@ -13,7 +13,6 @@ import hashlib
 import io
 import json
 import math
-import os
 import platform
 import time
 from collections.abc import Callable
@@ -24,17 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from . import augment
+from . import augment, drift
 from .contract import CLASS_NAMES, IMAGE_BYTES
 
 MANIFEST_FORMAT = 1
 DEFAULT_HIDDEN = (512, 256)
 # Epochs of the learning-rate schedule: 20 of 12-35 s each on this project's shared 2-core machine.
 DEFAULT_MAX_ITER = 20
-# Fault injection for tests and drills (docs: Operations): with this set to 1, predict
-# raises on any batch holding an all-white image, as a model that breaks on some input would.
-FAULT_WHITE_IMAGES_ENV = "FMNIST_FAULT_WHITE_IMAGES"
-_FAIL_ON_WHITE_IMAGES = os.environ.get(FAULT_WHITE_IMAGES_ENV) == "1"
 # Training stops before an epoch that would end past this many seconds, so `make model`
 # stays within its 10 minutes even on a busy machine (augmentation, scaling, scoring and
 # saving take seconds on top).
@@ -238,7 +233,7 @@ def train(
 ) -> dict[str, Any]:
     """Hold out a validation split of the original images, augment the rest, fit up to
     ``max_iter`` epochs within ``time_budget`` seconds, score on the test split, save
-    model + manifest; return the manifest."""
+    model + manifest (with the test split's drift reference); return the manifest."""
     import joblib
     import sklearn
     from sklearn.pipeline import make_pipeline
@@ -269,7 +264,14 @@ def train(
         )
         train_seconds = time.perf_counter() - started
         pipeline = make_pipeline(scaler, mlp)
-        accuracy = float((pipeline.predict(test_images.astype(np.float32)) == test_labels).mean())
+        proba = pipeline.predict_proba(test_images.astype(np.float32))
+        test_predicted = proba.argmax(axis=1)
+        accuracy = float((test_predicted == test_labels).mean())
+        reference = drift.Reference.of(
+            drift.Observations.of(
+                test_predicted, proba[np.arange(len(proba)), test_predicted], test_images, [0.0] * len(proba)
+            )
+        )
     log(
         f"trained in {train_seconds:.1f} s, {report.epochs} epochs (best {report.best_epoch}, "
         f"stopped by {report.stopped_by}); test accuracy {accuracy:.4f}"
@@ -321,6 +323,8 @@ def train(
         "test_accuracy": round(accuracy, 6),
         "class_names": list(CLASS_NAMES),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        # What drift is measured against: the test split as this model classified it.
+        "drift_reference": reference.to_manifest(),
     }
     manifest_path_for(out_path).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
@@ -388,12 +392,17 @@ class Classifier:
     OpenBLAS's extra threads spin for work and, with every core busy, cost far more CPU
     than they save (``make bench``: about half the worker's CPU per image). ``None``
     leaves the process's BLAS setting alone.
+
+    ``fail_on_white_images``: fault injection for tests and drills (``FMNIST_FAULT_WHITE_IMAGES``,
+    docs: Operations): predict raises on any batch holding an all-white image, as a model that
+    breaks on some input would.
     """
 
     estimator: Any
     version: str
     manifest: dict[str, Any]
     blas_threads: int | None = 1
+    fail_on_white_images: bool = False
 
     def predict(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Return (class index, confidence) for an (n, 784) uint8 batch."""
@@ -401,8 +410,8 @@ class Classifier:
             raise ValueError(f"expected (n, {IMAGE_BYTES}) pixels, got {pixels.shape}")
         if len(pixels) == 0:
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64)
-        if _FAIL_ON_WHITE_IMAGES and bool((pixels == 255).all(axis=1).any()):
-            raise RuntimeError(f"injected fault ({FAULT_WHITE_IMAGES_ENV}=1): an all-white image")
+        if self.fail_on_white_images and bool((pixels == 255).all(axis=1).any()):
+            raise RuntimeError("injected fault (FMNIST_FAULT_WHITE_IMAGES=1): an all-white image")
         with _blas_limit(self.blas_threads):
             proba = self.estimator.predict_proba(pixels.astype(np.float32))
         predicted = proba.argmax(axis=1)
@@ -424,7 +433,7 @@ def _blas_limit(threads: int | None) -> contextlib.AbstractContextManager[Any]:
     return _blas_controller().limit(limits=threads, user_api="blas")
 
 
-def load_classifier(model_path: Path) -> Classifier:
+def load_classifier(model_path: Path, *, fail_on_white_images: bool = False) -> Classifier:
     """Verify, then load the very bytes that were verified (no window for a swap between
     hashing and unpickling). Raises :class:`ModelError` on any mismatch."""
     import joblib
@@ -432,7 +441,12 @@ def load_classifier(model_path: Path) -> Classifier:
     data = _read_model(Path(model_path))
     manifest = _verify_bytes(Path(model_path), data)
     estimator = joblib.load(io.BytesIO(data))
-    return Classifier(estimator=estimator, version=str(manifest["model_version"]), manifest=manifest)
+    return Classifier(
+        estimator=estimator,
+        version=str(manifest["model_version"]),
+        manifest=manifest,
+        fail_on_white_images=fail_on_white_images,
+    )
 
 
 def train_small(

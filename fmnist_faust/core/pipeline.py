@@ -36,6 +36,7 @@ from .contract import (
     decode_record,
     image_faults,
 )
+from .drift import pixel_bins
 from .model import Classifier
 from .scores import Scores
 
@@ -70,10 +71,15 @@ class BatchResult:
     outcomes: list[Outcome]
     pixels: list[np.ndarray | None]
     sources: list[int] = field(default_factory=list)
+    # (outcomes, 2): each image's intensity and spread bin for drift (:func:`.drift.pixel_bins`),
+    # -1 where there are no pixels; classify_batch bins the array it predicts on, once.
+    pixel_bins: np.ndarray = field(default_factory=lambda: np.empty((0, 2), dtype=np.int64))
 
     def __post_init__(self) -> None:
         if not self.sources and self.outcomes:
             self.sources = list(range(len(self.outcomes)))
+        if len(self.pixel_bins) != len(self.outcomes):
+            self.pixel_bins = _binned(self.pixels)
 
     @property
     def rejections(self) -> list[tuple[RawMessage, InvalidMessage]]:
@@ -103,6 +109,7 @@ class BatchResult:
             [self.outcomes[i] for i in indices],
             [self.pixels[i] for i in indices],
             [self.sources[i] for i in indices],
+            self.pixel_bins[np.asarray(indices, dtype=np.int64)],
         )
 
     def without(self, repeated: Collection[int]) -> BatchResult:
@@ -112,6 +119,15 @@ class BatchResult:
         ``fmnist_images_total``; only ``fmnist_duplicates_total`` counts it.
         """
         return self.subset(lambda i: i not in repeated)
+
+
+def _binned(pixels: Sequence[np.ndarray | None]) -> np.ndarray:
+    """(len(pixels), 2) drift bins of the images in ``pixels``, -1 for None."""
+    bins = np.full((len(pixels), 2), -1, dtype=np.int64)
+    present = [i for i, image in enumerate(pixels) if image is not None]
+    if present:
+        bins[present] = np.column_stack(pixel_bins(np.stack([pixels[i] for i in present])))  # type: ignore[misc]
+    return bins
 
 
 def repeats(keys: Sequence[str | None], counted: Callable[[int, str], bool]) -> set[int]:
@@ -183,15 +199,18 @@ def classify_batch(
         for k in range(count):
             outcomes.append(faults.get(k))
             pixels.append(None if k in faults else decoded.pixels[k])
+    bins = np.full((len(outcomes), 2), -1, dtype=np.int64)
     if valid.ids:
-        predicted, confidence = classifier.predict(np.concatenate(valid.rows))
+        rows = np.concatenate(valid.rows)
+        predicted, confidence = classifier.predict(rows)
+        bins[valid.at] = np.column_stack(pixel_bins(rows))
         now, version = clock(), classifier.version
         for index, image_id, label, sent_at, guess, conf in zip(
             valid.at, valid.ids, valid.labels, valid.sent_at, predicted.tolist(), confidence.tolist()
         ):
             latency_ms = None if sent_at is None else max(0.0, (now - sent_at) * 1000.0)
             outcomes[index] = Prediction(image_id, guess, conf, label, version, latency_ms)
-    return BatchResult(carriers, outcomes, pixels, sources)  # type: ignore[arg-type]
+    return BatchResult(carriers, outcomes, pixels, sources, bins)  # type: ignore[arg-type]
 
 
 class ModelFailure(RuntimeError):
@@ -275,6 +294,7 @@ def _joined(parts: Sequence[BatchResult]) -> BatchResult:
         [o for part in parts for o in part.outcomes],
         [p for part in parts for p in part.pixels],
         [s for part in parts for s in part.sources],
+        np.concatenate([part.pixel_bins for part in parts]) if parts else np.empty((0, 2), dtype=np.int64),
     )
 
 

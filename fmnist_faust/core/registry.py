@@ -119,17 +119,20 @@ class ModelEntry:
     sha256: str
     test_accuracy: float | None
     created_at: str | None
+    drift_reference: bool = False  # the manifest holds the test split's drift reference
 
     def pointer(self) -> ModelPointer:
         return ModelPointer(self.version, self.sha256)
 
 
 class ModelRegistry:
-    """The versions of one trusted model directory, plus the default model's path."""
+    """The versions of one trusted model directory, plus the default model's path.
+    ``fail_on_white_images``: every model it loads injects that fault (:class:`Classifier`)."""
 
-    def __init__(self, directory: Path, default_path: Path) -> None:
+    def __init__(self, directory: Path, default_path: Path, *, fail_on_white_images: bool = False) -> None:
         self.directory = Path(directory)
         self.default_path = Path(default_path)
+        self.fail_on_white_images = fail_on_white_images
 
     def entries(self) -> list[ModelEntry]:
         """Every manifest in the directory naming a joblib file beside it, by version; the
@@ -171,7 +174,7 @@ class ModelRegistry:
         """The model ``pointer`` names (None: the default), loaded from this directory only if
         the pointer's SHA-256 equals the manifest's and the file's; else :class:`ModelError`."""
         if pointer is None:
-            return load_classifier(self.default_path)
+            return load_classifier(self.default_path, fail_on_white_images=self.fail_on_white_images)
         entry = self.find(pointer.version)
         if entry.sha256 != pointer.sha256:
             raise ModelError(
@@ -184,7 +187,8 @@ class ModelRegistry:
                 f"{entry.path}: SHA-256 {actual[:16]}... differs from the pointer's {pointer.sha256[:16]}... "
                 f"for {pointer.version}; refusing to unpickle a file that was changed"
             )
-        classifier = load_classifier(entry.path)  # verifies the bytes it unpickles against the manifest
+        # verifies the bytes it unpickles against the manifest
+        classifier = load_classifier(entry.path, fail_on_white_images=self.fail_on_white_images)
         if classifier.version != pointer.version:
             raise ModelError(f"{entry.path}: holds {classifier.version}, not {pointer.version}")
         return classifier
@@ -211,4 +215,5 @@ def _entry(manifest_path: Path) -> ModelEntry | None:
         sha256=digest,
         test_accuracy=float(accuracy) if isinstance(accuracy, (int, float)) else None,
         created_at=manifest.get("created_at") if isinstance(manifest.get("created_at"), str) else None,
+        drift_reference=isinstance(manifest.get("drift_reference"), dict),
     )

@@ -14,7 +14,9 @@
   more predict call; its predictions are never published, only scored.
 - :class:`ModelTally`: the per-version part of a score record, counted from the very same
   outcomes as the totals, so the live parts sum exactly to the totals. Shadow parts (with
-  the agreement between shadow and live) sit beside them and are not in the totals.
+  the agreement between shadow and live) sit beside them and are not in the totals. Each
+  part also holds its version's drift windows (:mod:`.drift`): what it was shown and
+  answered per window, counted in the same step as its scores.
 """
 
 from __future__ import annotations
@@ -22,14 +24,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from . import drift
 from .contract import Prediction
-from .model import Classifier, ModelError
+from .drift import DriftWindows, Observations
+from .model import Classifier, ModelError, read_manifest
 from .pipeline import BatchResult
 from .registry import ModelPointer, ModelRegistry, RolloutState
 from .scores import Scores
@@ -142,6 +146,20 @@ class ModelSwitch:
         self.refused.pop(classifier.version, None)
         return classifier
 
+    def manifest(self, version: str) -> dict[str, Any] | None:
+        """The manifest of ``version``: the loaded model's, else the one in the registry's
+        directory (read, never unpickled); None if there is none (drift: no reference)."""
+        current = self._current
+        for classifier in (current.live, current.shadow):
+            if classifier is not None and classifier.version == version:
+                return classifier.manifest
+        if self.registry is None:
+            return None
+        try:
+            return read_manifest(self.registry.find(version).path)
+        except (ModelError, OSError, ValueError):
+            return None
+
     def status(self) -> dict[str, Any]:
         """What this process serves, for ``/stats/`` and ``fmnist-model status``."""
         current = self._current
@@ -159,18 +177,20 @@ class ModelSwitch:
 
 @dataclass
 class ShadowBatch:
-    """The shadow's class for each outcome of a live batch (None where the outcome is no prediction)."""
+    """The shadow's class and confidence for each outcome of a live batch (None where the
+    outcome is no prediction)."""
 
     version: str
     predicted: list[int | None]
+    confidence: list[float | None]
 
     def subset(self, keep: Callable[[int], bool]) -> ShadowBatch:
         """Mirrors :meth:`BatchResult.subset`: the same indices, so the two stay aligned."""
-        return ShadowBatch(self.version, [p for i, p in enumerate(self.predicted) if keep(i)])
+        return self.take([i for i in range(len(self.predicted)) if keep(i)])
 
     def take(self, indices: Sequence[int]) -> ShadowBatch:
         """Mirrors :meth:`BatchResult.take`."""
-        return ShadowBatch(self.version, [self.predicted[i] for i in indices])
+        return ShadowBatch(self.version, [self.predicted[i] for i in indices], [self.confidence[i] for i in indices])
 
 
 def shadow_predict(shadow: Classifier | None, result: BatchResult) -> ShadowBatch | None:
@@ -178,12 +198,14 @@ def shadow_predict(shadow: Classifier | None, result: BatchResult) -> ShadowBatc
     if shadow is None:
         return None
     predicted: list[int | None] = [None] * len(result.outcomes)
+    confidence: list[float | None] = [None] * len(result.outcomes)
     valid = [i for i, outcome in enumerate(result.outcomes) if isinstance(outcome, Prediction)]
     if valid:
-        guesses, _ = shadow.predict(np.stack([result.pixels[i] for i in valid]))  # type: ignore[misc]
-        for index, guess in zip(valid, guesses.tolist()):
+        guesses, certainty = shadow.predict(np.stack([result.pixels[i] for i in valid]))  # type: ignore[misc]
+        for index, guess, conf in zip(valid, guesses.tolist(), certainty.tolist()):
             predicted[index] = guess
-    return ShadowBatch(shadow.version, predicted)
+            confidence[index] = conf
+    return ShadowBatch(shadow.version, predicted, confidence)
 
 
 def _counts_only(scores: Scores) -> Scores:
@@ -194,34 +216,52 @@ def _counts_only(scores: Scores) -> Scores:
 
 @dataclass
 class ShadowPart:
-    """What a shadow version would have scored on the images it saw, and how often it agreed."""
+    """What a shadow version would have scored on the images it saw, how often it agreed,
+    and its drift windows on them."""
 
     scores: Scores = field(default_factory=Scores)
     compared: int = 0  # valid images both models classified
     agreed: int = 0  # of those, how many got the same class
+    drift: DriftWindows = field(default_factory=DriftWindows)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"scores": self.scores.to_dict(), "compared": self.compared, "agreed": self.agreed}
+        return {
+            "scores": self.scores.to_dict(),
+            "compared": self.compared,
+            "agreed": self.agreed,
+            "drift": self.drift.to_dict(),
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ShadowPart:
-        return cls(Scores.from_dict(data["scores"]), int(data.get("compared", 0)), int(data.get("agreed", 0)))
+        return cls(
+            Scores.from_dict(data["scores"]),
+            int(data.get("compared", 0)),
+            int(data.get("agreed", 0)),
+            DriftWindows.from_dict(data.get("drift")),
+        )
 
 
 @dataclass
 class LivePart:
-    """A version's share of the totals and when it counted its first image (record time)."""
+    """A version's share of the totals, when it counted its first image (record time), and
+    its drift windows."""
 
     scores: Scores = field(default_factory=Scores)
     since: float | None = None
+    drift: DriftWindows = field(default_factory=DriftWindows)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"scores": self.scores.to_dict(), "since": self.since}
+        return {"scores": self.scores.to_dict(), "since": self.since, "drift": self.drift.to_dict()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LivePart:
         since = data.get("since")
-        return cls(Scores.from_dict(data["scores"]), None if since is None else float(since))
+        return cls(
+            Scores.from_dict(data["scores"]),
+            None if since is None else float(since),
+            DriftWindows.from_dict(data.get("drift")),
+        )
 
 
 @dataclass
@@ -240,7 +280,9 @@ class ModelTally:
         now: float | None = None,
     ) -> None:
         """Count ``counted`` (the part of the batch the caller also applies to the totals)
-        under ``live_version``, and the shadow's predictions of the same images beside it."""
+        under ``live_version``, and the shadow's predictions of the same images beside it;
+        both parts' drift windows too, on the same images (windows by record time, as the
+        totals' windows)."""
         if not counted.outcomes:
             return
         now = time.time() if now is None else now
@@ -249,7 +291,10 @@ class ModelTally:
         _counts_only(part.scores)
         first = min((m.timestamp if m.timestamp is not None else now) for m in counted.messages)
         part.since = first if part.since is None else min(part.since, first)
+        valid, observed = _observed(counted, now)
+        part.drift.record(observed, window_seconds)
         if shadow is None:
+            self._forget_drift({live_version})
             return
         if len(shadow.predicted) != len(counted.outcomes):
             raise ValueError("shadow predictions are not aligned with the counted outcomes")
@@ -264,6 +309,28 @@ class ModelTally:
         _counts_only(shadow_part.scores)
         shadow_part.compared += len(guesses)
         shadow_part.agreed += agreed
+        shadow_part.drift.record(
+            observed.answered_by([shadow.predicted[i] for i in valid], [shadow.confidence[i] for i in valid]),  # type: ignore[misc]
+            window_seconds,
+        )
+        self._forget_drift({live_version, shadow.version})
+
+    def _forget_drift(self, counting: set[str]) -> None:
+        """Keep drift windows for :data:`.drift.MAX_DRIFT_VERSIONS` versions: ``counting`` (the
+        batch's live and shadow) and the others counted most recently; the rest lose their
+        windows (their scores stay)."""
+        parts = [(v, p.drift) for v, p in self.live.items()] + [(v, p.drift) for v, p in self.shadow.items()]
+        newest: dict[str, int] = {}
+        for version, windows in parts:
+            if windows.newest is not None:
+                newest[version] = max(newest.get(version, windows.newest), windows.newest)
+        if len(newest) <= drift.MAX_DRIFT_VERSIONS:
+            return
+        others = sorted((v for v in newest if v not in counting), key=lambda v: newest[v], reverse=True)
+        kept = counting | set(others[: max(0, drift.MAX_DRIFT_VERSIONS - len(counting))])
+        for version, windows in parts:
+            if version not in kept:
+                windows.counts.clear()
 
     def merge(self, other: ModelTally) -> ModelTally:
         for version, part in other.live.items():
@@ -271,12 +338,48 @@ class ModelTally:
             mine.scores.merge(part.scores)
             if part.since is not None:
                 mine.since = part.since if mine.since is None else min(mine.since, part.since)
+            mine.drift.merge(part.drift)
         for version, shadow in other.shadow.items():
             theirs = self.shadow.setdefault(version, ShadowPart())
             theirs.scores.merge(shadow.scores)
             theirs.compared += shadow.compared
             theirs.agreed += shadow.agreed
+            theirs.drift.merge(shadow.drift)
         return self
+
+    def drift_windows(self, version: str) -> DriftWindows:
+        """Every image ``version`` classified, live or in shadow (never the same image twice:
+        a batch is classified by one live and at most one other shadow version)."""
+        windows = DriftWindows()
+        if version in self.live:
+            windows.merge(self.live[version].drift)
+        if version in self.shadow:
+            windows.merge(self.shadow[version].drift)
+        return windows
+
+    def drift_report(
+        self,
+        live_version: str | None,
+        shadow_version: str | None,
+        manifest_of: Callable[[str], dict[str, Any] | None],
+        window_seconds: int,
+    ) -> dict[str, Any]:
+        """``GET /drift/``: per version with drift windows (and the ones serving now), its
+        windows against the reference in its manifest (:func:`.drift.report`)."""
+        versions = self._by_first_live(
+            {v for v in (*self.live, *self.shadow) if self.drift_windows(v).counts}
+            | {v for v in (live_version, shadow_version) if v}
+        )
+        return drift.report(
+            [(v, _role(v, live_version, shadow_version), self.drift_windows(v)) for v in versions],
+            manifest_of,
+            window_seconds,
+        )
+
+    def _by_first_live(self, versions: Iterable[str]) -> list[str]:
+        return sorted(
+            versions, key=lambda v: ((self.live[v].since or float("inf")) if v in self.live else float("inf"), v)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -306,15 +409,14 @@ class ModelTally:
     def report(self, live_version: str | None, shadow_version: str | None) -> dict[str, dict[str, Any]]:
         """``by_model`` of ``/accuracy/``: per version, its part of the totals (``live``, summing
         to the totals), its shadow scores and agreement (``shadow``), and its ``role`` now."""
-        versions = sorted(
-            set(self.live) | set(self.shadow) | {v for v in (live_version, shadow_version) if v},
-            key=lambda v: (self.live[v].since or float("inf")) if v in self.live else float("inf"),
+        versions = self._by_first_live(
+            set(self.live) | set(self.shadow) | {v for v in (live_version, shadow_version) if v}
         )
         out: dict[str, dict[str, Any]] = {}
         for version in versions:
             live = self.live.get(version)
             shadow = self.shadow.get(version)
-            role = "live" if version == live_version else "shadow" if version == shadow_version else "retired"
+            role = _role(version, live_version, shadow_version)
             shadow_report = None
             if shadow is not None:
                 shadow_report = _part_report(shadow.scores)
@@ -330,6 +432,26 @@ class ModelTally:
                 "shadow": shadow_report,
             }
         return out
+
+
+def _role(version: str, live_version: str | None, shadow_version: str | None) -> str:
+    return "live" if version == live_version else "shadow" if version == shadow_version else "retired"
+
+
+def _observed(counted: BatchResult, now: float) -> tuple[list[int], Observations]:
+    """The indices of ``counted``'s predictions and their drift signals (the pixel bins
+    the pipeline computed, for the live and the shadow part alike)."""
+    bins = counted.pixel_bins
+    valid = [i for i, o in enumerate(counted.outcomes) if isinstance(o, Prediction) and bins[i, 0] >= 0]
+    outcomes = [counted.outcomes[i] for i in valid]
+    stamps = [counted.messages[i].timestamp for i in valid]
+    return valid, Observations(
+        np.asarray([o.predicted for o in outcomes], dtype=np.int64),  # type: ignore[union-attr]
+        np.asarray([o.confidence for o in outcomes], dtype=np.float64),  # type: ignore[union-attr]
+        bins[valid, 0],
+        bins[valid, 1],
+        np.asarray([now if t is None else t for t in stamps], dtype=np.float64),
+    )
 
 
 def count_batch(

@@ -54,6 +54,21 @@ def test_a_tampered_file_or_a_pointer_with_another_hash_is_refused(rollout_model
         serving.load(ModelPointer(v1, "0" * 64))
 
 
+def test_the_white_image_fault_reaches_every_model_the_registry_loads(rollout_models) -> None:
+    """FMNIST_FAULT_WHITE_IMAGES (config.FaultSettings) as the worker and the bridge hand it
+    over: the default and a promoted version both fail on an all-white image, and only there."""
+    default = rollout_models.default(rollout_models.trusted)
+    faulty = ModelRegistry(rollout_models.trusted, default, fail_on_white_images=True)
+    plain = ModelRegistry(rollout_models.trusted, default)
+    images = np.zeros((3, 784), dtype=np.uint8)
+    images[1] = 255
+    for classifier in (faulty.load(None), faulty.load(faulty.verified_pointer(rollout_models.versions[1]))):
+        assert len(classifier.predict(images[::2])[0]) == 2
+        with pytest.raises(RuntimeError, match="FMNIST_FAULT_WHITE_IMAGES"):
+            classifier.predict(images)
+    assert len(plain.load(None).predict(images)[0]) == 3
+
+
 def test_rollout_state_round_trips_and_promotion_clears_the_same_shadow() -> None:
     a, b = ModelPointer("a", "1" * 64), ModelPointer("b", "2" * 64)
     state = RolloutState().shadowed(b)

@@ -23,7 +23,7 @@ import requests
 from fmnist_faust.client import MainManager, Producer
 from fmnist_faust.config import load_settings
 from fmnist_faust.core.contract import encode_image
-from support import IN_CI, wait_until
+from support import IN_CI, drift_records, drift_stream, produce_at, wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.kafka, pytest.mark.timeout(120)]
 
@@ -288,3 +288,45 @@ def test_dashboard_shows_live_and_shadow_side_by_side_and_marks_the_promotion(
     assert v0 in page["retired"] and "1,200 images" in page["retired"]
     assert report["images"] == 1800 == sum(p["live"]["images"] for p in report["by_model"].values() if p["live"])
     assert browser.save_screenshot(str(worker.log_path.with_name("dashboard-rollout.png")))
+
+
+READ_DRIFT = """
+return {
+  polls: Number(document.body.dataset.polls),
+  models: Array.from(document.querySelectorAll("#drift-models .drift-model"),
+                     (m) => [m.dataset.version, m.dataset.role, m.dataset.reference]),
+  chips: Array.from(document.querySelectorAll("#drift-models .drift-model[data-role=live] .psi"),
+                    (c) => [c.dataset.signal, Number(c.dataset.value), c.dataset.level]),
+  lines: Array.from(document.querySelectorAll("#chart-drift polyline.psi-line"),
+                    (l) => [l.dataset.signal, l.getAttribute("points").trim().split(" ").length]),
+  thresholds: document.querySelectorAll("#chart-drift line.threshold").length,
+};
+"""
+
+
+def test_dashboard_shows_drift_per_serving_model_against_its_reference(
+    start_worker: Callable, worker_env: dict[str, str], kafka_bootstrap: str, browser: Any, test_split: Any
+) -> None:
+    """The drift stream (test split, inverted, one class) in past 10-s windows: the card shows
+    the live model's newest PSI per signal, coloured by the thresholds, and a line per signal."""
+    worker = start_worker()
+    browser.get(worker.url + "/")
+    windows = drift_stream(test_split)
+    base = (int(time.time()) // 10 - 2 * len(windows)) * 10
+    produce_at(kafka_bootstrap, worker_env["FMNIST_IMAGES_TOPIC"], drift_records(windows, base, 10))
+    total = sum(len(w.ids) for w in windows)
+    wait_until(lambda: worker.accuracy()["images"] >= total, 60, what="the drift stream counted")
+    document = requests.get(worker.url + "/drift/", timeout=10).json()
+    ((version, part),) = document["models"].items()
+    latest = part["latest"]["psi"]
+
+    def shown() -> dict | None:  # a refresh after the whole stream was counted
+        page = browser.execute_script(READ_DRIFT)
+        return page if {s: v for s, v, _ in page["chips"]} == latest else None
+
+    page = wait_until(shown, 60, what="the drift card showing the newest window")
+    assert page["models"] == [[version, "live", "ok"]] and page["thresholds"] == 2
+    assert {s: level for s, _, level in page["chips"]} == {
+        s: "alert" if v > 0.25 else "warn" if v > 0.1 else "ok" for s, v in latest.items()
+    }
+    assert page["lines"] == [[s, len(windows)] for s in latest]

@@ -12,56 +12,26 @@ session + 15 s). The loop of the closing note: ``tools/freeze-loop.sh``.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 
 import pytest
 
-from support import broker_pid, consume_topic, freeze, offline_confusion, produce_images, wait_until
+from support import (
+    broker_pid,
+    committed_and_ends,
+    consume_topic,
+    counted,
+    freeze,
+    offline_confusion,
+    produce_images,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.chaos]
 COUNT = int(os.environ.get("FREEZE_IMAGES", "4000"))
 SESSION_S = float(os.environ.get("FREEZE_SESSION_S", "10"))
 FREEZE_S = float(os.environ.get("FREEZE_SECONDS", SESSION_S + 15))
-
-
-def committed_and_ends(
-    bootstrap: str, group: str, topic: str, partitions: int = 4
-) -> tuple[dict[int, int | None], dict[int, int]]:
-    """The group's committed offset and the log end of every partition of ``topic``."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    async def run() -> tuple[dict[int, int | None], dict[int, int]]:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
-        await admin.start()
-        await consumer.start()
-        try:
-            tps = [TopicPartition(topic, p) for p in range(partitions)]
-            ends = await consumer.end_offsets(tps)
-            offsets = await admin.list_consumer_group_offsets(group, partitions=tps)
-            committed = {
-                tp.partition: (meta.offset if meta is not None and meta.offset >= 0 else None)
-                for tp, meta in offsets.items()
-            }
-            return committed, {tp.partition: end for tp, end in ends.items()}
-        finally:
-            await consumer.stop()
-            await admin.close()
-
-    return asyncio.run(run())
-
-
-def counted(worker) -> int:
-    """Images the worker reports; 0 while a request fails (one did, right after the broker resumed)."""
-    import requests
-
-    try:
-        return int(worker.accuracy()["images"])
-    except requests.ConnectionError:
-        return 0
 
 
 def assert_exact(workers, env, bootstrap, tiny_model, images, labels, prefix) -> None:

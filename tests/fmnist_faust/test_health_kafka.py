@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import requests
 
-from fmnist_faust.agents import EXIT_AGENT_CRASHED, FAULT_CRASH_AGENT_ENV
+from fmnist_faust.agents import EXIT_AGENT_CRASHED
 from fmnist_faust.config import load_settings
 from support import ROOT, offline_confusion, produce_images, wait_until
 
@@ -87,7 +87,7 @@ def test_a_crashed_agent_exits_the_worker_and_nothing_is_lost(
 ) -> None:
     settings = load_settings(worker_env)
     images, labels = test_split.images[:3000], test_split.labels[:3000].astype(int)
-    crashing = start_worker(**{FAULT_CRASH_AGENT_ENV: "1500"})
+    crashing = start_worker(FMNIST_FAULT_CRASH_AGENT_AFTER="1500")
     produced = time.monotonic()
     produce_images(kafka_bootstrap, settings.topics.images, images, labels)
     assert crashing.proc is not None

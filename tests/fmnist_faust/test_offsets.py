@@ -148,6 +148,7 @@ def test_seek_runs_on_the_consumer_thread() -> None:
 
     class _Consumer:
         _thread = _Thread()
+        _delivered: dict[TP, tuple[int, int]] = {}
 
     tp = _images(1)
     asyncio.run(RowOffsetConsumer._seek(_Consumer(), tp, 42))  # type: ignore[arg-type]
@@ -208,3 +209,60 @@ def test_a_batch_built_on_a_failed_batch_in_flight_is_read_again_not_counted(mon
     assert seen_applied == [9, 12, 9]  # the second batch read the first (in flight) as counted
     assert finished == [[10, 11, 12], [10, 11, 12]]  # the batch at 13 was never started
     assert rewound == [{_images(0)}]
+
+
+def test_events_the_flow_control_clears_are_read_again_even_when_flow_was_running(monkeypatch: Any) -> None:
+    """Faust's recovery resumes flow twice; the second resume cleared a fetch already queued
+    for the agent, whose partition then counted nothing until the stall check."""
+    import asyncio
+
+    from mode.utils.queues import FlowControlQueue
+
+    from fmnist_faust import offsets
+    from fmnist_faust.faust_app import app
+
+    assert isinstance(app.flow_control, offsets.ReadAgainOnClear)
+    read_again: list[set[TP]] = []
+
+    async def record(tps: set[TP]) -> None:
+        read_again.append(tps)
+
+    monkeypatch.setattr(offsets.ReadAgainOnClear, "read_again", staticmethod(record))
+
+    async def scenario() -> None:
+        flow = offsets.ReadAgainOnClear(initially_suspended=False)
+        queue: FlowControlQueue = FlowControlQueue(maxsize=16, flow_control=flow, clear_on_resume=True)
+        flow.resume()  # nothing queued: nothing to read again
+        await asyncio.sleep(0)
+        assert read_again == []
+        for tp in (_images(2), _images(2), _images(0)):
+            queue.put_nowait(_Event(_Message(tp, 7)))
+        queue.put_nowait("not an event")
+        flow.resume()  # flow was running: Faust clears the queue all the same
+        assert queue.empty()
+        await asyncio.sleep(0)
+
+    asyncio.run(scenario())
+    assert read_again == [{_images(2), _images(0)}]
+
+
+def test_the_agent_reads_cleared_partitions_again_from_their_rows(monkeypatch: Any) -> None:
+    import asyncio
+
+    from fmnist_faust import agents, offsets
+
+    rewound: list[tuple[TP, str]] = []
+
+    class Consumer:
+        def assignment(self) -> set[TP]:
+            return {_images(0), _images(1)}
+
+        async def rewind(self, tp: TP, why: str) -> None:
+            rewound.append((tp, why))
+
+    monkeypatch.setattr(agents.app, "_consumer", Consumer(), raising=False)
+    monkeypatch.setattr(type(agents.app), "consumer", property(lambda app: app._consumer))
+    read_again = offsets.ReadAgainOnClear.read_again
+    assert read_again is not None
+    asyncio.run(read_again({_images(1), _images(3)}))  # 3 is no longer assigned here
+    assert rewound == [(_images(1), "Faust cleared its fetched records from the stream's queue")]

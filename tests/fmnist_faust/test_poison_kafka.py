@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 
 from fmnist_faust.config import load_settings
-from fmnist_faust.core.model import FAULT_WHITE_IMAGES_ENV
 from support import consume_topics, offline_confusion, produce_images, wait_until
 
 pytestmark = pytest.mark.kafka
@@ -32,7 +31,7 @@ def test_a_poison_image_is_dead_lettered_and_every_other_image_counted(
     settings = load_settings(worker_env)
     images, labels = test_split.images[:IMAGES].copy(), test_split.labels[:IMAGES].astype(int)
     images[POISON] = 255
-    worker = start_worker(**{FAULT_WHITE_IMAGES_ENV: "1"})
+    worker = start_worker(FMNIST_FAULT_WHITE_IMAGES="1")
     started = time.monotonic()
     ids = produce_images(kafka_bootstrap, settings.topics.images, images, labels)
 

@@ -40,12 +40,6 @@ def assert_by_model_sums(report: dict) -> None:
     assert np.sum([part["confusion"] for part in live], axis=0).tolist() == report["confusion"]
 
 
-# Rerun once: in about one full-suite run of three under load, the worker restarted after the
-# SIGKILL logs its assignment, its seeks and "Worker ready", then fetches nothing (no
-# highwater, so no stall line) for a minute. The cause is open (a partition left paused by
-# Faust's recovery or the stream buffer is the suspect); the rerun keeps the suite honest
-# about everything else, not about that hang.
-@pytest.mark.flaky(reruns=1)
 def test_shadow_sigkill_promote_and_a_tampered_candidate(
     start_worker: Callable, worker_env: dict[str, str], kafka_bootstrap: str, test_split, rollout_models
 ) -> None:

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from bench.local_postgres import LocalPostgres, find_bin_dir
 from bridge_helpers import Bridge, Collector
 from fmnist_faust.config import Settings, load_settings, run_names
-from pg_helpers import LocalPostgres, find_bin_dir
 from support import IN_CI, free_port
 
 

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import pytest
 
+from bench.local_postgres import PASSWORD, LocalPostgres
 from bridge_helpers import Bridge, Collector, checked_totals, offline_scores, publish_images
 from fmnist_faust.config import Settings, load_settings
 from fmnist_faust.core import dataset
 from fmnist_faust.netutil import NotReady, wait_ready
-from pg_helpers import PASSWORD, LocalPostgres
 from pubsub_bridge.admin import setup
 from support import free_port, offline_confusion
 

@@ -11,9 +11,9 @@ import threading
 import psycopg
 import pytest
 
+from bench.local_postgres import PASSWORD, LocalPostgres
 from fmnist_faust.core.contract import Prediction
 from fmnist_faust.core.pipeline import BatchResult, RawMessage
-from pg_helpers import PASSWORD, LocalPostgres
 from pubsub_bridge.pgstore import MIGRATIONS, PRUNE_LOCK, PostgresStore
 from pubsub_bridge.store import describe_open_error, image_key, open_store
 

@@ -20,7 +20,6 @@ from bridge_helpers import Bridge, Collector, checked_totals, offline_scores, pu
 from fmnist_faust.config import Settings
 from fmnist_faust.core import dataset
 from fmnist_faust.core.contract import encode_image
-from fmnist_faust.core.model import FAULT_WHITE_IMAGES_ENV
 
 pytestmark = pytest.mark.pubsub
 
@@ -37,7 +36,7 @@ def test_a_poison_image_is_dead_lettered_and_every_other_image_counted(
 ) -> None:
     settings = pubsub_setup
     dead_letters = collect(settings.pubsub.dlq_subscription)
-    bridge = start_bridge(**{FAULT_WHITE_IMAGES_ENV: "1"})
+    bridge = start_bridge(FMNIST_FAULT_WHITE_IMAGES="1")
     started = time.monotonic()
     poison = encode_image("poison", np.full(784, 255, dtype=np.uint8), 1)
     indices = range(GOOD)

@@ -14,12 +14,12 @@ import pytest
 import requests
 from test_bridge_handler import DirectAcker, RecordingPublisher, image
 
+from bench.local_postgres import PASSWORD, LocalPostgres
 from fmnist_faust.config import ConfigError, load_settings
 from fmnist_faust.core import dataset
 from fmnist_faust.core.model import load_classifier
 from fmnist_faust.core.recent import RecentMistakes
 from fmnist_faust.core.scores import Scores
-from pg_helpers import PASSWORD, LocalPostgres
 from pubsub_bridge.bridge import Batcher
 from pubsub_bridge.handler import BatchHandler
 from pubsub_bridge.store import open_store, redact_url

@@ -1,7 +1,7 @@
 """The state stores: counts and counted keys change together, once, across replicas.
 
 The contract tests run on both implementations of :class:`pubsub_bridge.store.Store`
-(``kind`` = sqlite, postgres: a real server, see ``pg_helpers``); the last ones are about
+(``kind`` = sqlite, postgres: a real server, see ``bench.local_postgres``); the last ones are about
 SQLite's file format and query plans.
 """
 
@@ -322,7 +322,7 @@ def test_the_rollout_pointer_is_stored_and_read_by_every_replica(open_one: OpenS
 def test_per_model_tally_commits_with_the_totals_and_sums_to_them(open_one: OpenStore) -> None:
     store = open_one()
     first = batch([(1, 1), (2, 3)], rejected=1)
-    shadow = ShadowBatch("v2", [1, 2, None])  # agrees on the first image only
+    shadow = ShadowBatch("v2", [1, 2, None], [0.9, 0.8, None])  # agrees on the first image only
     store.commit(first, [image_key("a"), image_key("b"), message_key("m")], "v1", 10, shadow)
     store.commit(batch([(4, 4)]), [image_key("a")], "v2", 10)  # counted before: nothing changes
     store.commit(batch([(5, 5)]), [image_key("c")], "v2", 10)

@@ -1,5 +1,6 @@
-"""A throwaway PostgreSQL server for the tests: Debian's ``postgresql`` package, started in a
-temporary data directory on 127.0.0.1 and a free port.
+"""A throwaway PostgreSQL server for the bench's store stages and the tests (one copy for
+both): Debian's ``postgresql`` package, started in a temporary data directory on 127.0.0.1
+and a free port.
 
 Postgres refuses to run as root, so as root every server command runs as the ``postgres``
 user (``runuser``) on a directory it owns; as any other user it runs directly. Local
@@ -17,7 +18,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from support import free_port
+from fmnist_faust.netutil import free_port
 
 PASSWORD = "s3cret-test-pw"  # the tests check it never reaches a log
 
