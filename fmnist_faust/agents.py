@@ -21,6 +21,13 @@ per record (a record is counted whole, in one step), marks and the duplicate rul
 in the record's partition. A batch holding more than :data:`STEP_IMAGES` images
 is processed in consecutive steps (:func:`image_steps`), so one predict call and one batch
 of sends stay bounded whatever the records hold.
+
+Delayed labels come through the same channel (labels partition ``p`` with images partition
+``p``): a batch takes the fetches of both, and per partition its join step
+(:mod:`.label_join`) runs after the duplicate rule on the images that count; the row
+then holds both offsets, the counts and the join state's head together. The batch in
+flight reads as applied for labels too, and its join state is the one the next batch
+moves on.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ import bisect
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
 from aiokafka import TopicPartition
@@ -41,14 +48,16 @@ from mode import Service
 from . import metrics, partition_guard
 from .batch_send import send_batched
 from .batching import batches
-from .core.contract import Prediction, dead_letter_attributes, estimated_images
+from .core.contract import InvalidMessage, Prediction, dead_letter_attributes, estimated_images
 from .core.health import FailingBatches
+from .core.labels import Guess
 from .core.pipeline import STEP_IMAGES, BatchResult, RawMessage, classify_isolating, repeats
 from .core.recent import RecentMistakes
 from .core.rollout import count_batch, shadow_predict
 from .faust_app import app, exit_now, settings
 from .fetches import Fetch
 from .kafka_admin import ensure_topics
+from .label_join import JoinStep, join_step
 from .offsets import read_again_on_clear
 from .progress import Progress
 from .recovery import hooks as recovery_hooks
@@ -57,17 +66,19 @@ from .tables import (
     counted_at,
     expire_marks,
     expire_records,
+    labels_offset,
     mark_counted,
     mark_records,
     new_row,
     read_row,
     read_tally,
     resend_row,
+    row_join,
     row_offset,
     row_record,
     store_row,
 )
-from .topics import dlq_topic, images_topic, predictions_topic
+from .topics import dlq_topic, images_topic, inputs_topic, labels_topic, predictions_topic
 from .transactions import FenceFailed, PartitionProducers, Record, commit, is_fatal
 
 log = logging.getLogger(__name__)
@@ -158,7 +169,7 @@ async def prepare() -> None:
     lifecycle.prepared = True
 
 
-@app.agent(images_topic)
+@app.agent(inputs_topic)
 async def classify(stream: Any) -> None:
     queue = stream.channel.queue
     flight = InFlight()
@@ -273,7 +284,7 @@ async def rewind(tps: Iterable[TP], why: str) -> None:
     for tp in tps:
         if assigned is None or tp in assigned:
             await consumer.rewind(tp, why)
-            gap_guard.rewound(tp.partition)
+            gap_guard.rewound(tp)
 
 
 async def _read_again_cleared(tps: set[TP]) -> None:
@@ -322,30 +333,31 @@ class GapGuard:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._cut: dict[int, set[tuple[int, int]]] = defaultdict(set)
-        self._rewound_at: dict[int, float] = {}
+        self._cut: dict[TP, set[tuple[int, int]]] = defaultdict(set)
+        self._rewound_at: dict[TP, float] = {}
 
-    def rewound(self, partition: int) -> None:
-        self._rewound_at[partition] = self._clock()
+    def rewound(self, tp: TP) -> None:
+        self._rewound_at[tp] = self._clock()
 
-    def contiguous(self, partition: int, applied: int, offsets: list[int]) -> int:
+    def contiguous(self, tp: TP, applied: int, offsets: list[int]) -> int:
         """How many of ``offsets`` (sorted) can be counted after ``applied``."""
         expected = applied + 1
         for index, offset in enumerate(offsets):
-            if offset != expected and (expected, offset) not in self._cut[partition]:
-                self._cut[partition].add((expected, offset))
-                recent = self._clock() - self._rewound_at.get(partition, float("-inf")) < self.QUIET_AFTER_REWIND_S
+            if offset != expected and (expected, offset) not in self._cut[tp]:
+                self._cut[tp].add((expected, offset))
+                recent = self._clock() - self._rewound_at.get(tp, float("-inf")) < self.QUIET_AFTER_REWIND_S
                 log.log(
                     logging.INFO if recent else logging.WARNING,
-                    "partition %d: offsets %d..%d were not received; reading again from %d",
-                    partition,
+                    "%s partition %d: offsets %d..%d were not received; reading again from %d",
+                    tp.topic,
+                    tp.partition,
                     expected,
                     offset - 1,
                     expected,
                 )
                 return index
             expected = offset + 1
-        self._cut.pop(partition, None)
+        self._cut.pop(tp, None)
         return len(offsets)
 
 
@@ -353,12 +365,22 @@ gap_guard = GapGuard()
 
 
 class Uncounted(NamedTuple):
-    """The records of a batch that continue their partitions' rows, as parallel lists."""
+    """The records of a batch that continue their partitions' rows, as parallel lists (those
+    of one topic: images, or labels)."""
 
     partitions: list[int]
     offsets: list[int]
     messages: list[RawMessage]
     last_offsets: dict[int, int]  # partition -> its last offset here: where its row moves to
+
+
+def _is_labels(tp: TP) -> bool:
+    return labels_topic is not None and tp.topic == settings.topics.labels
+
+
+def _row_offset_of(tp: TP) -> int:
+    """The last applied offset of ``tp`` by its partition's row (images or labels)."""
+    return labels_offset(tp.partition) if _is_labels(tp) else row_offset(tp.partition)
 
 
 class Sent(NamedTuple):
@@ -373,12 +395,16 @@ class Sent(NamedTuple):
     shadow: Any
     version: str
     acks: list[Awaitable[Any]]  # at_least_once: the sends to wait for before counting
+    labels: Uncounted = Uncounted([], [], [], {})
+    joins: dict[int, JoinStep] = {}  # partition -> its label-join step (at_least_once)
     marks: dict[int, list[Record]] = {}  # exactly_once: partition -> seen-id records of its transaction
 
     @property
     def tps(self) -> set[TP]:
-        topic = images_topic.get_topic_name()
-        return {TP(topic, partition) for partition in set(self.uncounted.partitions)}
+        images, labels = images_topic.get_topic_name(), settings.topics.labels
+        return {TP(images, partition) for partition in set(self.uncounted.partitions)} | {
+            TP(labels, partition) for partition in set(self.labels.partitions)
+        }
 
 
 class InFlight:
@@ -386,30 +412,41 @@ class InFlight:
     sent while the broker confirms this one (its wait was half of a batch's time).
 
     The next batch reads the one in flight as counted (:meth:`applied`): its records are
-    not replays, holes or first sightings of their ids. So when the one in flight fails, the
-    next one is not counted either: both are read again from the last counted offsets.
+    not replays, holes or first sightings of their ids, and its label-join state is the one
+    to move on (:meth:`join_stamp`). So when the one in flight fails, the next one is not
+    counted either: both are read again from the last counted offsets.
     """
 
     def __init__(self) -> None:
         self._task: asyncio.Task[bool] | None = None
-        self._offsets: dict[int, int] = {}
+        self._offsets: dict[tuple[bool, int], int] = {}  # (labels?, partition) -> last offset
+        self._stamps: dict[int, str | None] = {}  # partition -> the stamp its row will have
 
-    def applied(self, partition: int, row_offset: int) -> int:
-        return max(row_offset, self._offsets.get(partition, -1))
+    def applied(self, tp: TP, row_offset: int) -> int:
+        return max(row_offset, self._offsets.get((_is_labels(tp), tp.partition), -1))
+
+    def join_stamp(self, partition: int) -> tuple[str | None, bool]:
+        """The stamp of the state the next batch moves on for ``partition``, and whether it is
+        the batch in flight's (else the partition's row's)."""
+        if partition in self._stamps:
+            return self._stamps[partition], True
+        return row_join(partition).stamp, False
 
     def start(self, sent: Sent) -> None:
-        self._offsets = sent.uncounted.last_offsets
+        self._offsets = {(False, p): o for p, o in sent.uncounted.last_offsets.items()}
+        self._offsets.update({(True, p): o for p, o in sent.labels.last_offsets.items()})
+        self._stamps = {p: step.row.stamp for p, step in sent.joins.items()}
         self._task = asyncio.ensure_future(_finish(sent) if producers is None else _commit(sent))
 
     async def settle(self) -> bool:
         """Wait for the batch in flight to be counted; False if it was not."""
-        task, self._task, self._offsets = self._task, None, {}
+        task, self._task, self._offsets, self._stamps = self._task, None, {}, {}
         return True if task is None else await task
 
     def abandon(self) -> None:
         if self._task is not None:
             self._task.cancel()
-        self._task, self._offsets = None, {}
+        self._task, self._offsets, self._stamps = None, {}, {}
 
 
 async def process_fetches(fetches: list[Fetch], flight: InFlight) -> bool:
@@ -423,15 +460,15 @@ async def process_fetches(fetches: list[Fetch], flight: InFlight) -> bool:
             "dropped %d records of an older assignment: their partitions' owners read them again",
             sum(len(f.offsets) for f in fetches) - sum(len(f.offsets) for f in owned),
         )
-    applied = {p: flight.applied(p, row_offset(p)) for p in {f.partition for f in owned}}
-    uncounted, gaps = _uncounted(owned, applied)
+    applied = {tp: flight.applied(tp, _row_offset_of(tp)) for tp in {f.tp for f in owned}}
+    uncounted, labels, gaps = _uncounted(owned, applied)
     sent = None
-    if uncounted.offsets:
+    if uncounted.offsets or labels.offsets:
         try:
-            sent = await _send(uncounted, applied, generation)
+            sent = await _send(uncounted, labels, applied, generation, flight)
         except Exception as exc:
             await flight.settle()
-            await _failed({f.tp for f in fetches}, len(uncounted.offsets), exc)
+            await _failed({f.tp for f in fetches}, len(uncounted.offsets) + len(labels.offsets), exc)
             return False
     if not await flight.settle():
         if sent is not None:  # built on the failed batch: read again with it
@@ -444,27 +481,28 @@ async def process_fetches(fetches: list[Fetch], flight: InFlight) -> bool:
     return True
 
 
-def _uncounted(fetches: list[Fetch], applied: dict[int, int]) -> tuple[Uncounted, set[TP]]:
-    """Per partition, the records after its row's offset that continue it without a hole,
-    and the partitions cut short by one.
+def _uncounted(fetches: list[Fetch], applied: dict[TP, int]) -> tuple[Uncounted, Uncounted, set[TP]]:
+    """Per partition, the records after its row's offset that continue it without a hole
+    (images, labels), and the partitions cut short by one.
 
     A partition's fetches are merged by offset: after a rewind, records fetched before it
     and the same offsets read again can both be in one batch (one offset is one record)."""
     by_partition: dict[TP, list[Fetch]] = defaultdict(list)
     for fetch in fetches:
         by_partition[fetch.tp].append(fetch)
-    out = Uncounted([], [], [], {})
+    images, labels = Uncounted([], [], [], {}), Uncounted([], [], [], {})
     cut: set[TP] = set()
     skipped = 0
     for tp, parts in by_partition.items():
         offsets, messages = _merged(parts)
-        after = applied[tp.partition]
+        after = applied[tp]
         first = bisect.bisect_right(offsets, after)
         skipped += first
         offsets, messages = offsets[first:], messages[first:]
-        count = gap_guard.contiguous(tp.partition, after, offsets)
+        count = gap_guard.contiguous(tp, after, offsets)
         if count < len(offsets):
             cut.add(tp)
+        out = labels if _is_labels(tp) else images
         if count:
             out.last_offsets[tp.partition] = offsets[count - 1]
         out.partitions.extend([tp.partition] * count)
@@ -472,7 +510,7 @@ def _uncounted(fetches: list[Fetch], applied: dict[int, int]) -> tuple[Uncounted
         out.messages.extend(messages[:count])
     if skipped:
         log.info("skipped %d replayed records already counted", skipped)
-    return out, cut
+    return images, labels, cut
 
 
 def _merged(parts: list[Fetch]) -> tuple[list[int], list[RawMessage]]:
@@ -489,28 +527,100 @@ def _merged(parts: list[Fetch]) -> tuple[list[int], list[RawMessage]]:
     return offsets, [by_offset[o] for o in offsets]
 
 
-async def _send(uncounted: Uncounted, applied: dict[int, int], generation: int) -> Sent:
-    """Classify the records, drop repeated ids (marking the others) and publish the outcomes
-    (at_least_once); with exactly_once, publishing is left to the batch's transactions."""
+async def _send(
+    uncounted: Uncounted, labels: Uncounted, applied: dict[TP, int], generation: int, flight: InFlight
+) -> Sent:
+    """Classify the images, drop repeated ids (marking the others), join the unlabelled ones and
+    the labels per partition, and publish the outcomes and dead letters (at_least_once); with
+    exactly_once (no delayed labels there), publishing is left to the batch's transactions."""
     models = current_models()
     pipeline = settings.pipeline
-    with metrics.PREDICT_SECONDS.time():
-        result = classify_isolating(
-            models.live, uncounted.messages, pipeline.max_message_bytes, max_images=pipeline.max_batch_images
-        )
-        shadow = shadow_predict(models.shadow, result)
+    result, shadow = BatchResult([], [], []), None
+    if uncounted.messages:
+        with metrics.PREDICT_SECONDS.time():
+            result = classify_isolating(
+                models.live, uncounted.messages, pipeline.max_message_bytes, max_images=pipeline.max_batch_images
+            )
+            shadow = shadow_predict(models.shadow, result)
     partitions = [uncounted.partitions[source] for source in result.sources]  # of each image's record
     offsets = [uncounted.offsets[source] for source in result.sources]
+    images_applied = {tp.partition: offset for tp, offset in applied.items() if not _is_labels(tp)}
     version = models.live.version
     if producers is not None:
-        duplicates, records = await _duplicate_ids_records(partitions, offsets, result, applied)
+        duplicates, records = await _duplicate_ids_records(partitions, offsets, result, images_applied)
         counted = result.without(duplicates)
-        return Sent(generation, uncounted, result, partitions, duplicates, counted, shadow, version, [], records)
-    duplicates, marks = await _duplicate_ids(partitions, offsets, result, applied)
+        return Sent(generation, uncounted, result, partitions, duplicates, counted, shadow, version, [], marks=records)
+    duplicates, marks = await _duplicate_ids(partitions, offsets, result, images_applied)
     counted = result.without(duplicates)
-    published = await asyncio.wait_for(_publish(counted), PUBLISH_TIMEOUT_S)
-    acks = published + marks
-    return Sent(generation, uncounted, result, partitions, duplicates, counted, shadow, version, acks)
+    joins: dict[int, JoinStep] = {}
+    join_acks: list[Awaitable[Any]] = []
+    if labels_topic is not None:
+        joins, join_acks = await _join(partitions, result, duplicates, labels, images_applied, version, flight)
+    rejected_labels = [rejection for step in joins.values() for rejection in step.rejections]
+    published = await asyncio.wait_for(_publish(counted, rejected_labels), PUBLISH_TIMEOUT_S)
+    acks = published + marks + join_acks
+    return Sent(
+        generation,
+        uncounted,
+        result,
+        partitions,
+        duplicates,
+        counted,
+        shadow,
+        version,
+        acks,
+        labels,
+        joins,
+    )
+
+
+async def _join(
+    partitions: list[int],
+    result: BatchResult,
+    duplicates: set[int],
+    labels: Uncounted,
+    images_applied: dict[int, int],
+    version: str,
+    flight: InFlight,
+) -> tuple[dict[int, JoinStep], list[Awaitable[Any]]]:
+    """Each partition's label-join step: its counted images without a label, its labels, its
+    clock moved to its newest record time (see :mod:`.label_join`)."""
+    now = time.time()
+    guesses: dict[int, list[Guess]] = defaultdict(list)
+    counted_ids: dict[int, set[str]] = defaultdict(set)
+    newest: dict[int, float] = {}
+    for index, (partition, message, outcome) in enumerate(zip(partitions, result.messages, result.outcomes)):
+        at = message.timestamp if message.timestamp is not None else now
+        newest[partition] = max(newest.get(partition, at), at)
+        if index in duplicates or not isinstance(outcome, Prediction):
+            continue
+        counted_ids[partition].add(outcome.id)
+        if outcome.label is None:
+            guesses[partition].append(Guess(outcome.id, outcome.predicted, version, at))
+    label_messages: dict[int, list[RawMessage]] = defaultdict(list)
+    for partition, message in zip(labels.partitions, labels.messages):
+        label_messages[partition].append(message)
+        at = message.timestamp if message.timestamp is not None else now
+        newest[partition] = max(newest.get(partition, at), at)
+    steps: dict[int, JoinStep] = {}
+    acks: list[Awaitable[Any]] = []
+    for partition in sorted(newest):
+        stamp, in_flight = flight.join_stamp(partition)
+        applied = images_applied.get(partition)
+        if applied is None:  # only labels of this partition here: its images as applied so far
+            applied = flight.applied(TP(images_topic.get_topic_name(), partition), row_offset(partition))
+        ids = counted_ids[partition]
+
+        def known(image_id: str, p: int = partition, applied: int = applied, ids: set[str] = ids) -> bool:
+            earlier = counted_at(p, image_id)
+            return image_id in ids or (earlier is not None and earlier <= applied)
+
+        step, step_acks = await join_step(
+            partition, stamp, in_flight, guesses[partition], label_messages[partition], newest[partition], known
+        )
+        steps[partition] = step
+        acks += step_acks
+    return steps, acks
 
 
 async def _finish(sent: Sent) -> bool:
@@ -543,20 +653,30 @@ def _new_rows(sent: Sent, counted: dict[int, list[int]]) -> dict[int, dict[str, 
     """Each partition's score row moved past the batch (from the rows as stored now)."""
     window_seconds = settings.pipeline.window_seconds
     rows = {}
-    for partition, last_offset in sent.uncounted.last_offsets.items():
-        _, scores = read_row(partition)
+    for partition in sorted(set(sent.uncounted.last_offsets) | set(sent.labels.last_offsets)):
+        offset, scores = read_row(partition)
         tally = read_tally(partition, scores)
-        count_batch(scores, tally, sent.result, counted[partition], sent.version, sent.shadow, window_seconds)
-        rows[partition] = new_row(last_offset, scores, sent.version, tally)
+        if partition in sent.uncounted.last_offsets:
+            count_batch(scores, tally, sent.result, counted[partition], sent.version, sent.shadow, window_seconds)
+            offset = sent.uncounted.last_offsets[partition]
+        join = None  # no label fields where no delayed labels are read (exactly_once)
+        if labels_topic is not None:
+            step = sent.joins.get(partition)
+            if step is not None:
+                step.tally.count_into(scores, tally, window_seconds)
+            join = step.row if step is not None else row_join(partition)
+        labels_at = sent.labels.last_offsets.get(partition, labels_offset(partition))
+        rows[partition] = new_row(offset, scores, sent.version, tally, labels_at, join)
     return rows
 
 
 def _count(sent: Sent) -> None:
-    """Each partition's score row, moved past the batch."""
+    """Each partition's score row, moved past the batch (images, labels, join state)."""
     for partition, row in _new_rows(sent, _counted_by_partition(sent)).items():
         store_row(partition, row)
         resend_row(partition)
-        progress.advanced(partition)
+        if partition in sent.uncounted.last_offsets:
+            progress.advanced(partition)
     failing_batches.succeeded()
     metrics.observe_batch(sent.counted, len(sent.duplicates))
     recent_mistakes.add_batch(sent.counted)
@@ -695,16 +815,21 @@ async def _repeated_ids(
     return duplicates
 
 
-def _outcome_records(result: BatchResult) -> tuple[list[Record], list[tuple[bytes, bytes]]]:
-    """A dead letter for each invalid message, or invalid image of a batch record, and a
-    ``(key, value)`` prediction for each valid image."""
+def _outcome_records(
+    result: BatchResult, rejected_labels: Sequence[tuple[RawMessage, InvalidMessage]] = ()
+) -> tuple[list[Record], list[tuple[bytes, bytes]]]:
+    """A dead letter for each invalid message, or invalid image of a batch record, and for
+    each malformed label (header ``stream: labels``), and a ``(key, value)`` prediction for
+    each valid image."""
     dead_letters = []
-    rejected = result.rejections
-    if rejected:  # one line per batch, not per message: a garbage producer must not flood the log
-        dlq = dlq_topic.get_topic_name()
+    dlq = dlq_topic.get_topic_name()
+    for rejected, stream in ((result.rejections, None), (rejected_labels, "labels")):
+        if not rejected:
+            continue
+        # one line per batch, not per message: a garbage producer must not flood the log
         log.warning("dead-lettering %d message(s) to %s, first: %s", len(rejected), dlq, rejected[0][1])
         for message, error in rejected:
-            headers = [(name, value.encode()) for name, value in dead_letter_attributes(error).items()]
+            headers = [(name, value.encode()) for name, value in dead_letter_attributes(error, stream).items()]
             value = error.dead_letter_value(message.value)
             dead_letters.append(Record(dlq, _as_bytes(message.key), value, None, headers))
     predictions = [
@@ -713,12 +838,14 @@ def _outcome_records(result: BatchResult) -> tuple[list[Record], list[tuple[byte
     return dead_letters, predictions
 
 
-async def _publish(result: BatchResult) -> list[Awaitable[Any]]:
+async def _publish(
+    result: BatchResult, rejected_labels: Sequence[tuple[RawMessage, InvalidMessage]] = ()
+) -> list[Awaitable[Any]]:
     """Send one prediction per valid image (one record batch per partition, see
     :mod:`.batch_send`) and each dead letter with Faust's producer; the broker's acks, to
     be awaited."""
     producer = app.producer
-    dead_letters, predictions = _outcome_records(result)
+    dead_letters, predictions = _outcome_records(result, rejected_labels)
     pending: list[Awaitable[Any]] = [
         await producer.send(r.topic, r.key, r.value, None, None, r.headers) for r in dead_letters
     ]

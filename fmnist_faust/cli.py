@@ -106,10 +106,11 @@ def _progress(done: int, total: int, started: float, label: str) -> None:
 
 
 def produce_main(argv: Sequence[str] | None = None) -> int:
-    """Replay Fashion-MNIST images with labels onto the images topic (exit 1 if any was not delivered)."""
+    """Replay Fashion-MNIST images with labels onto the images topic, or (--labels) only their
+    labels onto the labels topic (exit 1 if any was not delivered)."""
     from .client import MainManager
     from .core import dataset
-    from .core.contract import encode_image
+    from .core.contract import encode_image, encode_label
 
     settings = load_settings()
     parser = argparse.ArgumentParser(prog="fmnist-produce", description=produce_main.__doc__)
@@ -123,8 +124,15 @@ def produce_main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--rate", type=float, default=0.0, help="images per second (0 = unlimited)")
     parser.add_argument("--id-prefix", default="", help="prefix for image ids (default: the split name)")
-    parser.add_argument("--topic", default=settings.topics.images)
+    parser.add_argument("--topic", help=f"default {settings.topics.images} ({settings.topics.labels} with --labels)")
     parser.add_argument("--no-labels", action="store_true", help="send images without labels")
+    parser.add_argument(
+        "--labels",
+        action="store_true",
+        help="send the labels of the same images instead, {id, label} keyed by id, for images sent with "
+        "--no-labels: the delayed ground truth (see docs/labels.md)",
+    )
+    parser.add_argument("--shuffle", type=int, metavar="SEED", help="with --labels: send them in a shuffled order")
     parser.add_argument(
         "--batch",
         type=int,
@@ -135,6 +143,11 @@ def produce_main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 0 <= args.batch <= settings.pipeline.max_batch_images:
         parser.error(f"--batch must be 0-{settings.pipeline.max_batch_images} (FMNIST_MAX_BATCH_IMAGES)")
+    if args.labels and (args.batch or args.no_labels):
+        parser.error("--labels sends labels only: not with --batch or --no-labels")
+    if args.shuffle is not None and not args.labels:
+        parser.error("--shuffle is for --labels")
+    topic = args.topic or (settings.topics.labels if args.labels else settings.topics.images)
 
     split = dataset.load_split(args.split, settings.model.data_dir)
     total = args.count or len(split)
@@ -143,7 +156,12 @@ def produce_main(argv: Sequence[str] | None = None) -> int:
         from .kafka_admin import ensure_topics_sync
 
         ensure_topics_sync(settings)
-    producer = MainManager(args.backend, settings).create_producer(args.topic)
+    producer = MainManager(args.backend, settings).create_producer(topic)
+    order = list(range(total))
+    if args.shuffle is not None:
+        import random
+
+        random.Random(args.shuffle).shuffle(order)
     chunk = 500 if not args.rate else max(1, min(500, int(args.rate / 20)))
     chunk = max(chunk, args.batch)  # a record is sent whole
     started = time.perf_counter()
@@ -152,10 +170,14 @@ def produce_main(argv: Sequence[str] | None = None) -> int:
         while sent < total:
             n = min(chunk, total - sent)
             now = time.time()
-            rows = [i % len(split) for i in range(sent, sent + n)]
-            ids = [f"{prefix}-{i:06d}" for i in range(sent, sent + n)]
+            numbers = order[sent : sent + n]
+            rows = [i % len(split) for i in numbers]
+            ids = [f"{prefix}-{i:06d}" for i in numbers]
             labels = [None if args.no_labels else int(split.labels[j]) for j in rows]
-            if args.batch:
+            if args.labels:
+                truth = [int(split.labels[j]) for j in rows]
+                producer.produce_many((encode_label(image_id, label), image_id) for image_id, label in zip(ids, truth))
+            elif args.batch:
                 for start in range(0, n, args.batch):
                     part = slice(start, start + args.batch)
                     producer.produce_batch(ids[part], split.images[rows[part]], labels[part], now)
@@ -178,8 +200,8 @@ def produce_main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write("\n")
     messages = producer.delivered + producer.failed
     print(
-        f"sent {sent} images in {messages} messages to {args.backend}:{args.topic} in {elapsed:.2f} s "
-        f"({sent / elapsed:,.0f} images/s): {producer.delivered} messages delivered, {producer.failed} not delivered, "
+        f"sent {sent} {'labels' if args.labels else 'images'} in {messages} messages to {args.backend}:{topic} in "
+        f"{elapsed:.2f} s ({sent / elapsed:,.0f}/s): {producer.delivered} messages delivered, {producer.failed} not delivered, "
         f"{producer.retried} retries"
     )
     if failure is not None:

@@ -34,6 +34,12 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "FMNIST_IMAGES_TOPIC": ("images", "topic of incoming images (default {default})"),
     "FMNIST_PREDICTIONS_TOPIC": ("predictions", "topic of predictions (default {default})"),
     "FMNIST_DLQ_TOPIC": ("images-dlq", "dead-letter topic for bad messages (default {default})"),
+    "FMNIST_LABELS_TOPIC": (
+        "labels",
+        'topic of delayed labels, `{{"id": str, "label": 0-9}}` keyed by image id, on Kafka (as many '
+        "partitions as the images topic) and Pub/Sub (default {default}; see [Delayed labels](labels.md)); "
+        "the Kafka worker reads none with FMNIST_PROCESSING_GUARANTEE=exactly_once, which refuses this variable set",
+    ),
     "FMNIST_PARTITIONS": ("4", "partitions of the app's topics (default {default})"),
     "FMNIST_APP_ID": ("fmnist-faust", "Faust app id / consumer group (default {default})"),
     "FMNIST_WORKER_DATADIR": (".run/worker", "Faust worker data directory (default {default})"),
@@ -53,6 +59,12 @@ VARIABLES: dict[str, tuple[str, str]] = {
         "FMNIST_MAX_MESSAGE_BYTES: about 1,000 images with short ids per MiB (see [Wire contract](wire-contract.md))",
     ),
     "FMNIST_WINDOW_SECONDS": ("10", "width of the accuracy and drift windows in seconds (default {default})"),
+    "FMNIST_LABEL_WAIT_SECONDS": (
+        "3600",
+        "both backends: how long a prediction waits for its label and a label for its image, by record time, "
+        "before it counts as expired (default {default}, minimum 1); bounds the join state: each id is held "
+        "this long after it is first seen (see [Delayed labels](labels.md))",
+    ),
     "FMNIST_DEDUPE_SECONDS": (
         "3600",
         "dedupe horizon, both backends: an image id re-sent within it is counted once, after it counts again; "
@@ -68,7 +80,8 @@ VARIABLES: dict[str, tuple[str, str]] = {
         "at_least_once",
         "Kafka worker: at_least_once (default) or exactly_once: each batch's predictions, dead letters, score "
         "rows, seen-id marks and input offsets committed in one transaction per input partition, so a "
-        "read_committed consumer sees each image's output once (see [Exactness](exactness.md))",
+        "read_committed consumer sees each image's output once (see [Exactness](exactness.md)); without "
+        "delayed labels (FMNIST_LABELS_TOPIC set with exactly_once is a configuration error)",
     ),
     "FMNIST_STALL_SECONDS": (
         "60",
@@ -105,6 +118,10 @@ VARIABLES: dict[str, tuple[str, str]] = {
         "subscription for reading predictions (default {default})",
     ),
     "PUBSUB_DLQ_SUBSCRIPTION": ("images-dlq-sub", "subscription on the dead-letter topic (default {default})"),
+    "PUBSUB_LABELS_SUBSCRIPTION": (
+        "labels-sub",
+        "subscription the bridge pulls delayed labels from, on FMNIST_LABELS_TOPIC (default {default})",
+    ),
     "BRIDGE_MAX_MESSAGES": ("2000", "bridge flow control: messages outstanding (default {default})"),
     "BRIDGE_MAX_BYTES": (str(64 << 20), "bridge flow control: bytes outstanding (default 64 MiB)"),
     "BRIDGE_STREAMS": (
@@ -175,8 +192,10 @@ NAMED_RESOURCES = (
     "FMNIST_IMAGES_TOPIC",
     "FMNIST_PREDICTIONS_TOPIC",
     "FMNIST_DLQ_TOPIC",
+    "FMNIST_LABELS_TOPIC",
     "PUBSUB_DEAD_LETTER_TOPIC",
     "PUBSUB_IMAGES_SUBSCRIPTION",
+    "PUBSUB_LABELS_SUBSCRIPTION",
     "PUBSUB_PREDICTIONS_SUBSCRIPTION",
     "PUBSUB_DLQ_SUBSCRIPTION",
     "PUBSUB_DEAD_LETTER_SUBSCRIPTION",
@@ -308,6 +327,12 @@ class KafkaSettings:
         return self.processing_guarantee == EXACTLY_ONCE
 
     @property
+    def reads_labels(self) -> bool:
+        """Whether the worker reads the delayed-labels topic: not with exactly_once, whose
+        per-partition transactions do not hold the label-join state (see ``_check_labels``)."""
+        return not self.exactly_once
+
+    @property
     def pointer_topic(self) -> str:
         """The compacted topic holding the rollout pointer of this app's workers (live/shadow)."""
         return f"{self.app_id}-model-pointer"
@@ -326,6 +351,7 @@ class TopicSettings:
     images: str
     predictions: str
     dlq: str
+    labels: str
 
 
 @dataclass(frozen=True)
@@ -338,6 +364,7 @@ class PipelineSettings:
     max_batch_images: int
     window_seconds: int
     dedupe_seconds: float
+    label_wait_s: float
 
 
 @dataclass(frozen=True)
@@ -360,6 +387,7 @@ class PubSubSettings:
     images_subscription: str
     predictions_subscription: str
     dlq_subscription: str
+    labels_subscription: str
     dead_letter_topic: str
     dead_letter_subscription: str
     max_delivery_attempts: int
@@ -443,6 +471,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read every setting from ``env`` (default: ``os.environ``), validating as we go."""
     env = os.environ if env is None else env
     data_dir = _get(env, "FMNIST_DATA_DIR")
+    _check_labels(env)
     seed_config = _seed_config(env)
     return Settings(
         kafka=KafkaSettings(
@@ -459,6 +488,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             images=_get(env, "FMNIST_IMAGES_TOPIC"),
             predictions=_get(env, "FMNIST_PREDICTIONS_TOPIC"),
             dlq=_get(env, "FMNIST_DLQ_TOPIC"),
+            labels=_get(env, "FMNIST_LABELS_TOPIC"),
         ),
         pipeline=PipelineSettings(
             batch_size=_int(env, "FMNIST_BATCH_SIZE", minimum=1),
@@ -467,6 +497,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             max_batch_images=_int(env, "FMNIST_MAX_BATCH_IMAGES", minimum=1, maximum=BATCH_IMAGES_LIMIT),
             window_seconds=_int(env, "FMNIST_WINDOW_SECONDS", minimum=1),
             dedupe_seconds=_float(env, "FMNIST_DEDUPE_SECONDS", minimum=1.0),
+            label_wait_s=_float(env, "FMNIST_LABEL_WAIT_SECONDS", minimum=1.0),
         ),
         model=_model_settings(env, data_dir),
         web=WebSettings(host=_get(env, "FMNIST_WEB_HOST"), port=_int(env, "FMNIST_WEB_PORT", minimum=1)),
@@ -476,6 +507,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             images_subscription=_get(env, "PUBSUB_IMAGES_SUBSCRIPTION"),
             predictions_subscription=_get(env, "PUBSUB_PREDICTIONS_SUBSCRIPTION"),
             dlq_subscription=_get(env, "PUBSUB_DLQ_SUBSCRIPTION"),
+            labels_subscription=_get(env, "PUBSUB_LABELS_SUBSCRIPTION"),
             dead_letter_topic=_get(env, "PUBSUB_DEAD_LETTER_TOPIC"),
             dead_letter_subscription=_get(env, "PUBSUB_DEAD_LETTER_SUBSCRIPTION"),
             max_delivery_attempts=_int(env, "PUBSUB_MAX_DELIVERY_ATTEMPTS", minimum=5, maximum=100),
@@ -496,6 +528,17 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             crash_agent_after=_int(env, "FMNIST_FAULT_CRASH_AGENT_AFTER"),
         ),
     )
+
+
+def _check_labels(env: Mapping[str, str]) -> None:
+    """The Kafka worker reads no delayed labels with exactly_once (``KafkaSettings.reads_labels``):
+    naming a labels topic there is refused rather than half-supported."""
+    labels = env.get("FMNIST_LABELS_TOPIC", "")
+    if labels and _choice(env, "FMNIST_PROCESSING_GUARANTEE", PROCESSING_GUARANTEES) == EXACTLY_ONCE:
+        raise ConfigError(
+            f"FMNIST_LABELS_TOPIC={labels!r} with FMNIST_PROCESSING_GUARANTEE=exactly_once: delayed labels are "
+            "not supported with exactly_once; unset FMNIST_LABELS_TOPIC or use at_least_once"
+        )
 
 
 def _seed_config(env: Mapping[str, str]) -> dict[str, Any]:

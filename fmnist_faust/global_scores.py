@@ -3,10 +3,10 @@
 Each worker's table only holds the partitions it is active (or standby) for, so after
 a scale-out one worker alone would report part of the stream. Every score row, though,
 is written to the changelog partition of the same number and is the only key there, so
-the tail of changelog partition ``p`` holds partition ``p``'s newest rows. The row with the
-highest input offset among the last :data:`TAIL` records wins (a zombie worker, frozen
-past its session, may append an older row after the owner's), and a local row wins where
-it is newer. The owner of a partition repairs such a tail by writing its row again
+the tail of changelog partition ``p`` holds partition ``p``'s newest rows. The highest-ranked
+row (``tables.row_rank``: clock, then offsets) among the last :data:`TAIL` records wins (a
+zombie worker, frozen past its session, may append an older row after the owner's), and a
+local row wins where it ranks higher. The owner of a partition repairs such a tail by writing its row again
 (:func:`repair_tails`), so compaction, which keeps the last record, keeps the right one.
 """
 
@@ -22,7 +22,7 @@ from mode import Service
 from .core.rollout import ModelTally
 from .core.scores import Scores
 from .faust_app import app, settings
-from .tables import local_rows, resend_row, scores_table, sum_rows, sum_tallies
+from .tables import local_rows, resend_row, row_rank, scores_table, sum_rows, sum_tallies
 
 log = logging.getLogger(__name__)
 
@@ -116,20 +116,20 @@ async def global_totals_by_model() -> tuple[Scores, str | None, ModelTally]:
 
 
 async def global_rows() -> dict[int, dict[str, Any]]:
-    """partition -> its highest-offset row, local or from the changelog."""
+    """partition -> its highest-ranked row, local or from the changelog."""
     try:
         tails = await changelog_rows.read()
     except Exception as exc:  # the broker may be briefly unreachable: say so, serve local rows
         log.warning("reading the scores changelog failed (%r); serving this worker's rows only", exc)
         tails = {}
-    rows = {partition: max(tail, key=lambda row: int(row["offset"])) for partition, tail in tails.items() if tail}
+    rows = {partition: max(tail, key=row_rank) for partition, tail in tails.items() if tail}
     for partition, row in local_rows().items():
-        if partition not in rows or row["offset"] > rows[partition]["offset"]:
+        if partition not in rows or row_rank(row) > row_rank(rows[partition]):
             rows[partition] = row
     return rows
 
 
-_idle_rows: dict[int, int] = {}  # partition -> this worker's row offset at the previous tick
+_idle_rows: dict[int, tuple[float, int, int]] = {}  # partition -> rank of this worker's row at the previous tick
 
 
 @app.timer(5.0)
@@ -143,9 +143,9 @@ async def repair_tails() -> None:
     if settings.kafka.exactly_once:
         return
     local = local_rows()
-    owned = {p for p in owned_partitions() if p in local and _idle_rows.get(p) == int(local[p]["offset"])}
+    owned = {p for p in owned_partitions() if p in local and _idle_rows.get(p) == row_rank(local[p])}
     _idle_rows.clear()
-    _idle_rows.update({p: int(row["offset"]) for p, row in local.items()})
+    _idle_rows.update({p: row_rank(row) for p, row in local.items()})
     if not owned:
         return
     try:
@@ -154,11 +154,11 @@ async def repair_tails() -> None:
         return
     for partition in owned:
         row, tail = local[partition], tails.get(partition)
-        if tail and int(tail[-1]["offset"]) < int(row["offset"]):
+        if tail and row_rank(tail[-1]) < row_rank(row):
             log.warning(
-                "partition %d: the scores changelog ends on an older row (offset %s < %s); rewriting ours",
+                "partition %d: the scores changelog ends on an older row (%s < %s); rewriting ours",
                 partition,
-                tail[-1]["offset"],
-                row["offset"],
+                row_rank(tail[-1]),
+                row_rank(row),
             )
             resend_row(partition)

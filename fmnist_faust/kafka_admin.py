@@ -35,7 +35,7 @@ async def wait_until_visible(admin: Any, topics: list[str], timeout_s: float = V
 
 
 async def ensure_topics(settings: Settings, retry_for_s: float = RETRY_FOR_S) -> None:
-    """Idempotently create ``images``, ``predictions`` and ``images-dlq``.
+    """Idempotently create ``images``, ``labels``, ``predictions`` and ``images-dlq``.
 
     Retriable broker errors (no leader or controller known yet, node not ready: seen for a
     moment after the broker resumes) are retried for ``retry_for_s``; others raise at once.
@@ -63,7 +63,8 @@ async def _create_missing(settings: Settings) -> None:
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        wanted = [settings.topics.images, settings.topics.predictions, settings.topics.dlq]
+        labels = [settings.topics.labels] if settings.kafka.reads_labels else []
+        wanted = [settings.topics.images, *labels, settings.topics.predictions, settings.topics.dlq]
         missing = [NewTopic(name, settings.kafka.partitions, 1) for name in wanted if name not in existing]
         if missing:
             await admin.create_topics(missing)

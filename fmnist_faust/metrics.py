@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, ge
 
 from .core.contract import InvalidMessage
 from .core.pipeline import BatchResult
+from .core.scores import LABEL_OUTCOMES
 
 IMAGES = Counter("fmnist_images_total", "Images classified")
 DUPLICATES = Counter(
@@ -36,6 +37,15 @@ LATENCY_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 ACCURACY = Gauge("fmnist_accuracy", "Running accuracy over labelled images (NaN before the first one)")
+# Delayed labels (:mod:`.core.labels`), set at scrape time from the ``/accuracy/`` totals, which
+# are global: every worker and bridge replica reports the same figures (aggregate with max).
+AWAITING_LABEL = Gauge("fmnist_awaiting_label", "Images classified without a label and still waiting for it")
+LABEL_EXPIRED = Gauge("fmnist_label_expired", "Images whose label did not come within FMNIST_LABEL_WAIT_SECONDS")
+LABELS = Gauge(
+    "fmnist_labels",
+    "Messages of the labels stream by outcome: joined, awaiting_image, expired, repeated, late, rejected",
+    ["outcome"],
+)
 LAG = Gauge(
     "fmnist_backlog_messages", "Messages not yet classified: Kafka consumer lag or Pub/Sub backlog (NaN if unknown)"
 )
@@ -132,6 +142,14 @@ def observe_many(histogram: Histogram, values: list[float]) -> None:
         histogram._buckets[index].inc(count)
 
 
+def set_label_gauges(report: dict[str, Any]) -> None:
+    """The delayed-label gauges from an ``/accuracy/`` document."""
+    AWAITING_LABEL.set(report["awaiting_label"])
+    LABEL_EXPIRED.set(report["label_expired"])
+    for outcome in (*LABEL_OUTCOMES, "rejected"):
+        LABELS.labels(outcome).set(report["labels"][outcome])
+
+
 def stats_report(lag: int | None, backlog_kind: str, stalled: list[int] | None = None) -> dict[str, Any]:
     """The ``GET /stats/`` document (same keys on the worker and the bridge)::
 
@@ -167,11 +185,12 @@ def exposition(report: dict[str, Any], lag: int | None, drift: dict[str, Any] | 
     """``GET /metrics`` body and content type; ``report`` is the ``/accuracy/`` document and
     ``drift`` the ``/drift/`` one.
 
-    The accuracy, lag and drift gauges are set here, at scrape time, from the caller's totals.
+    The accuracy, label, lag and drift gauges are set here, at scrape time, from the caller's totals.
     """
     accuracy = report.get("accuracy")
     with _scrape_lock:
         ACCURACY.set(float("nan") if accuracy is None else accuracy)
+        set_label_gauges(report)
         LAG.set(float("nan") if lag is None else lag)
         set_drift(drift)
         return generate_latest(), CONTENT_TYPE_LATEST

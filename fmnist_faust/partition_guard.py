@@ -1,8 +1,14 @@
-"""Refuse to run when the images topic has more partitions than the tables' changelogs.
+"""Refuse to run when the images topic has more partitions than the tables' changelogs, or
+the labels topic another count than the images topic.
 
-A score row and the seen-id marks of images partition ``p`` live in partition ``p`` of
-their changelog topics, so an images partition without one cannot be counted: before this
-guard, the worker failed every batch holding one and read it again forever. Growing the
+A score row, the seen-id marks and the label-join state of images partition ``p`` live in
+partition ``p`` of their changelog topics, so an images partition without one cannot be
+counted: before this guard, the worker failed every batch holding one and read it again
+forever. Delayed labels join their images in one partition: labels partition ``p`` must
+hold the labels of the images of partition ``p``, which is so only when both topics have
+the same partition count (the key, the image id, picks the partition the same way in
+both); with another count they are not co-partitioned, labels would wait for images that
+are elsewhere, and the worker refuses to start (exit :data:`EXIT_PARTITIONS`, one line). Growing the
 changelogs from inside a running group is not safe (every worker's tables must agree on
 the new count at the same rebalance), so the worker exits with :data:`EXIT_PARTITIONS` and
 one CRITICAL line naming the topics, the counts and the commands that fix it.
@@ -22,7 +28,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from .faust_app import app, exit_now, settings
-from .tables import scores_table, seen_table
+from .tables import join_table, scores_table, seen_table
 from .topics import images_topic
 
 log = logging.getLogger(__name__)
@@ -42,7 +48,14 @@ _admin: Any = None
 
 
 def changelog_topics() -> list[str]:
-    return [scores_table.changelog_topic.get_topic_name(), seen_table.changelog_topic.get_topic_name()]
+    tables = [scores_table, seen_table, *([join_table] if join_table is not None else [])]
+    return [table.changelog_topic.get_topic_name() for table in tables]
+
+
+def _labels_name() -> list[str]:
+    """The labels topic when the worker reads it (none with exactly_once), as a list: its count is
+    asked only then, and a topic not asked for counts 0 (never refused)."""
+    return [settings.topics.labels] if settings.kafka.reads_labels else []
 
 
 async def partition_counts(topics: list[str]) -> dict[str, int]:
@@ -61,13 +74,18 @@ async def partition_counts(topics: list[str]) -> dict[str, int]:
 
 async def check_at_start() -> None:
     """Exit if the images topic already has more partitions than the changelogs (which Faust
-    creates with ``FMNIST_PARTITIONS`` when they do not exist yet)."""
+    creates with ``FMNIST_PARTITIONS`` when they do not exist yet), or the labels topic
+    another count than the images topic."""
     names = changelog_topics()
-    counts = await partition_counts([images_topic.get_topic_name(), *names])
+    images_name, labels_name = images_topic.get_topic_name(), settings.topics.labels
+    counts = await partition_counts([images_name, *_labels_name(), *names])
     limit.partitions = min([settings.kafka.partitions, *(counts[n] for n in names if n in counts)])
-    images = counts.get(images_topic.get_topic_name(), 0)
+    images = counts.get(images_name, 0)
     if images > limit.partitions:
         refuse(images)
+    labels = counts.get(labels_name, 0)
+    if images and labels and labels != images:
+        refuse_labels(images, labels)
 
 
 async def check_partitions(partitions: Iterable[int]) -> None:
@@ -84,21 +102,26 @@ async def check_partitions(partitions: Iterable[int]) -> None:
 @app.timer(CHECK_EVERY_S)
 async def watch() -> None:
     """Notice growth of the images topic before a rebalance hands this worker a new partition."""
+    images_name, labels_name = images_topic.get_topic_name(), settings.topics.labels
     try:
-        images = (await partition_counts([images_topic.get_topic_name()])).get(images_topic.get_topic_name(), 0)
+        counts = await partition_counts([images_name, *_labels_name()])
     except Exception as exc:  # the broker is away: batches report it; check again next time
         log.debug("could not read the images topic's partitions: %r", exc)
         return
+    images, labels = counts.get(images_name, 0), counts.get(labels_name, 0)
     if images > limit.partitions:
         refuse(images)
+    if images and labels and labels != images:
+        refuse_labels(images, labels)
 
 
 def refuse(images_partitions: int) -> None:
     """One CRITICAL line with the fix, then exit at once: nothing of a new partition was counted."""
     topic, changelogs, n = images_topic.get_topic_name(), changelog_topics(), images_partitions
+    # the labels topic goes with the images: the same count, or labels miss their images
     grow = " && ".join(
         f"kafka-topics.sh --bootstrap-server {settings.kafka.bootstrap_servers} --alter --topic {name} --partitions {n}"
-        for name in changelogs
+        for name in [*changelogs, *_labels_name()]
     )
     log.critical(
         "refusing to count: topic %s has %d partitions but the changelog topics %s have %d, so images of "
@@ -111,5 +134,25 @@ def refuse(images_partitions: int) -> None:
         n - 1,
         grow,
         n,
+    )
+    exit_now(EXIT_PARTITIONS)
+
+
+def refuse_labels(images_partitions: int, labels_partitions: int) -> None:
+    """One CRITICAL line with the fix, then exit: labels and images of one id must share a partition."""
+    images, labels = images_topic.get_topic_name(), settings.topics.labels
+    log.critical(
+        "refusing to count: topic %s has %d partitions but %s has %d, so a label would not land in the partition "
+        "of its image and could never join it; fix: give %s %d partitions (kafka-topics.sh --bootstrap-server %s "
+        "--alter --topic %s --partitions %d if it has fewer; delete and recreate it if it has more), then restart",
+        labels,
+        labels_partitions,
+        images,
+        images_partitions,
+        labels,
+        images_partitions,
+        settings.kafka.bootstrap_servers,
+        labels,
+        images_partitions,
     )
     exit_now(EXIT_PARTITIONS)

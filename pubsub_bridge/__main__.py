@@ -50,11 +50,12 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
         epilog=ENVIRONMENT,
         help="create the topics and subscriptions (idempotent)",
         description=_wrap(
-            f"Create, if missing, the topics {settings.topics.images}, {settings.topics.predictions}, "
-            f"{settings.topics.dlq} and {settings.pubsub.dead_letter_topic}, and the subscriptions "
-            f"{settings.pubsub.images_subscription} (on {settings.topics.images}; after "
+            f"Create, if missing, the topics {settings.topics.images}, {settings.topics.labels}, "
+            f"{settings.topics.predictions}, {settings.topics.dlq} and {settings.pubsub.dead_letter_topic}, and the "
+            f"subscriptions {settings.pubsub.images_subscription} (on {settings.topics.images}; after "
             f"{settings.pubsub.max_delivery_attempts} failed deliveries a message moves to "
-            f"{settings.pubsub.dead_letter_topic}), {settings.pubsub.predictions_subscription}, "
+            f"{settings.pubsub.dead_letter_topic}), {settings.pubsub.labels_subscription} (on "
+            f"{settings.topics.labels}, likewise), {settings.pubsub.predictions_subscription}, "
             f"{settings.pubsub.dlq_subscription} and {settings.pubsub.dead_letter_subscription}, all with a "
             f"{settings.pubsub.ack_deadline_s} s ack deadline. Existing subscriptions whose settings "
             f"differ are updated; nothing is deleted."
@@ -78,7 +79,9 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
             f"{settings.bridge.max_bytes} bytes), classify up to {settings.pipeline.batch_size} images per "
             f"predict call, publish one prediction per image to {settings.topics.predictions} "
             f"(attribute id) and each invalid message to {settings.topics.dlq} (attributes error_kind, "
-            f"error), count every image once in {redact_url(settings.bridge.state_url)}, and serve /, /accuracy/, "
+            f"error), join the delayed labels of {settings.pubsub.labels_subscription} to their images for up to "
+            f"{settings.pipeline.label_wait_s:g} s, "
+            f"count every image once in {redact_url(settings.bridge.state_url)}, and serve /, /accuracy/, "
             f"/accuracy/window/, /recent/, /stats/ and /metrics on "
             f"http://{settings.web.host}:{settings.bridge.web_port}/. A message is acked only after "
             f"its prediction or dead letter is published and its count is committed. "

@@ -1,7 +1,7 @@
 """``setup``: the topics and subscriptions the bridge uses, created idempotently.
 
-Topics: images, predictions, images-dlq (messages that break the contract, with the
-reason) and images-dead-letter (messages whose handling kept failing: Pub/Sub moves
+Topics: images, labels (delayed labels, joined to their images by id), predictions,
+images-dlq (messages that break the contract, with the reason) and images-dead-letter (messages whose handling kept failing: Pub/Sub moves
 them there after ``PUBSUB_MAX_DELIVERY_ATTEMPTS`` deliveries, so a poison message is
 never redelivered forever). Each topic the bridge writes has a subscription, so nothing
 published there is dropped for want of a reader.
@@ -15,6 +15,8 @@ back for as long as the subscription retains it; with retention <= horizon it ca
 come back after its id left the bridge's store. Pub/Sub accepts 10 minutes to 7 days: a
 longer horizon is clamped to 7 days (still safe), a shorter one to 10 minutes with a
 warning (a message unacked for longer than the horizon could then be counted twice).
+The labels subscription gets the same retention and dead-letter policy, for the same
+reasons: the bridge recognises a redelivered label by its message id within the horizon.
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ def plan(settings: Settings) -> tuple[list[str], list[SubscriptionSpec]]:
     project = settings.pubsub.project
     topics = [
         settings.topics.images,
+        settings.topics.labels,
         settings.topics.predictions,
         settings.topics.dlq,
         settings.pubsub.dead_letter_topic,
@@ -97,6 +100,7 @@ def plan(settings: Settings) -> tuple[list[str], list[SubscriptionSpec]]:
     # messages of a crashed bridge for minutes.
     subscriptions = [
         SubscriptionSpec(settings.pubsub.images_subscription, settings.topics.images, images),
+        SubscriptionSpec(settings.pubsub.labels_subscription, settings.topics.labels, dict(images)),
         SubscriptionSpec(settings.pubsub.predictions_subscription, settings.topics.predictions, dict(common)),
         SubscriptionSpec(settings.pubsub.dlq_subscription, settings.topics.dlq, dict(common)),
         SubscriptionSpec(settings.pubsub.dead_letter_subscription, settings.pubsub.dead_letter_topic, dict(common)),

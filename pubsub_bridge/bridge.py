@@ -27,6 +27,12 @@ ended stream stops the bridge with exit status 1 within :data:`POLL_SECONDS` plu
 drain (the main loop watches both) and fails liveness meanwhile, as does a batch held
 failing for more than :data:`HELD_BATCH_BOUND_S`.
 
+Delayed labels: one more streaming pull, on the labels subscription, feeds a second
+batching thread and its :class:`~.handler.LabelHandler`; a :class:`LabelExpirer` thread
+counts and removes, every :data:`LABEL_EXPIRY_EVERY_S` at most, the image ids whose wait
+(``FMNIST_LABEL_WAIT_SECONDS``) is over, a transaction per batch of them (both in
+:mod:`.store`).
+
 Live rollout: the models come from the rollout pointer in the store (read before the
 first pull, so a restarted bridge serves the promoted version from its first batch); a
 :class:`RolloutFollower` thread reads the pointer every :data:`POINTER_POLL_SECONDS` and
@@ -44,7 +50,7 @@ import threading
 import time
 from collections.abc import Sequence
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 from google.api_core.exceptions import GoogleAPICallError
 from prometheus_client import Counter, Gauge
@@ -60,8 +66,8 @@ from fmnist_faust.core.rollout import ModelSwitch
 from fmnist_faust.core.scores import Scores
 
 from .clients import BulkPublisher, subscriber_client
-from .handler import BatchHandler, Delivery, TransientError
-from .store import PRUNE_BATCH, Store, describe_open_error, open_store
+from .handler import BatchHandler, Delivery, LabelHandler, TransientError
+from .store import EXPIRE_BATCH, PRUNE_BATCH, Store, describe_open_error, open_store
 from .web import Views, WebServer
 
 log = logging.getLogger(__name__)
@@ -72,9 +78,13 @@ _ACK_CHUNK = 1000  # ack ids per unary Acknowledge request (well under its 512 K
 PRUNE_PAUSE_SECONDS = 0.05  # between delete batches: at most PRUNE_BATCH / 0.05 = 40,000 keys/s
 POINTER_POLL_SECONDS = 0.5  # one primary-key read of the store per poll
 POLL_SECONDS = 0.5  # how often the main loop checks the streams and the batching thread
+LABEL_EXPIRY_EVERY_S = 30.0  # at most; a tenth of the wait when that is shorter (at least 1 s)
 HELD_BATCH_BOUND_S = 2 * MAX_BACKOFF_SECONDS  # a batch held failing this long fails liveness
 
 PRUNED = Counter("fmnist_bridge_pruned_total", "Counted keys deleted from the store after the dedupe horizon")
+EXPIRED = Counter(
+    "fmnist_bridge_label_ids_expired_total", "Image ids removed from the label join at the end of their wait"
+)
 LONGEST_PRUNE = Gauge(
     "fmnist_bridge_longest_prune_seconds", "Longest single delete transaction of the store's pruning so far"
 )
@@ -146,18 +156,28 @@ def stream_flow_limits(max_messages: int, max_bytes: int, streams: int) -> list[
     ]
 
 
+class Handler(Protocol):
+    """What a :class:`Batcher` hands its batches to (:class:`BatchHandler`, :class:`LabelHandler`)."""
+
+    deadline: float | None
+
+    def handle(self, batch: Sequence[Delivery]) -> None: ...
+
+
 class Batcher(threading.Thread):
-    """The one thread that takes batches off the queue and hands them to the handler."""
+    """The one thread that takes batches off the queue and hands them to the handler (one for
+    images, one for labels)."""
 
     def __init__(
         self,
-        handler: BatchHandler,
+        handler: Handler,
         batch_size: int,
         linger_s: float,
         max_images: int = STEP_IMAGES,
         failing: FailingBatches | None = None,
+        name: str = "bridge-batcher",
     ) -> None:
-        super().__init__(name="bridge-batcher", daemon=True)
+        super().__init__(name=name, daemon=True)
         self.handler = handler
         self.failing = failing or FailingBatches(HELD_BATCH_BOUND_S)
         self.batch_size = batch_size
@@ -268,20 +288,42 @@ class Pruner(threading.Thread):
         self.pause_s = pause_s
         self.stopping = threading.Event()
 
+    what = "pruning the state store"
+
+    def step(self) -> int:
+        deleted = self.store.prune(self.limit)
+        PRUNED.inc(deleted)
+        LONGEST_PRUNE.set(self.store.longest_prune_s)
+        return deleted
+
     def run(self) -> None:
         while not self.stopping.is_set():
             try:
-                deleted = self.store.prune(self.limit)
+                done = self.step()
             except self.store.transient_errors as exc:  # locked, I/O, database away: the next round tries again
-                log.warning("pruning the state store failed (%s); retrying in %.0f s", exc, self.interval_s)
-                deleted = 0
-            PRUNED.inc(deleted)
-            LONGEST_PRUNE.set(self.store.longest_prune_s)
-            self.stopping.wait(self.pause_s if deleted >= self.limit else self.interval_s)
+                log.warning("%s failed (%s); retrying in %.0f s", self.what, exc, self.interval_s)
+                done = 0
+            self.stopping.wait(self.pause_s if done >= self.limit else self.interval_s)
 
     def stop(self) -> None:
         self.stopping.set()
         self.join(10)
+
+
+class LabelExpirer(Pruner):
+    """Counts and removes the image ids whose label wait is over (``label_expired``, expired
+    labels), :data:`~.store.EXPIRE_BATCH` per transaction, as the pruner deletes keys."""
+
+    what = "expiring waiting labels"
+
+    def __init__(self, store: Store, interval_s: float) -> None:
+        super().__init__(store, interval_s, limit=EXPIRE_BATCH)
+        self.name = "bridge-label-expirer"
+
+    def step(self) -> int:
+        removed = self.store.expire_labels(self.limit)
+        EXPIRED.inc(removed)
+        return removed
 
 
 class RolloutFollower(threading.Thread):
@@ -318,23 +360,27 @@ class BridgeHealth:
         self.models = models
         self.subscription = subscription
         self.batcher: Batcher | None = None
+        self.label_batcher: Batcher | None = None
         self.streams: list[Any] = []
+
+    def _batchers(self) -> list[Batcher]:
+        return [b for b in (self.batcher, self.label_batcher) if b is not None]
 
     def liveness(self) -> list[Check]:
         if self.batcher is None:
             return [Check("starting", True, "opening the streaming pulls")]
         ended = sum(1 for future in self.streams if future.done())
+        dead = [b.name for b in self._batchers() if not b.is_alive()]
+        failing = [b.failing.check() for b in self._batchers()]
         return [
-            Check(
-                "batcher", self.batcher.is_alive(), "running" if self.batcher.is_alive() else "the batching thread died"
-            ),
+            Check("batcher", not dead, f"batching threads died: {dead}" if dead else "running"),
             Check("streams", not ended, f"{len(self.streams) - ended} of {len(self.streams)} streaming pulls open"),
-            self.batcher.failing.check(),
+            next((check for check in failing if not check.ok), failing[0]),
         ]
 
     def readiness(self) -> list[Check]:
         streaming = bool(self.streams) and not any(future.done() for future in self.streams)
-        held = self.batcher is not None and self.batcher.failing.failing
+        held = any(b.failing.failing for b in self._batchers())
         return [
             Check("model", True, f"live model {self.models.current().live.version}"),
             Check("subscription", bool(self.streams), f"{self.subscription} present"),
@@ -351,7 +397,11 @@ def run(settings: Settings) -> int:
 
     stop = _install_signal_handlers()
     try:
-        store = open_store(settings.bridge.state_url, horizon_s=settings.pipeline.dedupe_seconds)
+        store = open_store(
+            settings.bridge.state_url,
+            horizon_s=settings.pipeline.dedupe_seconds,
+            label_wait_s=settings.pipeline.label_wait_s,
+        )
     except Exception as exc:  # not a database, bad credentials, a missing database, nobody listening
         log.error("%s", describe_open_error(settings.bridge.state_url, exc))
         return 1
@@ -371,6 +421,15 @@ def run(settings: Settings) -> int:
     recent = RecentMistakes()
     subscriber = subscriber_client(settings.pubsub)
     subscription = subscriber.subscription_path(settings.pubsub.project, settings.pubsub.images_subscription)
+    labels_subscription = subscriber.subscription_path(settings.pubsub.project, settings.pubsub.labels_subscription)
+    for name in (subscription, labels_subscription):
+        try:  # a missing subscription is reported at once, before the views answer as if all were well
+            subscriber.get_subscription(request={"subscription": name})
+        except GoogleAPICallError as exc:
+            log.error("the bridge stopped on an error: %s", _explain(exc, name))
+            subscriber.close()
+            store.close()
+            return 1
     health = BridgeHealth(models, subscription)
     views = Views(
         scores=lambda: store.scores,
@@ -401,15 +460,8 @@ def run(settings: Settings) -> int:
     )
     error: BaseException | None = None
     with subscriber:
-        try:  # a missing subscription is reported at once, not after the first pull
-            subscriber.get_subscription(request={"subscription": subscription})
-        except GoogleAPICallError as exc:
-            log.error("the bridge stopped on an error: %s", _explain(exc, subscription))
-            publisher.stop()
-            web.stop()
-            store.close()
-            return 1
         acker = StreamAcker(subscriber, subscription)
+        label_acker = StreamAcker(subscriber, labels_subscription)
         handler = BatchHandler(
             models,
             store,
@@ -425,15 +477,34 @@ def run(settings: Settings) -> int:
         batcher = Batcher(handler, settings.pipeline.batch_size, settings.pipeline.batch_linger_s)
         batcher.start()
         health.batcher = batcher
+        label_handler = LabelHandler(
+            store,
+            publisher,
+            label_acker,
+            settings.pipeline.window_seconds,
+            dlq_topic=publisher.topic_path(settings.pubsub.project, settings.topics.dlq),
+            max_message_bytes=settings.pipeline.max_message_bytes,
+        )
+        label_batcher = Batcher(
+            label_handler, settings.pipeline.batch_size, settings.pipeline.batch_linger_s, name="bridge-labels"
+        )
+        label_batcher.start()
+        health.label_batcher = label_batcher
+        expirer = LabelExpirer(
+            store, interval_s=min(LABEL_EXPIRY_EVERY_S, max(1.0, settings.pipeline.label_wait_s / 10))
+        )
+        expirer.start()
         # Expired keys leave within about a tenth of the horizon (1-60 s).
         pruner = Pruner(store, interval_s=min(60.0, max(1.0, settings.pipeline.dedupe_seconds / 10)))
         pruner.start()
         follower = RolloutFollower(store, models)
         follower.start()
-        futures = [
-            subscriber.subscribe(
-                subscription,
-                batcher.put,
+        limits = stream_flow_limits(settings.bridge.max_messages, settings.bridge.max_bytes, settings.bridge.streams)
+
+        def pull(name: str, put: Any, messages: int, size: int) -> Any:
+            return subscriber.subscribe(
+                name,
+                put,
                 flow_control=pubsub_v1.types.FlowControl(
                     max_messages=messages,
                     max_bytes=size,
@@ -443,17 +514,17 @@ def run(settings: Settings) -> int:
                 ),
                 await_callbacks_on_shutdown=True,
             )
-            for messages, size in stream_flow_limits(
-                settings.bridge.max_messages, settings.bridge.max_bytes, settings.bridge.streams
-            )
-        ]
-        health.streams = futures
+
+        futures = [pull(subscription, batcher.put, messages, size) for messages, size in limits]
+        label_futures = [pull(labels_subscription, label_batcher.put, *limits[0])]  # labels are small: one stream
+        health.streams = futures + label_futures
         counted = committed_scores(store)
         where = f"emulator {settings.pubsub.emulator_host}" if settings.pubsub.emulator_host else "Google Cloud"
         log.info(
-            "bridge running: model %s, pulling %s on %s (%d streams), scores %s (%s images so far), web %s/",
+            "bridge running: model %s, pulling %s and %s on %s (%d streams), scores %s (%s images so far), web %s/",
             models.current().live.version,
             subscription,
+            labels_subscription,
             where,
             len(futures),
             store.location,
@@ -461,15 +532,19 @@ def run(settings: Settings) -> int:
             web.url,
         )
         while not stop.wait(POLL_SECONDS):
-            if any(future.done() for future in futures) or not batcher.is_alive():
+            if any(future.done() for future in health.streams) or not (batcher.is_alive() and label_batcher.is_alive()):
                 break
         if stop.is_set():
             log.info("stopping: no more pulls, finishing what is in flight")
-        error = acker.close_streams(futures)
-        batcher.drain(DRAIN_SECONDS)
-        batcher.join(DRAIN_SECONDS + 5)
-        error = error or batcher.error
+        closed = [acker.close_streams(futures), label_acker.close_streams(label_futures)]
+        error = closed[0] or closed[1]
+        for each in (batcher, label_batcher):
+            each.drain(DRAIN_SECONDS)
+        for each in (batcher, label_batcher):
+            each.join(DRAIN_SECONDS + 5)
+            error = error or each.error
         pruner.stop()
+        expirer.stop()
         follower.stop()
     publisher.stop()  # flushes anything still batched
     web.stop()

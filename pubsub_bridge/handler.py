@@ -9,6 +9,11 @@ without being counted or published again, as is a new message re-using a counted
 and ``predictions`` carries each image at least once: exactly once, unless a batch is
 handled again after it was published but before it was committed (the bridge died, or the
 commit or one of the batch's publishes failed and the batch was retried).
+
+:class:`LabelHandler` does the same for the labels subscription: malformed labels are
+dead-lettered (attribute ``stream: labels``) and confirmed, then the batch's labels are
+counted in one store transaction (:meth:`~.store.Store.commit_labels`: joined, waiting,
+repeated, late), then acked; a redelivered label message is acked without being counted.
 """
 
 from __future__ import annotations
@@ -24,13 +29,21 @@ from google.api_core import exceptions as gexc
 from prometheus_client import Counter, Histogram
 
 from fmnist_faust import metrics
-from fmnist_faust.core.contract import DEFAULT_MAX_BATCH_IMAGES, InvalidMessage, Prediction, dead_letter_attributes
+from fmnist_faust.core.contract import (
+    DEFAULT_MAX_BATCH_IMAGES,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    InvalidMessage,
+    Prediction,
+    dead_letter_attributes,
+    decode_label,
+)
+from fmnist_faust.core.labels import Label
 from fmnist_faust.core.model import Classifier
 from fmnist_faust.core.pipeline import BatchResult, ModelFailure, RawMessage, classify_isolating, repeats
 from fmnist_faust.core.recent import RecentMistakes
 from fmnist_faust.core.rollout import ModelSwitch, shadow_predict
 
-from .store import Store, image_key, message_key
+from .store import Store, image_key, label_key, message_key
 
 log = logging.getLogger(__name__)
 
@@ -216,16 +229,116 @@ class BatchHandler:
             else:
                 predictions.append((outcome.encode(), {"id": outcome.id}))
         futures += self.publisher.publish_many(self.predictions_topic, predictions)
-        timeout = self.publish_timeout_s
-        if self.deadline is not None:
-            timeout = max(0.1, min(timeout, self.deadline - self.clock()))
-        done, pending = concurrent.futures.wait(futures, timeout=timeout)
-        if pending:
-            raise TransientError(f"{len(pending)} of {len(futures)} publishes not confirmed within {timeout:.1f} s")
-        errors = [f.exception() for f in done if f.exception() is not None]
-        if not errors:
-            return
-        permanent = [e for e in errors if isinstance(e, PERMANENT_PUBLISH_ERRORS)]
-        if permanent:
-            raise permanent[0]
-        raise TransientError(f"{len(errors)} of {len(futures)} publishes failed; first: {errors[0]!r}")
+        confirm(futures, self.publish_timeout_s, self.deadline, self.clock)
+
+
+def confirm(
+    futures: Sequence[concurrent.futures.Future],
+    timeout: float,
+    deadline: float | None,
+    clock: Callable[[], float],
+) -> None:
+    """Wait for every publish, at most ``timeout`` s (less when ``deadline`` comes first);
+    :class:`TransientError` if one is unconfirmed or failed, a permanent error raised as is."""
+    if deadline is not None:
+        timeout = max(0.1, min(timeout, deadline - clock()))
+    done, pending = concurrent.futures.wait(futures, timeout=timeout)
+    if pending:
+        raise TransientError(f"{len(pending)} of {len(futures)} publishes not confirmed within {timeout:.1f} s")
+    errors = [f.exception() for f in done if f.exception() is not None]
+    if not errors:
+        return
+    permanent = [e for e in errors if isinstance(e, PERMANENT_PUBLISH_ERRORS)]
+    if permanent:
+        raise permanent[0]
+    raise TransientError(f"{len(errors)} of {len(futures)} publishes failed; first: {errors[0]!r}")
+
+
+class LabelHandler:
+    """One batch of the labels subscription: dead-letter the malformed, count the rest, ack.
+
+    The same order as :class:`BatchHandler`, on the bridge's second batching thread: the
+    dead letters are confirmed, then the batch is counted in one transaction, then acked.
+    A failure of the whole batch is retried by the caller (:class:`TransientError`); a
+    failure of one message is narrowed down and nacked, as for images."""
+
+    def __init__(
+        self,
+        store: Store,
+        publisher: Publisher,
+        acker: Acker,
+        window_seconds: int,
+        dlq_topic: str,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        publish_timeout_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.publisher = publisher
+        self.acker = acker
+        self.window_seconds = window_seconds
+        self.dlq_topic = dlq_topic
+        self.max_message_bytes = max_message_bytes
+        self.publish_timeout_s = publish_timeout_s
+        self.clock = clock
+        self.deadline: float | None = None  # set at shutdown, as BatchHandler's
+
+    def handle(self, batch: Sequence[Delivery]) -> None:
+        try:
+            self._handle(batch)
+        except TransientError:
+            raise
+        except Exception:
+            if len(batch) > 1:
+                log.exception("a batch of %d labels failed; handling them one by one", len(batch))
+                for delivery in batch:
+                    self.handle([delivery])
+                return
+            log.exception("nacking label message %s: handling it failed", batch[0].message_id)
+            self.acker.nack(batch)
+            NACKED.inc()
+
+    def _handle(self, batch: Sequence[Delivery]) -> None:
+        labels: list[Label] = []
+        keys: list[str] = []
+        rejected: list[tuple[Delivery, InvalidMessage]] = []
+        for delivery in batch:
+            try:
+                decoded = decode_label(delivery.data, transport_key(delivery.attributes), self.max_message_bytes)
+            except InvalidMessage as error:
+                rejected.append((delivery, error))
+                continue
+            if decoded is not None:  # a tick: the bridge keeps time by its clock, nothing to count
+                labels.append(Label(decoded.id, decoded.label, delivery.publish_time.timestamp()))
+                keys.append(label_key(delivery.message_id))
+        try:
+            counted_before = self.store.seen([*keys, *(label_key(d.message_id) for d, _ in rejected)])
+        except self.store.transient_errors as exc:
+            raise TransientError(f"the state store {self.store.location} is unavailable ({exc})") from exc
+        fresh_rejected = [(d, e) for d, e in rejected if label_key(d.message_id) not in counted_before]
+        if fresh_rejected:
+            log.warning("dead-lettering %d label message(s), first: %s", len(fresh_rejected), fresh_rejected[0][1])
+            confirm(
+                [
+                    self.publisher.publish(
+                        self.dlq_topic, d.data or b"", **dict(d.attributes, **dead_letter_attributes(e, "labels"))
+                    )
+                    for d, e in fresh_rejected
+                ],
+                self.publish_timeout_s,
+                self.deadline,
+                self.clock,
+            )
+        if labels or fresh_rejected:
+            try:
+                with COMMIT_SECONDS.time():
+                    self.store.commit_labels(
+                        labels,
+                        keys,
+                        [(label_key(d.message_id), e.kind) for d, e in fresh_rejected],
+                        self.window_seconds,
+                    )
+            except self.store.transient_errors as exc:
+                raise TransientError(f"the state store {self.store.location} is unavailable ({exc})") from exc
+        self.acker.ack(batch)
+        ACKED.inc(len(batch))

@@ -24,6 +24,10 @@ the database as the one place the replicas meet:
   ``psycopg.OperationalError`` (a :attr:`transient_errors` member) and drops the
   connection; the next call reconnects. A commit whose COMMIT was sent but whose answer
   was lost is harmless: retrying the batch finds its keys counted and acks it.
+- Delayed labels: ``bridge_label_join`` as SQLite's ``label_join``. Every transaction
+  that reads or writes it has locked the scores row first (``FOR UPDATE``), so replicas
+  join and expire ids one at a time; a labels commit inserts its message keys first, like an
+  images commit, so a label two replicas both handle is counted by one.
 - Time: ``processed_at`` is the bridge's clock (epoch seconds), as in SQLite; replicas
   need synchronised clocks (NTP; Google Cloud's metadata server), a skew of seconds is
   nothing next to a horizon of an hour.
@@ -40,12 +44,29 @@ from typing import Any
 
 import psycopg
 
+from fmnist_faust.core.labels import Entry, Label, expired, join_batch
 from fmnist_faust.core.pipeline import BatchResult
 from fmnist_faust.core.registry import RolloutState
 from fmnist_faust.core.rollout import ModelTally, ShadowBatch, count_batch
 from fmnist_faust.core.scores import Scores
 
-from .store import POINTER, PRUNE_BATCH, ROW, check_commit_keys, redact_url, tally_row
+from .store import (
+    DEFAULT_LABEL_WAIT_S,
+    EXPIRE_BATCH,
+    JOIN_COLUMNS,
+    POINTER,
+    PRUNE_BATCH,
+    ROW,
+    check_commit_keys,
+    check_label_keys,
+    entry_of,
+    image_key,
+    join_labels,
+    join_row,
+    redact_url,
+    tally_row,
+    unlabelled,
+)
 
 # Schema migrations: entry n takes a database from version n to n + 1 (one transaction each).
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -59,6 +80,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE bridge_scores ADD COLUMN IF NOT EXISTS models text",
         "CREATE TABLE IF NOT EXISTS bridge_model_pointer ("
         " name text PRIMARY KEY, state text NOT NULL, updated_at double precision NOT NULL)",
+    ),
+    (  # delayed labels: one row per image id while it waits (core.labels.Entry)
+        "CREATE TABLE IF NOT EXISTS bridge_label_join (id text PRIMARY KEY, first_seen double precision NOT NULL,"
+        " deadline double precision NOT NULL, predicted integer, model_version text, label integer)",
+        "CREATE INDEX IF NOT EXISTS bridge_label_join_by_deadline ON bridge_label_join (deadline)",
     ),
 )
 # Advisory lock keys (64-bit, arbitrary but fixed): schema migration, pruning.
@@ -75,11 +101,18 @@ class PostgresStore:
 
     transient_errors = TRANSIENT_ERRORS
 
-    def __init__(self, url: str, horizon_s: float | None = None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        url: str,
+        horizon_s: float | None = None,
+        clock: Callable[[], float] = time.time,
+        label_wait_s: float = DEFAULT_LABEL_WAIT_S,
+    ) -> None:
         """Connects and migrates the schema; raises ``psycopg.Error`` when it cannot (bad
         credentials, a missing database, nobody listening)."""
         self._url = url
         self.horizon_s = horizon_s
+        self.label_wait_s = label_wait_s
         self.clock = clock
         self.longest_prune_s = 0.0
         self._lock = threading.Lock()  # one connection, used by the batcher, the pruner and the web thread
@@ -243,20 +276,110 @@ class PostgresStore:
                 _, scores, tally = self._row(conn, lock=True)
                 counted = [i for i, key in enumerate(keys) if key in fresh]
                 count_batch(scores, tally, result, counted, model_version, shadow, window_seconds)
-                conn.execute(
-                    "INSERT INTO bridge_scores (name, model_version, scores, models, updated_at) "
-                    "VALUES (%s, %s, %s, %s, %s) "
-                    "ON CONFLICT (name) DO UPDATE SET model_version = excluded.model_version, "
-                    "scores = excluded.scores, models = excluded.models, updated_at = excluded.updated_at",
-                    (
-                        ROW,
-                        model_version,
-                        json.dumps(scores.to_dict(), separators=(",", ":")),
-                        json.dumps(tally.to_dict(), separators=(",", ":")),
-                        now,
-                    ),
-                )
+                guesses = unlabelled(result, counted, model_version, now)
+                if guesses:  # the scores row is locked: no other replica touches label_join now
+                    entries = self._entries(conn, [guess.id for guess in guesses])
+                    changes, joins = join_batch(entries.get, guesses, [], lambda image_id: False)
+                    self._store_entries(conn, changes)
+                    joins.count_into(scores, tally, window_seconds)
+                self._write_row(conn, model_version, scores, tally, now)
         return scores
+
+    @staticmethod
+    def _write_row(
+        conn: psycopg.Connection[Any], model_version: str | None, scores: Scores, tally: ModelTally, now: float
+    ) -> None:
+        conn.execute(
+            "INSERT INTO bridge_scores (name, model_version, scores, models, updated_at) "
+            "VALUES (%s, %s, %s, %s, %s) "
+            "ON CONFLICT (name) DO UPDATE SET model_version = excluded.model_version, "
+            "scores = excluded.scores, models = excluded.models, updated_at = excluded.updated_at",
+            (
+                ROW,
+                model_version,
+                json.dumps(scores.to_dict(), separators=(",", ":")),
+                json.dumps(tally.to_dict(), separators=(",", ":")),
+                now,
+            ),
+        )
+
+    @staticmethod
+    def _entries(conn: psycopg.Connection[Any], ids: list[str]) -> dict[str, Entry]:
+        rows = conn.execute(
+            f"SELECT {JOIN_COLUMNS} FROM bridge_label_join WHERE id = ANY(%s::text[])", (list(dict.fromkeys(ids)),)
+        ).fetchall()
+        return dict(entry_of(row) for row in rows)
+
+    def _store_entries(self, conn: psycopg.Connection[Any], changes: dict[str, Entry]) -> None:
+        if not changes:
+            return
+        with conn.cursor() as cursor:
+            cursor.executemany(
+                f"INSERT INTO bridge_label_join ({JOIN_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s) "
+                "ON CONFLICT (id) DO UPDATE SET first_seen = excluded.first_seen, deadline = excluded.deadline, "
+                "predicted = excluded.predicted, model_version = excluded.model_version, label = excluded.label",
+                [join_row(image_id, entry, self.label_wait_s) for image_id, entry in sorted(changes.items())],
+            )
+
+    def commit_labels(
+        self,
+        labels: Sequence[Label],
+        keys: Sequence[str],
+        rejected: Sequence[tuple[str, str]],
+        window_seconds: int,
+    ) -> Scores:
+        """As :meth:`.store.StateStore.commit_labels`: the labels and malformed labels whose message
+        keys nobody counted, in one transaction with the totals; returns them."""
+        check_label_keys(labels, keys, rejected)
+        now = self.clock()
+        all_keys = [*keys, *(key for key, _ in rejected)]
+        with self._using() as conn:
+            with conn.transaction():
+                inserted = conn.execute(
+                    "INSERT INTO bridge_processed (key, processed_at) "
+                    "SELECT k, %(now)s FROM unnest(%(keys)s::text[]) AS k ORDER BY k "
+                    "ON CONFLICT (key) DO UPDATE SET processed_at = excluded.processed_at "
+                    "WHERE bridge_processed.processed_at < %(cutoff)s RETURNING key",
+                    {"now": now, "keys": sorted(all_keys), "cutoff": self._cutoff()},
+                ).fetchall()
+                new = {key for (key,) in inserted}
+                version, scores, tally = self._row(conn, lock=True)
+                fresh = [label for label, key in zip(labels, keys) if key in new]
+                entries = self._entries(conn, [label.id for label in fresh])
+                missing = [image_key(label.id) for label in fresh if label.id not in entries]
+                images = {
+                    key[len("id:") :]
+                    for (key,) in conn.execute(
+                        "SELECT key FROM bridge_processed WHERE key = ANY(%s::text[]) AND processed_at >= %s",
+                        (missing, self._cutoff()),
+                    ).fetchall()
+                }
+                changes, joins = join_labels(entries, fresh, images, (kind for key, kind in rejected if key in new))
+                self._store_entries(conn, changes)
+                joins.count_into(scores, tally, window_seconds)
+                self._write_row(conn, version, scores, tally, now)
+        return scores
+
+    def expire_labels(self, limit: int = EXPIRE_BATCH) -> int:
+        """Remove up to ``limit`` ids whose wait is over, in one transaction with their counts."""
+        now = self.clock()
+        with self._using() as conn:
+            with conn.transaction():
+                version, scores, tally = self._row(conn, lock=True)
+                rows = conn.execute(
+                    f"DELETE FROM bridge_label_join WHERE id IN (SELECT id FROM bridge_label_join WHERE deadline < %s "
+                    f"ORDER BY deadline LIMIT %s) RETURNING {JOIN_COLUMNS}",
+                    (now, limit),
+                ).fetchall()
+                if rows:
+                    expired([entry for _, entry in map(entry_of, rows)]).count_into(scores, tally, 1)
+                    self._write_row(conn, version, scores, tally, now)
+        return len(rows)
+
+    def waiting(self) -> int:
+        with self._using() as conn:
+            row = conn.execute("SELECT count(*) FROM bridge_label_join").fetchone()
+            return int(row[0]) if row else 0
 
     def prune(self, limit: int = PRUNE_BATCH) -> int:
         """Delete up to ``limit`` expired keys in one short transaction; returns how many

@@ -22,6 +22,16 @@ each in its own short transaction, through an index on ``processed_at``; so the 
 holds about one horizon of keys, not the whole history, and opening it reads nothing but
 the schema version. ``setup`` keeps the images subscription's retention within the
 horizon, so Pub/Sub cannot redeliver a message after its key left the store.
+
+Delayed labels (:mod:`fmnist_faust.core.labels`): one ``label_join`` row per image id
+while it waits (its prediction, its label, or both, and its deadline: first seen + the
+wait). An images commit creates or joins the rows of its unlabelled images, a labels
+commit (:meth:`StateStore.commit_labels`) those of its labels, recorded by message id
+(``lbl:<message id>``) like any message, and :meth:`StateStore.expire_labels` removes rows
+whose deadline passed, each in the one transaction that also writes the scores row, so a
+join or an expiry is counted exactly once whatever kills the process. Replicas serialise
+on the scores row (SQLite's ``BEGIN IMMEDIATE``, PostgreSQL's ``FOR UPDATE``) before they
+touch ``label_join``.
 """
 
 from __future__ import annotations
@@ -32,9 +42,12 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
+from fmnist_faust.config import VARIABLES
+from fmnist_faust.core.contract import Prediction
+from fmnist_faust.core.labels import Entry, Guess, JoinTally, Label, expired, join_batch
 from fmnist_faust.core.pipeline import BatchResult
 from fmnist_faust.core.registry import RolloutState
 from fmnist_faust.core.rollout import ModelTally, ShadowBatch, count_batch
@@ -61,8 +74,16 @@ MIGRATIONS = (
     "ALTER TABLE scores ADD COLUMN models TEXT",
     # 2 -> 3: the rollout pointer (live / shadow version + SHA-256) the bridges follow.
     "CREATE TABLE IF NOT EXISTS model_pointer (name TEXT PRIMARY KEY, state TEXT NOT NULL, updated_at REAL NOT NULL)",
+    # 3 -> 4: delayed labels, one row per image id while it waits (core.labels.Entry).
+    "CREATE TABLE IF NOT EXISTS label_join (id TEXT PRIMARY KEY, first_seen REAL NOT NULL, deadline REAL NOT NULL,"
+    " predicted INTEGER, model_version TEXT, label INTEGER) WITHOUT ROWID",
+    # 4 -> 5: expiry finds the rows whose deadline passed without a scan.
+    "CREATE INDEX IF NOT EXISTS label_join_by_deadline ON label_join (deadline)",
 )
 PRUNE_BATCH = 2000  # rows per delete transaction: a few ms of write lock
+EXPIRE_BATCH = 2000  # label_join rows removed per expiry transaction
+# The wait of a store opened without one (tests, tools): the configured default, its one source.
+DEFAULT_LABEL_WAIT_S = float(VARIABLES["FMNIST_LABEL_WAIT_SECONDS"][0])
 ROW = "total"
 POINTER = "rollout"  # the one row of the rollout pointer
 _QUERY_CHUNK = 500  # well under SQLite's limit on bound parameters
@@ -77,12 +98,16 @@ class Store(Protocol):
     live model's part, the shadow's scores); :attr:`scores` are the committed global
     totals, :meth:`totals` the totals and tally of one commit; :meth:`prune` deletes only
     expired keys; :meth:`rollout_state` / :meth:`set_rollout_state` hold the pointer the
-    bridges follow. A failure listed in
+    bridges follow. Delayed labels: :meth:`commit` also joins its unlabelled images,
+    :meth:`commit_labels` counts the labels (and malformed labels) whose message keys nobody
+    counted, :meth:`expire_labels` the ids whose wait is over, each in one transaction with
+    the totals; :meth:`waiting` is how many ids the store holds for that. A failure listed in
     :attr:`transient_errors` (database locked, unreachable, restarting) leaves the store as
     it was, and retrying the same call later may succeed.
     """
 
     horizon_s: float | None
+    label_wait_s: float
     longest_prune_s: float
     transient_errors: tuple[type[BaseException], ...]
 
@@ -109,6 +134,18 @@ class Store(Protocol):
         window_seconds: int,
         shadow: ShadowBatch | None = None,
     ) -> Scores: ...
+
+    def commit_labels(
+        self,
+        labels: Sequence[Label],
+        keys: Sequence[str],
+        rejected: Sequence[tuple[str, str]],
+        window_seconds: int,
+    ) -> Scores: ...
+
+    def expire_labels(self, limit: int = EXPIRE_BATCH) -> int: ...
+
+    def waiting(self) -> int: ...
 
     def rollout_state(self) -> RolloutState: ...
 
@@ -163,18 +200,23 @@ def sqlite_path(url: str) -> Path:
     return Path(url[len("sqlite:///") :])
 
 
-def open_store(url: str, horizon_s: float | None = None, clock: Callable[[], float] = time.time) -> Store:
+def open_store(
+    url: str,
+    horizon_s: float | None = None,
+    clock: Callable[[], float] = time.time,
+    label_wait_s: float = DEFAULT_LABEL_WAIT_S,
+) -> Store:
     """The store ``url`` names: ``sqlite:///path`` or ``postgresql://user:pass@host:port/db``.
 
     Raises the implementation's error when the store cannot be opened (a file that is not
     a database, bad credentials, a missing database); see :func:`opening_errors`."""
     scheme = url.partition(":")[0].lower()
     if scheme == "sqlite":
-        return StateStore(sqlite_path(url), horizon_s=horizon_s, clock=clock)
+        return StateStore(sqlite_path(url), horizon_s=horizon_s, clock=clock, label_wait_s=label_wait_s)
     if scheme in ("postgresql", "postgres"):
         from .pgstore import PostgresStore
 
-        return PostgresStore(url, horizon_s=horizon_s, clock=clock)
+        return PostgresStore(url, horizon_s=horizon_s, clock=clock, label_wait_s=label_wait_s)
     raise ValueError(f"unknown state store scheme {scheme!r} in {redact_url(url)}: use sqlite:/// or postgresql://")
 
 
@@ -197,8 +239,59 @@ def check_commit_keys(result: BatchResult, keys: Sequence[str]) -> None:
         raise ValueError("commit needs exactly one distinct key per outcome")
 
 
+def check_label_keys(labels: Sequence[Label], keys: Sequence[str], rejected: Sequence[tuple[str, str]]) -> None:
+    """Both stores' precondition for ``commit_labels``: one distinct key per label and per malformed label."""
+    every = [*keys, *(key for key, _ in rejected)]
+    if len(keys) != len(labels) or len(set(every)) != len(every):
+        raise ValueError("commit_labels needs exactly one distinct key per label and per malformed label")
+
+
 def image_key(image_id: str) -> str:
     return f"id:{image_id}"
+
+
+def label_key(message_id: str) -> str:
+    """A labels-stream message by its Pub/Sub id: a redelivery is recognised, a re-send is a second label."""
+    return f"lbl:{message_id}"
+
+
+def unlabelled(result: BatchResult, indices: Iterable[int], model_version: str, now: float) -> list[Guess]:
+    """The images at ``indices`` of ``result`` counted without a label: they wait for one."""
+    guesses = []
+    for index in indices:
+        outcome = result.outcomes[index]
+        if isinstance(outcome, Prediction) and outcome.label is None:
+            at = result.messages[index].timestamp
+            guesses.append(Guess(outcome.id, outcome.predicted, model_version, now if at is None else at))
+    return guesses
+
+
+JOIN_COLUMNS = "id, first_seen, deadline, predicted, model_version, label"
+
+
+def join_row(image_id: str, entry: Entry, wait_s: float) -> tuple[Any, ...]:
+    """A ``label_join`` row, as :data:`JOIN_COLUMNS`."""
+    return (image_id, entry.first_seen, entry.deadline(wait_s), entry.predicted, entry.version, entry.label)
+
+
+def entry_of(row: Sequence[Any]) -> tuple[str, Entry]:
+    """(id, entry) of a ``label_join`` row read as :data:`JOIN_COLUMNS`."""
+    image_id, first_seen, _, predicted, version, label = row
+    return str(image_id), Entry(float(first_seen), predicted, version, label)
+
+
+def join_labels(
+    entries: dict[str, Entry],
+    labels: Sequence[Label],
+    counted_images: set[str],
+    rejected_kinds: Iterable[str],
+) -> tuple[dict[str, Entry], JoinTally]:
+    """Both stores' labels commit: ``labels`` (the fresh ones) joined with ``entries`` (the
+    rows of their ids), a label for an id in ``counted_images`` and no entry being late, and
+    the fresh malformed labels' kinds counted."""
+    changes, tally = join_batch(entries.get, [], labels, counted_images.__contains__)
+    tally.rejected.update(rejected_kinds)
+    return changes, tally
 
 
 def message_key(message_id: str, index: int | None = None) -> str:
@@ -214,12 +307,20 @@ class StateStore:
 
     transient_errors: tuple[type[BaseException], ...] = (sqlite3.OperationalError,)
 
-    def __init__(self, path: Path, horizon_s: float | None = None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        path: Path,
+        horizon_s: float | None = None,
+        clock: Callable[[], float] = time.time,
+        label_wait_s: float = DEFAULT_LABEL_WAIT_S,
+    ) -> None:
         """``horizon_s``: how long a counted key counts as seen (None: forever, as before
-        the horizon existed). ``clock`` is injectable so tests can move time."""
+        the horizon existed); ``label_wait_s``: how long an image id waits for its label or
+        image. ``clock`` is injectable so tests can move time."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.horizon_s = horizon_s
+        self.label_wait_s = label_wait_s
         self.clock = clock
         self.longest_prune_s = 0.0  # the longest delete transaction so far (soak report)
         self._db_lock = threading.Lock()  # one connection, used from more than one thread
@@ -332,26 +433,119 @@ class StateStore:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 counted = self._seen(keys)
-                keep = set(i for i, key in enumerate(keys) if key not in counted)
+                keep = sorted(i for i, key in enumerate(keys) if key not in counted)
                 _, scores, tally = self._full_row()
-                count_batch(scores, tally, result, sorted(keep), model_version, shadow, window_seconds)
+                count_batch(scores, tally, result, keep, model_version, shadow, window_seconds)
+                guesses = unlabelled(result, keep, model_version, now)
+                if guesses:
+                    entries = self._entries(guess.id for guess in guesses)
+                    changes, joins = join_batch(entries.get, guesses, [], lambda image_id: False)
+                    self._store_entries(changes)
+                    joins.count_into(scores, tally, window_seconds)
                 # An expired key counted again (its row not pruned yet) restarts its horizon.
                 self._db.executemany(
                     "INSERT INTO processed (key, processed_at) VALUES (?, ?) "
                     "ON CONFLICT(key) DO UPDATE SET processed_at = excluded.processed_at",
-                    [(keys[i], now) for i in sorted(keep)],
+                    [(keys[i], now) for i in keep],
                 )
-                self._db.execute(
-                    "INSERT INTO scores (name, model_version, scores, models, updated_at) VALUES (?, ?, ?, ?, ?) "
-                    "ON CONFLICT(name) DO UPDATE SET model_version = excluded.model_version, "
-                    "scores = excluded.scores, models = excluded.models, updated_at = excluded.updated_at",
-                    (ROW, model_version, _compact(scores.to_dict()), _compact(tally.to_dict()), now),
-                )
+                self._write_row(model_version, scores, tally, now)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
         return scores
+
+    def _write_row(self, model_version: str | None, scores: Scores, tally: ModelTally, now: float) -> None:
+        self._db.execute(
+            "INSERT INTO scores (name, model_version, scores, models, updated_at) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET model_version = excluded.model_version, "
+            "scores = excluded.scores, models = excluded.models, updated_at = excluded.updated_at",
+            (ROW, model_version, _compact(scores.to_dict()), _compact(tally.to_dict()), now),
+        )
+
+    def _entries(self, ids: Iterable[str]) -> dict[str, Entry]:
+        """The ``label_join`` rows of ``ids`` (inside the caller's transaction)."""
+        wanted = list(dict.fromkeys(ids))
+        found: dict[str, Entry] = {}
+        for start in range(0, len(wanted), _QUERY_CHUNK):
+            chunk = wanted[start : start + _QUERY_CHUNK]
+            rows = self._db.execute(
+                f"SELECT {JOIN_COLUMNS} FROM label_join WHERE id IN ({','.join('?' * len(chunk))})", chunk
+            ).fetchall()
+            found.update(entry_of(row) for row in rows)
+        return found
+
+    def _store_entries(self, changes: dict[str, Entry]) -> None:
+        self._db.executemany(
+            f"INSERT OR REPLACE INTO label_join ({JOIN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+            [join_row(image_id, entry, self.label_wait_s) for image_id, entry in changes.items()],
+        )
+
+    def commit_labels(
+        self,
+        labels: Sequence[Label],
+        keys: Sequence[str],
+        rejected: Sequence[tuple[str, str]],
+        window_seconds: int,
+    ) -> Scores:
+        """Count the labels (``keys[i]``: the key of ``labels[i]``'s message) and the malformed
+        labels (``(key, error kind)``) whose keys nobody counted, in one transaction: joined with
+        the waiting images, waiting for theirs, repeated or late (:func:`~fmnist_faust.core.labels.join_batch`).
+        Returns the new totals."""
+        check_label_keys(labels, keys, rejected)
+        now = self.clock()
+        with self._db_lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                counted = self._seen([*keys, *(key for key, _ in rejected)])
+                fresh = [label for label, key in zip(labels, keys) if key not in counted]
+                entries = self._entries(label.id for label in fresh)
+                missing = {label.id for label in fresh if label.id not in entries}
+                images = {key[len("id:") :] for key in self._seen(image_key(image_id) for image_id in missing)}
+                changes, joins = join_labels(
+                    entries, fresh, images, (kind for key, kind in rejected if key not in counted)
+                )
+                self._store_entries(changes)
+                version, scores, tally = self._full_row()
+                joins.count_into(scores, tally, window_seconds)
+                self._db.executemany(
+                    "INSERT INTO processed (key, processed_at) VALUES (?, ?) "
+                    "ON CONFLICT(key) DO UPDATE SET processed_at = excluded.processed_at",
+                    [(key, now) for key in [*keys, *(key for key, _ in rejected)] if key not in counted],
+                )
+                self._write_row(version, scores, tally, now)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return scores
+
+    def expire_labels(self, limit: int = EXPIRE_BATCH) -> int:
+        """Remove up to ``limit`` ids whose wait is over, in one transaction with their counts
+        (``label_expired``, expired labels); returns how many."""
+        now = self.clock()
+        with self._db_lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = self._db.execute(
+                    f"SELECT {JOIN_COLUMNS} FROM label_join WHERE deadline < ? ORDER BY deadline LIMIT ?", (now, limit)
+                ).fetchall()
+                if rows:
+                    self._db.executemany("DELETE FROM label_join WHERE id = ?", [(row[0],) for row in rows])
+                    version, scores, tally = self._full_row()
+                    # an expiry touches no window: the window width does not matter
+                    expired([entry for _, entry in map(entry_of, rows)]).count_into(scores, tally, 1)
+                    self._write_row(version, scores, tally, now)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return len(rows)
+
+    def waiting(self) -> int:
+        """How many image ids wait (for a label or an image, or joined until their wait ends)."""
+        with self._db_lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM label_join").fetchone()[0])
 
     def counted(self) -> int:
         """How many keys (images and rejected messages) the store holds."""

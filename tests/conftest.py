@@ -101,6 +101,8 @@ def start_worker(worker_env: dict[str, str], tmp_path: Path) -> Iterator:
 
     def start(**overrides: str) -> Worker:
         env = dict(worker_env, **overrides)
+        if env.get("FMNIST_PROCESSING_GUARANTEE") == "exactly_once":
+            env.pop("FMNIST_LABELS_TOPIC")  # refused there: no delayed labels with exactly_once
         if len(workers) and "FMNIST_WEB_PORT" not in overrides:
             env["FMNIST_WEB_PORT"] = str(free_port())
             env["FMNIST_WORKER_DATADIR"] = str(tmp_path / f"worker{len(workers)}")

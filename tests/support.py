@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -320,6 +321,97 @@ def offline_confusion(model_path, images, labels) -> list[list[int]]:
     confusion = np.zeros((10, 10), dtype=np.int64)
     np.add.at(confusion, (labels.astype(int), predicted), 1)
     return confusion.tolist()
+
+
+class DelayedLabels:
+    """The delayed-labels scenario of both backends' tests: ``count`` images sent without
+    labels, their labels in shuffled order: a tenth before their images, a tenth never, the
+    rest after them, and a twentieth sent twice (the second time wrong, so that counting it
+    would show), plus labels for ids that never come and malformed labels."""
+
+    UNKNOWN = 7  # labels for ids no image has
+    MALFORMED = (
+        (b"{not json", "lab-x", "not_json"),
+        (b'{"id": "lab-0", "label": 12}', "lab-0", "bad_label"),
+        (b'{"label": 3}', None, "bad_id"),
+        (b'{"id": "lab-1"}', "lab-1", "bad_label"),
+        (b'{"id": "lab-2", "label": 2}', "someone-else", "key_mismatch"),
+    )
+
+    def __init__(self, truth, seed: int = 22) -> None:
+        import random
+
+        self.truth = truth  # the true label of each image
+        count = self.count = len(truth)
+        order = list(range(count))
+        random.Random(seed).shuffle(order)
+        tenth = max(1, count // 10)
+        self.early, self.never, self.late = order[:tenth], order[tenth : 2 * tenth], order[2 * tenth :]
+        labelled = self.early + self.late
+        self.twice = sorted(random.Random(seed + 1).sample(labelled, max(1, count // 20)))
+        self.ids = [self.image_id(i) for i in range(count)]
+
+    @staticmethod
+    def image_id(index: int) -> str:
+        return f"lab-{index}"
+
+    def labels(self, indices, wrong: bool = False) -> list[tuple[bytes, str]]:
+        """(value, key) of the label messages of ``indices`` (``wrong``: another class)."""
+        from fmnist_faust.core.contract import encode_label
+
+        return [
+            (encode_label(self.image_id(i), (int(self.truth[i]) + int(wrong)) % 10), self.image_id(i)) for i in indices
+        ]
+
+    def unknown(self) -> list[tuple[bytes, str]]:
+        from fmnist_faust.core.contract import encode_label
+
+        return [(encode_label(f"nobody-{n}", n % 10), f"nobody-{n}") for n in range(self.UNKNOWN)]
+
+    @property
+    def joined(self) -> list[int]:
+        return sorted(self.early + self.late)
+
+    def check_joined(self, report: dict, model_path, images, labels) -> None:
+        """Everything labelled has joined, the tenth never labelled waits: exact, nothing twice."""
+        joined = self.joined
+        assert report["images"] == self.count
+        assert report["labeled"] == len(joined) and report["awaiting_label"] == len(self.never)
+        assert report["label_expired"] == 0
+        assert report["confusion"] == offline_confusion(model_path, images[joined], labels[joined])
+        got = report["labels"]
+        assert got["joined"] == len(joined) and got["repeated"] == len(self.twice) and got["late"] == 0
+        assert got["awaiting_image"] == self.UNKNOWN and got["expired"] == 0
+        assert got["rejected_by_kind"] == dict(sorted(Counter(kind for _, _, kind in self.MALFORMED).items()))
+
+    def check_expired(self, report: dict, model_path, images, labels) -> None:
+        """After the wait: the never-labelled images and the unknown ids' labels expired, exactly."""
+        joined = self.joined
+        assert report["images"] == self.count
+        assert report["labeled"] == len(joined) and report["awaiting_label"] == 0
+        assert report["label_expired"] == len(self.never)
+        assert report["confusion"] == offline_confusion(model_path, images[joined], labels[joined])
+        got = report["labels"]
+        assert got["awaiting_image"] == 0 and got["expired"] == self.UNKNOWN
+        assert got["received"] == len(joined) + len(self.twice) + self.UNKNOWN
+
+    def check_metrics(self, url: str, report: dict) -> None:
+        """``/metrics`` exports the label counts of ``report`` under the names both backends share."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = requests.get(url + "/metrics", timeout=10).text
+        samples = {
+            (s.name, s.labels.get("outcome")): s.value for f in text_string_to_metric_families(text) for s in f.samples
+        }
+        assert samples[("fmnist_awaiting_label", None)] == report["awaiting_label"]
+        assert samples[("fmnist_label_expired", None)] == report["label_expired"]
+        for outcome in ("joined", "awaiting_image", "expired", "repeated", "late", "rejected"):
+            assert samples[("fmnist_labels", outcome)] == report["labels"][outcome], outcome
+
+    def figures(self, report: dict) -> dict:
+        """The closing figures of one run, for the record (``pytest -s``)."""
+        keys = ("images", "labeled", "correct", "accuracy", "awaiting_label", "label_expired")
+        return {key: report[key] for key in keys} | {"labels": report["labels"]}
 
 
 @dataclass(frozen=True)

@@ -308,6 +308,54 @@ def test_faults_are_injected_only_when_set() -> None:
     assert not load_settings({"FMNIST_FAULT_WHITE_IMAGES": "yes"}).faults.white_images  # only 1 turns it on
 
 
+def test_exactly_once_reads_no_labels_and_refuses_a_labels_topic() -> None:
+    """exactly_once's transactions do not hold the label-join state: the worker reads no labels
+    there, and naming a labels topic with it fails at start-up naming both variables."""
+    assert load_settings({}).kafka.reads_labels
+    assert not load_settings({"FMNIST_PROCESSING_GUARANTEE": "exactly_once"}).kafka.reads_labels
+    assert load_settings({"FMNIST_LABELS_TOPIC": "mine"}).kafka.reads_labels
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"FMNIST_PROCESSING_GUARANTEE": "exactly_once", "FMNIST_LABELS_TOPIC": "mine"})
+    message = str(caught.value)
+    assert "FMNIST_LABELS_TOPIC='mine'" in message and "FMNIST_PROCESSING_GUARANTEE=exactly_once" in message
+    assert "\n" not in message
+
+
+def test_an_exactly_once_worker_reads_no_labels_and_refuses_a_labels_topic() -> None:
+    """The worker as started: exactly_once subscribes to images only and registers no
+    label-join table; with a labels topic named it stops before connecting, the error last."""
+    root = Path(__file__).resolve().parent.parent
+    eos = {
+        "PATH": "/usr/bin:/bin",
+        "FMNIST_PROCESSING_GUARANTEE": "exactly_once",
+        "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
+    }
+    probe = (
+        "import json\n"
+        "from fmnist_faust import agents\n"
+        "from fmnist_faust.faust_app import app\n"
+        "from fmnist_faust.tables import join_table\n"
+        "print(json.dumps({'inputs': sorted(agents.inputs_topic.topics), 'join_table': join_table is None,\n"
+        "  'tables': sorted(app.tables)}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], cwd=root, capture_output=True, text=True, timeout=120, env=eos)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {
+        "inputs": ["images"],
+        "join_table": True,
+        "tables": ["scores", "seen-ids"],
+    }
+    worker = [sys.executable, "-m", "faust", "-A", "fmnist_faust", "worker"]
+    refused = subprocess.run(
+        worker, cwd=root, capture_output=True, text=True, timeout=120, env={**eos, "FMNIST_LABELS_TOPIC": "labels"}
+    )
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines()[-1] == (
+        "fmnist_faust.config.ConfigError: FMNIST_LABELS_TOPIC='labels' with FMNIST_PROCESSING_GUARANTEE=exactly_once: "
+        "delayed labels are not supported with exactly_once; unset FMNIST_LABELS_TOPIC or use at_least_once"
+    )
+
+
 def test_relative_paths_resolve_against_the_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """As Faust's datadir: after a plain ``pip install`` the package's directory is
     site-packages, so the defaults must not be taken from there."""

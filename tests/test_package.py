@@ -29,7 +29,7 @@ def test_the_package_attribute_app_is_the_faust_app_with_everything_registered()
         "print(isinstance(fmnist_faust.app, faust.App), fmnist_faust.app is m.app,\n"
         "      type(m).__name__, sorted(fmnist_faust.app.agents), sorted(fmnist_faust.app.tables))"
     )
-    assert out == "True True module ['fmnist_faust.agents.classify'] ['scores', 'seen-ids']"
+    assert out == "True True module ['fmnist_faust.agents.classify'] ['label-join', 'scores', 'seen-ids']"
 
 
 def test_other_missing_attributes_still_raise() -> None:

@@ -16,6 +16,9 @@ the record (not JSON, blob of the wrong length, too many images...) rejects it w
 fault of one image in it (its id, its label) rejects that image alone
 (:func:`image_fault`), re-encoded in the one-image form (:func:`single_image_value`) so it
 can be fixed and re-sent.
+
+Delayed labels travel on a topic of their own (:func:`decode_label`: ``{"id", "label"}``,
+keyed by the image id), joined to their images by :mod:`.labels`.
 """
 
 from __future__ import annotations
@@ -109,14 +112,17 @@ class InvalidMessage(ValueError):
         return original if self.image is None else self.image
 
 
-def dead_letter_attributes(error: InvalidMessage) -> dict[str, str]:
+def dead_letter_attributes(error: InvalidMessage, stream: str | None = None) -> dict[str, str]:
     """``error_kind`` and ``error`` for the dead letter of ``error``: Kafka headers (UTF-8)
     and Pub/Sub attributes alike, each value within Pub/Sub's 1,024-byte limit; plus
-    ``batch_index`` (decimal) for one image of a batch record."""
+    ``batch_index`` (decimal) for one image of a batch record, and ``stream`` (e.g.
+    ``"labels"``) for a message that did not come from the images stream."""
     reason = error.reason.encode("utf-8", "replace")[:MAX_ATTRIBUTE_BYTES].decode("utf-8", "ignore")
     attributes = {"error_kind": error.kind, "error": reason}
     if error.index is not None:
         attributes["batch_index"] = str(error.index)
+    if stream is not None:
+        attributes["stream"] = stream
     return attributes
 
 
@@ -402,6 +408,54 @@ def single_image_value(image_id: Any, pixels: np.ndarray, label: Any, sent_at: f
     if sent_at is not None:
         message["sent_at"] = sent_at
     return json.dumps(message, separators=(",", ":")).encode("utf-8")
+
+
+class LabelMessage(NamedTuple):
+    """A decoded, validated delayed label: the true class of image ``id``."""
+
+    id: str
+    label: int
+
+
+# The labels-stream record the Kafka workers write to a partition to move its clock on when
+# no other record does (so that waiting labels and predictions expire): not a label.
+TICK_VALUE = b'{"tick":true}'
+
+
+def decode_label(
+    value: bytes | None, key: bytes | str | None = None, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+) -> LabelMessage | None:
+    """Decode one labels-stream message ``{"id": str, "label": int 0-9}`` (extra fields are
+    ignored); None for a clock tick (:data:`TICK_VALUE`). Raises :class:`InvalidMessage`
+    with the kinds images have (``empty``, ``too_large``, ``not_utf8``, ``not_json``,
+    ``not_object``, ``bad_id``, ``key_mismatch``, ``bad_label``); the label is required."""
+    if value == TICK_VALUE:
+        return None
+    if not value:
+        raise InvalidMessage("empty", "the message has no bytes")
+    if len(value) > max_bytes:
+        raise InvalidMessage("too_large", f"{len(value)} bytes exceeds the {max_bytes}-byte limit")
+    obj = _parse(value)
+    if not isinstance(obj, dict):
+        raise InvalidMessage("not_object", f"expected a JSON object, got {type(obj).__name__}")
+    image_id = obj.get("id")
+    problem = _id_problem(image_id)
+    if problem is not None:
+        raise InvalidMessage("bad_id", problem)
+    assert isinstance(image_id, str)
+    if isinstance(key, bytes):
+        key = key.decode("utf-8", errors="replace")
+    if key and key != image_id:
+        raise InvalidMessage("key_mismatch", f"key {key[:60]!r} differs from id {image_id[:60]!r}")
+    label = obj.get("label")
+    if label is None or _label_problem(label) is not None:
+        raise InvalidMessage("bad_label", f"a label message needs label, an integer 0-9, got {reprlib.repr(label)}")
+    return LabelMessage(image_id, label)
+
+
+def encode_label(image_id: str, label: int) -> bytes:
+    """Encode one labels-stream message."""
+    return json.dumps({"id": image_id, "label": int(label)}, separators=(",", ":")).encode("utf-8")
 
 
 def encode_image(

@@ -191,3 +191,67 @@ def test_image_steps_bound_the_images_per_step_and_never_split_a_record() -> Non
     lone = Fetch(TP("images", 0), 1, [7], [big])
 
     assert agents.image_steps([lone], limit=10) == [[lone]]  # a record larger than the limit is one step
+
+
+@pytest.mark.timeout(60)
+def test_delayed_labels_join_through_the_rows_and_survive_a_lost_state(
+    faust_app: Any, test_split, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Images without labels wait in their partition's row; labels on the labels partition
+    of the same number join them; the state is rebuilt from the chunks when this process
+    loses it (a restart); a tick far ahead expires what is left; malformed labels go to the
+    DLQ with ``stream: labels``. Every row holds both offsets, the clock and the chain head."""
+    from faust.types import TP
+
+    from fmnist_faust import agents, label_join, tables
+    from fmnist_faust.core.contract import TICK_VALUE, encode_label
+    from fmnist_faust.core.pipeline import RawMessage
+    from fmnist_faust.fetches import Fetch
+    from fmnist_faust.join_state import JoinChunks
+    from fmnist_faust.topics import dlq_topic, images_topic, labels_topic
+
+    monkeypatch.setattr(agents, "_assigned", lambda: None)
+    monkeypatch.setattr(type(agents.app), "consumer_generation_id", 0, raising=False)
+    monkeypatch.setattr(agents, "gap_guard", agents.GapGuard())
+    monkeypatch.setattr(tables, "join_chunks", JoinChunks())
+    monkeypatch.setattr(label_join, "join_chunks", tables.join_chunks)
+    monkeypatch.setattr(label_join, "states", {})
+    images, truth = test_split.images[:10], [int(x) for x in test_split.labels[:10]]
+    offline, _ = faust_app.test_classifier.predict(images)
+    t0 = 1_000_000.0
+
+    def fetch(tp: TP, offsets: list[int], values: list[bytes], keys: list[bytes | None], at: float) -> Fetch:
+        return Fetch(tp, 0, offsets, [RawMessage(v, k, at) for v, k in zip(values, keys)])
+
+    img, lab = TP(images_topic.get_topic_name(), 0), TP(labels_topic.get_topic_name(), 0)
+
+    def label(n: int, value: int | None = None) -> bytes:
+        return encode_label(f"d-{n}", truth[n] if value is None else value)
+
+    async def run() -> None:
+        flight = agents.InFlight()
+        ids = [f"d-{n}".encode() for n in range(10)]
+        first = fetch(img, list(range(10)), [encode_image(f"d-{n}", images[n]) for n in range(10)], ids, t0)
+        labels = fetch(
+            lab, [0, 1, 2, 3], [label(0), label(1), label(1, 9), b"{oops"], [ids[0], ids[1], ids[1], b"x"], t0 + 5
+        )
+        assert await agents.process_fetches([first, labels], flight)  # both in one batch
+        assert await agents.process_fetches([fetch(lab, [4, 5], [label(2), label(3)], ids[2:4], t0 + 6)], flight)
+        assert await flight.settle()
+        label_join.states.clear()  # as after a restart: rebuilt from the row's chain
+        assert await agents.process_fetches([fetch(lab, [6], [label(4)], ids[4:5], t0 + 7)], flight)
+        assert await agents.process_fetches([fetch(lab, [7], [TICK_VALUE], [None], t0 + 10_000)], flight)
+        assert await flight.settle()
+
+    asyncio.run(run())
+    row = tables.scores_table.data["0"]
+    assert (row["offset"], row["labels_offset"], row["clock"]) == (9, 7, t0 + 10_000)
+    _, scores = tables.read_row(0)
+    joined = [0, 1, 2, 3, 4]
+    assert (scores.images, scores.labeled, scores.awaiting_label, scores.label_expired) == (10, 5, 0, 5)
+    assert scores.correct == sum(int(offline[n] == truth[n]) for n in joined)
+    assert scores.labels == {"joined": 5, "repeated": 1}
+    assert scores.labels_rejected == {"not_json": 1}
+    assert len(label_join.states[0]) == 0  # every life ended at the tick
+    dead = [s for s in faust_app.test_sent if s[0] == dlq_topic.get_topic_name()]
+    assert [(s[2], dict(s[3])["stream"]) for s in dead] == [(b"{oops", b"labels")]

@@ -135,6 +135,31 @@ def test_produce_and_logger_commands(start_worker, worker_env: dict[str, str]) -
     assert report["images"] == 600
     assert final.startswith(f"final: 600 predictions, 600 labelled, {report['correct']} correct")
 
+    def produce(*args: str) -> str:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "from fmnist_faust.cli import produce_main; raise SystemExit(produce_main())",
+                *args,
+            ],
+            env=worker_env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    # the delayed ground truth: 100 images without labels, then 80 of their labels, shuffled
+    produce("--count", "100", "--no-labels", "--id-prefix", "later", "--quiet")
+    wait_until(lambda: worker.accuracy()["awaiting_label"] == 100, timeout=60, what="100 images awaiting labels")
+    out = produce("--count", "80", "--labels", "--shuffle", "3", "--id-prefix", "later", "--quiet")
+    assert "sent 80 labels in 80 messages to kafka:" in out
+    report = wait_until(lambda: (r := worker.accuracy())["labeled"] == 680 and r, timeout=60, what="80 labels joined")
+    assert report["awaiting_label"] == 20 and report["labels"]["joined"] == 80
+
 
 def test_a_kafka_consumer_that_cannot_start_fails_at_once_with_the_brokers_error() -> None:
     from aiokafka.errors import KafkaConnectionError

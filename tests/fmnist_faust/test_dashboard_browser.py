@@ -62,6 +62,9 @@ return {
                     (r) => [Number(r.dataset.true), Number(r.dataset.pred), Number(r.dataset.count)]),
   rejected_kinds: Object.fromEntries(Array.from(document.querySelectorAll("#rejected-list li[data-kind]"),
                                                 (li) => [li.dataset.kind, Number(li.dataset.count)])),
+  awaiting: value("kpi-awaiting"),
+  label_rows: Object.fromEntries(Array.from(document.querySelectorAll("#labels-list li[data-key]"),
+                                            (li) => [li.dataset.key, Number(li.dataset.count)])),
   thumbs: Array.from(document.querySelectorAll("#mistakes canvas.thumb"),
                      (c) => [c.dataset.label, c.dataset.predicted, c.width, c.height]),
   rate_line: document.querySelectorAll("#chart-rate polyline").length,
@@ -136,6 +139,13 @@ def assert_page_matches(page: dict, report: dict) -> None:
     assert float(page["accuracy_text"].rstrip(" %")) == pytest.approx(report["accuracy"] * 100, abs=0.005)
     assert int(page["rejected"]) == report["rejected"] == int(page["rejected_text"].replace(",", ""))
     assert page["rejected_kinds"] == report["rejected_by_kind"]
+    assert int(page["awaiting"]) == report["awaiting_label"]
+    labels = report["labels"]
+    assert page["label_rows"] == {
+        "awaiting_label": report["awaiting_label"],
+        "label_expired": report["label_expired"],
+        **{key: labels[key] for key in ("joined", "awaiting_image", "expired", "repeated", "late", "rejected")},
+    }
     assert page["model_version"] == report["model_version"]
     assert sorted(page["cells"]) == [[i, j, report["confusion"][i][j]] for i in range(10) for j in range(10)]
     recall = {name: c["recall"] for name, c in report["per_class"].items()}
@@ -182,6 +192,22 @@ def test_dashboard_shows_and_updates_the_live_totals(
     assert float(page["rate"]) > 0 and page["rate_line"] == 1
     stats = requests.get(worker.url + "/stats/", timeout=5).json()
     assert stats["backlog_kind"] == "kafka_lag" and stats["lag"] == 0
+
+    # 20 images without their label, then the labels of 12 of them (one twice): 8 keep waiting
+    from fmnist_faust.core.contract import encode_label
+
+    with MainManager("kafka", settings).create_producer(settings.topics.images) as producer:
+        producer.produce_many([(encode_image(f"late-{i}", test_split.images[i]), f"late-{i}") for i in range(20)])
+    with MainManager("kafka", settings).create_producer(settings.topics.labels) as producer:
+        producer.produce_many(
+            [(encode_label(f"late-{i}", int(test_split.labels[i])), f"late-{i}") for i in [*range(12), 3]]
+        )
+    page = wait_page(
+        browser, lambda p: p["awaiting"] == "8" and p["label_rows"].get("repeated") == 1, "the delayed labels"
+    )
+    report = worker.accuracy()
+    assert_page_matches(page, report)
+    assert report["labeled"] == 3012 and report["labels"]["joined"] == 12
 
     height = browser.execute_script(
         "return document.documentElement.scrollHeight + window.outerHeight - window.innerHeight"

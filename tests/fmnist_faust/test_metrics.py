@@ -20,7 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from fmnist_faust.client import MainManager
 from fmnist_faust.config import load_settings
 from fmnist_faust.core.contract import encode_image
-from fmnist_faust.metrics import RateMeter, stats_report
+from fmnist_faust.core.scores import Scores
+from fmnist_faust.metrics import RateMeter, exposition, stats_report
 from support import wait_until
 
 SampleKey = tuple[str, tuple[tuple[str, str], ...]]
@@ -94,6 +95,32 @@ def test_stats_report_shape() -> None:
     assert isinstance(report["images_per_second"], float) and report["uptime_s"] >= 0
     with pytest.raises(ValueError):
         stats_report(None, "kafka")
+
+
+def test_label_gauges_in_the_exposition_are_the_accuracy_documents_counts() -> None:
+    """The worker and the bridge both export ``/metrics`` through :func:`exposition` with their
+    ``/accuracy/`` document, so the label series have the same names and values on both."""
+    scores = Scores()
+    scores.record([3, None, None, None], [3, 1, 2, 5], [0.0] * 4, 10)
+    scores.join(label=1, predicted=1, at=5.0, window_seconds=10)
+    scores.expire_waiting(1)
+    for outcome, count in {"joined": 1, "awaiting_image": 2, "expired": 4, "repeated": 3, "late": 1}.items():
+        scores.count_labels(outcome, count)
+    scores.reject_label("bad_label", 2)
+    scores.reject_label("not_json")
+    report = scores.report("v1")
+
+    body, _ = exposition(report, 0)
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(body.decode())
+        for s in family.samples
+    }
+    assert samples[("fmnist_awaiting_label", ())] == report["awaiting_label"] == 1
+    assert samples[("fmnist_label_expired", ())] == report["label_expired"] == 1
+    by_outcome = {labels[0][1]: value for (name, labels), value in samples.items() if name == "fmnist_labels"}
+    assert by_outcome == {"joined": 1, "awaiting_image": 2, "expired": 4, "repeated": 3, "late": 1, "rejected": 3}
+    assert samples[("fmnist_accuracy", ())] == pytest.approx(report["accuracy"]) == 1.0
 
 
 class FakeConsumer:

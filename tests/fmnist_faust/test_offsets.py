@@ -38,13 +38,23 @@ def _images(partition: int) -> TP:
     return TP(images_topic.get_topic_name(), partition)
 
 
-def test_next_offset_is_the_row_offset_plus_one_for_images_partitions_only() -> None:
+def _labels(partition: int) -> TP:
+    from fmnist_faust.topics import labels_topic
+
+    return TP(labels_topic.get_topic_name(), partition)
+
+
+def test_next_offset_is_the_row_offset_plus_one_for_images_and_labels_partitions_only() -> None:
     from fmnist_faust import tables
 
     tables.scores_table.data.clear()
     assert tables.next_offset(_images(2)) == 0  # nothing counted yet: from the start
+    assert tables.next_offset(_labels(2)) == 0
     tables.scores_table.data["2"] = {"offset": 41, "model_version": "v", "scores": Scores().to_dict()}
     assert tables.next_offset(_images(2)) == 42
+    assert tables.next_offset(_labels(2)) == 0  # a row written before the labels stream
+    tables.scores_table.data["2"]["labels_offset"] = 7
+    assert tables.next_offset(_labels(2)) == 8
     assert tables.next_offset(TP("some-other-topic", 2)) is None
     tables.scores_table.data.clear()
 
@@ -69,6 +79,21 @@ def test_recovery_keeps_the_row_with_the_highest_offset() -> None:
     tables.scores_table.data.clear()
 
 
+def test_rows_rank_by_clock_then_offsets() -> None:
+    """With labels a row can move on labels alone: the one with the newest clock wins, then the
+    offsets; a row written before the labels stream ranks by its offset, as before."""
+    from fmnist_faust import tables
+
+    old = {"offset": 9, "model_version": "v", "scores": Scores().to_dict()}
+    rows = [
+        dict(old, labels_offset=3, clock=50.0),
+        dict(old, offset=12, labels_offset=3, clock=40.0),  # a zombie's: more images, older clock
+        dict(old, labels_offset=5, clock=50.0),
+    ]
+    assert max(rows, key=tables.row_rank) is rows[2]
+    assert tables.row_rank(old) < tables.row_rank(dict(old, offset=10)) < tables.row_rank(rows[1])
+
+
 def _fetch(tp: TP, offsets: list[int], generation: int = 0) -> Fetch:
     return Fetch(tp, generation, offsets, [RawMessage(b"v%d" % o) for o in offsets])
 
@@ -85,11 +110,12 @@ def test_a_batch_counts_each_partition_up_to_its_first_hole(monkeypatch: Any) ->
     from fmnist_faust import agents
 
     monkeypatch.setattr(agents, "gap_guard", agents.GapGuard())
-    fetches = [_fetch(_images(0), [10, 11, 13]), _fetch(_images(1), [5, 6])]
-    kept, cut = agents._uncounted(fetches, {0: 9, 1: 4})
+    fetches = [_fetch(_images(0), [10, 11, 13]), _fetch(_images(1), [5, 6]), _fetch(_labels(0), [3, 5])]
+    kept, labels, cut = agents._uncounted(fetches, {_images(0): 9, _images(1): 4, _labels(0): 2})
     assert list(zip(kept.partitions, kept.offsets)) == [(0, 10), (0, 11), (1, 5), (1, 6)]
     assert kept.last_offsets == {0: 11, 1: 6}
-    assert kept.messages[0] == RawMessage(b"v10") and cut == {_images(0)}
+    assert kept.messages[0] == RawMessage(b"v10") and cut == {_images(0), _labels(0)}
+    assert (labels.partitions, labels.offsets, labels.last_offsets) == ([0], [3], {0: 3})  # each topic its own holes
 
 
 def test_records_read_again_after_a_rewind_count_once_in_offset_order(monkeypatch: Any) -> None:
@@ -98,7 +124,7 @@ def test_records_read_again_after_a_rewind_count_once_in_offset_order(monkeypatc
 
     monkeypatch.setattr(agents, "gap_guard", agents.GapGuard())
     fetches = [_fetch(_images(0), [12, 13, 14]), _fetch(_images(0), [10, 11, 12, 13])]
-    kept, cut = agents._uncounted(fetches, {0: 10})  # 10 is counted already
+    kept, _, cut = agents._uncounted(fetches, {_images(0): 10})  # 10 is counted already
     assert kept.offsets == [11, 12, 13, 14] and kept.messages == [RawMessage(b"v%d" % o) for o in (11, 12, 13, 14)]
     assert cut == set()
 
@@ -156,8 +182,8 @@ def test_a_batch_built_on_a_failed_batch_in_flight_is_read_again_not_counted(mon
         finished.append(sent.uncounted.offsets)
         return next(outcomes)
 
-    async def send(uncounted: Any, applied: dict[int, int], generation: int) -> Any:
-        seen_applied.append(applied[0])
+    async def send(uncounted: Any, labels: Any, applied: dict[TP, int], generation: int, flight: Any) -> Any:
+        seen_applied.append(applied[_images(0)])
         return _sent(_images(0), uncounted.offsets)
 
     async def record_rewind(tps: Any, why: str) -> None:
@@ -166,7 +192,7 @@ def test_a_batch_built_on_a_failed_batch_in_flight_is_read_again_not_counted(mon
     monkeypatch.setattr(agents, "_finish", finish)
     monkeypatch.setattr(agents, "_send", send)
     monkeypatch.setattr(agents, "rewind", record_rewind)
-    monkeypatch.setattr(agents, "row_offset", lambda partition: 9)
+    monkeypatch.setattr(agents, "_row_offset_of", lambda tp: 9)
     monkeypatch.setattr(agents, "_assigned", lambda: None)
     monkeypatch.setattr(agents, "gap_guard", agents.GapGuard())
     monkeypatch.setattr(type(agents.app), "consumer_generation_id", 0, raising=False)

@@ -68,7 +68,9 @@ def test_images_topic_grown_mid_stream_is_refused_then_fixed_exactly(
     line = _refusal(worker.log_path.read_text(errors="replace"))
     assert returncode == EXIT_PARTITIONS and refused_after < CHECK_EVERY_S + 10
     changelogs = re.findall(r"--alter --topic (\S+) --partitions 8", line)
-    assert len(changelogs) == 2 and "scores" in changelogs[0] and "seen-ids" in changelogs[1], line
+    assert len(changelogs) == 4, line
+    assert ["scores" in changelogs[0], "seen-ids" in changelogs[1], "label-join" in changelogs[2]] == [True] * 3, line
+    assert changelogs[3] == settings.topics.labels, line  # co-partitioned with the images
     assert f"topic {settings.topics.images} has 8 partitions" in line and "have 4" in line
     assert "partitions 4-7 cannot be counted" in line and "FMNIST_PARTITIONS=8" in line
 

@@ -42,12 +42,16 @@ def test_progress_or_empty_backlog_resets_the_clock_and_revoked_partitions_are_f
 
 
 def test_gap_guard_cuts_at_a_hole_then_accepts_it_when_the_re_read_shows_it_again() -> None:
+    from faust.types import TP
+
     from fmnist_faust.agents import GapGuard
 
     guard = GapGuard()
-    assert guard.contiguous(0, 9, [10, 11, 12]) == 3
-    assert guard.contiguous(0, 12, [13, 14, 17, 18]) == 2  # 15..16 never received: re-read from 15
-    assert guard.contiguous(0, 14, [17, 18]) == 2  # the re-read starts at 17 again: no records there
-    assert guard.contiguous(1, -1, [5, 6]) == 0  # a partition that starts past its first offset
-    assert guard.contiguous(1, -1, [0, 1, 2]) == 3  # the re-read found 0..4 after all
-    assert guard.contiguous(1, 2, [5, 6]) == 0  # a different hole is cut again
+    zero, one, labels_zero = TP("images", 0), TP("images", 1), TP("labels", 0)
+    assert guard.contiguous(zero, 9, [10, 11, 12]) == 3
+    assert guard.contiguous(zero, 12, [13, 14, 17, 18]) == 2  # 15..16 never received: re-read from 15
+    assert guard.contiguous(labels_zero, 14, [17, 18]) == 0  # another topic's partition 0: its own hole
+    assert guard.contiguous(zero, 14, [17, 18]) == 2  # the re-read starts at 17 again: no records there
+    assert guard.contiguous(one, -1, [5, 6]) == 0  # a partition that starts past its first offset
+    assert guard.contiguous(one, -1, [0, 1, 2]) == 3  # the re-read found 0..4 after all
+    assert guard.contiguous(one, 2, [5, 6]) == 0  # a different hole is cut again

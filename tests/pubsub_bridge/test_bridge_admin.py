@@ -19,7 +19,7 @@ def test_setup_is_idempotent_and_wires_the_dead_letter_policy(
 ) -> None:
     settings = pubsub_setup  # the fixture ran setup once already
     again = setup(settings)
-    assert len(again) == 8 and all(line.startswith("exists") for line in again)
+    assert len(again) == 10 and all(line.startswith("exists") for line in again)
 
     subscriber = pubsub_v1.SubscriberClient()
     with subscriber:
@@ -30,6 +30,12 @@ def test_setup_is_idempotent_and_wires_the_dead_letter_policy(
         assert images.ack_deadline_seconds == 10
         assert images.dead_letter_policy.dead_letter_topic.endswith("/topics/" + settings.pubsub.dead_letter_topic)
         assert images.dead_letter_policy.max_delivery_attempts == 5
+        labels = subscriber.get_subscription(
+            subscription=subscriber.subscription_path(settings.pubsub.project, settings.pubsub.labels_subscription)
+        )
+        assert labels.topic.endswith("/topics/" + settings.topics.labels)
+        assert labels.dead_letter_policy == images.dead_letter_policy
+        assert labels.message_retention_duration == images.message_retention_duration
 
     changed = load_settings(dict(bridge_env, PUBSUB_ACK_DEADLINE_SECONDS="20", PUBSUB_MAX_DELIVERY_ATTEMPTS="7"))
     lines = setup(changed)

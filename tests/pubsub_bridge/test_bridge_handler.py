@@ -367,3 +367,31 @@ def test_closing_several_streams_cancels_all_then_acks_unary() -> None:
     acker.nack(after)
     assert subscriber.acked == ["late-0", "late-1", "late-2"]
     assert all(d.acks == 0 and d.nacks == 0 for d in after), "no stream left to ack or nack on"
+
+
+def test_labels_are_dead_lettered_counted_and_acked_once(store: StateStore, publisher: RecordingPublisher) -> None:
+    """The label handler: malformed labels to the DLQ (with ``stream: labels``) before the
+    commit, labels counted once however often Pub/Sub delivers them, every message acked."""
+    from fmnist_faust.core.contract import encode_label
+    from pubsub_bridge.handler import LabelHandler
+
+    handler = LabelHandler(store, publisher, DirectAcker(), 10, "dlq", publish_timeout_s=5)
+    batch = [
+        FakeDelivery(encode_label("a", 3), {"key": "a"}, "m1"),
+        FakeDelivery(b'{"id": "b", "label": 11}', {"key": "b"}, "m2"),
+        FakeDelivery(encode_label("c", 4), {"key": "not-c"}, "m3"),
+        FakeDelivery(encode_label("a", 5), {}, "m4"),
+    ]
+    handler.handle(batch)
+    handler.handle(batch[:2])  # redelivered
+    assert [d.acks for d in batch] == [2, 2, 1, 1]
+    assert [(topic, attrs["error_kind"], attrs["stream"]) for topic, _, attrs in publisher.sent] == [
+        ("dlq", "bad_label", "labels"),
+        ("dlq", "key_mismatch", "labels"),
+    ]
+    labels = store.scores.report(None)["labels"]
+    assert (labels["awaiting_image"], labels["repeated"], labels["rejected_by_kind"]) == (
+        1,
+        1,
+        {"bad_label": 1, "key_mismatch": 1},
+    )

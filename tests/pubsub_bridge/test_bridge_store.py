@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 
 from fmnist_faust.core.contract import InvalidMessage, Prediction
+from fmnist_faust.core.labels import Label
 from fmnist_faust.core.pipeline import BatchResult, RawMessage
 from fmnist_faust.core.registry import ModelPointer, RolloutState
 from fmnist_faust.core.rollout import ShadowBatch
-from pubsub_bridge.store import MIGRATIONS, StateStore, Store, image_key, message_key, open_store
+from pubsub_bridge.store import MIGRATIONS, StateStore, Store, image_key, label_key, message_key, open_store
 
 OpenStore = Callable[..., Store]
 
@@ -187,6 +188,79 @@ def test_without_a_horizon_nothing_expires(open_one: OpenStore) -> None:
     store.commit(batch([(1, 1)]), [image_key("a")], "v1", 10)
     clock.now += 10 * 365 * 86400
     assert store.prune() == 0 and store.seen([image_key("a")]) == {image_key("a")}
+    store.close()
+
+
+def unlabelled(ids: list[str], guess: int, at: float) -> BatchResult:
+    outcomes: list = [Prediction(i, guess, 0.9, None, "m", None) for i in ids]
+    return BatchResult([RawMessage(b"x", timestamp=at) for _ in ids], outcomes, [None] * len(ids))
+
+
+def test_delayed_labels_join_wait_repeat_and_expire_once(open_one: OpenStore) -> None:
+    """The join rule in the store's transactions: an image waits, its label joins it (first
+    wins), a label for an unknown id waits, one for an image counted with its own label is
+    late, a redelivered label message and a redelivered malformed one count once, and what
+    waits past the wait is counted expired once, across a reopen and two replicas."""
+    clock = Clock()
+    t0 = clock.now
+    store, replica = open_one(clock=clock, label_wait_s=30.0), open_one(clock=clock, label_wait_s=30.0)
+    store.commit(unlabelled(["a", "b", "c"], 4, t0), [image_key(i) for i in "abc"], "v1", 10)
+    store.commit(batch([(2, 2)]), [image_key("i0")], "v1", 10)  # an image with its own label
+    assert store.waiting() == 3
+    labels = [Label("a", 4, t0 + 3), Label("b", 1, t0 + 3), Label("a", 9, t0 + 4), Label("i0", 2, t0 + 4)]
+    labels += [Label("nobody", 5, t0 + 4)]
+    keys = [label_key(f"m{n}") for n in range(len(labels))]
+    store.commit_labels(labels, keys, [(label_key("bad"), "not_json")], 10)
+    replica.commit_labels(labels[:2], keys[:2], [(label_key("bad"), "not_json")], 10)  # redelivered elsewhere
+    report = replica.scores.report(None)
+    assert (report["images"], report["labeled"], report["correct"], report["awaiting_label"]) == (4, 3, 2, 1)
+    assert report["labels"] == {
+        "received": 5,
+        "joined": 2,
+        "awaiting_image": 1,
+        "expired": 0,
+        "repeated": 1,
+        "late": 1,
+        "rejected": 1,
+        "rejected_by_kind": {"not_json": 1},
+    }
+    assert replica.waiting() == 4  # a and b (joined, until their wait ends), c, nobody
+    store.close()
+    store = open_one(clock=clock, label_wait_s=30.0)
+    assert store.expire_labels() == 0  # nobody's wait is over yet
+    clock.now += 30.5  # a, b, c: their wait is over; nobody's (seen at t0 + 4) not yet
+    assert [store.expire_labels(limit=2), replica.expire_labels(limit=2), store.expire_labels()] == [2, 1, 0]
+    report = store.scores.report(None)
+    assert (report["labeled"], report["awaiting_label"], report["label_expired"]) == (3, 0, 1)
+    assert report["labels"]["awaiting_image"] == 1
+    clock.now += 10
+    assert store.expire_labels() == 1 and store.waiting() == 0
+    report = store.scores.report(None)
+    assert report["labels"]["awaiting_image"] == 0 and report["labels"]["expired"] == 1
+    assert report["images"] == report["labeled"] + report["awaiting_label"] + report["label_expired"]
+    _, tally = store.totals()
+    assert tally.live["v1"].scores.label_expired == 1 and tally.live["v1"].scores.labeled == 3
+    replica.close()
+
+
+def test_a_label_that_comes_first_waits_for_its_image(open_one: OpenStore) -> None:
+    clock = Clock()
+    store = open_one(clock=clock, label_wait_s=30.0)
+    store.commit_labels([Label("a", 3, clock.now)], [label_key("m1")], [], 10)
+    store.commit(unlabelled(["a"], 3, clock.now + 20), [image_key("a")], "v1", 10)
+    report = store.scores.report(None)
+    assert (report["labeled"], report["correct"], report["awaiting_label"]) == (1, 1, 0)
+    assert report["labels"]["joined"] == 1 and report["labels"]["awaiting_image"] == 0
+    assert store.scores.windows[int(clock.now + 20) // 10 * 10][1:] == [1, 1]  # when the pair was complete
+    store.close()
+
+
+def test_commit_labels_needs_one_distinct_key_per_message(open_one: OpenStore) -> None:
+    store = open_one()
+    with pytest.raises(ValueError):
+        store.commit_labels([Label("a", 1, 0.0)], [label_key("m"), label_key("n")], [], 10)
+    with pytest.raises(ValueError):
+        store.commit_labels([Label("a", 1, 0.0)], [label_key("m")], [(label_key("m"), "not_json")], 10)
     store.close()
 
 
