@@ -214,9 +214,16 @@ class SeenIdsTable(faust.Table):
 
 
 seen_ids = SeenIds(settings.pipeline.dedupe_seconds)
-# Compaction only cleans closed segments: roll them within a horizon (at least a minute, at
-# most an hour) and drop tombstones after as long, so the changelog holds about a horizon.
-_SEGMENT_MS = int(min(max(settings.pipeline.dedupe_seconds, 60.0), 3600.0) * 1000)
+
+
+def horizon_topic_configs(horizon_s: float) -> dict[str, str]:
+    """Changelog settings for a table whose keys live ``horizon_s``: compaction only cleans
+    closed segments, so segments roll within a horizon (at least a minute, at most an hour)
+    and tombstones go after as long; the changelog then holds about a horizon."""
+    segment_ms = str(int(min(max(horizon_s, 60.0), 3600.0) * 1000))
+    return {"segment.ms": segment_ms, "delete.retention.ms": segment_ms, "min.cleanable.dirty.ratio": "0.1"}
+
+
 seen_table = app.tables.add(
     SeenIdsTable(
         app,
@@ -225,11 +232,7 @@ seen_table = app.tables.add(
         key_type=str,
         partitions=settings.kafka.partitions,
         beacon=app.tables.beacon,
-        extra_topic_configs={
-            "segment.ms": str(_SEGMENT_MS),
-            "delete.retention.ms": str(_SEGMENT_MS),
-            "min.cleanable.dirty.ratio": "0.1",
-        },
+        extra_topic_configs=horizon_topic_configs(settings.pipeline.dedupe_seconds),
         help="'<partition>@<first offset>' -> ids counted by one batch, until the dedupe horizon.",
     )
 )
@@ -298,8 +301,6 @@ class LabelJoinTable(faust.Table):
 
 
 join_chunks = JoinChunks()
-# As the seen-ids: segments roll within a wait (1 min..1 h), tombstones dropped after as long.
-_JOIN_SEGMENT_MS = int(min(max(settings.pipeline.label_wait_s, 60.0), 3600.0) * 1000)
 # registered only where the worker reads delayed labels (not with exactly_once: see config)
 join_table: LabelJoinTable | None = None
 if settings.kafka.reads_labels:
@@ -311,11 +312,7 @@ if settings.kafka.reads_labels:
             key_type=str,
             partitions=settings.kafka.partitions,
             beacon=app.tables.beacon,
-            extra_topic_configs={
-                "segment.ms": str(_JOIN_SEGMENT_MS),
-                "delete.retention.ms": str(_JOIN_SEGMENT_MS),
-                "min.cleanable.dirty.ratio": "0.1",
-            },
+            extra_topic_configs=horizon_topic_configs(settings.pipeline.label_wait_s),
             help="'<partition>@<token>' -> the label-join entries one batch created or changed, until the wait is over.",
         )
     )

@@ -190,6 +190,19 @@ class PostgresStore:
 
     # -- reads -------------------------------------------------------------------------
 
+    def _claim(self, conn: psycopg.Connection[Any], keys: Sequence[str], now: float) -> set[str]:
+        """Stamp ``keys`` processed at ``now``; returns those not processed within the horizon.
+        An expired key (older than the horizon, not pruned yet) is re-stamped and counted; keys
+        are inserted in sorted order so concurrent replicas lock them in the same order."""
+        inserted = conn.execute(
+            "INSERT INTO bridge_processed (key, processed_at) "
+            "SELECT k, %(now)s FROM unnest(%(keys)s::text[]) AS k ORDER BY k "
+            "ON CONFLICT (key) DO UPDATE SET processed_at = excluded.processed_at "
+            "WHERE bridge_processed.processed_at < %(cutoff)s RETURNING key",
+            {"now": now, "keys": sorted(keys), "cutoff": self._cutoff()},
+        ).fetchall()
+        return {key for (key,) in inserted}
+
     def _cutoff(self) -> float:
         return float("-inf") if self.horizon_s is None else self.clock() - self.horizon_s
 
@@ -264,15 +277,7 @@ class PostgresStore:
         now = self.clock()
         with self._using() as conn:
             with conn.transaction():
-                # An expired key (older than the horizon, not pruned yet) is re-stamped and counted.
-                inserted = conn.execute(
-                    "INSERT INTO bridge_processed (key, processed_at) "
-                    "SELECT k, %(now)s FROM unnest(%(keys)s::text[]) AS k ORDER BY k "
-                    "ON CONFLICT (key) DO UPDATE SET processed_at = excluded.processed_at "
-                    "WHERE bridge_processed.processed_at < %(cutoff)s RETURNING key",
-                    {"now": now, "keys": sorted(keys), "cutoff": self._cutoff()},
-                ).fetchall()
-                fresh = {key for (key,) in inserted}
+                fresh = self._claim(conn, keys, now)
                 _, scores, tally = self._row(conn, lock=True)
                 counted = [i for i, key in enumerate(keys) if key in fresh]
                 count_batch(scores, tally, result, counted, model_version, shadow, window_seconds)
@@ -335,14 +340,7 @@ class PostgresStore:
         all_keys = [*keys, *(key for key, _ in rejected)]
         with self._using() as conn:
             with conn.transaction():
-                inserted = conn.execute(
-                    "INSERT INTO bridge_processed (key, processed_at) "
-                    "SELECT k, %(now)s FROM unnest(%(keys)s::text[]) AS k ORDER BY k "
-                    "ON CONFLICT (key) DO UPDATE SET processed_at = excluded.processed_at "
-                    "WHERE bridge_processed.processed_at < %(cutoff)s RETURNING key",
-                    {"now": now, "keys": sorted(all_keys), "cutoff": self._cutoff()},
-                ).fetchall()
-                new = {key for (key,) in inserted}
+                new = self._claim(conn, all_keys, now)
                 version, scores, tally = self._row(conn, lock=True)
                 fresh = [label for label, key in zip(labels, keys) if key in new]
                 entries = self._entries(conn, [label.id for label in fresh])
